@@ -1,0 +1,95 @@
+//! Throughput measurement for `resnet bench`: medians of timed steps on synthetic data.
+
+use crate::engine::sgd::SgdConfig;
+use crate::model::{CifarConfig, CifarResNet, Shortcut};
+use crate::rng::Rng;
+use std::time::Instant;
+
+pub struct BenchResult {
+    pub train_step_s: f64,
+    pub infer_step_s: f64,
+    pub train_ips: f64,
+    pub infer_ips: f64,
+    /// Effective rates, counting 2 flops per mult-add: forward 1×, training 3×
+    /// (forward, backward-data, backward-weights).
+    pub train_gflops: f64,
+    pub infer_gflops: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    median(
+        (0..steps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+pub fn run(model: &str, shortcut: Shortcut, batch: usize, steps: usize, warmup: usize) -> anyhow::Result<BenchResult> {
+    let mut net = CifarResNet::new(CifarConfig::from_name(model, shortcut, 10)?, 1);
+    let mut rng = Rng::new(7);
+    let images: Vec<f32> = (0..batch * net.image_len()).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u8> = (0..batch).map(|_| rng.below(10) as u8).collect();
+    let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
+    let mut dlogits = Vec::new();
+    let train = time_steps(warmup, steps, || {
+        crate::train::step(&mut net, &images, &labels, sgd, &mut dlogits);
+    });
+    let infer = time_steps(warmup, steps, || {
+        net.forward(false, batch, &images);
+    });
+    let flops = 2.0 * net.mult_adds() as f64 * batch as f64;
+    Ok(BenchResult {
+        train_step_s: train,
+        infer_step_s: infer,
+        train_ips: batch as f64 / train,
+        infer_ips: batch as f64 / infer,
+        train_gflops: 3.0 * flops / train / 1e9,
+        infer_gflops: flops / infer / 1e9,
+    })
+}
+
+/// The machine's f32 matrix-multiply rate through the same GEMM on all threads.
+pub fn gemm_peak_gflops() -> f64 {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let t = time_steps(1, 5, || unsafe {
+        // SAFETY: three n×n row-major buffers of exactly n*n elements.
+        gemm::gemm(
+            n,
+            n,
+            n,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        )
+    });
+    2.0 * (n * n * n) as f64 / t / 1e9
+}

@@ -1,0 +1,37 @@
+use anyhow::Result;
+use resnet::bench;
+use resnet::model::Shortcut;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value = "A", value_parser = super::parse_shortcut)]
+    shortcut: Shortcut,
+    /// Skip measuring the machine's f32 GEMM peak.
+    #[arg(long)]
+    no_peak: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup)?;
+    let threads = rayon::current_num_threads();
+    println!("model: {} batch {} threads {threads}", a.model, a.batch);
+    println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);
+    println!("infer: {:.1} img/s ({:.2} ms/batch, {:.1} GFLOP/s)", r.infer_ips, r.infer_step_s * 1e3, r.infer_gflops);
+    if !a.no_peak {
+        let peak = bench::gemm_peak_gflops();
+        println!("gemm peak: {peak:.1} GFLOP/s (f32, 1024^3, {threads} threads)");
+        println!("train step reaches {:.1}% of gemm peak", 100.0 * r.train_gflops / peak);
+    }
+    Ok(ExitCode::SUCCESS)
+}

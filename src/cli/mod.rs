@@ -1,0 +1,62 @@
+//! The `resnet` command line.
+
+mod bench;
+mod download;
+mod eval;
+mod info;
+mod train;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "resnet", version, about = "Deep residual networks (He et al. 2015): build, train, evaluate, benchmark")]
+struct Cli {
+    /// Worker threads for the compute engine (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's layer table, parameter count and mult-adds.
+    Info(info::Args),
+    /// Train a model with the paper's recipe.
+    Train(train::Args),
+    /// Evaluate weights or a checkpoint on a dataset.
+    Eval(eval::Args),
+    /// Measure training and inference throughput.
+    Bench(bench::Args),
+    /// Download a dataset (cifar10 or cifar100).
+    Download(download::Args),
+}
+
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
+    }
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Download(a) => download::run(a),
+    }
+}
+
+/// Parses a dataset name.
+fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
+    match s {
+        "cifar10" => Ok(resnet::data::DatasetKind::Cifar10),
+        "cifar100" => Ok(resnet::data::DatasetKind::Cifar100),
+        _ => Err(format!("unknown dataset '{s}' (expected cifar10 or cifar100)")),
+    }
+}
+
+fn parse_shortcut(s: &str) -> Result<resnet::model::Shortcut, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}

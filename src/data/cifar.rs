@@ -1,0 +1,166 @@
+//! CIFAR-10/100 binary batch files: records of label byte(s) + 3072 pixel bytes
+//! (R, G, B planes of 32×32, row-major). Every file is validated: size, record count
+//! and label range, with errors that name the file.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+pub const IMAGE_BYTES: usize = 3072;
+pub const SIDE: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DatasetKind {
+    Cifar10,
+    Cifar100,
+}
+
+impl DatasetKind {
+    /// Bytes before the pixels: CIFAR-100 stores a coarse and a fine label.
+    pub fn label_bytes(self) -> usize {
+        match self {
+            DatasetKind::Cifar10 => 1,
+            DatasetKind::Cifar100 => 2,
+        }
+    }
+    pub fn record_bytes(self) -> usize {
+        self.label_bytes() + IMAGE_BYTES
+    }
+    pub fn classes(self) -> usize {
+        match self {
+            DatasetKind::Cifar10 => 10,
+            DatasetKind::Cifar100 => 100,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Cifar10 => "CIFAR-10",
+            DatasetKind::Cifar100 => "CIFAR-100",
+        }
+    }
+    /// The official file names of the training and test splits, and records per file.
+    fn official_files(self, train: bool) -> (&'static [&'static str], usize) {
+        match (self, train) {
+            (DatasetKind::Cifar10, true) => {
+                (&["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"], 10000)
+            }
+            (DatasetKind::Cifar10, false) => (&["test_batch.bin"], 10000),
+            (DatasetKind::Cifar100, true) => (&["train.bin"], 50000),
+            (DatasetKind::Cifar100, false) => (&["test.bin"], 10000),
+        }
+    }
+    /// The folder name inside the official archive.
+    pub fn archive_dir(self) -> &'static str {
+        match self {
+            DatasetKind::Cifar10 => "cifar-10-batches-bin",
+            DatasetKind::Cifar100 => "cifar-100-binary",
+        }
+    }
+    pub fn class_names(self) -> Vec<String> {
+        match self {
+            DatasetKind::Cifar10 => ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            DatasetKind::Cifar100 => (0..100).map(|i| format!("class{i}")).collect(),
+        }
+    }
+}
+
+/// Images (planar CHW bytes, as in the files) and labels held in memory.
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+    /// Splits off the last `n` records (the paper's 45k/5k train/validation split).
+    pub fn split_off_last(&mut self, n: usize) -> Result<Dataset> {
+        if n >= self.len() {
+            bail!("--val-split {n} leaves no training images (only {} in the training set)", self.len());
+        }
+        let keep = self.len() - n;
+        Ok(Dataset { images: self.images.split_off(keep * IMAGE_BYTES), labels: self.labels.split_off(keep) })
+    }
+    fn append(&mut self, other: Dataset) {
+        self.images.extend(other.images);
+        self.labels.extend(other.labels);
+    }
+}
+
+/// Reads one batch file. `expected_records`, when known, is checked exactly.
+pub fn read_batch_file(path: &Path, kind: DatasetKind, expected_records: Option<usize>) -> Result<Dataset> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read {} batch file", path.display(), kind.name()))?;
+    let rec = kind.record_bytes();
+    if bytes.is_empty() {
+        bail!("{}: empty file, not a {} batch file", path.display(), kind.name());
+    }
+    if bytes.len() % rec != 0 {
+        bail!(
+            "{}: size {} bytes is not a whole number of {}-byte {} records (truncated, or not a {} batch file)",
+            path.display(),
+            bytes.len(),
+            rec,
+            kind.name(),
+            kind.name()
+        );
+    }
+    let count = bytes.len() / rec;
+    if let Some(expected) = expected_records.filter(|&e| e != count) {
+        bail!("{}: {count} records, expected {expected} (truncated or foreign file)", path.display());
+    }
+    let mut data = Dataset { images: Vec::with_capacity(count * IMAGE_BYTES), labels: Vec::with_capacity(count) };
+    for (i, r) in bytes.chunks_exact(rec).enumerate() {
+        let label = r[kind.label_bytes() - 1];
+        if label as usize >= kind.classes() {
+            bail!("{}: record {i} has label {label}, outside 0..{} ({})", path.display(), kind.classes() - 1, kind.name());
+        }
+        data.labels.push(label);
+        data.images.extend_from_slice(&r[kind.label_bytes()..]);
+    }
+    Ok(data)
+}
+
+/// Finds the folder that holds the official batch files: `dir` itself or the archive's
+/// folder inside it (as `resnet download` leaves it).
+fn batch_dir(dir: &Path, kind: DatasetKind) -> PathBuf {
+    let inner = dir.join(kind.archive_dir());
+    if inner.is_dir() { inner } else { dir.to_path_buf() }
+}
+
+/// Loads the training (`train`) or test split from a directory of official batch files,
+/// or a single batch file.
+pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
+    if path.is_file() {
+        return read_batch_file(path, kind, None);
+    }
+    let dir = batch_dir(path, kind);
+    let (names, per_file) = kind.official_files(train);
+    let mut data = Dataset::default();
+    for name in names {
+        let file = dir.join(name);
+        if !file.exists() {
+            bail!("{}: missing {} file {name} (expected the official binary batches in this directory)", dir.display(), kind.name());
+        }
+        data.append(read_batch_file(&file, kind, Some(per_file))?);
+    }
+    Ok(data)
+}
+
+/// Whether `dir` holds a complete copy of the dataset's batch files.
+pub fn is_present(dir: &Path, kind: DatasetKind) -> bool {
+    let d = batch_dir(dir, kind);
+    [true, false].iter().all(|&t| kind.official_files(t).0.iter().all(|n| d.join(n).is_file()))
+}

@@ -1,0 +1,61 @@
+//! The compute engine: every floating-point kernel of the library lives here.
+//!
+//! Layers (`crate::nn`) and models (`crate::model`) only orchestrate; they call the
+//! functions of this module on plain `f32` slices with explicit shapes. That is the
+//! backend boundary: a CUDA backend supplies the same functions over device buffers
+//! without touching models or training.
+//!
+//! Conventions:
+//! - activations are channels-last (NHWC), contiguous;
+//! - convolution weights are `[c_out][kh][kw][c_in]` (OHWI), so one im2col row is a
+//!   contiguous `kh*kw*c_in` vector and the weight matrix is `[c_out, kh*kw*c_in]`;
+//! - work is split over the batch across the rayon pool; each thread owns its scratch
+//!   in a [`Workspace`], so a training step allocates nothing after the first.
+
+pub mod batchnorm;
+pub mod conv;
+pub mod matmul;
+pub mod ops;
+pub mod sgd;
+
+/// Scratch memory of one worker thread. Buffers only grow.
+#[derive(Default)]
+pub struct Scratch {
+    pub col: Vec<f32>,
+    pub dcol: Vec<f32>,
+    pub dw: Vec<f32>,
+}
+
+/// Per-thread scratch for all kernels, reused across layers and steps.
+pub struct Workspace {
+    pub threads: Vec<Scratch>,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let n = rayon::current_num_threads().max(1);
+        Workspace { threads: (0..n).map(|_| Scratch::default()).collect() }
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Grows `v` to at least `len` elements (never shrinks, so steady state allocates nothing).
+pub fn ensure_len(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// Splits `n` items into `parts` contiguous ranges of near-equal size.
+pub fn split_range(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    let base = n / parts;
+    let rem = n % parts;
+    let start = i * base + i.min(rem);
+    let len = base + usize::from(i < rem);
+    start..start + len
+}

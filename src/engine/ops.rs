@@ -1,0 +1,163 @@
+//! Small kernels: ReLU mask, the option-A shortcut, global average pooling, the fully
+//! connected layer and softmax cross-entropy. All NHWC.
+
+use super::matmul::{Mat, matmul};
+use rayon::prelude::*;
+
+/// `g *= (out > 0)`: the ReLU backward, given the ReLU's output.
+pub fn relu_backward_inplace(g: &mut [f32], out: &[f32]) {
+    let len = g.len();
+    g.par_chunks_mut(1 << 14).zip(out[..len].par_chunks(1 << 14)).for_each(|(gc, oc)| {
+        for (gv, &o) in gc.iter_mut().zip(oc) {
+            if o <= 0.0 {
+                *gv = 0.0;
+            }
+        }
+    });
+}
+
+/// Geometry of the option-A shortcut: spatial subsample by `stride` (top-left pixel of
+/// each cell, `x[:, :, ::s, ::s]`) and `pad` zero channels on each side of the channels.
+#[derive(Clone, Copy, Debug)]
+pub struct ShortcutA {
+    pub h: usize,
+    pub w: usize,
+    pub c_in: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ShortcutA {
+    pub fn out_h(&self) -> usize {
+        self.h.div_ceil(self.stride)
+    }
+    pub fn out_w(&self) -> usize {
+        self.w.div_ceil(self.stride)
+    }
+    pub fn c_out(&self) -> usize {
+        self.c_in + 2 * self.pad
+    }
+
+    pub fn forward(&self, n: usize, x: &[f32], y: &mut [f32]) {
+        let (oh, ow, co) = (self.out_h(), self.out_w(), self.c_out());
+        y[..n * oh * ow * co].par_chunks_mut(oh * ow * co).enumerate().for_each(|(img, yi)| {
+            let xi = &x[img * self.h * self.w * self.c_in..];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let dst = &mut yi[(oy * ow + ox) * co..][..co];
+                    let src = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
+                    dst[..self.pad].fill(0.0);
+                    dst[self.pad..self.pad + self.c_in].copy_from_slice(&xi[src..src + self.c_in]);
+                    dst[self.pad + self.c_in..].fill(0.0);
+                }
+            }
+        });
+    }
+
+    /// `dx = shortcutᵀ(g)`: overwrites `dx` (zeros where the subsample skipped pixels).
+    pub fn backward(&self, n: usize, g: &[f32], dx: &mut [f32]) {
+        let (oh, ow, co) = (self.out_h(), self.out_w(), self.c_out());
+        let img_len = self.h * self.w * self.c_in;
+        dx[..n * img_len].par_chunks_mut(img_len).enumerate().for_each(|(img, dxi)| {
+            dxi.fill(0.0);
+            let gi = &g[img * oh * ow * co..];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let src = &gi[(oy * ow + ox) * co + self.pad..][..self.c_in];
+                    let dst = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
+                    dxi[dst..dst + self.c_in].copy_from_slice(src);
+                }
+            }
+        });
+    }
+}
+
+/// Global average pool: `[n, pixels, c]` to `[n, c]`.
+pub fn avgpool_forward(n: usize, pixels: usize, c: usize, x: &[f32], y: &mut [f32]) {
+    for img in 0..n {
+        let yi = &mut y[img * c..(img + 1) * c];
+        yi.fill(0.0);
+        for p in x[img * pixels * c..(img + 1) * pixels * c].chunks_exact(c) {
+            for (a, b) in yi.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let inv = 1.0 / pixels as f32;
+        yi.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Backward of the global average pool; overwrites `dx`.
+pub fn avgpool_backward(n: usize, pixels: usize, c: usize, g: &[f32], dx: &mut [f32]) {
+    let inv = 1.0 / pixels as f32;
+    for img in 0..n {
+        let gi = &g[img * c..(img + 1) * c];
+        for p in dx[img * pixels * c..(img + 1) * pixels * c].chunks_exact_mut(c) {
+            for (d, gv) in p.iter_mut().zip(gi) {
+                *d = gv * inv;
+            }
+        }
+    }
+}
+
+/// Fully connected: `y[n, o] = x[n, i] · wᵀ + b` with `w` as `[o, i]` (PyTorch's layout).
+pub fn linear_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    for r in 0..n {
+        y[r * o..(r + 1) * o].copy_from_slice(b);
+    }
+    matmul(y, o, n, o, i, Mat::rows(x, i), Mat::transposed(w, i), true);
+}
+
+/// Backward of the fully connected layer: overwrites `dw`, `db` and `dx`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    n: usize,
+    i: usize,
+    o: usize,
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: &mut [f32],
+) {
+    matmul(dw, i, o, i, n, Mat::transposed(g, o), Mat::rows(x, i), false);
+    db.fill(0.0);
+    for row in g[..n * o].chunks_exact(o) {
+        for (d, v) in db.iter_mut().zip(row) {
+            *d += v;
+        }
+    }
+    matmul(dx, i, n, i, o, Mat::rows(g, o), Mat::rows(w, i), false);
+}
+
+/// Mean softmax cross-entropy over the batch. Writes dL/dlogits to `grad` and returns
+/// (loss, number of correct top-1 predictions).
+pub fn softmax_cross_entropy(n: usize, classes: usize, logits: &[f32], labels: &[u8], grad: &mut [f32]) -> (f32, usize) {
+    let mut loss = 0f64;
+    let mut correct = 0;
+    for r in 0..n {
+        let z = &logits[r * classes..(r + 1) * classes];
+        let g = &mut grad[r * classes..(r + 1) * classes];
+        let (arg, max) = argmax(z);
+        let mut sum = 0f64;
+        for (gv, &zv) in g.iter_mut().zip(z) {
+            let e = ((zv - max) as f64).exp();
+            *gv = e as f32;
+            sum += e;
+        }
+        let label = labels[r] as usize;
+        loss += sum.ln() - (z[label] - max) as f64;
+        for gv in g.iter_mut() {
+            *gv = (*gv as f64 / sum / n as f64) as f32;
+        }
+        g[label] -= 1.0 / n as f32;
+        correct += usize::from(arg == label);
+    }
+    ((loss / n as f64) as f32, correct)
+}
+
+/// Index and value of the largest element (first one on ties).
+pub fn argmax(z: &[f32]) -> (usize, f32) {
+    z.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+}

@@ -1,0 +1,75 @@
+use super::{Layout, Named, Param, Slot};
+use crate::engine::batchnorm::{self as bn, BnParams};
+
+/// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1, γ=1, β=0).
+pub struct BatchNorm2d {
+    pub weight: Param,
+    pub bias: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    pub momentum: f32,
+    pub eps: f32,
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+}
+
+impl BatchNorm2d {
+    pub fn new(c: usize) -> Self {
+        BatchNorm2d {
+            weight: Param::filled(c, 1.0),
+            bias: Param::filled(c, 0.0),
+            running_mean: vec![0.0; c],
+            running_var: vec![1.0; c],
+            momentum: 0.1,
+            eps: 1e-5,
+            mean: vec![0.0; c],
+            invstd: vec![0.0; c],
+        }
+    }
+
+    /// `y = [relu](bn(x) [+ residual])` over `rows` NHWC pixels.
+    pub fn forward(&mut self, train: bool, rows: usize, x: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+        if train {
+            bn::forward_train(
+                &p,
+                x,
+                rows,
+                self.momentum,
+                &mut self.running_mean,
+                &mut self.running_var,
+                &mut self.mean,
+                &mut self.invstd,
+                residual,
+                relu,
+                y,
+            );
+        } else {
+            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
+        }
+    }
+
+    /// In place: `g` is dL/d(output) on entry (masked by `relu_out` if given), dL/dx on return.
+    pub fn backward(&mut self, rows: usize, x: &[f32], relu_out: Option<&[f32]>, g: &mut [f32]) {
+        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+        bn::backward(&p, x, rows, &self.mean, &self.invstd, relu_out, g, &mut self.weight.grad, &mut self.bias.grad);
+    }
+
+    pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
+    }
+
+    pub fn named<'a>(&'a mut self, prefix: &str, out: &mut Vec<Named<'a>>) {
+        let c = self.running_mean.len();
+        let entries: [(&str, Slot<'a>); 4] = [
+            ("weight", Slot::Param(&mut self.weight)),
+            ("bias", Slot::Param(&mut self.bias)),
+            ("running_mean", Slot::Buffer(&mut self.running_mean)),
+            ("running_var", Slot::Buffer(&mut self.running_var)),
+        ];
+        for (field, slot) in entries {
+            out.push(Named { name: format!("{prefix}.{field}"), shape: vec![c], layout: Layout::Plain, slot });
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Layers: parameters plus a forward and a backward that call the engine. Each layer
+//! keeps what its backward needs (batch statistics); activations are owned by the model.
+
+mod batchnorm;
+mod conv;
+mod linear;
+
+pub use batchnorm::BatchNorm2d;
+pub use conv::Conv2d;
+pub use linear::Linear;
+
+use crate::rng::Rng;
+
+/// A trainable tensor with its gradient and its SGD momentum buffer.
+pub struct Param {
+    pub value: Vec<f32>,
+    pub grad: Vec<f32>,
+    pub momentum: Vec<f32>,
+}
+
+impl Param {
+    pub fn new(value: Vec<f32>) -> Self {
+        let n = value.len();
+        Param { value, grad: vec![0.0; n], momentum: vec![0.0; n] }
+    }
+    pub fn filled(len: usize, v: f32) -> Self {
+        Self::new(vec![v; len])
+    }
+    /// He (Kaiming) normal initialisation, std = sqrt(2 / fan), as the paper.
+    pub fn he_normal(len: usize, fan: usize, rng: &mut Rng) -> Self {
+        let std = (2.0 / fan as f64).sqrt();
+        Self::new((0..len).map(|_| (rng.normal() * std) as f32).collect())
+    }
+}
+
+/// How a tensor is stored internally versus in PyTorch's convention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Same element order as PyTorch.
+    Plain,
+    /// Convolution weight: internal OHWI, PyTorch OIHW.
+    ConvOhwi,
+}
+
+/// What a named tensor is: a trained parameter or a running statistic.
+pub enum Slot<'a> {
+    Param(&'a mut Param),
+    Buffer(&'a mut Vec<f32>),
+}
+
+/// One entry of a model's state dict, named and shaped as PyTorch would.
+pub struct Named<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+    pub slot: Slot<'a>,
+}
+
+impl Named<'_> {
+    pub fn value(&self) -> &[f32] {
+        match &self.slot {
+            Slot::Param(p) => &p.value,
+            Slot::Buffer(b) => b,
+        }
+    }
+    pub fn value_mut(&mut self) -> &mut Vec<f32> {
+        match &mut self.slot {
+            Slot::Param(p) => &mut p.value,
+            Slot::Buffer(b) => b,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Checkpoints: one safetensors file holding the model's state dict, the SGD momentum
+//! buffers (`optimizer.<name>.momentum_buffer`) and, in its metadata, the run config,
+//! the position in the schedule and the normalization. Randomness is derived from
+//! (seed, epoch, position), so the position is the whole RNG state. Written atomically.
+
+use super::TrainConfig;
+use crate::data::Norm;
+use crate::model::CifarResNet;
+use crate::nn::Slot;
+use crate::weights::{self, TensorFile};
+use anyhow::{Context, Result, anyhow};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// SGD iterations completed.
+    pub iteration: usize,
+    pub warmup_done: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    config: TrainConfig,
+    state: TrainState,
+    norm: Norm,
+}
+
+fn momentum_key(name: &str) -> String {
+    format!("{OPTIMIZER_PREFIX}{name}.momentum_buffer")
+}
+
+/// Metadata every weights file we write carries, so `eval` can rebuild the model and
+/// its input normalization.
+pub fn weights_metadata(model: &CifarResNet, norm: &Norm) -> HashMap<String, String> {
+    let c = &model.config;
+    HashMap::from([
+        ("format".to_string(), "resnet-rs".to_string()),
+        ("model".to_string(), c.name()),
+        ("shortcut".to_string(), format!("{:?}", c.shortcut)),
+        ("classes".to_string(), c.classes.to_string()),
+        ("norm".to_string(), serde_json::to_string(norm).expect("norm serializes")),
+    ])
+}
+
+pub fn save(path: &Path, model: &mut CifarResNet, config: &TrainConfig, state: &TrainState, norm: &Norm) -> Result<()> {
+    let mut metadata = weights_metadata(model, norm);
+    let meta = Meta { config: config.clone(), state: state.clone(), norm: norm.clone() };
+    metadata.insert("checkpoint".into(), serde_json::to_string(&meta)?);
+    let named = model.named();
+    let mut tensors = weights::state_dict(&named);
+    for t in &named {
+        if let Slot::Param(p) = &t.slot {
+            tensors.push((momentum_key(&t.name), t.shape.clone(), weights::to_torch(t.layout, &t.shape, &p.momentum)));
+        }
+    }
+    weights::write_atomic(path, &weights::serialize(&tensors, metadata)?)
+}
+
+/// Reads a checkpoint's run config, position and normalization.
+pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
+    let bytes = weights::read_file(path)?;
+    let file = TensorFile::parse(path, &bytes)?;
+    let raw = file.metadata.get("checkpoint").ok_or_else(|| anyhow!("{}: not a resnet-rs checkpoint (no run state)", path.display()))?;
+    let meta: Meta = serde_json::from_str(raw).with_context(|| format!("{}: corrupt checkpoint metadata", path.display()))?;
+    Ok((meta.config, meta.state, meta.norm))
+}
+
+/// Loads model weights, running statistics and momentum buffers from a checkpoint.
+pub fn restore(path: &Path, model: &mut CifarResNet) -> Result<()> {
+    let bytes = weights::read_file(path)?;
+    let file = TensorFile::parse(path, &bytes)?;
+    let mut named = model.named();
+    weights::load_into(&file, &mut named, Some(OPTIMIZER_PREFIX))?;
+    for t in named.iter_mut() {
+        if let Slot::Param(p) = &mut t.slot {
+            let v = file.get(&momentum_key(&t.name), &t.shape)?;
+            p.momentum = weights::from_torch(t.layout, &t.shape, v);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The training loop: epochs of background-loaded batches, progress bar, metrics
+//! lines, evaluation after each epoch, checkpoints, Ctrl-C and NaN handling, resume.
+
+use super::checkpoint::{self, TrainState};
+use super::schedule::Warmup;
+use super::{TrainConfig, step};
+use crate::data::{BatchLoader, Dataset, Norm, loader::epoch_order};
+use crate::engine::sgd::SgdConfig;
+use crate::eval::evaluate;
+use crate::model::{CifarConfig, CifarResNet};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by the Ctrl-C handler; the loop checkpoints and stops at the next step.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub enum Outcome {
+    Finished { test_acc: f64 },
+    Interrupted { iteration: usize },
+}
+
+pub struct Datasets {
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+    pub norm: Arc<Norm>,
+}
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const FINAL_WEIGHTS: &str = "model.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+
+pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
+    train_len.div_ceil(batch)
+}
+
+/// Keeps only metric lines at or before `iteration` (after a resume, lines written past
+/// the checkpoint describe steps that will be redone).
+fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("iter").and_then(|i| i.as_u64()))
+                .is_some_and(|i| i as usize <= iteration)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).with_context(|| format!("{}: cannot rewrite", path.display()))
+}
+
+pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
+    let model_cfg = CifarConfig::from_name(&cfg.model, cfg.shortcut, cfg.dataset.classes())?;
+    let mut model = CifarResNet::new(model_cfg, cfg.seed);
+    let ckpt_path = out.join(CHECKPOINT);
+    let metrics_path = out.join(METRICS);
+    let mut state = TrainState { iteration: 0, warmup_done: false };
+    if resume {
+        let (_, saved, _) = checkpoint::read_meta(&ckpt_path)?;
+        checkpoint::restore(&ckpt_path, &mut model)?;
+        state = saved;
+        truncate_metrics(&metrics_path, state.iteration)?;
+        eprintln!("resumed from {} at iteration {}", ckpt_path.display(), state.iteration);
+    } else {
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(cfg)?)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+
+    let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
+    let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done);
+    let mut dlogits = Vec::new();
+    let mut test_acc = 0.0;
+    while state.iteration < cfg.iterations {
+        let epoch = state.iteration / per_epoch;
+        let start = state.iteration % per_epoch;
+        let order = Arc::new(epoch_order(data.train.len(), cfg.seed, epoch as u64, true));
+        let loader = BatchLoader::new(
+            data.train.clone(),
+            data.norm.clone(),
+            order,
+            cfg.batch,
+            start,
+            Some((cfg.seed, epoch as u64)),
+            cfg.loader_threads,
+        );
+        let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
+        let bar = progress_bar(progress, steps_this_epoch, epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let (mut win_loss, mut win_correct, mut win_seen) = (0f64, 0usize, 0usize);
+        let epoch_start = Instant::now();
+        let mut window_start = Instant::now();
+        for batch in loader.take(steps_this_epoch) {
+            let lr = cfg.schedule.lr_at(state.iteration, !warmup.done);
+            let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay };
+            let n = batch.len();
+            let (loss, ok) = step(&mut model, &batch.images, &batch.labels, sgd, &mut dlogits);
+            if !loss.is_finite() {
+                bar.abandon();
+                bail!(
+                    "loss became {loss} at iteration {} (lr {lr}); stopping. The last good checkpoint is {}",
+                    state.iteration + 1,
+                    ckpt_path.display()
+                );
+            }
+            state.iteration += 1;
+            warmup.record(1.0 - ok as f32 / n as f32, cfg.schedule.warmup_until_error);
+            state.warmup_done = warmup.done;
+            loss_sum += loss as f64 * n as f64;
+            correct += ok;
+            seen += n;
+            win_loss += loss as f64 * n as f64;
+            win_correct += ok;
+            win_seen += n;
+            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {:.4} acc {:.2}% {:.0} img/s", loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64, ips));
+            bar.inc(1);
+            if cfg.log_every > 0 && state.iteration % cfg.log_every == 0 {
+                let line = json!({
+                    "iter": state.iteration, "epoch": epoch, "loss": win_loss / win_seen as f64,
+                    "acc": win_correct as f64 / win_seen as f64, "lr": lr,
+                    "images_per_s": win_seen as f64 / window_start.elapsed().as_secs_f64(),
+                });
+                writeln!(metrics, "{line}")?;
+                (win_loss, win_correct, win_seen) = (0.0, 0, 0);
+                window_start = Instant::now();
+            }
+            if cfg.checkpoint_every > 0 && state.iteration % cfg.checkpoint_every == 0 {
+                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bar.abandon();
+                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+                return Ok(Outcome::Interrupted { iteration: state.iteration });
+            }
+        }
+        bar.finish_and_clear();
+        let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
+        let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), 500);
+        test_acc = test.accuracy();
+        let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
+        let line = json!({
+            "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
+            "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
+            "lr": lr, "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
+        });
+        writeln!(metrics, "{line}")?;
+        eprintln!(
+            "epoch {} iter {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {} | {:.0} img/s",
+            epoch + 1,
+            state.iteration,
+            cfg.iterations,
+            loss_sum / seen.max(1) as f64,
+            100.0 * correct as f64 / seen.max(1) as f64,
+            test.loss,
+            100.0 * test_acc,
+            lr,
+            train_ips
+        );
+        checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+    }
+    let metadata = checkpoint::weights_metadata(&model, &data.norm);
+    crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
+    Ok(Outcome::Finished { test_acc })
+}
+
+fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix((epoch + 1).to_string());
+    bar
+}
