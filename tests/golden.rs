@@ -1,0 +1,77 @@
+//! ResNet-20 against PyTorch (tools/golden_resnet20.py): logits, loss and every
+//! parameter gradient for one batch, and all parameters and running statistics after
+//! 3 SGD steps with momentum and weight decay, each within 1e-4 relative.
+
+mod common;
+
+use common::rel_err32;
+use resnet::engine::sgd::SgdConfig;
+use resnet::model::{CifarConfig, CifarResNet, Shortcut};
+use resnet::nn::Slot;
+use resnet::weights::{TensorFile, from_torch, to_torch};
+use std::path::Path;
+
+const TOL: f64 = 1e-4;
+
+fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                out[(i * hw + p) * c + ch] = x[(i * c + ch) * hw + p];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn resnet20_matches_pytorch() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let g = TensorFile::parse(&path, &bytes).unwrap();
+    let mut model = CifarResNet::new(CifarConfig::from_name("resnet20", Shortcut::A, 10).unwrap(), 0);
+    for t in model.named().iter_mut() {
+        let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
+        *t.value_mut() = from_torch(t.layout, &t.shape, v);
+    }
+    let n = 2;
+    let input = nchw_to_nhwc(&g.get("input", &[n, 3, 32, 32]).unwrap(), n, 3, 1024);
+    let labels: Vec<u8> = g.get("labels", &[n]).unwrap().iter().map(|&v| v as u8).collect();
+
+    let logits = model.forward(true, n, &input).to_vec();
+    let e = rel_err32(&logits, &g.get("logits", &[n, 10]).unwrap());
+    assert!(e < TOL, "logits rel err {e}");
+    let mut dlogits = vec![0f32; n * 10];
+    let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, &labels, &mut dlogits);
+    let want = g.get("loss", &[1]).unwrap()[0];
+    assert!(((loss - want) / want).abs() < TOL as f32, "loss {loss} vs {want}");
+    model.backward(n, &dlogits);
+    let mut checked = 0;
+    for t in model.named() {
+        if let Slot::Param(p) = &t.slot {
+            let got = to_torch(t.layout, &t.shape, &p.grad);
+            let e = rel_err32(&got, &g.get(&format!("grad.{}", t.name), &t.shape).unwrap());
+            assert!(e < TOL, "gradient of {} rel err {e}", t.name);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 59, "every parameter's gradient compared");
+
+    // Restart from the initial state and take 3 full SGD steps on the same batch.
+    let mut model = CifarResNet::new(CifarConfig::from_name("resnet20", Shortcut::A, 10).unwrap(), 0);
+    for t in model.named().iter_mut() {
+        let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
+        *t.value_mut() = from_torch(t.layout, &t.shape, v);
+    }
+    let sgd = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    let mut scratch = Vec::new();
+    for _ in 0..3 {
+        resnet::train::step(&mut model, &input, &labels, sgd, &mut scratch);
+    }
+    for t in model.named() {
+        let got = to_torch(t.layout, &t.shape, t.value());
+        let e = rel_err32(&got, &g.get(&format!("step3.{}", t.name), &t.shape).unwrap());
+        assert!(e < TOL, "{} after 3 steps: rel err {e}", t.name);
+    }
+}

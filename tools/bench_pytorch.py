@@ -1,0 +1,58 @@
+"""Side-by-side reference for `resnet bench`: PyTorch CPU throughput of the same CIFAR
+ResNet, channels_last, same batch, same thread count, median of timed steps.
+
+    python tools/bench_pytorch.py --depth 20 --batch 128 --threads 2
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from cifar_resnet import CifarResNet
+
+
+def timed(fn, warmup, steps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = CifarResNet((a.depth - 2) // 6).to(memory_format=torch.channels_last)
+    x = torch.randn(a.batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    model.train()
+    t_train = timed(train_step, a.warmup, a.steps)
+    model.eval()
+    with torch.no_grad():
+        t_infer = timed(lambda: model(x), a.warmup, a.steps)
+    print(f"pytorch {torch.__version__} resnet{a.depth} batch {a.batch} threads {a.threads} channels_last")
+    print(f"train: {a.batch / t_train:.1f} img/s ({t_train * 1e3:.2f} ms/step)")
+    print(f"infer: {a.batch / t_infer:.1f} img/s ({t_infer * 1e3:.2f} ms/batch)")
+
+
+if __name__ == "__main__":
+    main()
