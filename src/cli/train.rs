@@ -15,6 +15,9 @@ pub struct Args {
     /// Directory of the official binary batches (default: the downloaded copy).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Test batch file, when --data is a single training batch file.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
     #[arg(long, default_value = "cifar10", value_parser = super::parse_dataset)]
     dataset: DatasetKind,
     /// Train for N epochs, with the lr drops scaled to 50% and 75% of the run.
@@ -99,6 +102,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         shortcut: a.shortcut,
         dataset: a.dataset,
         data,
+        test_data: a.test_data.clone(),
         out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
         batch: a.batch,
         momentum: a.momentum,
@@ -121,7 +125,15 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
 
 fn load_data(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
     let mut train = cifar::load(&cfg.data, cfg.dataset, true)?;
-    let test = if cfg.val_split > 0 { train.split_off_last(cfg.val_split)? } else { cifar::load(&cfg.data, cfg.dataset, false)? };
+    let test = if cfg.val_split > 0 {
+        train.split_off_last(cfg.val_split)?
+    } else if let Some(t) = &cfg.test_data {
+        cifar::load(t, cfg.dataset, false)?
+    } else if cfg.data.is_file() {
+        bail!("{}: --data is a single batch file; pass --test-data FILE or --val-split N for evaluation", cfg.data.display())
+    } else {
+        cifar::load(&cfg.data, cfg.dataset, false)?
+    };
     let norm = match saved_norm {
         Some(n) => n,
         None => Norm::from_name(&cfg.norm, Some(&train))?,

@@ -11,6 +11,8 @@ pub struct TrainConfig {
     pub shortcut: Shortcut,
     pub dataset: DatasetKind,
     pub data: PathBuf,
+    /// Evaluation batches when `data` is a single training file.
+    pub test_data: Option<PathBuf>,
     pub out: PathBuf,
     pub batch: usize,
     pub momentum: f32,
