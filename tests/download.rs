@@ -12,14 +12,26 @@ use std::process::Command;
 fn make_archive() -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
-    let names = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+    let names = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
     for name in names {
         let body = vec![3u8; 3073 * 4];
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), body.as_slice()).unwrap();
+        tar.append_data(
+            &mut h,
+            format!("cifar-10-batches-bin/{name}"),
+            body.as_slice(),
+        )
+        .unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -33,7 +45,10 @@ fn serve(body: Vec<u8>) -> String {
             let mut s = stream.unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/gzip\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/gzip\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = s.write_all(head.as_bytes());
             let _ = s.write_all(&body);
         }
@@ -44,7 +59,10 @@ fn serve(body: Vec<u8>) -> String {
 #[test]
 fn download_verifies_and_unpacks() {
     let archive = make_archive();
-    let md5: String = Md5::digest(&archive).iter().map(|b| format!("{b:02x}")).collect();
+    let md5: String = Md5::digest(&archive)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let url = format!("{}/cifar-10-binary.tar.gz", serve(archive));
     let dir = common::temp_dir("download_ok");
     let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
@@ -52,11 +70,23 @@ fn download_verifies_and_unpacks() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in ["data_batch_1.bin", "data_batch_5.bin", "test_batch.bin"] {
-        assert_eq!(std::fs::metadata(dir.join("cifar-10-batches-bin").join(f)).unwrap().len(), 3073 * 4);
+        assert_eq!(
+            std::fs::metadata(dir.join("cifar-10-batches-bin").join(f))
+                .unwrap()
+                .len(),
+            3073 * 4
+        );
     }
-    assert!(resnet::data::cifar::is_present(&dir, resnet::data::DatasetKind::Cifar10));
+    assert!(resnet::data::cifar::is_present(
+        &dir,
+        resnet::data::DatasetKind::Cifar10
+    ));
 
     // A wrong checksum (here: the official one) is refused and nothing is unpacked.
     let bad_dir = common::temp_dir("download_bad");
@@ -66,7 +96,13 @@ fn download_verifies_and_unpacks() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("md5 mismatch"), "{err}");
-    assert!(err.contains("c32a1d4ab5d03f1284b67883e8d87530"), "the official md5 is the default: {err}");
+    assert!(
+        !out.status.success() && err.contains("md5 mismatch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c32a1d4ab5d03f1284b67883e8d87530"),
+        "the official md5 is the default: {err}"
+    );
     assert!(!bad_dir.join("cifar-10-batches-bin").exists());
 }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "resnet", version, about = "Deep residual networks (He et al. 2015): build, train, evaluate, benchmark")]
+#[command(
+    name = "resnet",
+    version,
+    about = "Deep residual networks (He et al. 2015): build, train, evaluate, benchmark"
+)]
 struct Cli {
     /// Worker threads for the compute engine (default: all cores).
     #[arg(long, global = true)]
@@ -37,7 +41,9 @@ enum Command {
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()?;
     }
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -53,7 +59,9 @@ fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
     match s {
         "cifar10" => Ok(resnet::data::DatasetKind::Cifar10),
         "cifar100" => Ok(resnet::data::DatasetKind::Cifar100),
-        _ => Err(format!("unknown dataset '{s}' (expected cifar10 or cifar100)")),
+        _ => Err(format!(
+            "unknown dataset '{s}' (expected cifar10 or cifar100)"
+        )),
     }
 }
 

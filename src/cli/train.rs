@@ -80,12 +80,22 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
     if cifar::is_present(&dir, kind) {
         return Ok(dir);
     }
-    let name = if kind == DatasetKind::Cifar10 { "cifar10" } else { "cifar100" };
-    bail!("no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})", kind.name(), dir.display())
+    let name = if kind == DatasetKind::Cifar10 {
+        "cifar10"
+    } else {
+        "cifar100"
+    };
+    bail!(
+        "no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})",
+        kind.name(),
+        dir.display()
+    )
 }
 
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
-    let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
+    let Some(model) = a.model.clone() else {
+        bail!("--model is required (e.g. --model resnet20)")
+    };
     let (n, _) = parse_cifar_name(&model)?;
     let data = find_data(a.data.clone(), a.dataset)?;
     let warmup = match a.warmup.as_str() {
@@ -103,7 +113,10 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         dataset: a.dataset,
         data,
         test_data: a.test_data.clone(),
-        out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
+        out: a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
         batch: a.batch,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -130,7 +143,10 @@ fn load_data(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
     } else if let Some(t) = &cfg.test_data {
         cifar::load(t, cfg.dataset, false)?
     } else if cfg.data.is_file() {
-        bail!("{}: --data is a single batch file; pass --test-data FILE or --val-split N for evaluation", cfg.data.display())
+        bail!(
+            "{}: --data is a single batch file; pass --test-data FILE or --val-split N for evaluation",
+            cfg.data.display()
+        )
     } else {
         cifar::load(&cfg.data, cfg.dataset, false)?
     };
@@ -138,13 +154,22 @@ fn load_data(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
         Some(n) => n,
         None => Norm::from_name(&cfg.norm, Some(&train))?,
     };
-    Ok(Datasets { train: Arc::new(train), test: Arc::new(test), norm: Arc::new(norm) })
+    Ok(Datasets {
+        train: Arc::new(train),
+        test: Arc::new(test),
+        norm: Arc::new(norm),
+    })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (cfg, saved_norm) = if a.resume {
-        let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
-        let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
+        let out = a
+            .out
+            .clone()
+            .or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
+        let Some(out) = out else {
+            bail!("--resume needs --out DIR (the run directory)")
+        };
         let (mut cfg, _, norm) = checkpoint::read_meta(&out.join(resnet::train::run::CHECKPOINT))?;
         cfg.out = out;
         if let Some(d) = &a.data {
@@ -177,11 +202,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
     );
     match resnet::train::train(&cfg, data, a.resume, !a.quiet)? {
         Outcome::Finished { test_acc } => {
-            println!("finished: test accuracy {:.2}%, weights in {}", 100.0 * test_acc, cfg.out.join("model.safetensors").display());
+            println!(
+                "finished: test accuracy {:.2}%, weights in {}",
+                100.0 * test_acc,
+                cfg.out.join("model.safetensors").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Interrupted { iteration } => {
-            eprintln!("interrupted at iteration {iteration}; checkpoint saved. Continue with: resnet train --resume --out {}", cfg.out.display());
+            eprintln!(
+                "interrupted at iteration {iteration}; checkpoint saved. Continue with: resnet train --resume --out {}",
+                cfg.out.display()
+            );
             Ok(ExitCode::from(130))
         }
     }

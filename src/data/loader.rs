@@ -37,7 +37,14 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<u32>
 }
 
 /// Builds batch `b` of `order` (the last batch may be short).
-pub fn build_batch(data: &Dataset, norm: &Norm, order: &[u32], batch: usize, b: usize, augment: Option<(u64, u64)>) -> Batch {
+pub fn build_batch(
+    data: &Dataset,
+    norm: &Norm,
+    order: &[u32],
+    batch: usize,
+    b: usize,
+    augment: Option<(u64, u64)>,
+) -> Batch {
     let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
     let mut images = vec![0f32; idx.len() * IMAGE_BYTES];
     let mut tmp = vec![0f32; IMAGE_BYTES];
@@ -46,7 +53,10 @@ pub fn build_batch(data: &Dataset, norm: &Norm, order: &[u32], batch: usize, b: 
         let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (b * batch + k) as u64));
         prepare(data, i as usize, norm, rng.as_mut(), &mut tmp, out);
     }
-    Batch { images, labels: idx.iter().map(|&i| data.labels[i as usize]).collect() }
+    Batch {
+        images,
+        labels: idx.iter().map(|&i| data.labels[i as usize]).collect(),
+    }
 }
 
 /// Streams the batches `start..` of one epoch from background threads.
@@ -79,7 +89,10 @@ impl BatchLoader {
             handles.push(std::thread::spawn(move || {
                 let mut b = start + w;
                 while b < end {
-                    if tx.send(build_batch(&data, &norm, &order, batch, b, augment)).is_err() {
+                    if tx
+                        .send(build_batch(&data, &norm, &order, batch, b, augment))
+                        .is_err()
+                    {
                         return; // the consumer stopped early
                     }
                     b += workers;
@@ -87,7 +100,13 @@ impl BatchLoader {
             }));
             receivers.push(rx);
         }
-        BatchLoader { receivers, workers: handles, start, next: start, end }
+        BatchLoader {
+            receivers,
+            workers: handles,
+            start,
+            next: start,
+            end,
+        }
     }
 
     /// Index (within the epoch) of the batch the next call returns.

@@ -6,12 +6,21 @@ use crate::engine::{Workspace, conv::ConvShape, ops, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
 
+#[allow(clippy::large_enum_variant)] // one per block; boxing buys nothing
 enum ShortcutPath {
     /// No shortcut: the plain network.
     None,
     Identity,
-    ZeroPad { op: ShortcutA, out: Vec<f32> },
-    Projection { conv: Conv2d, bn: BatchNorm2d, conv_out: Vec<f32>, out: Vec<f32> },
+    ZeroPad {
+        op: ShortcutA,
+        out: Vec<f32>,
+    },
+    Projection {
+        conv: Conv2d,
+        bn: BatchNorm2d,
+        conv_out: Vec<f32>,
+        out: Vec<f32>,
+    },
 }
 
 pub struct BasicBlock {
@@ -29,14 +38,49 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     /// A block from `c_in` channels at `h×w` to `planes` channels, first conv strided.
-    pub fn new(c_in: usize, planes: usize, stride: usize, h: usize, w: usize, shortcut: Option<Shortcut>, rng: &mut Rng) -> Self {
-        let s1 = ConvShape { c_in, c_out: planes, kernel: 3, stride, pad: 1, h, w };
-        let s2 = ConvShape { c_in: planes, c_out: planes, kernel: 3, stride: 1, pad: 1, h: s1.out_h(), w: s1.out_w() };
+    pub fn new(
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        h: usize,
+        w: usize,
+        shortcut: Option<Shortcut>,
+        rng: &mut Rng,
+    ) -> Self {
+        let s1 = ConvShape {
+            c_in,
+            c_out: planes,
+            kernel: 3,
+            stride,
+            pad: 1,
+            h,
+            w,
+        };
+        let s2 = ConvShape {
+            c_in: planes,
+            c_out: planes,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+            h: s1.out_h(),
+            w: s1.out_w(),
+        };
         let conv1 = Conv2d::new(s1, rng);
         let conv2 = Conv2d::new(s2, rng);
         let grows = stride != 1 || c_in != planes;
         let projection = |rng: &mut Rng| ShortcutPath::Projection {
-            conv: Conv2d::new(ConvShape { c_in, c_out: planes, kernel: 1, stride, pad: 0, h, w }, rng),
+            conv: Conv2d::new(
+                ConvShape {
+                    c_in,
+                    c_out: planes,
+                    kernel: 1,
+                    stride,
+                    pad: 0,
+                    h,
+                    w,
+                },
+                rng,
+            ),
             bn: BatchNorm2d::new(planes),
             conv_out: Vec::new(),
             out: Vec::new(),
@@ -46,8 +90,20 @@ impl BasicBlock {
             Some(Shortcut::C) => projection(rng),
             Some(Shortcut::B) if grows => projection(rng),
             Some(Shortcut::A) if grows => {
-                assert!((planes - c_in) % 2 == 0, "option A needs an even channel increase");
-                ShortcutPath::ZeroPad { op: ShortcutA { h, w, c_in, stride, pad: (planes - c_in) / 2 }, out: Vec::new() }
+                assert!(
+                    (planes - c_in).is_multiple_of(2),
+                    "option A needs an even channel increase"
+                );
+                ShortcutPath::ZeroPad {
+                    op: ShortcutA {
+                        h,
+                        w,
+                        c_in,
+                        stride,
+                        pad: (planes - c_in) / 2,
+                    },
+                    out: Vec::new(),
+                }
             }
             Some(_) => ShortcutPath::Identity,
         };
@@ -94,7 +150,8 @@ impl BasicBlock {
     pub fn forward(&mut self, train: bool, n: usize, x: &[f32], ws: &mut Workspace) {
         let rows = n * self.conv2.shape.out_pixels();
         self.conv1.forward(n, x, &mut self.c1, ws);
-        self.bn1.forward(train, rows, &self.c1, None, true, &mut self.a1);
+        self.bn1
+            .forward(train, rows, &self.c1, None, true, &mut self.a1);
         self.conv2.forward(n, &self.a1, &mut self.c2, ws);
         let residual: Option<&[f32]> = match &mut self.shortcut {
             ShortcutPath::None => None,
@@ -103,18 +160,34 @@ impl BasicBlock {
                 op.forward(n, x, out);
                 Some(out.as_slice())
             }
-            ShortcutPath::Projection { conv, bn, conv_out, out } => {
+            ShortcutPath::Projection {
+                conv,
+                bn,
+                conv_out,
+                out,
+            } => {
                 conv.forward(n, x, conv_out, ws);
                 bn.forward(train, rows, conv_out, None, false, out);
                 Some(out.as_slice())
             }
         };
-        self.bn2.forward(train, rows, &self.c2, residual, true, &mut self.out);
+        self.bn2
+            .forward(train, rows, &self.c2, residual, true, &mut self.out);
     }
 
     /// `g`: dL/d(out) on entry (clobbered). Writes dL/dx to `dx`. `t1`, `t2`: scratch
     /// of at least `n * out_len()` elements each.
-    pub fn backward(&mut self, n: usize, x: &[f32], g: &mut [f32], dx: &mut [f32], t1: &mut [f32], t2: &mut [f32], ws: &mut Workspace) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        n: usize,
+        x: &[f32],
+        g: &mut [f32],
+        dx: &mut [f32],
+        t1: &mut [f32],
+        t2: &mut [f32],
+        ws: &mut Workspace,
+    ) {
         let rows = n * self.conv2.shape.out_pixels();
         let (out_len, in_len) = (n * self.out_len(), n * self.in_len());
         let (g, dx, t1) = (&mut g[..out_len], &mut dx[..in_len], &mut t1[..out_len]);
@@ -123,7 +196,9 @@ impl BasicBlock {
             ShortcutPath::None => dx.fill(0.0),
             ShortcutPath::Identity => dx.copy_from_slice(g),
             ShortcutPath::ZeroPad { op, .. } => op.backward(n, g, dx),
-            ShortcutPath::Projection { conv, bn, conv_out, .. } => {
+            ShortcutPath::Projection {
+                conv, bn, conv_out, ..
+            } => {
                 let t2 = &mut t2[..out_len];
                 t2.copy_from_slice(g);
                 bn.backward(rows, conv_out, None, t2);

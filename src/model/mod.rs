@@ -38,17 +38,25 @@ pub fn parse_cifar_name(name: &str) -> Result<(usize, bool)> {
     } else if let Some(d) = name.strip_prefix("plain") {
         (false, d)
     } else {
-        bail!("unknown model '{name}': expected resnet<depth> or plain<depth> with depth = 6n+2 (20, 32, 44, 56, 110, 1202)")
+        bail!(
+            "unknown model '{name}': expected resnet<depth> or plain<depth> with depth = 6n+2 (20, 32, 44, 56, 110, 1202)"
+        )
     };
     let depth: usize = match digits.parse() {
         Ok(d) => d,
-        Err(_) => bail!("unknown model '{name}': expected resnet<depth> or plain<depth>, e.g. resnet20"),
+        Err(_) => {
+            bail!("unknown model '{name}': expected resnet<depth> or plain<depth>, e.g. resnet20")
+        }
     };
     if [18, 34, 50, 101, 152].contains(&depth) {
-        bail!("model '{name}' is an ImageNet network, which this build does not provide yet; CIFAR models are resnet/plain with depth 6n+2 (20, 32, 44, 56, 110, 1202)");
+        bail!(
+            "model '{name}' is an ImageNet network, which this build does not provide yet; CIFAR models are resnet/plain with depth 6n+2 (20, 32, 44, 56, 110, 1202)"
+        );
     }
-    if depth < 8 || (depth - 2) % 6 != 0 {
-        bail!("unknown model '{name}': CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)");
+    if depth < 8 || !(depth - 2).is_multiple_of(6) {
+        bail!(
+            "unknown model '{name}': CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
+        );
     }
     Ok(((depth - 2) / 6, residual))
 }

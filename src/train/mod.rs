@@ -14,7 +14,13 @@ use crate::model::CifarResNet;
 
 /// One SGD step on a batch: forward in training mode, softmax cross-entropy, backward,
 /// update. Returns (mean loss, correct predictions). `dlogits` is reused scratch.
-pub fn step(model: &mut CifarResNet, images: &[f32], labels: &[u8], cfg: sgd::SgdConfig, dlogits: &mut Vec<f32>) -> (f32, usize) {
+pub fn step(
+    model: &mut CifarResNet,
+    images: &[f32],
+    labels: &[u8],
+    cfg: sgd::SgdConfig,
+    dlogits: &mut Vec<f32>,
+) -> (f32, usize) {
     let n = labels.len();
     let classes = model.config.classes;
     crate::engine::ensure_len(dlogits, n * classes);

@@ -41,7 +41,9 @@ pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
 /// Keeps only metric lines at or before `iteration` (after a resume, lines written past
 /// the checkpoint describe steps that will be redone).
 fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -57,18 +59,26 @@ fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
 
 pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
     let out = &cfg.out;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create run directory", out.display()))?;
     let model_cfg = CifarConfig::from_name(&cfg.model, cfg.shortcut, cfg.dataset.classes())?;
     let mut model = CifarResNet::new(model_cfg, cfg.seed);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
-    let mut state = TrainState { iteration: 0, warmup_done: false };
+    let mut state = TrainState {
+        iteration: 0,
+        warmup_done: false,
+    };
     if resume {
         let (_, saved, _) = checkpoint::read_meta(&ckpt_path)?;
         checkpoint::restore(&ckpt_path, &mut model)?;
         state = saved;
         truncate_metrics(&metrics_path, state.iteration)?;
-        eprintln!("resumed from {} at iteration {}", ckpt_path.display(), state.iteration);
+        eprintln!(
+            "resumed from {} at iteration {}",
+            ckpt_path.display(),
+            state.iteration
+        );
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
@@ -104,7 +114,11 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         let mut window_start = Instant::now();
         for batch in loader.take(steps_this_epoch) {
             let lr = cfg.schedule.lr_at(state.iteration, !warmup.done);
-            let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay };
+            let sgd = SgdConfig {
+                lr,
+                momentum: cfg.momentum,
+                weight_decay: cfg.weight_decay,
+            };
             let n = batch.len();
             let (loss, ok) = step(&mut model, &batch.images, &batch.labels, sgd, &mut dlogits);
             if !loss.is_finite() {
@@ -125,9 +139,14 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             win_correct += ok;
             win_seen += n;
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4} acc {:.2}% {:.0} img/s", loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64, ips));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                ips
+            ));
             bar.inc(1);
-            if cfg.log_every > 0 && state.iteration % cfg.log_every == 0 {
+            if cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
                 let line = json!({
                     "iter": state.iteration, "epoch": epoch, "loss": win_loss / win_seen as f64,
                     "acc": win_correct as f64 / win_seen as f64, "lr": lr,
@@ -137,20 +156,24 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 (win_loss, win_correct, win_seen) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
-            if cfg.checkpoint_every > 0 && state.iteration % cfg.checkpoint_every == 0 {
+            if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
                 checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon();
                 checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
-                return Ok(Outcome::Interrupted { iteration: state.iteration });
+                return Ok(Outcome::Interrupted {
+                    iteration: state.iteration,
+                });
             }
         }
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
         let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), 500);
         test_acc = test.accuracy();
-        let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
+        let lr = cfg
+            .schedule
+            .lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
             "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
@@ -182,9 +205,11 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressB
     }
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix((epoch + 1).to_string());
     bar
