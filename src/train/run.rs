@@ -178,6 +178,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
             "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
             "lr": lr, "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
+            "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
         });
         writeln!(metrics, "{line}")?;
         eprintln!(
@@ -197,6 +198,14 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let metadata = checkpoint::weights_metadata(&model, &data.norm);
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
     Ok(Outcome::Finished { test_acc })
+}
+
+/// A memory figure of this process from /proc/self/status (Linux), in MiB.
+fn proc_status_mb(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressBar {
