@@ -36,24 +36,12 @@ fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-pub fn run(
-    model: &str,
-    shortcut: Shortcut,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-) -> anyhow::Result<BenchResult> {
+pub fn run(model: &str, shortcut: Shortcut, batch: usize, steps: usize, warmup: usize) -> anyhow::Result<BenchResult> {
     let mut net = CifarResNet::new(CifarConfig::from_name(model, shortcut, 10)?, 1);
     let mut rng = Rng::new(7);
-    let images: Vec<f32> = (0..batch * net.image_len())
-        .map(|_| rng.normal() as f32)
-        .collect();
+    let images: Vec<f32> = (0..batch * net.image_len()).map(|_| rng.normal() as f32).collect();
     let labels: Vec<u8> = (0..batch).map(|_| rng.below(10) as u8).collect();
-    let sgd = SgdConfig {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-    };
+    let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
     let mut dlogits = Vec::new();
     let train = time_steps(warmup, steps, || {
         crate::train::step(&mut net, &images, &labels, sgd, &mut dlogits);

@@ -21,18 +21,10 @@ impl EvalResult {
     }
 }
 
-pub fn evaluate(
-    model: &mut CifarResNet,
-    data: Arc<Dataset>,
-    norm: Arc<Norm>,
-    batch: usize,
-) -> EvalResult {
+pub fn evaluate(model: &mut CifarResNet, data: Arc<Dataset>, norm: Arc<Norm>, batch: usize) -> EvalResult {
     let classes = model.config.classes;
     let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
-    let mut r = EvalResult {
-        per_class: vec![(0, 0); classes],
-        ..Default::default()
-    };
+    let mut r = EvalResult { per_class: vec![(0, 0); classes], ..Default::default() };
     let mut grad = vec![0f32; batch * classes];
     for b in BatchLoader::new(data, norm, order, batch, 0, None, 1) {
         let n = b.len();

@@ -14,12 +14,8 @@ impl Rng {
     /// An independent stream for `(seed, a, b)`, e.g. (seed, epoch, sample index).
     pub fn derive(seed: u64, a: u64, b: u64) -> Self {
         let mut r = Rng::new(seed ^ 0x5851_F42D_4C95_7F2D);
-        r.state ^= r
-            .next_u64()
-            .wrapping_add(a.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        r.state ^= r
-            .next_u64()
-            .wrapping_add(b.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.state ^= r.next_u64().wrapping_add(a.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        r.state ^= r.next_u64().wrapping_add(b.wrapping_mul(0xD1B5_4A32_D192_ED03));
         r
     }
     pub fn next_u64(&mut self) -> u64 {

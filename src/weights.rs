@@ -52,33 +52,19 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Serializes named tensors (`(name, shape, values in PyTorch order)`) with metadata.
-pub fn serialize(
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    metadata: HashMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn serialize(tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| f32_bytes(v)).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?))
-        })
+        .map(|((name, shape, _), b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(views, Some(metadata))?)
 }
 
 /// The model's state dict as `(name, torch shape, torch-order values)`.
 pub fn state_dict(named: &[Named]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    named
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.shape.clone(),
-                to_torch(t.layout, &t.shape, t.value()),
-            )
-        })
-        .collect()
+    named.iter().map(|t| (t.name.clone(), t.shape.clone(), to_torch(t.layout, &t.shape, t.value()))).collect()
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
@@ -86,14 +72,10 @@ pub fn state_dict(named: &[Named]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("{}: write failed", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: write failed", tmp.display()))?;
     drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 
@@ -130,46 +112,22 @@ impl<'a> TensorFile<'a> {
             .st
             .tensor(key)
             .or_else(|_| self.st.tensor(&format!("module.{key}")))
-            .map_err(|_| {
-                anyhow!(
-                    "{}: missing key '{key}' (expected shape {shape:?})",
-                    self.path.display()
-                )
-            })?;
+            .map_err(|_| anyhow!("{}: missing key '{key}' (expected shape {shape:?})", self.path.display()))?;
         if view.shape() != shape {
-            bail!(
-                "{}: key '{key}': expected shape {shape:?}, found {:?}",
-                self.path.display(),
-                view.shape()
-            );
+            bail!("{}: key '{key}': expected shape {shape:?}, found {:?}", self.path.display(), view.shape());
         }
         if view.dtype() != Dtype::F32 {
-            bail!(
-                "{}: key '{key}': expected dtype F32, found {:?}",
-                self.path.display(),
-                view.dtype()
-            );
+            bail!("{}: key '{key}': expected dtype F32, found {:?}", self.path.display(), view.dtype());
         }
-        Ok(view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 }
 
 /// Loads a state dict into the model. Every model key must be present with the right
 /// shape; keys the model does not have are an error unless `ignore_prefix` matches them
 /// (checkpoints carry optimizer state) or they are BatchNorm's `num_batches_tracked`.
-pub fn load_into(
-    file: &TensorFile,
-    named: &mut [Named],
-    ignore_prefix: Option<&str>,
-) -> Result<()> {
-    let expected: HashMap<&str, &[usize]> = named
-        .iter()
-        .map(|t| (t.name.as_str(), t.shape.as_slice()))
-        .collect();
+pub fn load_into(file: &TensorFile, named: &mut [Named], ignore_prefix: Option<&str>) -> Result<()> {
+    let expected: HashMap<&str, &[usize]> = named.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
     let mut names: Vec<&str> = file.st.names();
     names.sort();
     for name in names {
@@ -180,15 +138,8 @@ pub fn load_into(
         if ignore_prefix.is_some_and(|p| name.starts_with(p)) {
             continue;
         }
-        let shape = file
-            .st
-            .tensor(name)
-            .map(|v| v.shape().to_vec())
-            .unwrap_or_default();
-        bail!(
-            "{}: unexpected key '{name}' (shape {shape:?}), not a tensor of this model",
-            file.path.display()
-        );
+        let shape = file.st.tensor(name).map(|v| v.shape().to_vec()).unwrap_or_default();
+        bail!("{}: unexpected key '{name}' (shape {shape:?}), not a tensor of this model", file.path.display());
     }
     for t in named.iter_mut() {
         let values = file.get(&t.name, &t.shape)?;

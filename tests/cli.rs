@@ -7,19 +7,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(args)
-        .output()
-        .expect("run resnet")
+    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("run resnet")
 }
 
 /// Asserts a clean failure: exit code 1, one `error:` line containing every `needle`.
 fn assert_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
@@ -30,6 +24,16 @@ fn assert_error(out: &Output, needles: &[&str]) {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// A short resnet8 run on one batch file (used for both training and evaluation),
+/// giving real weights and checkpoints to feed the error cases.
+fn train_tiny(data: &Path, out: &Path, iterations: &str, extra: &[&str]) {
+    let mut args = vec!["train", "--model", "resnet8", "--data", p(data), "--test-data", p(data)];
+    args.extend(["--iterations", iterations, "--batch", "10", "--out", p(out), "--quiet"]);
+    args.extend(extra);
+    let out = resnet(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -47,10 +51,7 @@ fn info_prints_exact_parameter_counts() {
         let out = resnet(&["info", model]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.lines().any(|l| l == format!("parameters: {params}")),
-            "{model}: {text}"
-        );
+        assert!(text.lines().any(|l| l == format!("parameters: {params}")), "{model}: {text}");
         assert!(text.contains("mult-adds: "), "{model}");
     }
     let text = String::from_utf8_lossy(&resnet(&["info", "resnet20"]).stdout).to_string();
@@ -61,10 +62,7 @@ fn info_prints_exact_parameter_counts() {
 fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["info", "resnet21"]), &["resnet21", "6n+2"]);
     assert_error(&resnet(&["info", "vgg16"]), &["unknown model 'vgg16'"]);
-    assert_error(
-        &resnet(&["bench", "--model", "nope"]),
-        &["unknown model 'nope'"],
-    );
+    assert_error(&resnet(&["bench", "--model", "nope"]), &["unknown model 'nope'"]);
     let bad_flag = resnet(&["train", "--model", "resnet20", "--lr", "fast"]);
     assert!(!bad_flag.status.success());
     assert!(!String::from_utf8_lossy(&bad_flag.stderr).contains("panicked"));
@@ -77,55 +75,18 @@ fn bad_data_files_are_reported_with_their_name() {
     common::write_cifar_file(&dir.join("good.bin"), 20, 1);
     // Weights for the eval calls below come from a one-step training run.
     let run = dir.join("run");
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&dir.join("good.bin")),
-        "--test-data",
-        p(&dir.join("good.bin")),
-        "--iterations",
-        "1",
-        "--batch",
-        "10",
-        "--out",
-        p(&run),
-        "--quiet",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_tiny(&dir.join("good.bin"), &run, "1", &[]);
     std::fs::copy(run.join("model.safetensors"), &weights).unwrap();
-    let eval = |data: &Path| {
-        resnet(&[
-            "eval",
-            "--model",
-            "resnet8",
-            "--weights",
-            p(&weights),
-            "--data",
-            p(data),
-        ])
-    };
+    let eval = |data: &Path| resnet(&["eval", "--model", "resnet8", "--weights", p(&weights), "--data", p(data)]);
 
     let good = eval(&dir.join("good.bin"));
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
     assert!(String::from_utf8_lossy(&good.stdout).contains("/20)"));
 
     let bytes = std::fs::read(dir.join("good.bin")).unwrap();
     let truncated = dir.join("truncated.bin");
     std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
-    assert_error(
-        &eval(&truncated),
-        &["truncated.bin", "not a whole number of 3073-byte"],
-    );
+    assert_error(&eval(&truncated), &["truncated.bin", "not a whole number of 3073-byte"]);
 
     let wrong = dir.join("cifar100-records.bin");
     std::fs::write(&wrong, vec![0u8; 3074 * 7]).unwrap();
@@ -137,20 +98,14 @@ fn bad_data_files_are_reported_with_their_name() {
     std::fs::write(&bad, bad_label).unwrap();
     assert_error(&eval(&bad), &["badlabel.bin", "record 3 has label 12"]);
 
-    assert_error(
-        &eval(&dir.join("missing.bin")),
-        &["missing.bin", "no such file"],
-    );
+    assert_error(&eval(&dir.join("missing.bin")), &["missing.bin", "no such file"]);
 
     // A directory without the official batches names what is missing.
     let empty = common::temp_dir("cli_empty_data");
     assert_error(&eval(&empty), &["test_batch.bin"]);
     // Official names must hold the official record count.
     std::fs::copy(dir.join("good.bin"), empty.join("test_batch.bin")).unwrap();
-    assert_error(
-        &eval(&empty),
-        &["test_batch.bin", "20 records, expected 10000"],
-    );
+    assert_error(&eval(&empty), &["test_batch.bin", "20 records, expected 10000"]);
 }
 
 #[test]
@@ -158,103 +113,25 @@ fn bad_weights_and_checkpoints_are_reported() {
     let dir = common::temp_dir("cli_bad_weights");
     common::write_cifar_file(&dir.join("d.bin"), 20, 2);
     let run = dir.join("run");
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&dir.join("d.bin")),
-        "--test-data",
-        p(&dir.join("d.bin")),
-        "--iterations",
-        "2",
-        "--batch",
-        "10",
-        "--out",
-        p(&run),
-        "--quiet",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_tiny(&dir.join("d.bin"), &run, "2", &[]);
     let w = run.join("model.safetensors");
     let data = dir.join("d.bin");
 
     // Wrong depth: the first key the file lacks.
-    let deeper = resnet(&[
-        "eval",
-        "--model",
-        "resnet14",
-        "--weights",
-        p(&w),
-        "--data",
-        p(&data),
-    ]);
-    assert_error(
-        &deeper,
-        &[
-            "model.safetensors",
-            "missing key 'layer1.1.conv1.weight'",
-            "[16, 16, 3, 3]",
-        ],
-    );
+    let deeper = resnet(&["eval", "--model", "resnet14", "--weights", p(&w), "--data", p(&data)]);
+    assert_error(&deeper, &["model.safetensors", "missing key 'layer1.1.conv1.weight'", "[16, 16, 3, 3]"]);
     // Wrong classes: expected and found shapes.
     let c100_path = dir.join("c100.bin");
     std::fs::write(&c100_path, vec![1u8; 3074 * 5]).unwrap();
-    let classes = resnet(&[
-        "eval",
-        "--model",
-        "resnet8",
-        "--weights",
-        p(&w),
-        "--data",
-        p(&c100_path),
-        "--dataset",
-        "cifar100",
-    ]);
-    assert_error(
-        &classes,
-        &["key 'linear.weight': expected shape [100, 64], found [10, 64]"],
-    );
+    let classes =
+        resnet(&["eval", "--model", "resnet8", "--weights", p(&w), "--data", p(&c100_path), "--dataset", "cifar100"]);
+    assert_error(&classes, &["key 'linear.weight': expected shape [100, 64], found [10, 64]"]);
     // A key the model does not have: option-B weights into an option-A model.
     let run_b = dir.join("run_b");
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--shortcut",
-        "B",
-        "--data",
-        p(&data),
-        "--test-data",
-        p(&data),
-        "--iterations",
-        "1",
-        "--batch",
-        "10",
-        "--out",
-        p(&run_b),
-        "--quiet",
-    ]);
-    assert!(out.status.success());
-    let extra = resnet(&[
-        "eval",
-        "--model",
-        "resnet8",
-        "--weights",
-        p(&run_b.join("model.safetensors")),
-        "--data",
-        p(&data),
-    ]);
-    assert_error(
-        &extra,
-        &[
-            "unexpected key 'layer2.0.shortcut.0.weight'",
-            "[32, 16, 1, 1]",
-        ],
-    );
+    train_tiny(&data, &run_b, "1", &["--shortcut", "B"]);
+    let extra =
+        resnet(&["eval", "--model", "resnet8", "--weights", p(&run_b.join("model.safetensors")), "--data", p(&data)]);
+    assert_error(&extra, &["unexpected key 'layer2.0.shortcut.0.weight'", "[32, 16, 1, 1]"]);
     // A checkpoint (weights plus optimizer state) is accepted as weights.
     let ckpt_eval = resnet(&[
         "eval",
@@ -265,29 +142,13 @@ fn bad_weights_and_checkpoints_are_reported() {
         "--data",
         p(&data),
     ]);
-    assert!(
-        ckpt_eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ckpt_eval.stderr)
-    );
+    assert!(ckpt_eval.status.success(), "{}", String::from_utf8_lossy(&ckpt_eval.stderr));
 
     // Corrupt weights.
     let corrupt = dir.join("corrupt.safetensors");
-    std::fs::write(
-        &corrupt,
-        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
-    )
-    .unwrap();
+    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
     assert_error(
-        &resnet(&[
-            "eval",
-            "--model",
-            "resnet8",
-            "--weights",
-            p(&corrupt),
-            "--data",
-            p(&data),
-        ]),
+        &resnet(&["eval", "--model", "resnet8", "--weights", p(&corrupt), "--data", p(&data)]),
         &["corrupt.safetensors", "not a valid safetensors file"],
     );
     // Corrupt checkpoint on resume: names the file, leaves it in place.
@@ -300,13 +161,7 @@ fn bad_weights_and_checkpoints_are_reported() {
         &["checkpoint.safetensors", "not a valid safetensors file"],
     );
     assert_error(
-        &resnet(&[
-            "train",
-            "--resume",
-            "--out",
-            p(&dir.join("nothing")),
-            "--quiet",
-        ]),
+        &resnet(&["train", "--resume", "--out", p(&dir.join("nothing")), "--quiet"]),
         &["checkpoint.safetensors", "cannot read"],
     );
 }

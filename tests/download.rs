@@ -26,12 +26,7 @@ fn make_archive() -> Vec<u8> {
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(
-            &mut h,
-            format!("cifar-10-batches-bin/{name}"),
-            body.as_slice(),
-        )
-        .unwrap();
+        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), body.as_slice()).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -59,10 +54,7 @@ fn serve(body: Vec<u8>) -> String {
 #[test]
 fn download_verifies_and_unpacks() {
     let archive = make_archive();
-    let md5: String = Md5::digest(&archive)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let md5: String = Md5::digest(&archive).iter().map(|b| format!("{b:02x}")).collect();
     let url = format!("{}/cifar-10-binary.tar.gz", serve(archive));
     let dir = common::temp_dir("download_ok");
     let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
@@ -70,23 +62,11 @@ fn download_verifies_and_unpacks() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for f in ["data_batch_1.bin", "data_batch_5.bin", "test_batch.bin"] {
-        assert_eq!(
-            std::fs::metadata(dir.join("cifar-10-batches-bin").join(f))
-                .unwrap()
-                .len(),
-            3073 * 4
-        );
+        assert_eq!(std::fs::metadata(dir.join("cifar-10-batches-bin").join(f)).unwrap().len(), 3073 * 4);
     }
-    assert!(resnet::data::cifar::is_present(
-        &dir,
-        resnet::data::DatasetKind::Cifar10
-    ));
+    assert!(resnet::data::cifar::is_present(&dir, resnet::data::DatasetKind::Cifar10));
 
     // A wrong checksum (here: the official one) is refused and nothing is unpacked.
     let bad_dir = common::temp_dir("download_bad");
@@ -96,13 +76,7 @@ fn download_verifies_and_unpacks() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("md5 mismatch"),
-        "{err}"
-    );
-    assert!(
-        err.contains("c32a1d4ab5d03f1284b67883e8d87530"),
-        "the official md5 is the default: {err}"
-    );
+    assert!(!out.status.success() && err.contains("md5 mismatch"), "{err}");
+    assert!(err.contains("c32a1d4ab5d03f1284b67883e8d87530"), "the official md5 is the default: {err}");
     assert!(!bad_dir.join("cifar-10-batches-bin").exists());
 }

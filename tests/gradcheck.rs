@@ -28,19 +28,8 @@ fn shift(model: &mut CifarResNet, v: &[f32], eps: f32) {
 
 #[test]
 fn whole_network_gradient_matches_finite_differences() {
-    for (shortcut, residual) in [
-        (Shortcut::A, true),
-        (Shortcut::B, true),
-        (Shortcut::C, true),
-        (Shortcut::A, false),
-    ] {
-        let cfg = CifarConfig {
-            n: 1,
-            residual,
-            shortcut,
-            classes: 10,
-            image_size: 8,
-        };
+    for (shortcut, residual) in [(Shortcut::A, true), (Shortcut::B, true), (Shortcut::C, true), (Shortcut::A, false)] {
+        let cfg = CifarConfig { n: 1, residual, shortcut, classes: 10, image_size: 8 };
         let mut model = CifarResNet::new(cfg, 3);
         let mut rng = Rng::new(11);
         let n = 4;
@@ -60,18 +49,10 @@ fn whole_network_gradient_matches_finite_differences() {
             let gnorm = grad.iter().map(|x| x * x).sum::<f32>().sqrt();
             let r = common::random(&mut rng, grad.len());
             let rnorm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let mut v: Vec<f32> = grad
-                .iter()
-                .zip(&r)
-                .map(|(g, r)| g / gnorm + r / rnorm)
-                .collect();
+            let mut v: Vec<f32> = grad.iter().zip(&r).map(|(g, r)| g / gnorm + r / rnorm).collect();
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.iter_mut().for_each(|x| *x /= norm);
-            let analytic: f64 = grad
-                .iter()
-                .zip(&v)
-                .map(|(g, d)| *g as f64 * *d as f64)
-                .sum();
+            let analytic: f64 = grad.iter().zip(&v).map(|(g, d)| *g as f64 * *d as f64).sum();
             let eps = 1e-2;
             shift(&mut model, &v, eps);
             let up = loss(&mut model, &x, &labels);

@@ -16,13 +16,7 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 }
 
 /// Naive convolution (NHWC, OHWI): returns (y, dx, dw) for upstream gradient `dy`.
-fn conv_ref(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn conv_ref(s: &ConvShape, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
     let mut y = vec![0f64; n * s.out_len()];
     let mut dx = vec![0f64; n * s.in_len()];
@@ -40,8 +34,7 @@ fn conv_ref(
                                 continue;
                             }
                             for ci in 0..s.c_in {
-                                let xi =
-                                    ((b * s.h + iy as usize) * s.w + ix as usize) * s.c_in + ci;
+                                let xi = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c_in + ci;
                                 let wi = ((co * k + ky) * k + kx) * s.c_in + ci;
                                 y[yi] += x[xi] as f64 * w[wi] as f64;
                                 dx[xi] += dy[yi] as f64 * w[wi] as f64;
@@ -60,90 +53,13 @@ fn conv_ref(
 fn conv_forward_and_backward_match_naive_reference() {
     let mut rng = Rng::new(1);
     let cases = [
-        (
-            2,
-            ConvShape {
-                c_in: 3,
-                c_out: 16,
-                kernel: 3,
-                stride: 1,
-                pad: 1,
-                h: 8,
-                w: 8,
-            },
-        ),
-        (
-            3,
-            ConvShape {
-                c_in: 5,
-                c_out: 7,
-                kernel: 3,
-                stride: 2,
-                pad: 1,
-                h: 9,
-                w: 7,
-            },
-        ),
-        (
-            1,
-            ConvShape {
-                c_in: 16,
-                c_out: 32,
-                kernel: 3,
-                stride: 2,
-                pad: 1,
-                h: 16,
-                w: 16,
-            },
-        ),
-        (
-            4,
-            ConvShape {
-                c_in: 8,
-                c_out: 12,
-                kernel: 1,
-                stride: 2,
-                pad: 0,
-                h: 7,
-                w: 5,
-            },
-        ),
-        (
-            3,
-            ConvShape {
-                c_in: 6,
-                c_out: 4,
-                kernel: 1,
-                stride: 1,
-                pad: 0,
-                h: 5,
-                w: 3,
-            },
-        ),
-        (
-            1,
-            ConvShape {
-                c_in: 2,
-                c_out: 3,
-                kernel: 3,
-                stride: 1,
-                pad: 1,
-                h: 1,
-                w: 1,
-            },
-        ),
-        (
-            5,
-            ConvShape {
-                c_in: 4,
-                c_out: 4,
-                kernel: 3,
-                stride: 1,
-                pad: 0,
-                h: 6,
-                w: 6,
-            },
-        ),
+        (2, ConvShape { c_in: 3, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 8, w: 8 }),
+        (3, ConvShape { c_in: 5, c_out: 7, kernel: 3, stride: 2, pad: 1, h: 9, w: 7 }),
+        (1, ConvShape { c_in: 16, c_out: 32, kernel: 3, stride: 2, pad: 1, h: 16, w: 16 }),
+        (4, ConvShape { c_in: 8, c_out: 12, kernel: 1, stride: 2, pad: 0, h: 7, w: 5 }),
+        (3, ConvShape { c_in: 6, c_out: 4, kernel: 1, stride: 1, pad: 0, h: 5, w: 3 }),
+        (1, ConvShape { c_in: 2, c_out: 3, kernel: 3, stride: 1, pad: 1, h: 1, w: 1 }),
+        (5, ConvShape { c_in: 4, c_out: 4, kernel: 3, stride: 1, pad: 0, h: 6, w: 6 }),
     ];
     let mut ws = Workspace::new();
     for (n, s) in cases {
@@ -153,31 +69,15 @@ fn conv_forward_and_backward_match_naive_reference() {
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &w, &dy);
         let mut y = vec![f32::NAN; n * s.out_len()];
         conv::forward(&s, n, &x, &w, &mut y, &mut ws);
-        assert!(
-            rel_err(&y, &y_ref) < TOL,
-            "forward {s:?} n={n}: {}",
-            rel_err(&y, &y_ref)
-        );
+        assert!(rel_err(&y, &y_ref) < TOL, "forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
         // dx accumulates: start from a known value and subtract it.
         let base = random(&mut rng, n * s.in_len());
         let mut dx = base.clone();
         let mut dw = vec![f32::NAN; s.weight_len()];
         conv::backward(&s, n, &x, &w, &dy, &mut dw, Some(&mut dx), &mut ws);
-        let dx_ref: Vec<f64> = dx_ref
-            .iter()
-            .zip(&base)
-            .map(|(r, b)| r + *b as f64)
-            .collect();
-        assert!(
-            rel_err(&dx, &dx_ref) < TOL,
-            "backward-data {s:?} n={n}: {}",
-            rel_err(&dx, &dx_ref)
-        );
-        assert!(
-            rel_err(&dw, &dw_ref) < TOL,
-            "backward-weights {s:?} n={n}: {}",
-            rel_err(&dw, &dw_ref)
-        );
+        let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
+        assert!(rel_err(&dx, &dx_ref) < TOL, "backward-data {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
+        assert!(rel_err(&dw, &dw_ref) < TOL, "backward-weights {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
         // Weight gradient without input gradient (the first layer) is the same.
         let mut dw2 = vec![0f32; s.weight_len()];
         conv::backward(&s, n, &x, &w, &dy, &mut dw2, None, &mut ws);
@@ -216,14 +116,9 @@ fn bn_ref(
     for r in 0..rows {
         for j in 0..c {
             let i = r * c + j;
-            let pre =
-                gamma[j] as f64 * xhat(r, j) + beta[j] as f64 + res.map_or(0.0, |v| v[i] as f64);
+            let pre = gamma[j] as f64 * xhat(r, j) + beta[j] as f64 + res.map_or(0.0, |v| v[i] as f64);
             y[i] = if relu { pre.max(0.0) } else { pre };
-            g[i] = if relu && pre <= 0.0 {
-                0.0
-            } else {
-                dy[i] as f64
-            };
+            g[i] = if relu && pre <= 0.0 { 0.0 } else { dy[i] as f64 };
         }
     }
     let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
@@ -246,56 +141,27 @@ fn bn_ref(
 #[test]
 fn batchnorm_train_forward_backward_match_naive_reference() {
     let mut rng = Rng::new(2);
-    for (rows, c, residual, relu) in [
-        (37, 5, false, false),
-        (200, 16, true, true),
-        (3, 7, false, true),
-        (1000, 3, true, false),
-    ] {
-        let x: Vec<f32> = random(&mut rng, rows * c)
-            .iter()
-            .map(|v| v * 2.0 + 0.5)
-            .collect();
+    for (rows, c, residual, relu) in
+        [(37, 5, false, false), (200, 16, true, true), (3, 7, false, true), (1000, 3, true, false)]
+    {
+        let x: Vec<f32> = random(&mut rng, rows * c).iter().map(|v| v * 2.0 + 0.5).collect();
         let gamma: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.5).collect();
         let beta = random(&mut rng, c);
         let res = random(&mut rng, rows * c);
         let dy = random(&mut rng, rows * c);
         let r = residual.then_some(res.as_slice());
-        let (y_ref, dx_ref, dg_ref, db_ref, mean_ref, var_ref) =
-            bn_ref(&x, rows, c, &gamma, &beta, r, relu, &dy);
-        let p = BnParams {
-            gamma: &gamma,
-            beta: &beta,
-            eps: 1e-5,
-        };
+        let (y_ref, dx_ref, dg_ref, db_ref, mean_ref, var_ref) = bn_ref(&x, rows, c, &gamma, &beta, r, relu, &dy);
+        let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
         let (mut mean, mut invstd) = (vec![0f32; c], vec![0f32; c]);
         let mut y = vec![f32::NAN; rows * c];
-        batchnorm::forward_train(
-            &p,
-            &x,
-            rows,
-            0.1,
-            &mut rm,
-            &mut rv,
-            &mut mean,
-            &mut invstd,
-            r,
-            relu,
-            &mut y,
-        );
+        batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut mean, &mut invstd, r, relu, &mut y);
         assert!(rel_err(&y, &y_ref) < TOL, "bn forward rows={rows} c={c}");
         // Running averages with PyTorch's momentum and unbiased variance.
         let unbiased = rows as f64 / (rows as f64 - 1.0);
         let rm_ref: Vec<f64> = mean_ref.iter().map(|m| 0.9 * 0.5 + 0.1 * m).collect();
-        let rv_ref: Vec<f64> = var_ref
-            .iter()
-            .map(|v| 0.9 * 2.0 + 0.1 * v * unbiased)
-            .collect();
-        assert!(
-            rel_err(&rm, &rm_ref) < TOL && rel_err(&rv, &rv_ref) < TOL,
-            "running stats"
-        );
+        let rv_ref: Vec<f64> = var_ref.iter().map(|v| 0.9 * 2.0 + 0.1 * v * unbiased).collect();
+        assert!(rel_err(&rm, &rm_ref) < TOL && rel_err(&rv, &rv_ref) < TOL, "running stats");
         let mut g = dy.clone();
         let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
         // The block masks the final ReLU itself before the shortcut; emulate that here.
@@ -303,29 +169,12 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
             ops::relu_backward_inplace(&mut g, &y);
         }
         batchnorm::backward(&p, &x, rows, &mean, &invstd, None, &mut g, &mut dg, &mut db);
-        assert!(
-            rel_err(&g, &dx_ref) < 1e-4,
-            "bn backward dx rows={rows} c={c}: {}",
-            rel_err(&g, &dx_ref)
-        );
-        assert!(
-            rel_err(&dg, &dg_ref) < TOL && rel_err(&db, &db_ref) < TOL,
-            "bn dgamma/dbeta"
-        );
+        assert!(rel_err(&g, &dx_ref) < 1e-4, "bn backward dx rows={rows} c={c}: {}", rel_err(&g, &dx_ref));
+        assert!(rel_err(&dg, &dg_ref) < TOL && rel_err(&db, &db_ref) < TOL, "bn dgamma/dbeta");
         if relu && !residual {
             // The fused mask path gives the same result.
             let mut g2 = dy.clone();
-            batchnorm::backward(
-                &p,
-                &x,
-                rows,
-                &mean,
-                &invstd,
-                Some(&y),
-                &mut g2,
-                &mut dg,
-                &mut db,
-            );
+            batchnorm::backward(&p, &x, rows, &mean, &invstd, Some(&y), &mut g2, &mut dg, &mut db);
             assert!(rel_err(&g2, &dx_ref) < 1e-4, "bn fused relu backward");
         }
     }
@@ -341,17 +190,12 @@ fn batchnorm_eval_uses_running_statistics() {
     let rm = random(&mut rng, c);
     let rv: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.1).collect();
     let mut y = vec![0f32; rows * c];
-    let p = BnParams {
-        gamma: &gamma,
-        beta: &beta,
-        eps: 1e-5,
-    };
+    let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
     batchnorm::forward_eval(&p, &x, rows, &rm, &rv, None, true, &mut y);
     let y_ref: Vec<f64> = (0..rows * c)
         .map(|i| {
             let j = i % c;
-            let v = (x[i] as f64 - rm[j] as f64) / (rv[j] as f64 + 1e-5).sqrt() * gamma[j] as f64
-                + beta[j] as f64;
+            let v = (x[i] as f64 - rm[j] as f64) / (rv[j] as f64 + 1e-5).sqrt() * gamma[j] as f64 + beta[j] as f64;
             v.max(0.0)
         })
         .collect();
@@ -361,13 +205,7 @@ fn batchnorm_eval_uses_running_statistics() {
 #[test]
 fn shortcut_a_subsamples_and_pads_both_sides() {
     let mut rng = Rng::new(4);
-    let op = ops::ShortcutA {
-        h: 5,
-        w: 7,
-        c_in: 4,
-        stride: 2,
-        pad: 2,
-    };
+    let op = ops::ShortcutA { h: 5, w: 7, c_in: 4, stride: 2, pad: 2 };
     let n = 2;
     let x = random(&mut rng, n * 5 * 7 * 4);
     let mut y = vec![f32::NAN; n * 3 * 4 * 8];
@@ -377,11 +215,7 @@ fn shortcut_a_subsamples_and_pads_both_sides() {
             for ox in 0..4 {
                 for c in 0..8 {
                     let got = y[((b * 3 + oy) * 4 + ox) * 8 + c];
-                    let want = if (2..6).contains(&c) {
-                        x[((b * 5 + 2 * oy) * 7 + 2 * ox) * 4 + c - 2]
-                    } else {
-                        0.0
-                    };
+                    let want = if (2..6).contains(&c) { x[((b * 5 + 2 * oy) * 7 + 2 * ox) * 4 + c - 2] } else { 0.0 };
                     assert_eq!(got, want);
                 }
             }
@@ -404,20 +238,14 @@ fn pooling_linear_softmax_match_reference() {
     let mut pooled = vec![0f32; n * c];
     ops::avgpool_forward(n, pixels, c, &x, &mut pooled);
     let pooled_ref: Vec<f64> = (0..n * c)
-        .map(|i| {
-            (0..pixels)
-                .map(|p| x[(i / c * pixels + p) * c + i % c] as f64)
-                .sum::<f64>()
-                / pixels as f64
-        })
+        .map(|i| (0..pixels).map(|p| x[(i / c * pixels + p) * c + i % c] as f64).sum::<f64>() / pixels as f64)
         .collect();
     assert!(rel_err(&pooled, &pooled_ref) < TOL);
     let g = random(&mut rng, n * c);
     let mut dx = vec![0f32; n * pixels * c];
     ops::avgpool_backward(n, pixels, c, &g, &mut dx);
-    let dx_ref: Vec<f64> = (0..n * pixels * c)
-        .map(|i| g[i / (pixels * c) * c + i % c] as f64 / pixels as f64)
-        .collect();
+    let dx_ref: Vec<f64> =
+        (0..n * pixels * c).map(|i| g[i / (pixels * c) * c + i % c] as f64 / pixels as f64).collect();
     assert!(rel_err(&dx, &dx_ref) < TOL);
 
     let w = random(&mut rng, o * c);
@@ -425,37 +253,18 @@ fn pooling_linear_softmax_match_reference() {
     let mut y = vec![0f32; n * o];
     ops::linear_forward(n, c, o, &pooled, &w, &b, &mut y);
     let y_ref: Vec<f64> = (0..n * o)
-        .map(|i| {
-            b[i % o] as f64
-                + (0..c)
-                    .map(|k| pooled[i / o * c + k] as f64 * w[i % o * c + k] as f64)
-                    .sum::<f64>()
-        })
+        .map(|i| b[i % o] as f64 + (0..c).map(|k| pooled[i / o * c + k] as f64 * w[i % o * c + k] as f64).sum::<f64>())
         .collect();
     assert!(rel_err(&y, &y_ref) < TOL);
     let gy = random(&mut rng, n * o);
     let (mut dw, mut db, mut dxl) = (vec![0f32; o * c], vec![0f32; o], vec![0f32; n * c]);
     ops::linear_backward(n, c, o, &pooled, &w, &gy, &mut dw, &mut db, &mut dxl);
-    let dw_ref: Vec<f64> = (0..o * c)
-        .map(|i| {
-            (0..n)
-                .map(|r| gy[r * o + i / c] as f64 * pooled[r * c + i % c] as f64)
-                .sum()
-        })
-        .collect();
-    let db_ref: Vec<f64> = (0..o)
-        .map(|j| (0..n).map(|r| gy[r * o + j] as f64).sum())
-        .collect();
-    let dx_ref: Vec<f64> = (0..n * c)
-        .map(|i| {
-            (0..o)
-                .map(|j| gy[i / c * o + j] as f64 * w[j * c + i % c] as f64)
-                .sum()
-        })
-        .collect();
-    assert!(
-        rel_err(&dw, &dw_ref) < TOL && rel_err(&db, &db_ref) < TOL && rel_err(&dxl, &dx_ref) < TOL
-    );
+    let dw_ref: Vec<f64> =
+        (0..o * c).map(|i| (0..n).map(|r| gy[r * o + i / c] as f64 * pooled[r * c + i % c] as f64).sum()).collect();
+    let db_ref: Vec<f64> = (0..o).map(|j| (0..n).map(|r| gy[r * o + j] as f64).sum()).collect();
+    let dx_ref: Vec<f64> =
+        (0..n * c).map(|i| (0..o).map(|j| gy[i / c * o + j] as f64 * w[j * c + i % c] as f64).sum()).collect();
+    assert!(rel_err(&dw, &dw_ref) < TOL && rel_err(&db, &db_ref) < TOL && rel_err(&dxl, &dx_ref) < TOL);
 
     let labels = [1u8, 5, 0];
     let mut grad = vec![0f32; n * o];
@@ -468,8 +277,7 @@ fn pooling_linear_softmax_match_reference() {
         let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
         loss_ref += (lse - z[labels[r] as usize]) / n as f64;
         for j in 0..o {
-            grad_ref[r * o + j] =
-                ((z[j] - lse).exp() - f64::from(j == labels[r] as usize)) / n as f64;
+            grad_ref[r * o + j] = ((z[j] - lse).exp() - f64::from(j == labels[r] as usize)) / n as f64;
         }
         let best = (0..o).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap();
         correct_ref += usize::from(best == labels[r] as usize);
@@ -482,11 +290,7 @@ fn pooling_linear_softmax_match_reference() {
 #[test]
 fn sgd_matches_pytorch_formula() {
     let mut rng = Rng::new(6);
-    let cfg = sgd::SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-    };
+    let cfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     let mut p = random(&mut rng, 100);
     let mut buf = vec![0f32; 100];
     let (mut p64, mut b64): (Vec<f64>, Vec<f64>) = (f64s(&p), vec![0.0; 100]);

@@ -14,27 +14,13 @@ fn published_resnet20_scores_932_of_1017() {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args([
-            "eval",
-            "--model",
-            "resnet20",
-            "--norm",
-            "imagenet",
-            "--weights",
-        ])
+        .args(["eval", "--model", "resnet20", "--norm", "imagenet", "--weights"])
         .arg(weights)
         .arg("--data")
         .arg(data)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.lines().any(|l| l == "top-1: 91.64% (932/1017)"),
-        "{text}"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().any(|l| l == "top-1: 91.64% (932/1017)"), "{text}");
 }

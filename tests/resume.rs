@@ -11,33 +11,15 @@ use std::time::{Duration, Instant};
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    c.args([
-        "--threads",
-        "2",
-        "train",
-        "--model",
-        "resnet8",
-        "--batch",
-        "16",
-        "--epochs",
-        "4",
-    ])
-    .args([
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "7",
-        "--quiet",
-        "--seed",
-        "5",
-    ])
-    .arg("--data")
-    .arg(data.join("train.bin"))
-    .arg("--test-data")
-    .arg(data.join("test.bin"))
-    .arg("--out")
-    .arg(out)
-    .args(extra);
+    c.args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--epochs", "4"])
+        .args(["--log-every", "1", "--checkpoint-every", "7", "--quiet", "--seed", "5"])
+        .arg("--data")
+        .arg(data.join("train.bin"))
+        .arg("--test-data")
+        .arg(data.join("test.bin"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
     c
 }
 
@@ -64,92 +46,53 @@ fn killed_run_resumes_to_the_same_result() {
     // Reference: uninterrupted.
     let reference = dir.join("reference");
     let out = train_cmd(&dir, &reference, &[]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Same seed, other loader thread count: identical losses.
     let other = dir.join("other_loader");
-    let out = train_cmd(&dir, &other, &["--loader-threads", "3"])
-        .output()
-        .unwrap();
+    let out = train_cmd(&dir, &other, &["--loader-threads", "3"]).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        losses(&reference),
-        losses(&other),
-        "same seed must give the same losses"
-    );
+    assert_eq!(losses(&reference), losses(&other), "same seed must give the same losses");
 
     // Killed mid-epoch 2 with SIGKILL, then resumed.
     let killed = dir.join("killed");
     let mut child = train_cmd(&dir, &killed, &[]).spawn().unwrap();
     let start = Instant::now();
     loop {
-        let done = std::fs::read_to_string(killed.join("metrics.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let done = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
         if done >= per_epoch + per_epoch / 2 {
             break;
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it could be killed"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "run made no progress"
-        );
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(start.elapsed() < Duration::from_secs(120), "run made no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was killed, not finished");
     let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
-    assert!(
-        state.iteration > 0 && (state.iteration as u64) < total,
-        "checkpoint from mid-run: {}",
-        state.iteration
-    );
+    assert!(state.iteration > 0 && (state.iteration as u64) < total, "checkpoint from mid-run: {}", state.iteration);
     let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
         .args(["--threads", "2", "train", "--resume", "--quiet", "--out"])
         .arg(&killed)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
     assert_eq!(state.iteration as u64, total, "full schedule completed");
     let resumed_losses = losses(&killed);
-    assert_eq!(
-        resumed_losses.len() as u64,
-        total,
-        "one line per iteration, none duplicated"
-    );
+    assert_eq!(resumed_losses.len() as u64, total, "one line per iteration, none duplicated");
     assert_eq!(resumed_losses, losses(&reference));
     // Tensor by tensor (the header's metadata order is not fixed).
     let a = std::fs::read(reference.join("model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("model.safetensors")).unwrap();
-    let (a, b) = (
-        safetensors::SafeTensors::deserialize(&a).unwrap(),
-        safetensors::SafeTensors::deserialize(&b).unwrap(),
-    );
+    let (a, b) =
+        (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
     let mut names = a.names();
     names.sort();
-    assert_eq!(
-        names.len(),
-        1 + 4 + 3 * 10 + 2,
-        "all state-dict entries of resnet8"
-    );
+    assert_eq!(names.len(), 1 + 4 + 3 * 10 + 2, "all state-dict entries of resnet8");
     for name in names {
-        assert!(
-            a.tensor(name).unwrap().data() == b.tensor(name).unwrap().data(),
-            "{name} differs after resume"
-        );
+        assert!(a.tensor(name).unwrap().data() == b.tensor(name).unwrap().data(), "{name} differs after resume");
     }
 }

@@ -23,34 +23,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let r = bench::run(
-        &a.model,
-        a.shortcut,
-        a.batch.max(1),
-        a.steps.max(1),
-        a.warmup,
-    )?;
+    let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup)?;
     let threads = rayon::current_num_threads();
     println!("model: {} batch {} threads {threads}", a.model, a.batch);
-    println!(
-        "train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)",
-        r.train_ips,
-        r.train_step_s * 1e3,
-        r.train_gflops
-    );
-    println!(
-        "infer: {:.1} img/s ({:.2} ms/batch, {:.1} GFLOP/s)",
-        r.infer_ips,
-        r.infer_step_s * 1e3,
-        r.infer_gflops
-    );
+    println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);
+    println!("infer: {:.1} img/s ({:.2} ms/batch, {:.1} GFLOP/s)", r.infer_ips, r.infer_step_s * 1e3, r.infer_gflops);
     if !a.no_peak {
         let peak = bench::gemm_peak_gflops();
         println!("gemm peak: {peak:.1} GFLOP/s (f32, 1024^3, {threads} threads)");
-        println!(
-            "train step reaches {:.1}% of gemm peak",
-            100.0 * r.train_gflops / peak
-        );
+        println!("train step reaches {:.1}% of gemm peak", 100.0 * r.train_gflops / peak);
     }
     Ok(ExitCode::SUCCESS)
 }

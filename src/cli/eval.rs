@@ -36,8 +36,8 @@ fn choose_norm(a: &Args, file: &TensorFile) -> Result<Norm> {
         return Norm::from_name(name, None);
     }
     if let Some(saved) = file.metadata.get("norm") {
-        let norm: Norm = serde_json::from_str(saved)
-            .with_context(|| format!("{}: corrupt 'norm' metadata", a.weights.display()))?;
+        let norm: Norm =
+            serde_json::from_str(saved).with_context(|| format!("{}: corrupt 'norm' metadata", a.weights.display()))?;
         if a.norm.is_none() || matches!(norm, Norm::PixelMean(_)) {
             return Ok(norm);
         }
@@ -53,29 +53,18 @@ fn choose_norm(a: &Args, file: &TensorFile) -> Result<Norm> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let mut model = CifarResNet::new(
-        CifarConfig::from_name(&a.model, a.shortcut, a.dataset.classes())?,
-        0,
-    );
+    let mut model = CifarResNet::new(CifarConfig::from_name(&a.model, a.shortcut, a.dataset.classes())?, 0);
     let bytes = weights::read_file(&a.weights)?;
     let file = TensorFile::parse(&a.weights, &bytes)?;
     weights::load_into(&file, &mut model.named(), Some(OPTIMIZER_PREFIX))?;
     let norm = choose_norm(&a, &file)?;
     let data = cifar::load(&a.data, a.dataset, false)?;
     let r = evaluate(&mut model, Arc::new(data), Arc::new(norm), a.batch.max(1));
-    println!(
-        "top-1: {:.2}% ({}/{})",
-        100.0 * r.accuracy(),
-        r.correct,
-        r.total
-    );
+    println!("top-1: {:.2}% ({}/{})", 100.0 * r.accuracy(), r.correct, r.total);
     println!("loss: {:.4}", r.loss);
     for (name, (ok, total)) in a.dataset.class_names().iter().zip(&r.per_class) {
         if *total > 0 {
-            println!(
-                "  {name:<12} {:6.2}% ({ok}/{total})",
-                100.0 * *ok as f64 / *total as f64
-            );
+            println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
         }
     }
     Ok(ExitCode::SUCCESS)

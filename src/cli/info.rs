@@ -15,22 +15,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut model = CifarResNet::new(CifarConfig::from_name(&a.model, a.shortcut, a.classes)?, 0);
-    println!(
-        "{} (CIFAR, {}x{} input, shortcut {:?})",
-        model.config.name(),
-        32,
-        32,
-        a.shortcut
-    );
-    println!(
-        "{:<16} {:<10} {:<46} {:>10} {:>12}",
-        "layer", "output", "", "params", "mult-adds"
-    );
+    println!("{} (CIFAR, {}x{} input, shortcut {:?})", model.config.name(), 32, 32, a.shortcut);
+    println!("{:<16} {:<10} {:<46} {:>10} {:>12}", "layer", "output", "", "params", "mult-adds");
     for r in model.layer_table() {
-        println!(
-            "{:<16} {:<10} {:<46} {:>10} {:>12}",
-            r.name, r.output, r.detail, r.params, r.mult_adds
-        );
+        println!("{:<16} {:<10} {:<46} {:>10} {:>12}", r.name, r.output, r.detail, r.params, r.mult_adds);
     }
     println!("parameters: {}", model.param_count());
     let ma = model.mult_adds();

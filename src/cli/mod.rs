@@ -41,9 +41,7 @@ enum Command {
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
     }
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -59,9 +57,7 @@ fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
     match s {
         "cifar10" => Ok(resnet::data::DatasetKind::Cifar10),
         "cifar100" => Ok(resnet::data::DatasetKind::Cifar100),
-        _ => Err(format!(
-            "unknown dataset '{s}' (expected cifar10 or cifar100)"
-        )),
+        _ => Err(format!("unknown dataset '{s}' (expected cifar10 or cifar100)")),
     }
 }
 

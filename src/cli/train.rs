@@ -80,22 +80,12 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
     if cifar::is_present(&dir, kind) {
         return Ok(dir);
     }
-    let name = if kind == DatasetKind::Cifar10 {
-        "cifar10"
-    } else {
-        "cifar100"
-    };
-    bail!(
-        "no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})",
-        kind.name(),
-        dir.display()
-    )
+    let name = if kind == DatasetKind::Cifar10 { "cifar10" } else { "cifar100" };
+    bail!("no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})", kind.name(), dir.display())
 }
 
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
-    let Some(model) = a.model.clone() else {
-        bail!("--model is required (e.g. --model resnet20)")
-    };
+    let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
     let (n, _) = parse_cifar_name(&model)?;
     let data = find_data(a.data.clone(), a.dataset)?;
     let warmup = match a.warmup.as_str() {
@@ -113,10 +103,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         dataset: a.dataset,
         data,
         test_data: a.test_data.clone(),
-        out: a
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
+        out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
         batch: a.batch,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -154,22 +141,13 @@ fn load_data(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
         Some(n) => n,
         None => Norm::from_name(&cfg.norm, Some(&train))?,
     };
-    Ok(Datasets {
-        train: Arc::new(train),
-        test: Arc::new(test),
-        norm: Arc::new(norm),
-    })
+    Ok(Datasets { train: Arc::new(train), test: Arc::new(test), norm: Arc::new(norm) })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (cfg, saved_norm) = if a.resume {
-        let out = a
-            .out
-            .clone()
-            .or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
-        let Some(out) = out else {
-            bail!("--resume needs --out DIR (the run directory)")
-        };
+        let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
+        let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
         let (mut cfg, _, norm) = checkpoint::read_meta(&out.join(resnet::train::run::CHECKPOINT))?;
         cfg.out = out;
         if let Some(d) = &a.data {

@@ -41,13 +41,7 @@ impl DatasetKind {
     fn official_files(self, train: bool) -> (&'static [&'static str], usize) {
         match (self, train) {
             (DatasetKind::Cifar10, true) => (
-                &[
-                    "data_batch_1.bin",
-                    "data_batch_2.bin",
-                    "data_batch_3.bin",
-                    "data_batch_4.bin",
-                    "data_batch_5.bin",
-                ],
+                &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
                 10000,
             ),
             (DatasetKind::Cifar10, false) => (&["test_batch.bin"], 10000),
@@ -64,21 +58,12 @@ impl DatasetKind {
     }
     pub fn class_names(self) -> Vec<String> {
         match self {
-            DatasetKind::Cifar10 => [
-                "airplane",
-                "automobile",
-                "bird",
-                "cat",
-                "deer",
-                "dog",
-                "frog",
-                "horse",
-                "ship",
-                "truck",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            DatasetKind::Cifar10 => {
+                ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }
             DatasetKind::Cifar100 => (0..100).map(|i| format!("class{i}")).collect(),
         }
     }
@@ -104,16 +89,10 @@ impl Dataset {
     /// Splits off the last `n` records (the paper's 45k/5k train/validation split).
     pub fn split_off_last(&mut self, n: usize) -> Result<Dataset> {
         if n >= self.len() {
-            bail!(
-                "--val-split {n} leaves no training images (only {} in the training set)",
-                self.len()
-            );
+            bail!("--val-split {n} leaves no training images (only {} in the training set)", self.len());
         }
         let keep = self.len() - n;
-        Ok(Dataset {
-            images: self.images.split_off(keep * IMAGE_BYTES),
-            labels: self.labels.split_off(keep),
-        })
+        Ok(Dataset { images: self.images.split_off(keep * IMAGE_BYTES), labels: self.labels.split_off(keep) })
     }
     fn append(&mut self, other: Dataset) {
         self.images.extend(other.images);
@@ -122,20 +101,12 @@ impl Dataset {
 }
 
 /// Reads one batch file. `expected_records`, when known, is checked exactly.
-pub fn read_batch_file(
-    path: &Path,
-    kind: DatasetKind,
-    expected_records: Option<usize>,
-) -> Result<Dataset> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("{}: cannot read {} batch file", path.display(), kind.name()))?;
+pub fn read_batch_file(path: &Path, kind: DatasetKind, expected_records: Option<usize>) -> Result<Dataset> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{}: cannot read {} batch file", path.display(), kind.name()))?;
     let rec = kind.record_bytes();
     if bytes.is_empty() {
-        bail!(
-            "{}: empty file, not a {} batch file",
-            path.display(),
-            kind.name()
-        );
+        bail!("{}: empty file, not a {} batch file", path.display(), kind.name());
     }
     if bytes.len() % rec != 0 {
         bail!(
@@ -149,15 +120,9 @@ pub fn read_batch_file(
     }
     let count = bytes.len() / rec;
     if let Some(expected) = expected_records.filter(|&e| e != count) {
-        bail!(
-            "{}: {count} records, expected {expected} (truncated or foreign file)",
-            path.display()
-        );
+        bail!("{}: {count} records, expected {expected} (truncated or foreign file)", path.display());
     }
-    let mut data = Dataset {
-        images: Vec::with_capacity(count * IMAGE_BYTES),
-        labels: Vec::with_capacity(count),
-    };
+    let mut data = Dataset { images: Vec::with_capacity(count * IMAGE_BYTES), labels: Vec::with_capacity(count) };
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let label = r[kind.label_bytes() - 1];
         if label as usize >= kind.classes() {
@@ -178,11 +143,7 @@ pub fn read_batch_file(
 /// folder inside it (as `resnet download` leaves it).
 fn batch_dir(dir: &Path, kind: DatasetKind) -> PathBuf {
     let inner = dir.join(kind.archive_dir());
-    if inner.is_dir() {
-        inner
-    } else {
-        dir.to_path_buf()
-    }
+    if inner.is_dir() { inner } else { dir.to_path_buf() }
 }
 
 /// Loads the training (`train`) or test split from a directory of official batch files,
@@ -214,7 +175,5 @@ pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
 /// Whether `dir` holds a complete copy of the dataset's batch files.
 pub fn is_present(dir: &Path, kind: DatasetKind) -> bool {
     let d = batch_dir(dir, kind);
-    [true, false]
-        .iter()
-        .all(|&t| kind.official_files(t).0.iter().all(|n| d.join(n).is_file()))
+    [true, false].iter().all(|&t| kind.official_files(t).0.iter().all(|n| d.join(n).is_file()))
 }

@@ -27,88 +27,50 @@ pub fn official_source(kind: DatasetKind) -> Source {
 
 /// The data directory used when `--data`/`--dir` is not given: `$RESNET_DATA` or `./data`.
 pub fn default_data_dir() -> PathBuf {
-    std::env::var_os("RESNET_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("data"))
+    std::env::var_os("RESNET_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
 }
 
 /// Downloads `url` into `dir`, verifies the md5 and unpacks the archive there.
 /// Returns the folder that holds the batch files.
-pub fn download(
-    kind: DatasetKind,
-    url: &str,
-    md5_hex: &str,
-    dir: &Path,
-    progress: bool,
-) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create data directory", dir.display()))?;
-    let archive = dir.join(
-        url.rsplit('/')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("archive.tar.gz"),
-    );
+pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
+    let archive = dir.join(url.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive.tar.gz"));
     let partial = archive.with_extension("part");
-    let mut response = ureq::get(url)
-        .call()
-        .with_context(|| format!("{url}: download failed"))?;
+    let mut response = ureq::get(url).call().with_context(|| format!("{url}: download failed"))?;
     let total = response.body().content_length();
-    let bar = if progress {
-        indicatif::ProgressBar::new(total.unwrap_or(0))
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = if progress { indicatif::ProgressBar::new(total.unwrap_or(0)) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(format!("downloading {}", kind.name()));
     let mut reader = response.body_mut().with_config().limit(1 << 31).reader();
-    let mut file = std::fs::File::create(&partial)
-        .with_context(|| format!("{}: cannot create", partial.display()))?;
+    let mut file = std::fs::File::create(&partial).with_context(|| format!("{}: cannot create", partial.display()))?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("{url}: connection broken during download"))?;
+        let n = reader.read(&mut buf).with_context(|| format!("{url}: connection broken during download"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .with_context(|| format!("{}: write failed", partial.display()))?;
+        file.write_all(&buf[..n]).with_context(|| format!("{}: write failed", partial.display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
     file.sync_all()?;
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if digest != md5_hex {
         let _ = std::fs::remove_file(&partial);
-        bail!(
-            "{url}: md5 mismatch (got {digest}, expected {md5_hex}); the download is corrupt, nothing was unpacked"
-        );
+        bail!("{url}: md5 mismatch (got {digest}, expected {md5_hex}); the download is corrupt, nothing was unpacked");
     }
     std::fs::rename(&partial, &archive)?;
     let tar = flate2::read::GzDecoder::new(std::fs::File::open(&archive)?);
-    tar::Archive::new(tar)
-        .unpack(dir)
-        .with_context(|| format!("{}: cannot unpack archive", archive.display()))?;
+    tar::Archive::new(tar).unpack(dir).with_context(|| format!("{}: cannot unpack archive", archive.display()))?;
     let out = dir.join(kind.archive_dir());
     if !super::cifar::is_present(dir, kind) {
-        bail!(
-            "{}: archive unpacked but the {} batch files are not there",
-            archive.display(),
-            kind.name()
-        );
+        bail!("{}: archive unpacked but the {} batch files are not there", archive.display(), kind.name());
     }
     let _ = std::fs::remove_file(&archive);
     Ok(out)

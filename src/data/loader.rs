@@ -53,10 +53,7 @@ pub fn build_batch(
         let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (b * batch + k) as u64));
         prepare(data, i as usize, norm, rng.as_mut(), &mut tmp, out);
     }
-    Batch {
-        images,
-        labels: idx.iter().map(|&i| data.labels[i as usize]).collect(),
-    }
+    Batch { images, labels: idx.iter().map(|&i| data.labels[i as usize]).collect() }
 }
 
 /// Streams the batches `start..` of one epoch from background threads.
@@ -89,10 +86,7 @@ impl BatchLoader {
             handles.push(std::thread::spawn(move || {
                 let mut b = start + w;
                 while b < end {
-                    if tx
-                        .send(build_batch(&data, &norm, &order, batch, b, augment))
-                        .is_err()
-                    {
+                    if tx.send(build_batch(&data, &norm, &order, batch, b, augment)).is_err() {
                         return; // the consumer stopped early
                     }
                     b += workers;
@@ -100,13 +94,7 @@ impl BatchLoader {
             }));
             receivers.push(rx);
         }
-        BatchLoader {
-            receivers,
-            workers: handles,
-            start,
-            next: start,
-            end,
-        }
+        BatchLoader { receivers, workers: handles, start, next: start, end }
     }
 
     /// Index (within the epoch) of the batch the next call returns.

@@ -29,14 +29,8 @@ impl Norm {
                     bail!("--norm pixel-mean needs the training images to compute the mean image")
                 }
             },
-            "imagenet" => Ok(Norm::Channel {
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-            }),
-            "cifar" => Ok(Norm::Channel {
-                mean: CIFAR_MEAN,
-                std: CIFAR_STD,
-            }),
+            "imagenet" => Ok(Norm::Channel { mean: IMAGENET_MEAN, std: IMAGENET_STD }),
+            "cifar" => Ok(Norm::Channel { mean: CIFAR_MEAN, std: CIFAR_STD }),
             _ => bail!("unknown --norm '{name}' (expected pixel-mean, imagenet or cifar)"),
         }
     }
@@ -82,14 +76,7 @@ pub fn pixel_mean(d: &Dataset) -> Vec<f32> {
 }
 
 /// Normalizes image `i` into `out` (HWC); with `rng`, applies the paper's augmentation.
-pub fn prepare(
-    d: &Dataset,
-    i: usize,
-    norm: &Norm,
-    rng: Option<&mut Rng>,
-    tmp: &mut [f32],
-    out: &mut [f32],
-) {
+pub fn prepare(d: &Dataset, i: usize, norm: &Norm, rng: Option<&mut Rng>, tmp: &mut [f32], out: &mut [f32]) {
     let Some(rng) = rng else {
         norm.apply(d.image(i), out);
         return;

@@ -50,15 +50,7 @@ pub struct BnParams<'a> {
 }
 
 /// `y = [relu](scale*x + shift [+ residual])`, the shared elementwise tail.
-fn apply(
-    x: &[f32],
-    c: usize,
-    scale: &[f32],
-    shift: &[f32],
-    residual: Option<&[f32]>,
-    relu: bool,
-    y: &mut [f32],
-) {
+fn apply(x: &[f32], c: usize, scale: &[f32], shift: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     let chunk = chunk_rows(x.len() / c) * c;
     y.par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| {
         let start = i * chunk;
@@ -116,15 +108,7 @@ pub fn forward_train(
         running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mu as f32;
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * unbiased as f32;
     }
-    apply(
-        &x[..rows * c],
-        c,
-        &scale,
-        &shift,
-        residual,
-        relu,
-        &mut y[..rows * c],
-    );
+    apply(&x[..rows * c], c, &scale, &shift, residual, relu, &mut y[..rows * c]);
 }
 
 /// Inference-mode forward with the running statistics.
@@ -140,21 +124,9 @@ pub fn forward_eval(
     y: &mut [f32],
 ) {
     let c = p.gamma.len();
-    let scale: Vec<f32> = (0..c)
-        .map(|j| p.gamma[j] / (running_var[j] + p.eps).sqrt())
-        .collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|j| p.beta[j] - running_mean[j] * scale[j])
-        .collect();
-    apply(
-        &x[..rows * c],
-        c,
-        &scale,
-        &shift,
-        residual,
-        relu,
-        &mut y[..rows * c],
-    );
+    let scale: Vec<f32> = (0..c).map(|j| p.gamma[j] / (running_var[j] + p.eps).sqrt()).collect();
+    let shift: Vec<f32> = (0..c).map(|j| p.beta[j] - running_mean[j] * scale[j]).collect();
+    apply(&x[..rows * c], c, &scale, &shift, residual, relu, &mut y[..rows * c]);
 }
 
 /// Training-mode backward, in place: `g` holds dL/dy on entry and dL/dx on return.
@@ -175,16 +147,13 @@ pub fn backward(
     let c = p.gamma.len();
     let chunk = chunk_rows(rows) * c;
     if let Some(out) = relu_out {
-        g[..rows * c]
-            .par_chunks_mut(chunk)
-            .zip(out[..rows * c].par_chunks(chunk))
-            .for_each(|(gc, oc)| {
-                for (gv, &o) in gc.iter_mut().zip(oc) {
-                    if o <= 0.0 {
-                        *gv = 0.0;
-                    }
+        g[..rows * c].par_chunks_mut(chunk).zip(out[..rows * c].par_chunks(chunk)).for_each(|(gc, oc)| {
+            for (gv, &o) in gc.iter_mut().zip(oc) {
+                if o <= 0.0 {
+                    *gv = 0.0;
                 }
-            });
+            }
+        });
     }
     // Σ dy and Σ dy·x̂ per channel.
     let (sum_dy, sum_dy_xhat) = g[..rows * c]
@@ -214,15 +183,12 @@ pub fn backward(
         a[j] = (sum_dy[j] / m) as f32;
         b[j] = (sum_dy_xhat[j] / m) as f32;
     }
-    g[..rows * c]
-        .par_chunks_mut(chunk)
-        .zip(x[..rows * c].par_chunks(chunk))
-        .for_each(|(gc, xc)| {
-            for (gr, xr) in gc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                for j in 0..c {
-                    let xhat = (xr[j] - mean[j]) * invstd[j];
-                    gr[j] = k[j] * (gr[j] - a[j] - xhat * b[j]);
-                }
+    g[..rows * c].par_chunks_mut(chunk).zip(x[..rows * c].par_chunks(chunk)).for_each(|(gc, xc)| {
+        for (gr, xr) in gc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+            for j in 0..c {
+                let xhat = (xr[j] - mean[j]) * invstd[j];
+                gr[j] = k[j] * (gr[j] - a[j] - xhat * b[j]);
             }
-        });
+        }
+    });
 }

@@ -116,46 +116,24 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws:
     let y = &mut y[..n * s.out_len()];
     let ranges: Vec<_> = (0..threads).map(|t| split_range(n, threads, t)).collect();
     let mut outs = split_mut_by(y, &ranges, s.out_len());
-    ws.threads
-        .par_iter_mut()
-        .zip(outs.par_iter_mut())
-        .zip(ranges.par_iter())
-        .for_each(|((scr, yt), r)| {
-            let wt = Mat::transposed(w, s.patch());
-            let mut img = r.start;
-            while img < r.end {
-                let g = s.group().min(r.end - img);
-                let rows = g * s.out_pixels();
-                let xg = &x[img * s.in_len()..(img + g) * s.in_len()];
-                let yg = &mut yt[(img - r.start) * s.out_len()..][..g * s.out_len()];
-                if s.is_pointwise() {
-                    matmul(
-                        yg,
-                        s.c_out,
-                        rows,
-                        s.c_out,
-                        s.patch(),
-                        Mat::rows(xg, s.patch()),
-                        wt,
-                        false,
-                    );
-                } else {
-                    ensure_len(&mut scr.col, rows * s.patch());
-                    im2col(s, xg, g, &mut scr.col);
-                    matmul(
-                        yg,
-                        s.c_out,
-                        rows,
-                        s.c_out,
-                        s.patch(),
-                        Mat::rows(&scr.col, s.patch()),
-                        wt,
-                        false,
-                    );
-                }
-                img += g;
+    ws.threads.par_iter_mut().zip(outs.par_iter_mut()).zip(ranges.par_iter()).for_each(|((scr, yt), r)| {
+        let wt = Mat::transposed(w, s.patch());
+        let mut img = r.start;
+        while img < r.end {
+            let g = s.group().min(r.end - img);
+            let rows = g * s.out_pixels();
+            let xg = &x[img * s.in_len()..(img + g) * s.in_len()];
+            let yg = &mut yt[(img - r.start) * s.out_len()..][..g * s.out_len()];
+            if s.is_pointwise() {
+                matmul(yg, s.c_out, rows, s.c_out, s.patch(), Mat::rows(xg, s.patch()), wt, false);
+            } else {
+                ensure_len(&mut scr.col, rows * s.patch());
+                im2col(s, xg, g, &mut scr.col);
+                matmul(yg, s.c_out, rows, s.c_out, s.patch(), Mat::rows(&scr.col, s.patch()), wt, false);
             }
-        });
+            img += g;
+        }
+    });
 }
 
 /// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and, when `dx` is
@@ -175,69 +153,44 @@ pub fn backward(
     let threads = ws.threads.len();
     let ranges: Vec<_> = (0..threads).map(|t| split_range(n, threads, t)).collect();
     let mut dxs: Vec<Option<&mut [f32]>> = match dx {
-        Some(dx) => split_mut_by(&mut dx[..n * s.in_len()], &ranges, s.in_len())
-            .into_iter()
-            .map(Some)
-            .collect(),
+        Some(dx) => split_mut_by(&mut dx[..n * s.in_len()], &ranges, s.in_len()).into_iter().map(Some).collect(),
         None => ranges.iter().map(|_| None).collect(),
     };
-    ws.threads
-        .par_iter_mut()
-        .zip(dxs.par_iter_mut())
-        .zip(ranges.par_iter())
-        .for_each(|((scr, dxt), r)| {
-            ensure_len(&mut scr.dw, s.weight_len());
-            let dwt = &mut scr.dw[..s.weight_len()];
-            dwt.fill(0.0);
-            let mut img = r.start;
-            while img < r.end {
-                let g = s.group().min(r.end - img);
-                let rows = g * s.out_pixels();
-                let xg = &x[img * s.in_len()..(img + g) * s.in_len()];
-                let dyg = &dy[img * s.out_len()..(img + g) * s.out_len()];
-                let col: &[f32] = if s.is_pointwise() {
-                    xg
+    ws.threads.par_iter_mut().zip(dxs.par_iter_mut()).zip(ranges.par_iter()).for_each(|((scr, dxt), r)| {
+        ensure_len(&mut scr.dw, s.weight_len());
+        let dwt = &mut scr.dw[..s.weight_len()];
+        dwt.fill(0.0);
+        let mut img = r.start;
+        while img < r.end {
+            let g = s.group().min(r.end - img);
+            let rows = g * s.out_pixels();
+            let xg = &x[img * s.in_len()..(img + g) * s.in_len()];
+            let dyg = &dy[img * s.out_len()..(img + g) * s.out_len()];
+            let col: &[f32] = if s.is_pointwise() {
+                xg
+            } else {
+                ensure_len(&mut scr.col, rows * s.patch());
+                im2col(s, xg, g, &mut scr.col);
+                &scr.col[..rows * s.patch()]
+            };
+            // dw[c_out × patch] += dyᵀ[c_out × rows] · col[rows × patch]
+            let dyt = Mat::transposed(dyg, s.c_out);
+            matmul(dwt, s.patch(), s.c_out, s.patch(), rows, dyt, Mat::rows(col, s.patch()), true);
+            if let Some(dxt) = dxt.as_deref_mut() {
+                let dxg = &mut dxt[(img - r.start) * s.in_len()..][..g * s.in_len()];
+                let dyr = Mat::rows(dyg, s.c_out);
+                let wr = Mat::rows(w, s.patch());
+                if s.is_pointwise() {
+                    matmul(dxg, s.patch(), rows, s.patch(), s.c_out, dyr, wr, true);
                 } else {
-                    ensure_len(&mut scr.col, rows * s.patch());
-                    im2col(s, xg, g, &mut scr.col);
-                    &scr.col[..rows * s.patch()]
-                };
-                // dw[c_out × patch] += dyᵀ[c_out × rows] · col[rows × patch]
-                let dyt = Mat::transposed(dyg, s.c_out);
-                matmul(
-                    dwt,
-                    s.patch(),
-                    s.c_out,
-                    s.patch(),
-                    rows,
-                    dyt,
-                    Mat::rows(col, s.patch()),
-                    true,
-                );
-                if let Some(dxt) = dxt.as_deref_mut() {
-                    let dxg = &mut dxt[(img - r.start) * s.in_len()..][..g * s.in_len()];
-                    let dyr = Mat::rows(dyg, s.c_out);
-                    let wr = Mat::rows(w, s.patch());
-                    if s.is_pointwise() {
-                        matmul(dxg, s.patch(), rows, s.patch(), s.c_out, dyr, wr, true);
-                    } else {
-                        ensure_len(&mut scr.dcol, rows * s.patch());
-                        matmul(
-                            &mut scr.dcol,
-                            s.patch(),
-                            rows,
-                            s.patch(),
-                            s.c_out,
-                            dyr,
-                            wr,
-                            false,
-                        );
-                        col2im_add(s, &scr.dcol, g, dxg);
-                    }
+                    ensure_len(&mut scr.dcol, rows * s.patch());
+                    matmul(&mut scr.dcol, s.patch(), rows, s.patch(), s.c_out, dyr, wr, false);
+                    col2im_add(s, &scr.dcol, g, dxg);
                 }
-                img += g;
             }
-        });
+            img += g;
+        }
+    });
     dw.fill(0.0);
     for scr in &ws.threads {
         for (d, p) in dw.iter_mut().zip(&scr.dw[..s.weight_len()]) {
@@ -247,11 +200,7 @@ pub fn backward(
 }
 
 /// Splits `buf` into disjoint mutable pieces, one per range of items of `item` elements.
-pub fn split_mut_by<'a>(
-    mut buf: &'a mut [f32],
-    ranges: &[std::ops::Range<usize>],
-    item: usize,
-) -> Vec<&'a mut [f32]> {
+pub fn split_mut_by<'a>(mut buf: &'a mut [f32], ranges: &[std::ops::Range<usize>], item: usize) -> Vec<&'a mut [f32]> {
     let mut out = Vec::with_capacity(ranges.len());
     for r in ranges {
         let (head, tail) = buf.split_at_mut(r.len() * item);

@@ -12,19 +12,11 @@ pub struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// Row-major matrix with `cols` columns.
     pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: cols,
-            cs: 1,
-        }
+        Mat { data, rs: cols, cs: 1 }
     }
     /// The transpose of a row-major matrix with `cols` columns.
     pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: 1,
-            cs: cols,
-        }
+        Mat { data, rs: 1, cs: cols }
     }
     fn fits(&self, r: usize, c: usize) -> bool {
         r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.data.len()
@@ -33,21 +25,9 @@ impl<'a> Mat<'a> {
 
 /// `dst[m×n] (row-major, row stride dst_rs) = (accumulate ? dst : 0) + a[m×k] · b[k×n]`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(
-    dst: &mut [f32],
-    dst_rs: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    accumulate: bool,
-) {
+pub fn matmul(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, a: Mat, b: Mat, accumulate: bool) {
     assert!(a.fits(m, k) && b.fits(k, n), "matmul operand out of bounds");
-    assert!(
-        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
-        "matmul destination out of bounds"
-    );
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul destination out of bounds");
     if m == 0 || n == 0 {
         return;
     }

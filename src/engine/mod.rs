@@ -34,9 +34,7 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Self {
         let n = rayon::current_num_threads().max(1);
-        Workspace {
-            threads: (0..n).map(|_| Scratch::default()).collect(),
-        }
+        Workspace { threads: (0..n).map(|_| Scratch::default()).collect() }
     }
 }
 

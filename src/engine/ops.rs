@@ -7,15 +7,13 @@ use rayon::prelude::*;
 /// `g *= (out > 0)`: the ReLU backward, given the ReLU's output.
 pub fn relu_backward_inplace(g: &mut [f32], out: &[f32]) {
     let len = g.len();
-    g.par_chunks_mut(1 << 14)
-        .zip(out[..len].par_chunks(1 << 14))
-        .for_each(|(gc, oc)| {
-            for (gv, &o) in gc.iter_mut().zip(oc) {
-                if o <= 0.0 {
-                    *gv = 0.0;
-                }
+    g.par_chunks_mut(1 << 14).zip(out[..len].par_chunks(1 << 14)).for_each(|(gc, oc)| {
+        for (gv, &o) in gc.iter_mut().zip(oc) {
+            if o <= 0.0 {
+                *gv = 0.0;
             }
-        });
+        }
+    });
 }
 
 /// Geometry of the option-A shortcut: spatial subsample by `stride` (top-left pixel of
@@ -42,42 +40,35 @@ impl ShortcutA {
 
     pub fn forward(&self, n: usize, x: &[f32], y: &mut [f32]) {
         let (oh, ow, co) = (self.out_h(), self.out_w(), self.c_out());
-        y[..n * oh * ow * co]
-            .par_chunks_mut(oh * ow * co)
-            .enumerate()
-            .for_each(|(img, yi)| {
-                let xi = &x[img * self.h * self.w * self.c_in..];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let dst = &mut yi[(oy * ow + ox) * co..][..co];
-                        let src = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
-                        dst[..self.pad].fill(0.0);
-                        dst[self.pad..self.pad + self.c_in]
-                            .copy_from_slice(&xi[src..src + self.c_in]);
-                        dst[self.pad + self.c_in..].fill(0.0);
-                    }
+        y[..n * oh * ow * co].par_chunks_mut(oh * ow * co).enumerate().for_each(|(img, yi)| {
+            let xi = &x[img * self.h * self.w * self.c_in..];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let dst = &mut yi[(oy * ow + ox) * co..][..co];
+                    let src = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
+                    dst[..self.pad].fill(0.0);
+                    dst[self.pad..self.pad + self.c_in].copy_from_slice(&xi[src..src + self.c_in]);
+                    dst[self.pad + self.c_in..].fill(0.0);
                 }
-            });
+            }
+        });
     }
 
     /// `dx = shortcutᵀ(g)`: overwrites `dx` (zeros where the subsample skipped pixels).
     pub fn backward(&self, n: usize, g: &[f32], dx: &mut [f32]) {
         let (oh, ow, co) = (self.out_h(), self.out_w(), self.c_out());
         let img_len = self.h * self.w * self.c_in;
-        dx[..n * img_len]
-            .par_chunks_mut(img_len)
-            .enumerate()
-            .for_each(|(img, dxi)| {
-                dxi.fill(0.0);
-                let gi = &g[img * oh * ow * co..];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let src = &gi[(oy * ow + ox) * co + self.pad..][..self.c_in];
-                        let dst = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
-                        dxi[dst..dst + self.c_in].copy_from_slice(src);
-                    }
+        dx[..n * img_len].par_chunks_mut(img_len).enumerate().for_each(|(img, dxi)| {
+            dxi.fill(0.0);
+            let gi = &g[img * oh * ow * co..];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let src = &gi[(oy * ow + ox) * co + self.pad..][..self.c_in];
+                    let dst = ((oy * self.stride) * self.w + ox * self.stride) * self.c_in;
+                    dxi[dst..dst + self.c_in].copy_from_slice(src);
                 }
-            });
+            }
+        });
     }
 }
 
@@ -110,15 +101,7 @@ pub fn avgpool_backward(n: usize, pixels: usize, c: usize, g: &[f32], dx: &mut [
 }
 
 /// Fully connected: `y[n, o] = x[n, i] · wᵀ + b` with `w` as `[o, i]` (PyTorch's layout).
-pub fn linear_forward(
-    n: usize,
-    i: usize,
-    o: usize,
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-) {
+pub fn linear_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     for r in 0..n {
         y[r * o..(r + 1) * o].copy_from_slice(b);
     }
@@ -138,16 +121,7 @@ pub fn linear_backward(
     db: &mut [f32],
     dx: &mut [f32],
 ) {
-    matmul(
-        dw,
-        i,
-        o,
-        i,
-        n,
-        Mat::transposed(g, o),
-        Mat::rows(x, i),
-        false,
-    );
+    matmul(dw, i, o, i, n, Mat::transposed(g, o), Mat::rows(x, i), false);
     db.fill(0.0);
     for row in g[..n * o].chunks_exact(o) {
         for (d, v) in db.iter_mut().zip(row) {
@@ -191,9 +165,5 @@ pub fn softmax_cross_entropy(
 
 /// Index and value of the largest element (first one on ties).
 pub fn argmax(z: &[f32]) -> (usize, f32) {
-    z.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
+    z.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
 }

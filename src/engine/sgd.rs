@@ -18,14 +18,8 @@ pub fn step(cfg: SgdConfig, param: &mut [f32], grad: &[f32], buf: &mut [f32]) {
         *p -= cfg.lr * *b;
     };
     if param.len() >= 1 << 15 {
-        param
-            .par_iter_mut()
-            .zip(grad.par_iter().zip(buf.par_iter_mut()))
-            .for_each(update);
+        param.par_iter_mut().zip(grad.par_iter().zip(buf.par_iter_mut())).for_each(update);
     } else {
-        param
-            .iter_mut()
-            .zip(grad.iter().zip(buf.iter_mut()))
-            .for_each(update);
+        param.iter_mut().zip(grad.iter().zip(buf.iter_mut())).for_each(update);
     }
 }

@@ -47,40 +47,13 @@ impl BasicBlock {
         shortcut: Option<Shortcut>,
         rng: &mut Rng,
     ) -> Self {
-        let s1 = ConvShape {
-            c_in,
-            c_out: planes,
-            kernel: 3,
-            stride,
-            pad: 1,
-            h,
-            w,
-        };
-        let s2 = ConvShape {
-            c_in: planes,
-            c_out: planes,
-            kernel: 3,
-            stride: 1,
-            pad: 1,
-            h: s1.out_h(),
-            w: s1.out_w(),
-        };
+        let s1 = ConvShape { c_in, c_out: planes, kernel: 3, stride, pad: 1, h, w };
+        let s2 = ConvShape { c_in: planes, c_out: planes, kernel: 3, stride: 1, pad: 1, h: s1.out_h(), w: s1.out_w() };
         let conv1 = Conv2d::new(s1, rng);
         let conv2 = Conv2d::new(s2, rng);
         let grows = stride != 1 || c_in != planes;
         let projection = |rng: &mut Rng| ShortcutPath::Projection {
-            conv: Conv2d::new(
-                ConvShape {
-                    c_in,
-                    c_out: planes,
-                    kernel: 1,
-                    stride,
-                    pad: 0,
-                    h,
-                    w,
-                },
-                rng,
-            ),
+            conv: Conv2d::new(ConvShape { c_in, c_out: planes, kernel: 1, stride, pad: 0, h, w }, rng),
             bn: BatchNorm2d::new(planes),
             conv_out: Vec::new(),
             out: Vec::new(),
@@ -90,18 +63,9 @@ impl BasicBlock {
             Some(Shortcut::C) => projection(rng),
             Some(Shortcut::B) if grows => projection(rng),
             Some(Shortcut::A) if grows => {
-                assert!(
-                    (planes - c_in).is_multiple_of(2),
-                    "option A needs an even channel increase"
-                );
+                assert!((planes - c_in).is_multiple_of(2), "option A needs an even channel increase");
                 ShortcutPath::ZeroPad {
-                    op: ShortcutA {
-                        h,
-                        w,
-                        c_in,
-                        stride,
-                        pad: (planes - c_in) / 2,
-                    },
+                    op: ShortcutA { h, w, c_in, stride, pad: (planes - c_in) / 2 },
                     out: Vec::new(),
                 }
             }
@@ -150,8 +114,7 @@ impl BasicBlock {
     pub fn forward(&mut self, train: bool, n: usize, x: &[f32], ws: &mut Workspace) {
         let rows = n * self.conv2.shape.out_pixels();
         self.conv1.forward(n, x, &mut self.c1, ws);
-        self.bn1
-            .forward(train, rows, &self.c1, None, true, &mut self.a1);
+        self.bn1.forward(train, rows, &self.c1, None, true, &mut self.a1);
         self.conv2.forward(n, &self.a1, &mut self.c2, ws);
         let residual: Option<&[f32]> = match &mut self.shortcut {
             ShortcutPath::None => None,
@@ -160,19 +123,13 @@ impl BasicBlock {
                 op.forward(n, x, out);
                 Some(out.as_slice())
             }
-            ShortcutPath::Projection {
-                conv,
-                bn,
-                conv_out,
-                out,
-            } => {
+            ShortcutPath::Projection { conv, bn, conv_out, out } => {
                 conv.forward(n, x, conv_out, ws);
                 bn.forward(train, rows, conv_out, None, false, out);
                 Some(out.as_slice())
             }
         };
-        self.bn2
-            .forward(train, rows, &self.c2, residual, true, &mut self.out);
+        self.bn2.forward(train, rows, &self.c2, residual, true, &mut self.out);
     }
 
     /// `g`: dL/d(out) on entry (clobbered). Writes dL/dx to `dx`. `t1`, `t2`: scratch
@@ -196,9 +153,7 @@ impl BasicBlock {
             ShortcutPath::None => dx.fill(0.0),
             ShortcutPath::Identity => dx.copy_from_slice(g),
             ShortcutPath::ZeroPad { op, .. } => op.backward(n, g, dx),
-            ShortcutPath::Projection {
-                conv, bn, conv_out, ..
-            } => {
+            ShortcutPath::Projection { conv, bn, conv_out, .. } => {
                 let t2 = &mut t2[..out_len];
                 t2.copy_from_slice(g);
                 bn.backward(rows, conv_out, None, t2);

@@ -21,23 +21,13 @@ pub struct CifarConfig {
 impl CifarConfig {
     pub fn from_name(name: &str, shortcut: Shortcut, classes: usize) -> anyhow::Result<Self> {
         let (n, residual) = super::parse_cifar_name(name)?;
-        Ok(CifarConfig {
-            n,
-            residual,
-            shortcut,
-            classes,
-            image_size: 32,
-        })
+        Ok(CifarConfig { n, residual, shortcut, classes, image_size: 32 })
     }
     pub fn depth(&self) -> usize {
         6 * self.n + 2
     }
     pub fn name(&self) -> String {
-        format!(
-            "{}{}",
-            if self.residual { "resnet" } else { "plain" },
-            self.depth()
-        )
+        format!("{}{}", if self.residual { "resnet" } else { "plain" }, self.depth())
     }
 }
 
@@ -74,18 +64,7 @@ impl CifarResNet {
     pub fn new(config: CifarConfig, seed: u64) -> Self {
         let mut rng = Rng::derive(seed, 0x1417, 0);
         let s = config.image_size;
-        let conv1 = Conv2d::new(
-            ConvShape {
-                c_in: 3,
-                c_out: 16,
-                kernel: 3,
-                stride: 1,
-                pad: 1,
-                h: s,
-                w: s,
-            },
-            &mut rng,
-        );
+        let conv1 = Conv2d::new(ConvShape { c_in: 3, c_out: 16, kernel: 3, stride: 1, pad: 1, h: s, w: s }, &mut rng);
         let mut blocks = Vec::new();
         let (mut c, mut h) = (16, s);
         for (stage, &planes) in WIDTHS.iter().enumerate() {
@@ -152,10 +131,8 @@ impl CifarResNet {
         let len = n * self.image_len();
         self.input[..len].copy_from_slice(&images[..len]);
         let rows = n * self.conv1.shape.out_pixels();
-        self.conv1
-            .forward(n, &self.input, &mut self.c1, &mut self.ws);
-        self.bn1
-            .forward(train, rows, &self.c1, None, true, &mut self.a1);
+        self.conv1.forward(n, &self.input, &mut self.c1, &mut self.ws);
+        self.bn1.forward(train, rows, &self.c1, None, true, &mut self.a1);
         for i in 0..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let x = before.last().map_or(&self.a1, |b| &b.out);
@@ -172,8 +149,7 @@ impl CifarResNet {
     /// writing every parameter's gradient.
     pub fn backward(&mut self, n: usize, dlogits: &[f32]) {
         let [ga, gb, t1, t2] = &mut self.grads;
-        self.linear
-            .backward(n, &self.pooled, dlogits, &mut self.dpooled);
+        self.linear.backward(n, &self.pooled, dlogits, &mut self.dpooled);
         let last = self.blocks.last().expect("at least one block");
         let (h, w, c) = last.out_shape();
         ops::avgpool_backward(n, h * w, c, &self.dpooled, ga);
@@ -214,18 +190,12 @@ impl CifarResNet {
 
     /// Number of trainable parameters.
     pub fn param_count(&mut self) -> usize {
-        self.named()
-            .iter()
-            .filter(|t| matches!(t.slot, Slot::Param(_)))
-            .map(|t| t.value().len())
-            .sum()
+        self.named().iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum()
     }
 
     /// Multiply-adds of one forward pass of one image.
     pub fn mult_adds(&self) -> usize {
-        self.conv1.mult_adds()
-            + self.blocks.iter().map(|b| b.mult_adds()).sum::<usize>()
-            + 64 * self.config.classes
+        self.conv1.mult_adds() + self.blocks.iter().map(|b| b.mult_adds()).sum::<usize>() + 64 * self.config.classes
     }
 
     pub fn layer_table(&mut self) -> Vec<LayerRow> {
@@ -244,18 +214,11 @@ impl CifarResNet {
             let name = format!("layer{}.{}", i / n + 1, i % n);
             let mut named = Vec::new();
             b.named("", &mut named);
-            let params = named
-                .iter()
-                .filter(|t| matches!(t.slot, Slot::Param(_)))
-                .map(|t| t.value().len())
-                .sum();
+            let params = named.iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum();
             rows.push(LayerRow {
                 name,
                 output: format!("{h}x{w}x{c}"),
-                detail: format!(
-                    "[3x3, {c}] x2, stride {stride}, shortcut {}",
-                    b.shortcut_label()
-                ),
+                detail: format!("[3x3, {c}] x2, stride {stride}, shortcut {}", b.shortcut_label()),
                 params,
                 mult_adds: b.mult_adds(),
             });

@@ -54,9 +54,7 @@ pub fn parse_cifar_name(name: &str) -> Result<(usize, bool)> {
         );
     }
     if depth < 8 || !(depth - 2).is_multiple_of(6) {
-        bail!(
-            "unknown model '{name}': CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
-        );
+        bail!("unknown model '{name}': CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)");
     }
     Ok(((depth - 2) / 6, residual))
 }

@@ -37,11 +37,7 @@ impl BatchNorm2d {
         relu: bool,
         y: &mut [f32],
     ) {
-        let p = BnParams {
-            gamma: &self.weight.value,
-            beta: &self.bias.value,
-            eps: self.eps,
-        };
+        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
         if train {
             bn::forward_train(
                 &p,
@@ -57,37 +53,14 @@ impl BatchNorm2d {
                 y,
             );
         } else {
-            bn::forward_eval(
-                &p,
-                x,
-                rows,
-                &self.running_mean,
-                &self.running_var,
-                residual,
-                relu,
-                y,
-            );
+            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
         }
     }
 
     /// In place: `g` is dL/d(output) on entry (masked by `relu_out` if given), dL/dx on return.
     pub fn backward(&mut self, rows: usize, x: &[f32], relu_out: Option<&[f32]>, g: &mut [f32]) {
-        let p = BnParams {
-            gamma: &self.weight.value,
-            beta: &self.bias.value,
-            eps: self.eps,
-        };
-        bn::backward(
-            &p,
-            x,
-            rows,
-            &self.mean,
-            &self.invstd,
-            relu_out,
-            g,
-            &mut self.weight.grad,
-            &mut self.bias.grad,
-        );
+        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+        bn::backward(&p, x, rows, &self.mean, &self.invstd, relu_out, g, &mut self.weight.grad, &mut self.bias.grad);
     }
 
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -104,12 +77,7 @@ impl BatchNorm2d {
             ("running_var", Slot::Buffer(&mut self.running_var)),
         ];
         for (field, slot) in entries {
-            out.push(Named {
-                name: format!("{prefix}.{field}"),
-                shape: vec![c],
-                layout: Layout::Plain,
-                slot,
-            });
+            out.push(Named { name: format!("{prefix}.{field}"), shape: vec![c], layout: Layout::Plain, slot });
         }
     }
 }

@@ -14,46 +14,18 @@ impl Linear {
     /// PyTorch's default nn.Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     pub fn new(inputs: usize, outputs: usize, rng: &mut Rng) -> Self {
         let bound = 1.0 / (inputs as f64).sqrt();
-        let mut uniform = |len: usize| {
-            Param::new(
-                (0..len)
-                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-                    .collect(),
-            )
-        };
+        let mut uniform =
+            |len: usize| Param::new((0..len).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect());
         let weight = uniform(inputs * outputs);
         let bias = uniform(outputs);
-        Linear {
-            inputs,
-            outputs,
-            weight,
-            bias,
-        }
+        Linear { inputs, outputs, weight, bias }
     }
     pub fn forward(&self, n: usize, x: &[f32], y: &mut [f32]) {
-        ops::linear_forward(
-            n,
-            self.inputs,
-            self.outputs,
-            x,
-            &self.weight.value,
-            &self.bias.value,
-            y,
-        );
+        ops::linear_forward(n, self.inputs, self.outputs, x, &self.weight.value, &self.bias.value, y);
     }
     pub fn backward(&mut self, n: usize, x: &[f32], g: &[f32], dx: &mut [f32]) {
         let (i, o) = (self.inputs, self.outputs);
-        ops::linear_backward(
-            n,
-            i,
-            o,
-            x,
-            &self.weight.value,
-            g,
-            &mut self.weight.grad,
-            &mut self.bias.grad,
-            dx,
-        );
+        ops::linear_backward(n, i, o, x, &self.weight.value, g, &mut self.weight.grad, &mut self.bias.grad, dx);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);

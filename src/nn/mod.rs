@@ -21,11 +21,7 @@ pub struct Param {
 impl Param {
     pub fn new(value: Vec<f32>) -> Self {
         let n = value.len();
-        Param {
-            value,
-            grad: vec![0.0; n],
-            momentum: vec![0.0; n],
-        }
+        Param { value, grad: vec![0.0; n], momentum: vec![0.0; n] }
     }
     pub fn filled(len: usize, v: f32) -> Self {
         Self::new(vec![v; len])

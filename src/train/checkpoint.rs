@@ -41,36 +41,19 @@ pub fn weights_metadata(model: &CifarResNet, norm: &Norm) -> HashMap<String, Str
         ("model".to_string(), c.name()),
         ("shortcut".to_string(), format!("{:?}", c.shortcut)),
         ("classes".to_string(), c.classes.to_string()),
-        (
-            "norm".to_string(),
-            serde_json::to_string(norm).expect("norm serializes"),
-        ),
+        ("norm".to_string(), serde_json::to_string(norm).expect("norm serializes")),
     ])
 }
 
-pub fn save(
-    path: &Path,
-    model: &mut CifarResNet,
-    config: &TrainConfig,
-    state: &TrainState,
-    norm: &Norm,
-) -> Result<()> {
+pub fn save(path: &Path, model: &mut CifarResNet, config: &TrainConfig, state: &TrainState, norm: &Norm) -> Result<()> {
     let mut metadata = weights_metadata(model, norm);
-    let meta = Meta {
-        config: config.clone(),
-        state: state.clone(),
-        norm: norm.clone(),
-    };
+    let meta = Meta { config: config.clone(), state: state.clone(), norm: norm.clone() };
     metadata.insert("checkpoint".into(), serde_json::to_string(&meta)?);
     let named = model.named();
     let mut tensors = weights::state_dict(&named);
     for t in &named {
         if let Slot::Param(p) = &t.slot {
-            tensors.push((
-                momentum_key(&t.name),
-                t.shape.clone(),
-                weights::to_torch(t.layout, &t.shape, &p.momentum),
-            ));
+            tensors.push((momentum_key(&t.name), t.shape.clone(), weights::to_torch(t.layout, &t.shape, &p.momentum)));
         }
     }
     weights::write_atomic(path, &weights::serialize(&tensors, metadata)?)
@@ -80,14 +63,12 @@ pub fn save(
 pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
     let bytes = weights::read_file(path)?;
     let file = TensorFile::parse(path, &bytes)?;
-    let raw = file.metadata.get("checkpoint").ok_or_else(|| {
-        anyhow!(
-            "{}: not a resnet-rs checkpoint (no run state)",
-            path.display()
-        )
-    })?;
-    let meta: Meta = serde_json::from_str(raw)
-        .with_context(|| format!("{}: corrupt checkpoint metadata", path.display()))?;
+    let raw = file
+        .metadata
+        .get("checkpoint")
+        .ok_or_else(|| anyhow!("{}: not a resnet-rs checkpoint (no run state)", path.display()))?;
+    let meta: Meta =
+        serde_json::from_str(raw).with_context(|| format!("{}: corrupt checkpoint metadata", path.display()))?;
     Ok((meta.config, meta.state, meta.norm))
 }
 

@@ -59,26 +59,18 @@ fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
 
 pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
     let out = &cfg.out;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create run directory", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
     let model_cfg = CifarConfig::from_name(&cfg.model, cfg.shortcut, cfg.dataset.classes())?;
     let mut model = CifarResNet::new(model_cfg, cfg.seed);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
-    let mut state = TrainState {
-        iteration: 0,
-        warmup_done: false,
-    };
+    let mut state = TrainState { iteration: 0, warmup_done: false };
     if resume {
         let (_, saved, _) = checkpoint::read_meta(&ckpt_path)?;
         checkpoint::restore(&ckpt_path, &mut model)?;
         state = saved;
         truncate_metrics(&metrics_path, state.iteration)?;
-        eprintln!(
-            "resumed from {} at iteration {}",
-            ckpt_path.display(),
-            state.iteration
-        );
+        eprintln!("resumed from {} at iteration {}", ckpt_path.display(), state.iteration);
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
@@ -114,11 +106,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         let mut window_start = Instant::now();
         for batch in loader.take(steps_this_epoch) {
             let lr = cfg.schedule.lr_at(state.iteration, !warmup.done);
-            let sgd = SgdConfig {
-                lr,
-                momentum: cfg.momentum,
-                weight_decay: cfg.weight_decay,
-            };
+            let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay };
             let n = batch.len();
             let (loss, ok) = step(&mut model, &batch.images, &batch.labels, sgd, &mut dlogits);
             if !loss.is_finite() {
@@ -162,18 +150,14 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon();
                 checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
-                return Ok(Outcome::Interrupted {
-                    iteration: state.iteration,
-                });
+                return Ok(Outcome::Interrupted { iteration: state.iteration });
             }
         }
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
         let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), 500);
         test_acc = test.accuracy();
-        let lr = cfg
-            .schedule
-            .lr_at(state.iteration.saturating_sub(1), !warmup.done);
+        let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
             "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
@@ -214,11 +198,9 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressB
     }
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix((epoch + 1).to_string());
     bar

@@ -35,10 +35,7 @@ pub struct Warmup {
 
 impl Warmup {
     pub fn new(enabled: bool, done: bool) -> Self {
-        Warmup {
-            done: done || !enabled,
-            recent: VecDeque::with_capacity(WARMUP_WINDOW),
-        }
+        Warmup { done: done || !enabled, recent: VecDeque::with_capacity(WARMUP_WINDOW) }
     }
     /// Records one step's training error; returns true when warm-up just ended.
     pub fn record(&mut self, error: f32, threshold: f32) -> bool {

@@ -42,11 +42,7 @@ pub fn write_cifar_file(path: &Path, count: usize, seed: u64) {
                 for x in 0..32 {
                     let inside = y >= cy && y < cy + 8 && x >= cx && x < cx + 5;
                     let noise = rng.below(60) as u8;
-                    bytes.push(if inside {
-                        180 + noise
-                    } else {
-                        noise + 20 * c as u8
-                    });
+                    bytes.push(if inside { 180 + noise } else { noise + 20 * c as u8 });
                 }
             }
         }
@@ -65,16 +61,11 @@ pub fn write_cifar_dir(dir: &Path, per_file: usize) {
 }
 
 pub fn shared_data(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIP: {} not found (the shared data folder is not beside the checkout)",
-            p.display()
-        );
+        eprintln!("SKIP: {} not found (the shared data folder is not beside the checkout)", p.display());
         None
     }
 }
