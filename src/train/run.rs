@@ -155,7 +155,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         }
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-        let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), 500);
+        // At the training batch size, so evaluation does not grow the activation buffers.
+        let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), cfg.batch);
         test_acc = test.accuracy();
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({

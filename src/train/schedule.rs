@@ -23,7 +23,8 @@ impl Schedule {
             return w;
         }
         let drops = self.milestones.iter().filter(|&&m| iteration >= m).count();
-        self.lr * 0.1f32.powi(drops as i32)
+        // In f64, so 0.1 / 10 prints as 0.01, not 0.010000001.
+        (self.lr as f64 * 0.1f64.powi(drops as i32)) as f32
     }
 }
 
