@@ -1,7 +1,7 @@
 //! Throughput measurement for `resnet bench`: medians of timed steps on synthetic data.
 
 use crate::engine::sgd::SgdConfig;
-use crate::model::{CifarConfig, CifarResNet, Shortcut};
+use crate::model::{Family, ModelConfig, ResNet, Shortcut};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -36,18 +36,28 @@ fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-pub fn run(model: &str, shortcut: Shortcut, batch: usize, steps: usize, warmup: usize) -> anyhow::Result<BenchResult> {
-    let mut net = CifarResNet::new(CifarConfig::from_name(model, shortcut, 10)?, 1);
+pub fn run(
+    model: &str,
+    shortcut: Option<Shortcut>,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> anyhow::Result<BenchResult> {
+    // The classes of the network's home dataset: CIFAR-10 or ImageNet.
+    let family = ModelConfig::from_name(model, shortcut, 1)?.family;
+    let classes = if family == Family::Cifar { 10 } else { 1000 };
+    let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 1);
+    let s = net.config.image_size;
     let mut rng = Rng::new(7);
-    let images: Vec<f32> = (0..batch * net.image_len()).map(|_| rng.normal() as f32).collect();
-    let labels: Vec<u8> = (0..batch).map(|_| rng.below(10) as u8).collect();
+    let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
     let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
     let mut dlogits = Vec::new();
     let train = time_steps(warmup, steps, || {
-        crate::train::step(&mut net, &images, &labels, sgd, &mut dlogits);
+        crate::train::step(&mut net, (s, s), &images, &labels, sgd, &mut dlogits);
     });
     let infer = time_steps(warmup, steps, || {
-        net.forward(false, batch, &images);
+        net.forward(false, batch, (s, s), &images);
     });
     let flops = 2.0 * net.mult_adds() as f64 * batch as f64;
     Ok(BenchResult {

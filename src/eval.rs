@@ -3,7 +3,7 @@
 
 use crate::data::{BatchLoader, Dataset, Norm};
 use crate::engine::ops;
-use crate::model::CifarResNet;
+use crate::model::ResNet;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Default)]
@@ -21,14 +21,14 @@ impl EvalResult {
     }
 }
 
-pub fn evaluate(model: &mut CifarResNet, data: Arc<Dataset>, norm: Arc<Norm>, batch: usize) -> EvalResult {
+pub fn evaluate(model: &mut ResNet, data: Arc<Dataset>, norm: Arc<Norm>, batch: usize) -> EvalResult {
     let classes = model.config.classes;
     let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
     let mut r = EvalResult { per_class: vec![(0, 0); classes], ..Default::default() };
     let mut grad = vec![0f32; batch * classes];
     for b in BatchLoader::new(data, norm, order, batch, 0, None, 1) {
         let n = b.len();
-        let logits = model.forward(false, n, &b.images);
+        let logits = model.forward(false, n, b.hw, &b.images);
         let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, &b.labels, &mut grad);
         r.loss += loss as f64 * n as f64;
         r.correct += correct;

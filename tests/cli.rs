@@ -59,6 +59,39 @@ fn info_prints_exact_parameter_counts() {
 }
 
 #[test]
+fn info_prints_imagenet_counts_and_mult_adds() {
+    // torchvision's num_params (option B), and the paper's option-A / plain counts.
+    for (args, params, mult_adds) in [
+        (&["resnet18"][..], 11689512, "1.814 G"),
+        (&["resnet34"], 21797672, "3.664 G"),
+        (&["resnet50"], 25557032, "4.089 G"),
+        (&["resnet50-v1"], 25557032, "3.858 G"),
+        (&["resnet101"], 44549160, "7.801 G"),
+        (&["resnet101-v1"], 44549160, "7.570 G"),
+        (&["resnet152"], 60192808, "11.514 G"),
+        (&["resnet152-v1"], 60192808, "11.282 G"),
+        (&["plain18"], 11515688, "1.795 G"),
+        (&["plain34"], 21623848, "3.644 G"),
+        (&["resnet34", "--shortcut", "A"], 21623848, "3.644 G"),
+        (&["resnet34", "--shortcut", "C"], 22716840, "3.831 G"),
+    ] {
+        let mut argv = vec!["info"];
+        argv.extend_from_slice(args);
+        let out = resnet(&argv);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().any(|l| l == format!("parameters: {params}")), "{args:?}: {text}");
+        assert!(text.contains(&format!("mult-adds: {mult_adds}")), "{args:?}: {text}");
+    }
+    let text = String::from_utf8_lossy(&resnet(&["info", "resnet50", "--classes", "10"]).stdout).to_string();
+    assert!(text.contains("fc 2048->10"), "{text}");
+    // Depth 50 is also 6n+2: the ImageNet net wins, the CIFAR one has its own name.
+    let text = String::from_utf8_lossy(&resnet(&["info", "cifar-resnet50"]).stdout).to_string();
+    assert!(text.contains("CIFAR") && text.contains("cifar-resnet50"), "{text}");
+    assert_error(&resnet(&["info", "resnet18-v1"]), &["-v1", "bottleneck"]);
+}
+
+#[test]
 fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["info", "resnet21"]), &["resnet21", "6n+2"]);
     assert_error(&resnet(&["info", "vgg16"]), &["unknown model 'vgg16'"]);

@@ -6,7 +6,7 @@ mod common;
 
 use common::rel_err32;
 use resnet::engine::sgd::SgdConfig;
-use resnet::model::{CifarConfig, CifarResNet, Shortcut};
+use resnet::model::{ModelConfig, ResNet};
 use resnet::nn::Slot;
 use resnet::weights::{TensorFile, from_torch, to_torch};
 use std::path::Path;
@@ -30,23 +30,23 @@ fn resnet20_matches_pytorch() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let g = TensorFile::parse(&path, &bytes).unwrap();
-    let mut model = CifarResNet::new(CifarConfig::from_name("resnet20", Shortcut::A, 10).unwrap(), 0);
+    let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
         *t.value_mut() = from_torch(t.layout, &t.shape, v);
     }
     let n = 2;
     let input = nchw_to_nhwc(&g.get("input", &[n, 3, 32, 32]).unwrap(), n, 3, 1024);
-    let labels: Vec<u8> = g.get("labels", &[n]).unwrap().iter().map(|&v| v as u8).collect();
+    let labels: Vec<u32> = g.get("labels", &[n]).unwrap().iter().map(|&v| v as u32).collect();
 
-    let logits = model.forward(true, n, &input).to_vec();
+    let logits = model.forward(true, n, (32, 32), &input).to_vec();
     let e = rel_err32(&logits, &g.get("logits", &[n, 10]).unwrap());
     assert!(e < TOL, "logits rel err {e}");
     let mut dlogits = vec![0f32; n * 10];
     let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, &labels, &mut dlogits);
     let want = g.get("loss", &[1]).unwrap()[0];
     assert!(((loss - want) / want).abs() < TOL as f32, "loss {loss} vs {want}");
-    model.backward(n, &dlogits);
+    model.backward(&dlogits);
     let mut checked = 0;
     for t in model.named() {
         if let Slot::Param(p) = &t.slot {
@@ -59,7 +59,7 @@ fn resnet20_matches_pytorch() {
     assert_eq!(checked, 59, "every parameter's gradient compared");
 
     // Restart from the initial state and take 3 full SGD steps on the same batch.
-    let mut model = CifarResNet::new(CifarConfig::from_name("resnet20", Shortcut::A, 10).unwrap(), 0);
+    let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
         *t.value_mut() = from_torch(t.layout, &t.shape, v);
@@ -67,7 +67,7 @@ fn resnet20_matches_pytorch() {
     let sgd = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     let mut scratch = Vec::new();
     for _ in 0..3 {
-        resnet::train::step(&mut model, &input, &labels, sgd, &mut scratch);
+        resnet::train::step(&mut model, (32, 32), &input, &labels, sgd, &mut scratch);
     }
     for t in model.named() {
         let got = to_torch(t.layout, &t.shape, t.value());

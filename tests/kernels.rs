@@ -6,6 +6,7 @@ mod common;
 use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::{Workspace, ops, sgd};
 use resnet::rng::Rng;
 
@@ -60,6 +61,11 @@ fn conv_forward_and_backward_match_naive_reference() {
         (3, ConvShape { c_in: 6, c_out: 4, kernel: 1, stride: 1, pad: 0, h: 5, w: 3 }),
         (1, ConvShape { c_in: 2, c_out: 3, kernel: 3, stride: 1, pad: 1, h: 1, w: 1 }),
         (5, ConvShape { c_in: 4, c_out: 4, kernel: 3, stride: 1, pad: 0, h: 6, w: 6 }),
+        // The ImageNet stem (7×7, stride 2, pad 3) on an odd, non-square input.
+        (2, ConvShape { c_in: 3, c_out: 8, kernel: 7, stride: 2, pad: 3, h: 13, w: 10 }),
+        // Bottleneck-sized channels: larger GEMMs (k = 1152 and 256).
+        (2, ConvShape { c_in: 128, c_out: 96, kernel: 3, stride: 1, pad: 1, h: 5, w: 4 }),
+        (1, ConvShape { c_in: 256, c_out: 512, kernel: 1, stride: 2, pad: 0, h: 7, w: 7 }),
     ];
     let mut ws = Workspace::new();
     for (n, s) in cases {
@@ -236,14 +242,14 @@ fn pooling_linear_softmax_match_reference() {
     let (n, pixels, c, o) = (3, 5, 4, 6);
     let x = random(&mut rng, n * pixels * c);
     let mut pooled = vec![0f32; n * c];
-    ops::avgpool_forward(n, pixels, c, &x, &mut pooled);
+    pool::avgpool_forward(n, pixels, c, &x, &mut pooled);
     let pooled_ref: Vec<f64> = (0..n * c)
         .map(|i| (0..pixels).map(|p| x[(i / c * pixels + p) * c + i % c] as f64).sum::<f64>() / pixels as f64)
         .collect();
     assert!(rel_err(&pooled, &pooled_ref) < TOL);
     let g = random(&mut rng, n * c);
     let mut dx = vec![0f32; n * pixels * c];
-    ops::avgpool_backward(n, pixels, c, &g, &mut dx);
+    pool::avgpool_backward(n, pixels, c, &g, &mut dx);
     let dx_ref: Vec<f64> =
         (0..n * pixels * c).map(|i| g[i / (pixels * c) * c + i % c] as f64 / pixels as f64).collect();
     assert!(rel_err(&dx, &dx_ref) < TOL);
@@ -266,7 +272,7 @@ fn pooling_linear_softmax_match_reference() {
         (0..n * c).map(|i| (0..o).map(|j| gy[i / c * o + j] as f64 * w[j * c + i % c] as f64).sum()).collect();
     assert!(rel_err(&dw, &dw_ref) < TOL && rel_err(&db, &db_ref) < TOL && rel_err(&dxl, &dx_ref) < TOL);
 
-    let labels = [1u8, 5, 0];
+    let labels = [1u32, 5, 0];
     let mut grad = vec![0f32; n * o];
     let (loss, correct) = ops::softmax_cross_entropy(n, o, &y, &labels, &mut grad);
     let mut loss_ref = 0f64;
@@ -285,6 +291,65 @@ fn pooling_linear_softmax_match_reference() {
     assert!((loss as f64 - loss_ref).abs() < 1e-5 * loss_ref.abs());
     assert!(rel_err(&grad, &grad_ref) < TOL);
     assert_eq!(correct, correct_ref);
+}
+
+/// Naive max pool: each output is the max over its window (padding excluded), and the
+/// backward sends each output gradient to the first position holding that max.
+fn maxpool_ref(s: &PoolShape, n: usize, x: &[f32], g: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let mut y = vec![0f64; n * s.out_len()];
+    let mut dx = vec![0f64; n * s.in_len()];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for c in 0..s.c {
+                    let mut best: Option<(f32, usize)> = None;
+                    for ky in 0..s.kernel {
+                        for kx in 0..s.kernel {
+                            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                            if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                continue;
+                            }
+                            let i = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c + c;
+                            if best.is_none_or(|(v, _)| x[i] > v) {
+                                best = Some((x[i], i));
+                            }
+                        }
+                    }
+                    let (v, i) = best.unwrap();
+                    let o = ((b * oh + oy) * ow + ox) * s.c + c;
+                    y[o] = v as f64;
+                    dx[i] += g[o] as f64;
+                }
+            }
+        }
+    }
+    (y, dx)
+}
+
+#[test]
+fn maxpool_matches_naive_reference() {
+    let mut rng = Rng::new(8);
+    let cases = [
+        (2, PoolShape { c: 5, kernel: 3, stride: 2, pad: 1, h: 9, w: 8 }),
+        (1, PoolShape { c: 64, kernel: 3, stride: 2, pad: 1, h: 112, w: 112 }),
+        (3, PoolShape { c: 3, kernel: 3, stride: 2, pad: 1, h: 1, w: 2 }),
+        (2, PoolShape { c: 4, kernel: 2, stride: 2, pad: 0, h: 6, w: 7 }),
+    ];
+    for (n, s) in cases {
+        // Coarse values make ties common, which exercises the first-max rule.
+        let x: Vec<f32> = random(&mut rng, n * s.in_len()).iter().map(|v| (v * 2.0).round()).collect();
+        let g = random(&mut rng, n * s.out_len());
+        let (y_ref, dx_ref) = maxpool_ref(&s, n, &x, &g);
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        let mut argmax = vec![0u32; n * s.out_len()];
+        pool::maxpool_forward(&s, n, &x, &mut y, &mut argmax);
+        assert!(y.iter().zip(&y_ref).all(|(a, b)| *a as f64 == *b), "maxpool forward {s:?}");
+        let mut dx = vec![f32::NAN; n * s.in_len()];
+        pool::maxpool_backward(&s, n, &g, &argmax, &mut dx);
+        assert!(rel_err(&dx, &dx_ref) < TOL, "maxpool backward {s:?}: {}", rel_err(&dx, &dx_ref));
+    }
 }
 
 #[test]

@@ -15,8 +15,9 @@ pub struct Args {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    #[arg(long, default_value = "A", value_parser = super::parse_shortcut)]
-    shortcut: Shortcut,
+    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
+    #[arg(long, value_parser = super::parse_shortcut)]
+    shortcut: Option<Shortcut>,
     /// Skip measuring the machine's f32 GEMM peak.
     #[arg(long)]
     no_peak: bool,

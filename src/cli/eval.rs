@@ -1,7 +1,7 @@
 use anyhow::{Context, Result, bail};
 use resnet::data::{DatasetKind, Norm, cifar};
 use resnet::eval::evaluate;
-use resnet::model::{CifarConfig, CifarResNet, Shortcut};
+use resnet::model::{ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
 use resnet::weights::{self, TensorFile};
 use std::path::PathBuf;
@@ -23,8 +23,9 @@ pub struct Args {
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with).
     #[arg(long)]
     norm: Option<String>,
-    #[arg(long, default_value = "A", value_parser = super::parse_shortcut)]
-    shortcut: Shortcut,
+    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
+    #[arg(long, value_parser = super::parse_shortcut)]
+    shortcut: Option<Shortcut>,
     #[arg(long, default_value_t = 500)]
     batch: usize,
 }
@@ -53,7 +54,7 @@ fn choose_norm(a: &Args, file: &TensorFile) -> Result<Norm> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let mut model = CifarResNet::new(CifarConfig::from_name(&a.model, a.shortcut, a.dataset.classes())?, 0);
+    let mut model = ResNet::new(ModelConfig::from_name(&a.model, a.shortcut, a.dataset.classes())?, 0);
     let bytes = weights::read_file(&a.weights)?;
     let file = TensorFile::parse(&a.weights, &bytes)?;
     weights::load_into(&file, &mut model.named(), Some(OPTIMIZER_PREFIX))?;

@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use resnet::data::{DatasetKind, Norm, cifar, download::default_data_dir};
-use resnet::model::{Shortcut, parse_cifar_name};
+use resnet::model::{Family, ModelConfig, Shortcut};
 use resnet::train::run::{Datasets, INTERRUPTED, iterations_per_epoch};
 use resnet::train::{Outcome, TrainConfig, checkpoint, schedule::Schedule};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,9 @@ pub struct Args {
     warmup: String,
     #[arg(long, default_value_t = 0.01)]
     warmup_lr: f32,
-    #[arg(long, default_value = "A", value_parser = super::parse_shortcut)]
-    shortcut: Shortcut,
+    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
+    #[arg(long, value_parser = super::parse_shortcut)]
+    shortcut: Option<Shortcut>,
     /// Input normalization: pixel-mean (the paper), imagenet or cifar (per-channel mean/std).
     #[arg(long, default_value = "pixel-mean")]
     norm: String,
@@ -86,10 +87,10 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
 
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
-    let (n, _) = parse_cifar_name(&model)?;
+    let arch = ModelConfig::from_name(&model, a.shortcut, a.dataset.classes())?;
     let data = find_data(a.data.clone(), a.dataset)?;
     let warmup = match a.warmup.as_str() {
-        "auto" => 6 * n + 2 >= 110,
+        "auto" => arch.family == Family::Cifar && arch.depth >= 110,
         "on" => true,
         "off" => false,
         w => bail!("--warmup must be auto, on or off, not '{w}'"),
@@ -99,7 +100,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     }
     Ok(TrainConfig {
         model,
-        shortcut: a.shortcut,
+        shortcut: arch.shortcut,
         dataset: a.dataset,
         data,
         test_data: a.test_data.clone(),

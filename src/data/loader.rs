@@ -5,7 +5,7 @@
 //! every random choice comes from a stream derived from (seed, epoch, position), so
 //! the batches are identical whatever the number of workers or their timing.
 
-use super::cifar::{Dataset, IMAGE_BYTES};
+use super::cifar::{Dataset, IMAGE_BYTES, SIDE};
 use super::transform::{Norm, prepare};
 use crate::rng::Rng;
 use std::sync::Arc;
@@ -13,9 +13,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 pub struct Batch {
-    /// NHWC images, `n * 3072` values.
+    /// NHWC images, `n * h * w * 3` values.
     pub images: Vec<f32>,
-    pub labels: Vec<u8>,
+    /// Height and width of every image.
+    pub hw: (usize, usize),
+    pub labels: Vec<u32>,
 }
 
 impl Batch {
@@ -53,7 +55,7 @@ pub fn build_batch(
         let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (b * batch + k) as u64));
         prepare(data, i as usize, norm, rng.as_mut(), &mut tmp, out);
     }
-    Batch { images, labels: idx.iter().map(|&i| data.labels[i as usize]).collect() }
+    Batch { images, hw: (SIDE, SIDE), labels: idx.iter().map(|&i| data.labels[i as usize] as u32).collect() }
 }
 
 /// Streams the batches `start..` of one epoch from background threads.

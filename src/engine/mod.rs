@@ -16,6 +16,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod sgd;
 
 /// Scratch memory of one worker thread. Buffers only grow.

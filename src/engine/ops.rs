@@ -1,5 +1,5 @@
-//! Small kernels: ReLU mask, the option-A shortcut, global average pooling, the fully
-//! connected layer and softmax cross-entropy. All NHWC.
+//! Small kernels: ReLU mask, the option-A shortcut, the fully connected layer and
+//! softmax cross-entropy. All NHWC.
 
 use super::matmul::{Mat, matmul};
 use rayon::prelude::*;
@@ -72,34 +72,6 @@ impl ShortcutA {
     }
 }
 
-/// Global average pool: `[n, pixels, c]` to `[n, c]`.
-pub fn avgpool_forward(n: usize, pixels: usize, c: usize, x: &[f32], y: &mut [f32]) {
-    for img in 0..n {
-        let yi = &mut y[img * c..(img + 1) * c];
-        yi.fill(0.0);
-        for p in x[img * pixels * c..(img + 1) * pixels * c].chunks_exact(c) {
-            for (a, b) in yi.iter_mut().zip(p) {
-                *a += b;
-            }
-        }
-        let inv = 1.0 / pixels as f32;
-        yi.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-/// Backward of the global average pool; overwrites `dx`.
-pub fn avgpool_backward(n: usize, pixels: usize, c: usize, g: &[f32], dx: &mut [f32]) {
-    let inv = 1.0 / pixels as f32;
-    for img in 0..n {
-        let gi = &g[img * c..(img + 1) * c];
-        for p in dx[img * pixels * c..(img + 1) * pixels * c].chunks_exact_mut(c) {
-            for (d, gv) in p.iter_mut().zip(gi) {
-                *d = gv * inv;
-            }
-        }
-    }
-}
-
 /// Fully connected: `y[n, o] = x[n, i] · wᵀ + b` with `w` as `[o, i]` (PyTorch's layout).
 pub fn linear_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     for r in 0..n {
@@ -137,7 +109,7 @@ pub fn softmax_cross_entropy(
     n: usize,
     classes: usize,
     logits: &[f32],
-    labels: &[u8],
+    labels: &[u32],
     grad: &mut [f32],
 ) -> (f32, usize) {
     let mut loss = 0f64;

@@ -1,143 +1,306 @@
-//! The basic residual block of the CIFAR networks: two 3×3 convs with BN, ReLU
-//! between them, the shortcut added before the final ReLU (Fig. 2 of the paper).
+//! The residual block, basic or bottleneck (Fig. 5 of the paper), as a chain of conv→BN
+//! units with a ReLU after each but the last; the shortcut is added before the final
+//! ReLU: `out = relu(bn_k(conv_k(... relu(bn_1(conv_1(x))))) + shortcut(x))`.
+//! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
 use super::Shortcut;
-use crate::engine::{Workspace, conv::ConvShape, ops, ops::ShortcutA};
+use crate::engine::{Workspace, ensure_len, ops, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
+
+/// Spatial size of a feature map.
+pub type Hw = (usize, usize);
+
+/// One conv→BN layer with the activations its backward pass needs.
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+    /// Conv output (BN input) and BN(+ReLU) output, saved in training mode, and the
+    /// input size they were computed for.
+    pre: Vec<f32>,
+    post: Vec<f32>,
+    in_hw: Hw,
+}
+
+impl ConvBn {
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, rng: &mut Rng) -> Self {
+        let conv = Conv2d::new(c_in, c_out, kernel, stride, rng);
+        ConvBn { conv, bn: BatchNorm2d::new(c_out), pre: Vec::new(), post: Vec::new(), in_hw: (0, 0) }
+    }
+
+    /// `post = [relu](bn(conv(x)) [+ residual])`, the conv output going to `pre`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        &mut self,
+        train: bool,
+        n: usize,
+        hw: Hw,
+        x: &[f32],
+        pre: &mut [f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        post: &mut [f32],
+        ws: &mut Workspace,
+    ) {
+        self.in_hw = hw;
+        self.conv.forward(n, hw, x, pre, ws);
+        let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
+        self.bn.forward(train, n * oh * ow, pre, residual, relu, post);
+    }
+
+    /// Training forward into the unit's own saved buffers.
+    pub(super) fn forward_saved(
+        &mut self,
+        n: usize,
+        hw: Hw,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        ws: &mut Workspace,
+    ) {
+        let (mut pre, mut post) = (std::mem::take(&mut self.pre), std::mem::take(&mut self.post));
+        self.run(true, n, hw, x, &mut pre, residual, relu, &mut post, ws);
+        (self.pre, self.post) = (pre, post);
+    }
+
+    /// Backward of the last training forward. `g`: dL/d(post) on entry, dL/d(pre) after
+    /// BN; then the conv's input gradient is accumulated into `dx` (if given).
+    pub(super) fn backward(
+        &mut self,
+        n: usize,
+        x: &[f32],
+        relu: bool,
+        g: &mut [f32],
+        dx: Option<&mut [f32]>,
+        ws: &mut Workspace,
+    ) {
+        let hw = self.in_hw;
+        let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
+        let relu_out = relu.then_some(self.post.as_slice());
+        self.bn.backward(n * oh * ow, &self.pre, relu_out, g);
+        self.conv.backward(n, hw, x, g, dx, ws);
+    }
+
+    pub(super) fn reserve(&mut self, len: usize) {
+        ensure_len(&mut self.pre, len);
+        ensure_len(&mut self.post, len);
+    }
+
+    /// The saved BN(+ReLU) output of the last training forward.
+    pub fn post(&self) -> &[f32] {
+        &self.post
+    }
+
+    pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.conv.for_each_param(f);
+        self.bn.for_each_param(f);
+    }
+
+    /// State-dict entries `{conv}.weight` and `{bn}.*`.
+    pub fn named<'a>(&'a mut self, conv: &str, bn: &str, out: &mut Vec<Named<'a>>) {
+        self.conv.named(conv, out);
+        self.bn.named(bn, out);
+    }
+}
 
 #[allow(clippy::large_enum_variant)] // one per block; boxing buys nothing
 enum ShortcutPath {
     /// No shortcut: the plain network.
     None,
     Identity,
+    /// Option A where dimensions grow: subsample, zero-pad channels.
     ZeroPad {
-        op: ShortcutA,
+        stride: usize,
+        pad: usize,
         out: Vec<f32>,
     },
-    Projection {
-        conv: Conv2d,
-        bn: BatchNorm2d,
-        conv_out: Vec<f32>,
-        out: Vec<f32>,
-    },
+    /// Options B/C: 1×1 conv (strided where the map shrinks) + BN.
+    Projection(ConvBn),
 }
 
-pub struct BasicBlock {
-    pub conv1: Conv2d,
-    pub bn1: BatchNorm2d,
-    pub conv2: Conv2d,
-    pub bn2: BatchNorm2d,
+/// Which layer of a bottleneck block carries the stride.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StrideAt {
+    /// The first 1×1 conv: the paper's original (Caffe release).
+    First1x1,
+    /// The 3×3 conv: torchvision's "ResNet v1.5".
+    Conv3x3,
+}
+
+pub struct Block {
+    pub units: Vec<ConvBn>,
     shortcut: ShortcutPath,
-    // Activations saved for the backward pass (NHWC, sized for the largest batch seen).
-    c1: Vec<f32>,
-    a1: Vec<f32>,
-    c2: Vec<f32>,
+    c_in: usize,
+    /// The block output, saved in training mode (the next block's input).
     pub out: Vec<f32>,
 }
 
-impl BasicBlock {
-    /// A block from `c_in` channels at `h×w` to `planes` channels, first conv strided.
-    pub fn new(
+impl Block {
+    /// A basic block: 3×3 (strided) and 3×3 at `planes` channels.
+    pub fn basic(c_in: usize, planes: usize, stride: usize, shortcut: Option<Shortcut>, rng: &mut Rng) -> Self {
+        let units = vec![ConvBn::new(c_in, planes, 3, stride, rng), ConvBn::new(planes, planes, 3, 1, rng)];
+        Self::with_shortcut(units, c_in, planes, stride, shortcut, rng)
+    }
+
+    /// A bottleneck block: 1×1 to `planes`, 3×3, 1×1 to `4·planes`.
+    pub fn bottleneck(
         c_in: usize,
         planes: usize,
         stride: usize,
-        h: usize,
-        w: usize,
+        stride_at: StrideAt,
         shortcut: Option<Shortcut>,
         rng: &mut Rng,
     ) -> Self {
-        let s1 = ConvShape { c_in, c_out: planes, kernel: 3, stride, pad: 1, h, w };
-        let s2 = ConvShape { c_in: planes, c_out: planes, kernel: 3, stride: 1, pad: 1, h: s1.out_h(), w: s1.out_w() };
-        let conv1 = Conv2d::new(s1, rng);
-        let conv2 = Conv2d::new(s2, rng);
-        let grows = stride != 1 || c_in != planes;
-        let projection = |rng: &mut Rng| ShortcutPath::Projection {
-            conv: Conv2d::new(ConvShape { c_in, c_out: planes, kernel: 1, stride, pad: 0, h, w }, rng),
-            bn: BatchNorm2d::new(planes),
-            conv_out: Vec::new(),
-            out: Vec::new(),
+        let (s1, s3) = match stride_at {
+            StrideAt::First1x1 => (stride, 1),
+            StrideAt::Conv3x3 => (1, stride),
         };
+        let units = vec![
+            ConvBn::new(c_in, planes, 1, s1, rng),
+            ConvBn::new(planes, planes, 3, s3, rng),
+            ConvBn::new(planes, 4 * planes, 1, 1, rng),
+        ];
+        Self::with_shortcut(units, c_in, 4 * planes, stride, shortcut, rng)
+    }
+
+    fn with_shortcut(
+        units: Vec<ConvBn>,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        shortcut: Option<Shortcut>,
+        rng: &mut Rng,
+    ) -> Self {
+        let grows = stride != 1 || c_in != c_out;
         let shortcut = match shortcut {
             None => ShortcutPath::None,
-            Some(Shortcut::C) => projection(rng),
-            Some(Shortcut::B) if grows => projection(rng),
+            Some(Shortcut::C) => ShortcutPath::Projection(ConvBn::new(c_in, c_out, 1, stride, rng)),
+            Some(Shortcut::B) if grows => ShortcutPath::Projection(ConvBn::new(c_in, c_out, 1, stride, rng)),
             Some(Shortcut::A) if grows => {
-                assert!((planes - c_in).is_multiple_of(2), "option A needs an even channel increase");
-                ShortcutPath::ZeroPad {
-                    op: ShortcutA { h, w, c_in, stride, pad: (planes - c_in) / 2 },
-                    out: Vec::new(),
-                }
+                assert!(c_out >= c_in && (c_out - c_in).is_multiple_of(2), "option A needs an even channel increase");
+                ShortcutPath::ZeroPad { stride, pad: (c_out - c_in) / 2, out: Vec::new() }
             }
             Some(_) => ShortcutPath::Identity,
         };
-        BasicBlock {
-            conv1,
-            bn1: BatchNorm2d::new(planes),
-            conv2,
-            bn2: BatchNorm2d::new(planes),
-            shortcut,
-            c1: Vec::new(),
-            a1: Vec::new(),
-            c2: Vec::new(),
-            out: Vec::new(),
-        }
+        Block { units, shortcut, c_in, out: Vec::new() }
     }
 
-    pub fn in_len(&self) -> usize {
-        self.conv1.shape.in_len()
+    pub fn c_out(&self) -> usize {
+        self.units.last().expect("a block has units").conv.c_out
     }
-    pub fn out_len(&self) -> usize {
-        self.conv2.shape.out_len()
-    }
-    pub fn out_shape(&self) -> (usize, usize, usize) {
-        let s = self.conv2.shape;
-        (s.out_h(), s.out_w(), s.c_out)
+    pub fn stride(&self) -> usize {
+        self.units.iter().map(|u| u.conv.stride).product()
     }
 
-    /// Makes sure every saved activation can hold `n` images.
-    pub fn reserve(&mut self, n: usize) {
-        let len = n * self.out_len();
-        for v in [&mut self.c1, &mut self.a1, &mut self.c2, &mut self.out] {
-            crate::engine::ensure_len(v, len);
+    pub fn out_hw(&self, hw: Hw) -> Hw {
+        self.units.iter().fold(hw, |(h, w), u| u.conv.out_hw(h, w))
+    }
+
+    /// Largest activation (elements) of the block for `n` images of size `hw`.
+    pub fn max_len(&self, n: usize, hw: Hw) -> usize {
+        let (mut largest, mut cur) = (0, hw);
+        for u in &self.units {
+            largest = largest.max(n * u.conv.shape(cur.0, cur.1).out_len());
+            cur = u.conv.out_hw(cur.0, cur.1);
         }
+        largest
+    }
+
+    /// Makes sure every saved activation can hold `n` images of size `hw`.
+    fn reserve(&mut self, n: usize, hw: Hw) {
+        let mut cur = hw;
+        for u in &mut self.units {
+            u.reserve(n * u.conv.shape(cur.0, cur.1).out_len());
+            cur = u.conv.out_hw(cur.0, cur.1);
+        }
+        let out_len = n * cur.0 * cur.1 * self.c_out();
+        ensure_len(&mut self.out, out_len);
         match &mut self.shortcut {
-            ShortcutPath::ZeroPad { out, .. } => crate::engine::ensure_len(out, len),
-            ShortcutPath::Projection { conv_out, out, .. } => {
-                crate::engine::ensure_len(conv_out, len);
-                crate::engine::ensure_len(out, len);
-            }
+            ShortcutPath::ZeroPad { out, .. } => ensure_len(out, out_len),
+            ShortcutPath::Projection(p) => p.reserve(out_len),
             _ => {}
         }
     }
 
-    pub fn forward(&mut self, train: bool, n: usize, x: &[f32], ws: &mut Workspace) {
-        let rows = n * self.conv2.shape.out_pixels();
-        self.conv1.forward(n, x, &mut self.c1, ws);
-        self.bn1.forward(train, rows, &self.c1, None, true, &mut self.a1);
-        self.conv2.forward(n, &self.a1, &mut self.c2, ws);
+    /// Training forward: saves every activation; the output goes to `self.out`.
+    pub fn forward_train(&mut self, n: usize, hw: Hw, x: &[f32], ws: &mut Workspace) {
+        self.reserve(n, hw);
         let residual: Option<&[f32]> = match &mut self.shortcut {
             ShortcutPath::None => None,
             ShortcutPath::Identity => Some(x),
-            ShortcutPath::ZeroPad { op, out } => {
-                op.forward(n, x, out);
+            ShortcutPath::ZeroPad { stride, pad, out } => {
+                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.forward(n, x, out);
                 Some(out.as_slice())
             }
-            ShortcutPath::Projection { conv, bn, conv_out, out } => {
-                conv.forward(n, x, conv_out, ws);
-                bn.forward(train, rows, conv_out, None, false, out);
-                Some(out.as_slice())
+            ShortcutPath::Projection(p) => {
+                p.forward_saved(n, hw, x, None, false, ws);
+                Some(p.post.as_slice())
             }
         };
-        self.bn2.forward(train, rows, &self.c2, residual, true, &mut self.out);
+        let last = self.units.len() - 1;
+        let mut cur = hw;
+        for i in 0..=last {
+            let (before, rest) = self.units.split_at_mut(i);
+            let (input, u) = (before.last().map_or(x, |u| u.post.as_slice()), &mut rest[0]);
+            if i < last {
+                u.forward_saved(n, cur, input, None, true, ws);
+            } else {
+                // The last BN adds the shortcut, applies the ReLU and writes the block output.
+                let (mut pre, mut out) = (std::mem::take(&mut u.pre), std::mem::take(&mut self.out));
+                u.run(true, n, cur, input, &mut pre, residual, true, &mut out, ws);
+                (u.pre, self.out) = (pre, out);
+            }
+            cur = u.conv.out_hw(cur.0, cur.1);
+        }
     }
 
-    /// `g`: dL/d(out) on entry (clobbered). Writes dL/dx to `dx`. `t1`, `t2`: scratch
-    /// of at least `n * out_len()` elements each.
+    /// Inference forward with borrowed scratch (nothing saved): `out = block(x)`.
+    /// `t` are three scratch buffers of at least `max_len(n, hw)` elements.
+    pub fn forward_eval(
+        &mut self,
+        n: usize,
+        hw: Hw,
+        x: &[f32],
+        out: &mut [f32],
+        t: &mut [Vec<f32>; 3],
+        ws: &mut Workspace,
+    ) {
+        let [a, b, s] = t;
+        let residual: Option<&[f32]> = match &mut self.shortcut {
+            ShortcutPath::None => None,
+            ShortcutPath::Identity => Some(x),
+            ShortcutPath::ZeroPad { stride, pad, .. } => {
+                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.forward(n, x, s);
+                Some(s.as_slice())
+            }
+            ShortcutPath::Projection(p) => {
+                p.run(false, n, hw, x, a, None, false, s, ws);
+                Some(s.as_slice())
+            }
+        };
+        // Units alternate: conv into `a`, BN+ReLU into `b`, the next conv reads `b`.
+        let last = self.units.len() - 1;
+        let mut cur = hw;
+        for (i, u) in self.units.iter_mut().enumerate() {
+            let input: &[f32] = if i == 0 { x } else { b };
+            u.conv.forward(n, cur, input, a, ws);
+            cur = u.conv.out_hw(cur.0, cur.1);
+            let rows = n * cur.0 * cur.1;
+            if i < last {
+                u.bn.forward(false, rows, a, None, true, b);
+            } else {
+                u.bn.forward(false, rows, a, residual, true, out);
+            }
+        }
+    }
+
+    /// Backward of the last training forward (input `x` of size `hw`). `g`: dL/d(out) on
+    /// entry (clobbered). Writes dL/dx to `dx`. `t1`, `t2`: scratch of at least `max_len`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         n: usize,
+        hw: Hw,
         x: &[f32],
         g: &mut [f32],
         dx: &mut [f32],
@@ -145,57 +308,74 @@ impl BasicBlock {
         t2: &mut [f32],
         ws: &mut Workspace,
     ) {
-        let rows = n * self.conv2.shape.out_pixels();
-        let (out_len, in_len) = (n * self.out_len(), n * self.in_len());
-        let (g, dx, t1) = (&mut g[..out_len], &mut dx[..in_len], &mut t1[..out_len]);
-        ops::relu_backward_inplace(g, &self.out);
+        let (oh, ow) = self.out_hw(hw);
+        let out_len = n * oh * ow * self.c_out();
+        let in_len = n * hw.0 * hw.1 * self.c_in;
+        let (g, dx) = (&mut g[..out_len], &mut dx[..in_len]);
+        ops::relu_backward_inplace(g, &self.out[..out_len]);
         match &mut self.shortcut {
             ShortcutPath::None => dx.fill(0.0),
             ShortcutPath::Identity => dx.copy_from_slice(g),
-            ShortcutPath::ZeroPad { op, .. } => op.backward(n, g, dx),
-            ShortcutPath::Projection { conv, bn, conv_out, .. } => {
+            ShortcutPath::ZeroPad { stride, pad, .. } => {
+                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.backward(n, g, dx)
+            }
+            ShortcutPath::Projection(p) => {
                 let t2 = &mut t2[..out_len];
                 t2.copy_from_slice(g);
-                bn.backward(rows, conv_out, None, t2);
                 dx.fill(0.0);
-                conv.backward(n, x, t2, Some(dx), ws);
+                p.backward(n, x, false, t2, Some(dx), ws);
             }
         }
-        self.bn2.backward(rows, &self.c2, None, g);
-        t1.fill(0.0);
-        self.conv2.backward(n, &self.a1, g, Some(t1), ws);
-        self.bn1.backward(rows, &self.c1, Some(&self.a1), t1);
-        self.conv1.backward(n, x, t1, Some(dx), ws);
+        // Walk the units backwards, the gradient alternating between `g` and `t1`. The last
+        // unit's ReLU came after the addition (masked above); the others' are their own.
+        let (mut cur, mut next): (&mut [f32], &mut [f32]) = (g, t1);
+        let last = self.units.len() - 1;
+        for i in (0..=last).rev() {
+            let (before, rest) = self.units.split_at_mut(i);
+            let (u, relu) = (&mut rest[0], i < last);
+            if i == 0 {
+                u.backward(n, x, relu, cur, Some(&mut *dx), ws);
+            } else {
+                let (h, w) = u.in_hw;
+                let len = n * h * w * u.conv.c_in;
+                next[..len].fill(0.0);
+                u.backward(n, &before[i - 1].post, relu, cur, Some(&mut next[..len]), ws);
+                std::mem::swap(&mut cur, &mut next);
+            }
+        }
+    }
+
+    /// Multiply-adds of one image of size `hw`.
+    pub fn mult_adds(&self, hw: Hw) -> usize {
+        let mut total = match &self.shortcut {
+            ShortcutPath::Projection(p) => p.conv.mult_adds(hw.0, hw.1),
+            _ => 0,
+        };
+        let mut cur = hw;
+        for u in &self.units {
+            total += u.conv.mult_adds(cur.0, cur.1);
+            cur = u.conv.out_hw(cur.0, cur.1);
+        }
+        total
     }
 
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.conv1.for_each_param(f);
-        self.bn1.for_each_param(f);
-        self.conv2.for_each_param(f);
-        self.bn2.for_each_param(f);
-        if let ShortcutPath::Projection { conv, bn, .. } = &mut self.shortcut {
-            conv.for_each_param(f);
-            bn.for_each_param(f);
+        for u in &mut self.units {
+            u.for_each_param(f);
+        }
+        if let ShortcutPath::Projection(p) = &mut self.shortcut {
+            p.for_each_param(f);
         }
     }
 
-    pub fn mult_adds(&self) -> usize {
-        let proj = match &self.shortcut {
-            ShortcutPath::Projection { conv, .. } => conv.mult_adds(),
-            _ => 0,
-        };
-        self.conv1.mult_adds() + self.conv2.mult_adds() + proj
-    }
-
-    /// State-dict entries, named as the published PyTorch CIFAR ResNets.
-    pub fn named<'a>(&'a mut self, prefix: &str, out: &mut Vec<Named<'a>>) {
-        self.conv1.named(&format!("{prefix}.conv1"), out);
-        self.bn1.named(&format!("{prefix}.bn1"), out);
-        self.conv2.named(&format!("{prefix}.conv2"), out);
-        self.bn2.named(&format!("{prefix}.bn2"), out);
-        if let ShortcutPath::Projection { conv, bn, .. } = &mut self.shortcut {
-            conv.named(&format!("{prefix}.shortcut.0"), out);
-            bn.named(&format!("{prefix}.shortcut.1"), out);
+    /// State-dict entries: `{prefix}.conv1`, `.bn1`, ... and the projection as
+    /// `{prefix}.{projection}.0` (conv) and `.1` (BN), e.g. torchvision's `downsample`.
+    pub fn named<'a>(&'a mut self, prefix: &str, projection: &str, out: &mut Vec<Named<'a>>) {
+        for (i, u) in self.units.iter_mut().enumerate() {
+            u.named(&format!("{prefix}.conv{}", i + 1), &format!("{prefix}.bn{}", i + 1), out);
+        }
+        if let ShortcutPath::Projection(p) = &mut self.shortcut {
+            p.named(&format!("{prefix}.{projection}.0"), &format!("{prefix}.{projection}.1"), out);
         }
     }
 
@@ -204,7 +384,7 @@ impl BasicBlock {
             ShortcutPath::None => "none",
             ShortcutPath::Identity => "identity",
             ShortcutPath::ZeroPad { .. } => "zero-pad (A)",
-            ShortcutPath::Projection { .. } => "projection",
+            ShortcutPath::Projection(_) => "projection",
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Network definitions and model-name parsing.
+//! Network definitions: the residual block (basic or bottleneck), the network built from
+//! it for CIFAR or ImageNet, and model-name parsing.
 
 mod block;
-pub mod cifar;
+mod config;
+mod resnet;
 
-pub use block::BasicBlock;
-pub use cifar::{CifarConfig, CifarResNet};
+pub use block::{Block, ConvBn, StrideAt};
+pub use config::{Family, ModelConfig};
+pub use resnet::{LayerRow, ResNet};
 
 use anyhow::{Result, bail};
 
@@ -29,32 +32,4 @@ impl std::str::FromStr for Shortcut {
             _ => bail!("unknown shortcut option '{s}' (expected A, B or C)"),
         }
     }
-}
-
-/// Parses a CIFAR model name: `resnet{6n+2}` or `plain{6n+2}`, e.g. `resnet20`, `plain56`.
-pub fn parse_cifar_name(name: &str) -> Result<(usize, bool)> {
-    let (residual, digits) = if let Some(d) = name.strip_prefix("resnet") {
-        (true, d)
-    } else if let Some(d) = name.strip_prefix("plain") {
-        (false, d)
-    } else {
-        bail!(
-            "unknown model '{name}': expected resnet<depth> or plain<depth> with depth = 6n+2 (20, 32, 44, 56, 110, 1202)"
-        )
-    };
-    let depth: usize = match digits.parse() {
-        Ok(d) => d,
-        Err(_) => {
-            bail!("unknown model '{name}': expected resnet<depth> or plain<depth>, e.g. resnet20")
-        }
-    };
-    if [18, 34, 50, 101, 152].contains(&depth) {
-        bail!(
-            "model '{name}' is an ImageNet network, which this build does not provide yet; CIFAR models are resnet/plain with depth 6n+2 (20, 32, 44, 56, 110, 1202)"
-        );
-    }
-    if depth < 8 || !(depth - 2).is_multiple_of(6) {
-        bail!("unknown model '{name}': CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)");
-    }
-    Ok(((depth - 2) / 6, residual))
 }

@@ -1,37 +1,61 @@
 use super::{Layout, Named, Param, Slot};
-use crate::engine::{Workspace, conv};
+use crate::engine::{Workspace, conv, conv::ConvShape};
 use crate::rng::Rng;
 
-/// A bias-free 2-D convolution (every conv in a ResNet is followed by BN).
+/// A bias-free 2-D convolution (every conv in a ResNet is followed by BN). The spatial
+/// size is given per call, so one network runs on any input size.
 pub struct Conv2d {
-    pub shape: conv::ConvShape,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
     pub weight: Param,
 }
 
 impl Conv2d {
-    pub fn new(shape: conv::ConvShape, rng: &mut Rng) -> Self {
+    /// A `kernel`×`kernel` conv with "same" padding (`kernel / 2`), as every ResNet conv.
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, rng: &mut Rng) -> Self {
         // fan_out, as torchvision's kaiming_normal_(mode="fan_out") for ResNets.
-        let fan = shape.c_out * shape.kernel * shape.kernel;
-        Conv2d { shape, weight: Param::he_normal(shape.weight_len(), fan, rng) }
+        let fan = c_out * kernel * kernel;
+        let weight = Param::he_normal(c_out * kernel * kernel * c_in, fan, rng);
+        Conv2d { c_in, c_out, kernel, stride, pad: kernel / 2, weight }
     }
-    pub fn forward(&self, n: usize, x: &[f32], y: &mut [f32], ws: &mut Workspace) {
-        conv::forward(&self.shape, n, x, &self.weight.value, y, ws);
+    pub fn shape(&self, h: usize, w: usize) -> ConvShape {
+        ConvShape { c_in: self.c_in, c_out: self.c_out, kernel: self.kernel, stride: self.stride, pad: self.pad, h, w }
+    }
+    /// Output height and width for an `h`×`w` input.
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let s = self.shape(h, w);
+        (s.out_h(), s.out_w())
+    }
+    pub fn forward(&self, n: usize, (h, w): (usize, usize), x: &[f32], y: &mut [f32], ws: &mut Workspace) {
+        conv::forward(&self.shape(h, w), n, x, &self.weight.value, y, ws);
     }
     /// Writes the weight gradient; accumulates the input gradient into `dx` if given.
-    pub fn backward(&mut self, n: usize, x: &[f32], dy: &[f32], dx: Option<&mut [f32]>, ws: &mut Workspace) {
-        conv::backward(&self.shape, n, x, &self.weight.value, dy, &mut self.weight.grad, dx, ws);
+    pub fn backward(
+        &mut self,
+        n: usize,
+        (h, w): (usize, usize),
+        x: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        ws: &mut Workspace,
+    ) {
+        conv::backward(&self.shape(h, w), n, x, &self.weight.value, dy, &mut self.weight.grad, dx, ws);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);
     }
-    pub fn mult_adds(&self) -> usize {
-        self.shape.out_pixels() * self.shape.weight_len()
+    /// Multiply-adds for one `h`×`w` input image.
+    pub fn mult_adds(&self, h: usize, w: usize) -> usize {
+        let s = self.shape(h, w);
+        s.out_pixels() * s.weight_len()
     }
     pub fn named<'a>(&'a mut self, prefix: &str, out: &mut Vec<Named<'a>>) {
-        let s = self.shape;
         out.push(Named {
             name: format!("{prefix}.weight"),
-            shape: vec![s.c_out, s.c_in, s.kernel, s.kernel],
+            shape: vec![self.c_out, self.c_in, self.kernel, self.kernel],
             layout: Layout::ConvOhwi,
             slot: Slot::Param(&mut self.weight),
         });

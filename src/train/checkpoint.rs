@@ -5,7 +5,7 @@
 
 use super::TrainConfig;
 use crate::data::Norm;
-use crate::model::CifarResNet;
+use crate::model::ResNet;
 use crate::nn::Slot;
 use crate::weights::{self, TensorFile};
 use anyhow::{Context, Result, anyhow};
@@ -34,7 +34,7 @@ fn momentum_key(name: &str) -> String {
 
 /// Metadata every weights file we write carries, so `eval` can rebuild the model and
 /// its input normalization.
-pub fn weights_metadata(model: &CifarResNet, norm: &Norm) -> HashMap<String, String> {
+pub fn weights_metadata(model: &ResNet, norm: &Norm) -> HashMap<String, String> {
     let c = &model.config;
     HashMap::from([
         ("format".to_string(), "resnet-rs".to_string()),
@@ -45,7 +45,7 @@ pub fn weights_metadata(model: &CifarResNet, norm: &Norm) -> HashMap<String, Str
     ])
 }
 
-pub fn save(path: &Path, model: &mut CifarResNet, config: &TrainConfig, state: &TrainState, norm: &Norm) -> Result<()> {
+pub fn save(path: &Path, model: &mut ResNet, config: &TrainConfig, state: &TrainState, norm: &Norm) -> Result<()> {
     let mut metadata = weights_metadata(model, norm);
     let meta = Meta { config: config.clone(), state: state.clone(), norm: norm.clone() };
     metadata.insert("checkpoint".into(), serde_json::to_string(&meta)?);
@@ -73,7 +73,7 @@ pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
 }
 
 /// Loads model weights, running statistics and momentum buffers from a checkpoint.
-pub fn restore(path: &Path, model: &mut CifarResNet) -> Result<()> {
+pub fn restore(path: &Path, model: &mut ResNet) -> Result<()> {
     let bytes = weights::read_file(path)?;
     let file = TensorFile::parse(path, &bytes)?;
     let mut named = model.named();

@@ -7,7 +7,7 @@ use super::{TrainConfig, step};
 use crate::data::{BatchLoader, Dataset, Norm, loader::epoch_order};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
-use crate::model::{CifarConfig, CifarResNet};
+use crate::model::{ModelConfig, ResNet};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -60,8 +60,8 @@ fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
 pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
-    let model_cfg = CifarConfig::from_name(&cfg.model, cfg.shortcut, cfg.dataset.classes())?;
-    let mut model = CifarResNet::new(model_cfg, cfg.seed);
+    let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.dataset.classes())?;
+    let mut model = ResNet::new(model_cfg, cfg.seed);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
     let mut state = TrainState { iteration: 0, warmup_done: false };
@@ -108,7 +108,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             let lr = cfg.schedule.lr_at(state.iteration, !warmup.done);
             let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay };
             let n = batch.len();
-            let (loss, ok) = step(&mut model, &batch.images, &batch.labels, sgd, &mut dlogits);
+            let (loss, ok) = step(&mut model, batch.hw, &batch.images, &batch.labels, sgd, &mut dlogits);
             if !loss.is_finite() {
                 bar.abandon();
                 bail!(

@@ -1,0 +1,146 @@
+//! Model names and the architecture they stand for.
+//!
+//! - CIFAR (§4.2): `resnet{6n+2}` / `plain{6n+2}`: a 3×3 conv with 16 filters, three
+//!   stages of n basic blocks at 16/32/64 filters, global average pool, fc.
+//! - ImageNet (Table 1): `resnet18/34` (basic blocks), `resnet50/101/152` (bottlenecks,
+//!   stride on the 3×3 as torchvision's "v1.5"; `-v1` puts it on the first 1×1 as the
+//!   paper), `plain18/34`; a 7×7/2 conv and 3×3/2 max pool, four stages, pool, fc.
+//!
+//! Depths 50 and 152 are also 6n+2; the ImageNet network wins, and `cifar-resnet50`
+//! names the CIFAR one.
+
+use super::Shortcut;
+use super::block::StrideAt;
+use anyhow::{Result, bail};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Family {
+    Cifar,
+    ImageNet,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub family: Family,
+    /// Layers with weights, as the paper counts them (shortcut projections excluded).
+    pub depth: usize,
+    pub residual: bool,
+    pub bottleneck: bool,
+    /// Blocks per stage.
+    pub stages: Vec<usize>,
+    pub stride_at: StrideAt,
+    pub shortcut: Shortcut,
+    pub classes: usize,
+    /// The input size the network was designed for (32 or 224); any size runs.
+    pub image_size: usize,
+}
+
+const IMAGENET_DEPTHS: [(usize, bool, [usize; 4]); 5] = [
+    (18, false, [2, 2, 2, 2]),
+    (34, false, [3, 4, 6, 3]),
+    (50, true, [3, 4, 6, 3]),
+    (101, true, [3, 4, 23, 3]),
+    (152, true, [3, 8, 36, 3]),
+];
+
+impl ModelConfig {
+    /// Parses a model name. `shortcut: None` takes the family's default: A for CIFAR (as
+    /// the paper), B for ImageNet (as the paper's deeper nets and torchvision).
+    pub fn from_name(name: &str, shortcut: Option<Shortcut>, classes: usize) -> Result<Self> {
+        let unknown = || {
+            anyhow::anyhow!(
+                "unknown model '{name}': expected resnet18/34/50/101/152 (50/101/152 also with -v1), plain18/34, \
+                 or a CIFAR net resnet<6n+2>/plain<6n+2> such as resnet20, resnet56, resnet110"
+            )
+        };
+        let (base, v1) = match name.strip_suffix("-v1") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
+        let (cifar_only, base) = match base.strip_prefix("cifar-") {
+            Some(b) => (true, b),
+            None => (false, base),
+        };
+        let (residual, digits) = if let Some(d) = base.strip_prefix("resnet") {
+            (true, d)
+        } else if let Some(d) = base.strip_prefix("plain") {
+            (false, d)
+        } else {
+            return Err(unknown());
+        };
+        let depth: usize = digits.parse().map_err(|_| unknown())?;
+        if classes == 0 {
+            bail!("a model needs at least one class");
+        }
+        let imagenet = IMAGENET_DEPTHS.iter().find(|d| d.0 == depth).filter(|_| !cifar_only);
+        if let Some(&(_, bottleneck, stages)) = imagenet {
+            if v1 && !bottleneck {
+                bail!("model '{name}': -v1 only applies to the bottleneck nets (resnet50/101/152)");
+            }
+            return Ok(ModelConfig {
+                family: Family::ImageNet,
+                depth,
+                residual,
+                bottleneck,
+                stages: stages.to_vec(),
+                stride_at: if v1 { StrideAt::First1x1 } else { StrideAt::Conv3x3 },
+                shortcut: shortcut.unwrap_or(Shortcut::B),
+                classes,
+                image_size: 224,
+            });
+        }
+        if v1 {
+            bail!("model '{name}': -v1 only applies to the ImageNet bottleneck nets (resnet50/101/152)");
+        }
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
+            bail!(
+                "unknown model '{name}': ImageNet depths are 18, 34, 50, 101, 152; CIFAR depths are 6n+2 \
+                 (20, 32, 44, 56, 110, 1202, ...)"
+            );
+        }
+        let n = (depth - 2) / 6;
+        Ok(ModelConfig {
+            family: Family::Cifar,
+            depth,
+            residual,
+            bottleneck: false,
+            stages: vec![n; 3],
+            stride_at: StrideAt::Conv3x3,
+            shortcut: shortcut.unwrap_or(Shortcut::A),
+            classes,
+            image_size: 32,
+        })
+    }
+
+    /// The canonical name, which `from_name` parses back to this architecture.
+    pub fn name(&self) -> String {
+        let kind = if self.residual { "resnet" } else { "plain" };
+        let ambiguous = self.family == Family::Cifar && IMAGENET_DEPTHS.iter().any(|d| d.0 == self.depth);
+        let prefix = if ambiguous { "cifar-" } else { "" };
+        let suffix = if self.bottleneck && self.stride_at == StrideAt::First1x1 { "-v1" } else { "" };
+        format!("{prefix}{kind}{}{suffix}", self.depth)
+    }
+
+    /// Stem output channels and the planes of each stage.
+    pub fn widths(&self) -> (usize, Vec<usize>) {
+        match self.family {
+            Family::Cifar => (16, vec![16, 32, 64]),
+            Family::ImageNet => (64, vec![64, 128, 256, 512]),
+        }
+    }
+
+    /// Channels into the classifier.
+    pub fn features(&self) -> usize {
+        let planes = *self.widths().1.last().expect("stages");
+        if self.bottleneck { 4 * planes } else { planes }
+    }
+
+    /// State-dict names of the projection shortcut and the classifier: the published CIFAR
+    /// models' (`shortcut`, `linear`) or torchvision's (`downsample`, `fc`).
+    pub fn naming(&self) -> (&'static str, &'static str) {
+        match self.family {
+            Family::Cifar => ("shortcut", "linear"),
+            Family::ImageNet => ("downsample", "fc"),
+        }
+    }
+}

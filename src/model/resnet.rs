@@ -1,0 +1,327 @@
+//! The network: stem, stages of residual blocks, global average pool and classifier.
+//! Training runs the blocks forward saving activations, then backward in reverse, with
+//! gradient buffers shared by all blocks. Inference saves nothing: blocks ping-pong
+//! between two buffers with three shared scratch buffers.
+
+use super::block::{Block, ConvBn, Hw};
+use super::config::{Family, ModelConfig};
+use crate::engine::pool::{self, PoolShape};
+use crate::engine::{Workspace, ensure_len};
+use crate::nn::{Linear, Named, Param, Slot};
+use crate::rng::Rng;
+
+/// The ImageNet stem's 3×3, stride-2, pad-1 max pool (torchvision's form).
+struct MaxPool {
+    out: Vec<f32>,
+    argmax: Vec<u32>,
+}
+
+impl MaxPool {
+    fn shape(c: usize, (h, w): Hw) -> PoolShape {
+        PoolShape { c, kernel: 3, stride: 2, pad: 1, h, w }
+    }
+}
+
+/// `layer{stage}.{index}` for every block, as PyTorch names them.
+fn block_names(stages: &[usize]) -> Vec<String> {
+    let mut names = Vec::new();
+    for (stage, &count) in stages.iter().enumerate() {
+        names.extend((0..count).map(|j| format!("layer{}.{j}", stage + 1)));
+    }
+    names
+}
+
+/// One row of `resnet info`'s layer table.
+pub struct LayerRow {
+    pub name: String,
+    pub output: String,
+    pub detail: String,
+    pub params: usize,
+    pub mult_adds: usize,
+}
+
+pub struct ResNet {
+    pub config: ModelConfig,
+    pub stem: ConvBn,
+    pool: Option<MaxPool>,
+    pub blocks: Vec<Block>,
+    pub fc: Linear,
+    ws: Workspace,
+    /// Batch size and input size of the last training forward, and each block's input size.
+    trace: Option<(usize, Hw)>,
+    block_inputs: Vec<Hw>,
+    input: Vec<f32>,
+    pooled: Vec<f32>,
+    logits: Vec<f32>,
+    dpooled: Vec<f32>,
+    // Gradient buffers shared by all blocks (ping-pong plus two scratch).
+    grads: [Vec<f32>; 4],
+    // Inference buffers: input/output ping-pong and scratch.
+    eval_io: [Vec<f32>; 2],
+    eval_tmp: [Vec<f32>; 3],
+}
+
+impl ResNet {
+    pub fn new(config: ModelConfig, seed: u64) -> Self {
+        let mut rng = Rng::derive(seed, 0x1417, 0);
+        let (stem_c, widths) = config.widths();
+        let (stem, pool) = match config.family {
+            Family::Cifar => (ConvBn::new(3, stem_c, 3, 1, &mut rng), None),
+            Family::ImageNet => {
+                (ConvBn::new(3, stem_c, 7, 2, &mut rng), Some(MaxPool { out: Vec::new(), argmax: Vec::new() }))
+            }
+        };
+        let shortcut = config.residual.then_some(config.shortcut);
+        let mut blocks = Vec::new();
+        let mut c = stem_c;
+        for (stage, (&count, &planes)) in config.stages.iter().zip(&widths).enumerate() {
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let block = if config.bottleneck {
+                    Block::bottleneck(c, planes, stride, config.stride_at, shortcut, &mut rng)
+                } else {
+                    Block::basic(c, planes, stride, shortcut, &mut rng)
+                };
+                c = block.c_out();
+                blocks.push(block);
+            }
+        }
+        let fc = Linear::new(c, config.classes, &mut rng);
+        ResNet {
+            config,
+            stem,
+            pool,
+            blocks,
+            fc,
+            ws: Workspace::new(),
+            trace: None,
+            block_inputs: Vec::new(),
+            input: Vec::new(),
+            pooled: Vec::new(),
+            logits: Vec::new(),
+            dpooled: Vec::new(),
+            grads: Default::default(),
+            eval_io: Default::default(),
+            eval_tmp: Default::default(),
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.config.classes
+    }
+
+    /// Size after the stem (conv, and max pool for ImageNet nets).
+    fn stem_out(&self, (h, w): Hw) -> Hw {
+        let hw = self.stem.conv.out_hw(h, w);
+        match self.pool {
+            Some(_) => {
+                let s = MaxPool::shape(self.stem.conv.c_out, hw);
+                (s.out_h(), s.out_w())
+            }
+            None => hw,
+        }
+    }
+
+    /// Largest activation (elements) anywhere in the network for `n` images of size `hw`.
+    fn max_activation(&self, n: usize, hw: Hw) -> usize {
+        let conv1 = self.stem.conv.out_hw(hw.0, hw.1);
+        let mut largest = n * conv1.0 * conv1.1 * self.stem.conv.c_out;
+        let mut cur = self.stem_out(hw);
+        for b in &self.blocks {
+            largest = largest.max(b.max_len(n, cur));
+            cur = b.out_hw(cur);
+        }
+        largest
+    }
+
+    /// Runs `n` NHWC images of `h`×`w` pixels; returns the logits `[n, classes]`.
+    /// `train` selects BatchNorm's batch statistics (updating its running averages) and
+    /// saves the activations for `backward`.
+    pub fn forward(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
+        let len = n * hw.0 * hw.1 * 3;
+        assert!(images.len() >= len, "forward: {} values for {n} images of {hw:?}", images.len());
+        let features = if train { self.forward_train(n, hw, &images[..len]) } else { self.forward_eval(n, hw, images) };
+        let (h, w) = features;
+        let c = self.config.features();
+        let classes = self.config.classes;
+        ensure_len(&mut self.pooled, n * c);
+        ensure_len(&mut self.logits, n * classes);
+        let last: &[f32] = if train {
+            &self.blocks.last().expect("at least one block").out
+        } else {
+            &self.eval_io[self.blocks.len() % 2]
+        };
+        pool::avgpool_forward(n, h * w, c, last, &mut self.pooled);
+        self.fc.forward(n, &self.pooled, &mut self.logits);
+        &self.logits[..n * classes]
+    }
+
+    /// Returns the size of the last feature map; activations stay in the layers.
+    fn forward_train(&mut self, n: usize, hw: Hw, images: &[f32]) -> Hw {
+        ensure_len(&mut self.input, images.len());
+        self.input[..images.len()].copy_from_slice(images);
+        let conv1 = self.stem.conv.out_hw(hw.0, hw.1);
+        self.stem.reserve(n * conv1.0 * conv1.1 * self.stem.conv.c_out);
+        self.stem.forward_saved(n, hw, &self.input, None, true, &mut self.ws);
+        let mut cur = conv1;
+        if let Some(p) = &mut self.pool {
+            let s = MaxPool::shape(self.stem.conv.c_out, cur);
+            ensure_len(&mut p.out, n * s.out_len());
+            if p.argmax.len() < n * s.out_len() {
+                p.argmax.resize(n * s.out_len(), 0);
+            }
+            pool::maxpool_forward(&s, n, self.stem.post(), &mut p.out, &mut p.argmax);
+            cur = (s.out_h(), s.out_w());
+        }
+        self.block_inputs.clear();
+        for i in 0..self.blocks.len() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let x = match (before.last(), &self.pool) {
+                (Some(b), _) => b.out.as_slice(),
+                (None, Some(p)) => p.out.as_slice(),
+                (None, None) => self.stem.post(),
+            };
+            self.block_inputs.push(cur);
+            rest[0].forward_train(n, cur, x, &mut self.ws);
+            cur = rest[0].out_hw(cur);
+        }
+        self.trace = Some((n, hw));
+        cur
+    }
+
+    /// Inference: nothing is saved; the last block's output ends in `eval_io[blocks % 2]`.
+    fn forward_eval(&mut self, n: usize, hw: Hw, images: &[f32]) -> Hw {
+        let largest = self.max_activation(n, hw);
+        for v in self.eval_io.iter_mut().chain(self.eval_tmp.iter_mut()) {
+            ensure_len(v, largest);
+        }
+        let [io0, io1] = &mut self.eval_io;
+        let [t0, t1, _] = &mut self.eval_tmp;
+        let mut cur = self.stem.conv.out_hw(hw.0, hw.1);
+        match &mut self.pool {
+            None => self.stem.run(false, n, hw, images, t0, None, true, io0, &mut self.ws),
+            Some(p) => {
+                self.stem.run(false, n, hw, images, t0, None, true, t1, &mut self.ws);
+                let s = MaxPool::shape(self.stem.conv.c_out, cur);
+                if p.argmax.len() < n * s.out_len() {
+                    p.argmax.resize(n * s.out_len(), 0);
+                }
+                pool::maxpool_forward(&s, n, t1, io0, &mut p.argmax);
+                cur = (s.out_h(), s.out_w());
+            }
+        }
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let (x, out) = if i % 2 == 0 { (&*io0, &mut *io1) } else { (&*io1, &mut *io0) };
+            b.forward_eval(n, cur, x, out, &mut self.eval_tmp, &mut self.ws);
+            cur = b.out_hw(cur);
+        }
+        cur
+    }
+
+    /// Backpropagates dL/dlogits through the network run by the last training forward,
+    /// writing every parameter's gradient.
+    pub fn backward(&mut self, dlogits: &[f32]) {
+        let (n, hw) = self.trace.expect("backward needs a training forward first");
+        let largest = self.max_activation(n, hw);
+        for g in &mut self.grads {
+            ensure_len(g, largest);
+        }
+        ensure_len(&mut self.dpooled, n * self.config.features());
+        let [ga, gb, t1, t2] = &mut self.grads;
+        self.fc.backward(n, &self.pooled, dlogits, &mut self.dpooled);
+        let last = self.blocks.last().expect("at least one block");
+        let (h, w) = last.out_hw(*self.block_inputs.last().expect("traced"));
+        pool::avgpool_backward(n, h * w, self.config.features(), &self.dpooled, ga);
+        let (mut g, mut dx) = (ga, gb);
+        for i in (0..self.blocks.len()).rev() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let x = match (before.last(), &self.pool) {
+                (Some(b), _) => b.out.as_slice(),
+                (None, Some(p)) => p.out.as_slice(),
+                (None, None) => self.stem.post(),
+            };
+            rest[0].backward(n, self.block_inputs[i], x, g, dx, t1, t2, &mut self.ws);
+            std::mem::swap(&mut g, &mut dx);
+        }
+        if let Some(p) = &self.pool {
+            let s = MaxPool::shape(self.stem.conv.c_out, self.stem.conv.out_hw(hw.0, hw.1));
+            pool::maxpool_backward(&s, n, g, &p.argmax, dx);
+            std::mem::swap(&mut g, &mut dx);
+        }
+        self.stem.backward(n, &self.input, true, g, None, &mut self.ws);
+    }
+
+    /// The state dict, in PyTorch's order and naming (`conv1.weight`, `layer1.0.bn2.bias`,
+    /// `layer2.0.downsample.0.weight`, `fc.bias`, ...).
+    pub fn named(&mut self) -> Vec<Named<'_>> {
+        let (projection, classifier) = self.config.naming();
+        let mut out = Vec::new();
+        self.stem.named("conv1", "bn1", &mut out);
+        for (b, name) in self.blocks.iter_mut().zip(block_names(&self.config.stages)) {
+            b.named(&name, projection, &mut out);
+        }
+        self.fc.named(classifier, &mut out);
+        out
+    }
+
+    /// Visits every trainable parameter (no allocation: used by the optimizer each step).
+    pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.stem.for_each_param(f);
+        for b in &mut self.blocks {
+            b.for_each_param(f);
+        }
+        self.fc.for_each_param(f);
+    }
+
+    /// Number of trainable parameters.
+    pub fn param_count(&mut self) -> usize {
+        self.named().iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum()
+    }
+
+    /// Multiply-adds of one forward pass of one image at the design size.
+    pub fn mult_adds(&mut self) -> usize {
+        self.layer_table().iter().map(|r| r.mult_adds).sum()
+    }
+
+    /// Layers at the design input size: stem, each block, head.
+    pub fn layer_table(&mut self) -> Vec<LayerRow> {
+        let s = self.config.image_size;
+        let conv1 = &self.stem.conv;
+        let (h, w) = conv1.out_hw(s, s);
+        let mut detail = format!("{k}x{k}, {}, stride {} + BN + ReLU", conv1.c_out, conv1.stride, k = conv1.kernel);
+        if self.pool.is_some() {
+            detail.push_str(", 3x3 max pool stride 2");
+        }
+        let stem_params = conv1.weight.value.len() + 2 * conv1.c_out;
+        let mut rows = vec![LayerRow {
+            name: "conv1".into(),
+            output: format!("{h}x{w}x{}", conv1.c_out),
+            detail,
+            params: stem_params,
+            mult_adds: conv1.mult_adds(s, s),
+        }];
+        let mut cur = self.stem_out((s, s));
+        let (projection, _) = self.config.naming();
+        for (b, name) in self.blocks.iter_mut().zip(block_names(&self.config.stages)) {
+            let (oh, ow) = b.out_hw(cur);
+            let kernels: Vec<String> =
+                b.units.iter().map(|u| format!("{k}x{k},{}", u.conv.c_out, k = u.conv.kernel)).collect();
+            let detail = format!("[{}], stride {}, shortcut {}", kernels.join(" "), b.stride(), b.shortcut_label());
+            let mult_adds = b.mult_adds(cur);
+            let mut named = Vec::new();
+            b.named("", projection, &mut named);
+            let params = named.iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum();
+            rows.push(LayerRow { name, output: format!("{oh}x{ow}x{}", b.c_out()), detail, params, mult_adds });
+            cur = (oh, ow);
+        }
+        let (f, k) = (self.config.features(), self.config.classes);
+        rows.push(LayerRow {
+            name: "avgpool+fc".into(),
+            output: format!("{k}"),
+            detail: format!("global average pool, fc {f}->{k}"),
+            params: f * k + k,
+            mult_adds: f * k,
+        });
+        rows
+    }
+}
