@@ -52,9 +52,9 @@ pub fn run(
     let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
     let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
-    let mut dlogits = Vec::new();
+    let mut scratch = crate::train::StepScratch::default();
     let train = time_steps(warmup, steps, || {
-        crate::train::step(&mut net, (s, s), &images, &labels, sgd, &mut dlogits);
+        crate::train::step(&mut net, (s, s), &images, &labels, 1, sgd, &mut scratch);
     });
     let infer = time_steps(warmup, steps, || {
         net.forward(false, batch, (s, s), &images);

@@ -8,7 +8,7 @@ use common::rel_err32;
 use resnet::engine::sgd::SgdConfig;
 use resnet::model::{ModelConfig, ResNet};
 use resnet::nn::Slot;
-use resnet::weights::{TensorFile, from_torch, to_torch};
+use resnet::weights::{StateDict, from_torch, to_torch};
 use std::path::Path;
 
 const TOL: f64 = 1e-4;
@@ -28,19 +28,18 @@ fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
 #[test]
 fn resnet20_matches_pytorch() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let g = TensorFile::parse(&path, &bytes).unwrap();
+    let g = StateDict::read(&path).unwrap();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
-        *t.value_mut() = from_torch(t.layout, &t.shape, v);
+        *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
     }
     let n = 2;
-    let input = nchw_to_nhwc(&g.get("input", &[n, 3, 32, 32]).unwrap(), n, 3, 1024);
+    let input = nchw_to_nhwc(g.get("input", &[n, 3, 32, 32]).unwrap(), n, 3, 1024);
     let labels: Vec<u32> = g.get("labels", &[n]).unwrap().iter().map(|&v| v as u32).collect();
 
     let logits = model.forward(true, n, (32, 32), &input).to_vec();
-    let e = rel_err32(&logits, &g.get("logits", &[n, 10]).unwrap());
+    let e = rel_err32(&logits, g.get("logits", &[n, 10]).unwrap());
     assert!(e < TOL, "logits rel err {e}");
     let mut dlogits = vec![0f32; n * 10];
     let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, &labels, &mut dlogits);
@@ -51,7 +50,7 @@ fn resnet20_matches_pytorch() {
     for t in model.named() {
         if let Slot::Param(p) = &t.slot {
             let got = to_torch(t.layout, &t.shape, &p.grad);
-            let e = rel_err32(&got, &g.get(&format!("grad.{}", t.name), &t.shape).unwrap());
+            let e = rel_err32(&got, g.get(&format!("grad.{}", t.name), &t.shape).unwrap());
             assert!(e < TOL, "gradient of {} rel err {e}", t.name);
             checked += 1;
         }
@@ -62,16 +61,16 @@ fn resnet20_matches_pytorch() {
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
-        *t.value_mut() = from_torch(t.layout, &t.shape, v);
+        *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
     }
     let sgd = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
-    let mut scratch = Vec::new();
+    let mut scratch = resnet::train::StepScratch::default();
     for _ in 0..3 {
-        resnet::train::step(&mut model, (32, 32), &input, &labels, sgd, &mut scratch);
+        resnet::train::step(&mut model, (32, 32), &input, &labels, 1, sgd, &mut scratch);
     }
     for t in model.named() {
         let got = to_torch(t.layout, &t.shape, t.value());
-        let e = rel_err32(&got, &g.get(&format!("step3.{}", t.name), &t.shape).unwrap());
+        let e = rel_err32(&got, g.get(&format!("step3.{}", t.name), &t.shape).unwrap());
         assert!(e < TOL, "{} after 3 steps: rel err {e}", t.name);
     }
 }

@@ -1,10 +1,12 @@
-use anyhow::{Context, Result, bail};
-use resnet::data::{DatasetKind, Norm, cifar};
-use resnet::eval::evaluate;
-use resnet::model::{ModelConfig, ResNet, Shortcut};
-use resnet::train::checkpoint::OPTIMIZER_PREFIX;
-use resnet::weights::{self, TensorFile};
-use std::path::PathBuf;
+use super::common;
+use anyhow::{Result, bail};
+use resnet::data::folder::{ImageFolder, split_dir};
+use resnet::data::imagenet::{EvalViews, FolderSamples, FolderTransform};
+use resnet::data::{CifarSamples, DatasetKind, Norm, Samples, cifar, transform};
+use resnet::eval::{EvalResult, evaluate, multiscale};
+use resnet::model::{Family, Shortcut};
+use serde_json::json;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,61 +14,199 @@ use std::sync::Arc;
 pub struct Args {
     #[arg(long)]
     model: String,
-    /// Safetensors weights or a training checkpoint.
+    /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// A directory of batch files (its test split is used) or a single batch file.
+    /// CIFAR batches (a directory, whose test split is used, or one batch file), or an image
+    /// folder (DIR/val/<class>/* or DIR/<class>/*).
     #[arg(long)]
     data: PathBuf,
-    #[arg(long, default_value = "cifar10", value_parser = super::parse_dataset)]
-    dataset: DatasetKind,
-    /// pixel-mean, imagenet or cifar (default: what the weights were trained with).
+    /// cifar10, cifar100 or folder (default: folder when --data holds class folders).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Image folders: class list mapping folder names (synsets or names) to the model's classes.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Image folders: center (one crop), 10crop, or multiscale (fully convolutional, shorter side
+    /// in --scales, with flips).
+    #[arg(long, default_value = "center")]
+    protocol: String,
+    /// Shorter side before cropping (center, 10crop).
+    #[arg(long, default_value_t = 256)]
+    resize: usize,
+    #[arg(long, default_value_t = 224)]
+    crop: usize,
+    /// Shorter sides for --protocol multiscale.
+    #[arg(long, value_delimiter = ',', default_values_t = multiscale::PAPER_SCALES)]
+    scales: Vec<usize>,
+    /// pixel-mean, imagenet or cifar (default: what the weights were trained with; imagenet for
+    /// ImageNet networks without a record, as torchvision's weights).
     #[arg(long)]
     norm: Option<String>,
     /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
     #[arg(long, value_parser = super::parse_shortcut)]
     shortcut: Option<Shortcut>,
-    #[arg(long, default_value_t = 500)]
+    /// Images per network call.
+    #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Threads decoding and preparing images.
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
-fn choose_norm(a: &Args, file: &TensorFile) -> Result<Norm> {
-    if let Some(name) = &a.norm
-        && name != "pixel-mean"
-    {
-        return Norm::from_name(name, None);
-    }
-    if let Some(saved) = file.metadata.get("norm") {
-        let norm: Norm =
-            serde_json::from_str(saved).with_context(|| format!("{}: corrupt 'norm' metadata", a.weights.display()))?;
-        if a.norm.is_none() || matches!(norm, Norm::PixelMean(_)) {
-            return Ok(norm);
+fn is_folder(a: &Args) -> Result<bool> {
+    Ok(match a.dataset.as_deref() {
+        Some("folder") => true,
+        Some(name) => {
+            super::parse_dataset(name).map_err(anyhow::Error::msg)?;
+            false
         }
-    }
-    if a.data.is_dir() {
-        let train = cifar::load(&a.data, a.dataset, true)?;
-        return Norm::from_name("pixel-mean", Some(&train));
-    }
-    bail!(
-        "{}: the weights do not record their input normalization; pass --norm imagenet|cifar, or a data directory with the training batches for pixel-mean",
-        a.weights.display()
-    )
+        None => a.data.is_dir() && !cifar::is_present(&a.data, DatasetKind::Cifar10) && has_subdirs(&a.data),
+    })
+}
+
+fn has_subdirs(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false)
+}
+
+/// What was evaluated: the protocol's description, the result, and the class names to
+/// print per-class accuracy with (small class counts only).
+struct Report {
+    protocol: String,
+    result: EvalResult,
+    per_class: Option<Vec<String>>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let mut model = ResNet::new(ModelConfig::from_name(&a.model, a.shortcut, a.dataset.classes())?, 0);
-    let bytes = weights::read_file(&a.weights)?;
-    let file = TensorFile::parse(&a.weights, &bytes)?;
-    weights::load_into(&file, &mut model.named(), Some(OPTIMIZER_PREFIX))?;
-    let norm = choose_norm(&a, &file)?;
-    let data = cifar::load(&a.data, a.dataset, false)?;
-    let r = evaluate(&mut model, Arc::new(data), Arc::new(norm), a.batch.max(1));
-    println!("top-1: {:.2}% ({}/{})", 100.0 * r.accuracy(), r.correct, r.total);
-    println!("loss: {:.4}", r.loss);
-    for (name, (ok, total)) in a.dataset.class_names().iter().zip(&r.per_class) {
-        if *total > 0 {
-            println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
+    let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
+    let report = if is_folder(&a)? { eval_folder(&a, &mut model, &file)? } else { eval_cifar(&a, &mut model, &file)? };
+    let r = &report.result;
+    for e in &r.skipped {
+        eprintln!("warning: skipped unreadable image: {e}");
+    }
+    if a.json {
+        let line = json!({
+            "protocol": report.protocol, "images": r.total, "skipped": r.skipped.len(),
+            "top1": r.accuracy(), "top5": r.accuracy5(), "top1_correct": r.correct, "top5_correct": r.correct5,
+            "top1_error": 1.0 - r.accuracy(), "top5_error": 1.0 - r.accuracy5(), "loss": r.loss,
+        });
+        println!("{line}");
+    } else {
+        let pct = |x: f64| 100.0 * x;
+        println!("protocol: {}", report.protocol);
+        println!("top-1: {:.2}% ({}/{})", pct(r.accuracy()), r.correct, r.total);
+        println!("top-5: {:.2}% ({}/{})", pct(r.accuracy5()), r.correct5, r.total);
+        println!("top-1 error: {:.2}%", pct(1.0 - r.accuracy()));
+        println!("top-5 error: {:.2}%", pct(1.0 - r.accuracy5()));
+        println!("loss: {:.4}", r.loss);
+        for (name, (ok, total)) in report.per_class.iter().flatten().zip(&r.per_class) {
+            if *total > 0 {
+                println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
+            }
+        }
+        if !r.skipped.is_empty() {
+            println!("skipped: {} unreadable images", r.skipped.len());
         }
     }
+    if r.total == 0 {
+        bail!("{}: no image could be evaluated", a.data.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn eval_cifar(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weights::StateDict) -> Result<Report> {
+    if a.protocol != "center" {
+        bail!("--protocol {} applies to image folders; CIFAR is evaluated on the 32x32 images", a.protocol);
+    }
+    let kind = match (a.dataset.as_deref(), model.classes()) {
+        (Some("cifar100"), _) | (None, 100) => DatasetKind::Cifar100,
+        _ => DatasetKind::Cifar10,
+    };
+    if model.classes() != kind.classes() {
+        bail!(
+            "{}: the weights are for {} classes (key '{}.weight'), {} has {}",
+            a.weights.display(),
+            model.classes(),
+            model.config.naming().1,
+            kind.name(),
+            kind.classes()
+        );
+    }
+    let norm = match common::default_norm(model, file, a.norm.as_deref())? {
+        Some(Norm::PixelMean(m)) if m.len() != 3 * 32 * 32 => {
+            bail!("{}: the weights' per-pixel mean is not 32x32; pass --norm", a.weights.display())
+        }
+        Some(n) => n,
+        None if a.data.is_dir() => {
+            let train = cifar::load(&a.data, kind, true)?;
+            Norm::PixelMean(transform::pixel_mean(&train))
+        }
+        None => bail!(
+            "{}: the weights do not record their input normalization; pass --norm imagenet|cifar, or a data directory with the training batches for pixel-mean",
+            a.weights.display()
+        ),
+    };
+    let data = cifar::load(&a.data, kind, false)?;
+    let samples = Arc::new(CifarSamples { data: Arc::new(data), norm: Arc::new(norm) });
+    let result = evaluate(model, samples, a.batch.max(1), a.loader_threads);
+    let names = common::class_list(a.labels.as_deref(), file, model.classes())?
+        .map(|l| l.names)
+        .unwrap_or_else(|| kind.class_names());
+    Ok(Report { protocol: format!("{} test images, 32x32", kind.name()), result, per_class: Some(names) })
+}
+
+fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weights::StateDict) -> Result<Report> {
+    let classes = common::class_list(a.labels.as_deref(), file, model.classes())?;
+    let dir = split_dir(&a.data, "val")?;
+    let folder = ImageFolder::scan(&dir, classes.as_ref())?;
+    if classes.is_none() && folder.folders.len() != model.classes() {
+        bail!(
+            "{}: {} class folders for a {}-class model; pass --labels FILE to map folder names to the model's classes",
+            dir.display(),
+            folder.folders.len(),
+            model.classes()
+        );
+    }
+    let norm = match common::default_norm(model, file, a.norm.as_deref())? {
+        Some(n) => n,
+        None => bail!(
+            "{}: the weights do not record their input normalization; pass --norm imagenet|cifar",
+            a.weights.display()
+        ),
+    };
+    if model.config.family == Family::Cifar && a.norm.is_none() {
+        eprintln!("note: evaluating a CIFAR network on image folders at {}x{} crops", a.crop, a.crop);
+    }
+    let (folder, norm) = (Arc::new(folder), Arc::new(norm));
+    let (protocol, result) = match a.protocol.as_str() {
+        "center" | "10crop" => {
+            let views = if a.protocol == "center" {
+                EvalViews::Center { resize: a.resize, crop: a.crop }
+            } else {
+                EvalViews::TenCrop { resize: a.resize, crop: a.crop }
+            };
+            let samples: Arc<dyn Samples> =
+                Arc::new(FolderSamples { folder: folder.clone(), transform: FolderTransform::Eval(views), norm });
+            let desc = format!(
+                "{} (shorter side {}, {c}x{c} crops), {} images",
+                a.protocol,
+                a.resize,
+                folder.len(),
+                c = a.crop
+            );
+            (desc, evaluate(model, samples, a.batch.max(1), a.loader_threads))
+        }
+        "multiscale" => {
+            if a.scales.is_empty() || a.scales.contains(&0) {
+                bail!("--scales needs positive shorter sides, e.g. 224,256,384,480,640");
+            }
+            let desc = format!("multiscale (shorter sides {:?}, with flips), {} images", a.scales, folder.len());
+            (desc, multiscale::evaluate(model, folder.clone(), norm, a.scales.clone(), a.loader_threads))
+        }
+        p => bail!("unknown --protocol '{p}' (expected center, 10crop or multiscale)"),
+    };
+    Ok(Report { protocol, result, per_class: None })
 }

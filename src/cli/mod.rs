@@ -1,9 +1,12 @@
 //! The `resnet` command line.
 
 mod bench;
+mod common;
+mod convert;
 mod download;
 mod eval;
 mod info;
+mod predict;
 mod train;
 
 use anyhow::Result;
@@ -14,7 +17,7 @@ use std::process::ExitCode;
 #[command(
     name = "resnet",
     version,
-    about = "Deep residual networks (He et al. 2015): build, train, evaluate, benchmark"
+    about = "Deep residual networks (He et al. 2015): build, train, evaluate, predict, benchmark"
 )]
 struct Cli {
     /// Worker threads for the compute engine (default: all cores).
@@ -30,8 +33,13 @@ enum Command {
     Info(info::Args),
     /// Train a model with the paper's recipe.
     Train(train::Args),
-    /// Evaluate weights or a checkpoint on a dataset.
+    /// Evaluate weights or a checkpoint on a dataset (CIFAR, or image folders with the
+    /// paper's centre, 10-crop and multi-scale protocols).
     Eval(eval::Args),
+    /// Classify image files: top classes with probabilities.
+    Predict(predict::Args),
+    /// Convert a PyTorch checkpoint (.pth) to safetensors.
+    Convert(convert::Args),
     /// Measure training and inference throughput.
     Bench(bench::Args),
     /// Download a dataset (cifar10 or cifar100).
@@ -47,6 +55,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Info(a) => info::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
     }

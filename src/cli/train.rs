@@ -1,49 +1,67 @@
 use anyhow::{Result, bail};
-use resnet::data::{DatasetKind, Norm, cifar, download::default_data_dir};
+use resnet::data::imagenet::{TrainCrop, TrainTransform};
+use resnet::data::{DatasetKind, cifar, download::default_data_dir};
 use resnet::model::{Family, ModelConfig, Shortcut};
-use resnet::train::run::{Datasets, INTERRUPTED, iterations_per_epoch};
-use resnet::train::{Outcome, TrainConfig, checkpoint, schedule::Schedule};
+use resnet::train::run::{INTERRUPTED, iterations_per_epoch};
+use resnet::train::{ImageTraining, Outcome, TrainConfig, checkpoint, data, schedule::Schedule};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name: resnet20/32/44/56/110/1202, plain20, ... (any 6n+2).
+    /// Model: resnet20/32/44/56/110/1202, plain20, ... (CIFAR, any 6n+2), or resnet18/34/50/101/152,
+    /// resnet50-v1, plain18/34 (ImageNet).
     #[arg(long)]
     model: Option<String>,
-    /// Directory of the official binary batches (default: the downloaded copy).
+    /// CIFAR binary batches (a directory, default: the downloaded copy), or an image folder
+    /// (DIR/train/<class>/*, DIR/val/<class>/*).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Test batch file, when --data is a single training batch file.
+    /// Test batch file, when --data is a single CIFAR training batch file.
     #[arg(long)]
     test_data: Option<PathBuf>,
-    #[arg(long, default_value = "cifar10", value_parser = super::parse_dataset)]
-    dataset: DatasetKind,
-    /// Train for N epochs, with the lr drops scaled to 50% and 75% of the run.
+    /// cifar10, cifar100 or folder (default: folder when --data holds class folders, else cifar10).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Image folders: class list (1000-class index JSON or one name per line) mapping folder names
+    /// to class indices (default: sorted folder names).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Image folders: classes of the classifier (default: from --labels, else the folder count).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Train for N epochs (default: CIFAR 64k iterations; image folders 90 epochs).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Total iterations (the paper: 64k).
-    #[arg(long, default_value_t = 64000)]
-    iterations: usize,
-    /// Iterations at which lr is divided by 10 (default 32000,48000; with --epochs: 50%,75%).
+    /// Total iterations (the paper's CIFAR runs: 64000).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Iterations at which lr is divided by 10 (default CIFAR 32000,48000; with --epochs 50%,75%).
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>>,
+    /// Epochs at which lr is divided by 10 (default for image folders: 30,60 of 90, scaled with --epochs).
+    #[arg(long, value_delimiter = ',')]
+    schedule: Option<Vec<usize>>,
     /// Run directory: config.json, metrics.jsonl, checkpoints, final weights.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     resume: bool,
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
+    /// Images per SGD step (default: 128 CIFAR, 256 image folders).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Compute each step as K micro-batches of batch/K images (less memory; BatchNorm statistics
+    /// per micro-batch, as the paper's 8 GPUs x 32 images).
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f32,
-    /// Warm-up at --warmup-lr until training error < 80%: auto (depth >= 110), on, off.
+    /// Warm-up at --warmup-lr until training error < 80%: auto (CIFAR depth >= 110), on, off.
     #[arg(long, default_value = "auto")]
     warmup: String,
     #[arg(long, default_value_t = 0.01)]
@@ -54,12 +72,30 @@ pub struct Args {
     /// Input normalization: pixel-mean (the paper), imagenet or cifar (per-channel mean/std).
     #[arg(long, default_value = "pixel-mean")]
     norm: String,
-    /// Hold out the last N training images and evaluate on them instead of the test set.
+    /// Image folders: training crop size.
+    #[arg(long, default_value_t = 224)]
+    crop: usize,
+    /// Image folders: range of the shorter side before the random crop (the paper: 256,480).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [256, 480])]
+    scale: Vec<usize>,
+    /// Image folders: torchvision's RandomResizedCrop instead of the paper's scale augmentation.
+    #[arg(long)]
+    random_resized_crop: bool,
+    /// Image folders: std of AlexNet's PCA lighting noise (0 turns it off).
+    #[arg(long, default_value_t = 0.1)]
+    lighting: f32,
+    /// Image folders: shorter side before the centre crop when evaluating (default: crop * 8/7, 256).
+    #[arg(long)]
+    eval_resize: Option<usize>,
+    /// Image folders: training images averaged for --norm pixel-mean.
+    #[arg(long, default_value_t = 5000)]
+    mean_images: usize,
+    /// Hold out N training images and evaluate on them instead of the test set.
     #[arg(long, default_value_t = 0)]
     val_split: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Threads assembling batches in the background.
+    /// Threads assembling batches in the background (decoding, augmentation).
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
     /// Write a metrics line every N iterations.
@@ -85,33 +121,63 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
     bail!("no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})", kind.name(), dir.display())
 }
 
+/// Whether `dir` looks like an image folder rather than CIFAR batches: a directory with
+/// subdirectories and no CIFAR batch files.
+fn looks_like_folder(dir: &Path) -> bool {
+    let cifar = [DatasetKind::Cifar10, DatasetKind::Cifar100].iter().any(|&k| cifar::is_present(dir, k));
+    let has_dirs = std::fs::read_dir(dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false);
+    dir.is_dir() && has_dirs && !cifar
+}
+
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
-    let arch = ModelConfig::from_name(&model, a.shortcut, a.dataset.classes())?;
-    let data = find_data(a.data.clone(), a.dataset)?;
+    let folder = match a.dataset.as_deref() {
+        Some("folder") => true,
+        Some(name) => {
+            super::parse_dataset(name).map_err(anyhow::Error::msg)?;
+            false
+        }
+        None => a.data.as_deref().is_some_and(looks_like_folder),
+    };
+    let dataset = match a.dataset.as_deref() {
+        Some("cifar100") => DatasetKind::Cifar100,
+        _ => DatasetKind::Cifar10,
+    };
+    let data = if folder {
+        a.data.clone().ok_or_else(|| anyhow::anyhow!("--dataset folder needs --data DIR"))?
+    } else {
+        find_data(a.data.clone(), dataset)?
+    };
+    let images = folder.then(|| image_training(a, &data)).transpose()?;
+    let classes = images.as_ref().map_or(dataset.classes(), |i| i.classes);
+    let arch = ModelConfig::from_name(&model, a.shortcut, classes)?;
     let warmup = match a.warmup.as_str() {
         "auto" => arch.family == Family::Cifar && arch.depth >= 110,
         "on" => true,
         "off" => false,
         w => bail!("--warmup must be auto, on or off, not '{w}'"),
     };
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
+    let batch = a.batch.unwrap_or(if folder { 256 } else { 128 });
+    if batch == 0 || a.accumulate == 0 || a.accumulate > batch {
+        bail!("--batch must be at least 1 and --accumulate between 1 and the batch ({batch})");
     }
     Ok(TrainConfig {
         model,
         shortcut: arch.shortcut,
-        dataset: a.dataset,
+        dataset,
         data,
         test_data: a.test_data.clone(),
+        images,
         out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
-        batch: a.batch,
+        batch,
+        accumulate: a.accumulate,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
-        iterations: a.iterations,
+        // Set once the training set's size is known (see `set_schedule`).
+        iterations: 0,
         schedule: Schedule {
             lr: a.lr,
-            milestones: a.milestones.clone().unwrap_or_else(|| vec![32000, 48000]),
+            milestones: Vec::new(),
             warmup_lr: warmup.then_some(a.warmup_lr),
             warmup_until_error: 0.8,
         },
@@ -124,29 +190,57 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     })
 }
 
-fn load_data(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
-    let mut train = cifar::load(&cfg.data, cfg.dataset, true)?;
-    let test = if cfg.val_split > 0 {
-        train.split_off_last(cfg.val_split)?
-    } else if let Some(t) = &cfg.test_data {
-        cifar::load(t, cfg.dataset, false)?
-    } else if cfg.data.is_file() {
-        bail!(
-            "{}: --data is a single batch file; pass --test-data FILE or --val-split N for evaluation",
-            cfg.data.display()
-        )
+fn image_training(a: &Args, data: &Path) -> Result<ImageTraining> {
+    let classes = match (a.classes, &a.labels) {
+        (Some(c), _) => c,
+        (None, Some(l)) => resnet::data::ClassList::from_file(l)?.len(),
+        (None, None) => {
+            let train = resnet::data::folder::split_dir(data, "train")?;
+            resnet::data::folder::ImageFolder::scan(&train, None)?.folders.len()
+        }
+    };
+    if a.crop == 0 || a.scale[0] == 0 || a.scale[0] > a.scale[1] {
+        bail!("--crop must be positive and --scale MIN,MAX with 0 < MIN <= MAX");
+    }
+    let crop = if a.random_resized_crop {
+        TrainCrop::RandomResized
     } else {
-        cifar::load(&cfg.data, cfg.dataset, false)?
+        TrainCrop::Scale { min: a.scale[0], max: a.scale[1] }
     };
-    let norm = match saved_norm {
-        Some(n) => n,
-        None => Norm::from_name(&cfg.norm, Some(&train))?,
+    Ok(ImageTraining {
+        labels: a.labels.clone(),
+        classes,
+        transform: TrainTransform { crop, size: a.crop, lighting: a.lighting },
+        eval_resize: a.eval_resize.unwrap_or(a.crop * 8 / 7),
+        mean_images: a.mean_images,
+    })
+}
+
+/// Sets the run length and lr drops from the flags, now that an epoch's length is known.
+fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) {
+    let folder = cfg.images.is_some();
+    let epochs = a.epochs.or((folder && a.iterations.is_none()).then_some(90));
+    cfg.iterations = match epochs {
+        Some(e) => e * per_epoch,
+        None => a.iterations.unwrap_or(64000),
     };
-    Ok(Datasets { train: Arc::new(train), test: Arc::new(test), norm: Arc::new(norm) })
+    let n = cfg.iterations;
+    cfg.schedule.milestones = if let Some(m) = &a.milestones {
+        m.clone()
+    } else if let Some(s) = &a.schedule {
+        s.iter().map(|e| e * per_epoch).collect()
+    } else if folder {
+        // ÷10 at epochs 30 and 60 of 90, scaled to the run's length.
+        vec![n / 3, n * 2 / 3]
+    } else if a.epochs.is_some() || a.iterations.is_some() {
+        vec![n / 2, n * 3 / 4]
+    } else {
+        vec![32000, 48000]
+    };
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let (cfg, saved_norm) = if a.resume {
+    let (mut cfg, saved_norm) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
         let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
         let (mut cfg, _, norm) = checkpoint::read_meta(&out.join(resnet::train::run::CHECKPOINT))?;
@@ -158,24 +252,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         (config_from_args(&a)?, None)
     };
-    let data = load_data(&cfg, saved_norm)?;
-    let mut cfg = cfg;
-    if let (Some(epochs), false) = (a.epochs, a.resume) {
+    let data = data::load(&cfg, saved_norm)?;
+    if !a.resume {
         let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
-        cfg.iterations = epochs * per_epoch;
-        if a.milestones.is_none() {
-            cfg.schedule.milestones = vec![cfg.iterations / 2, cfg.iterations * 3 / 4];
-        }
+        set_schedule(&a, &mut cfg, per_epoch);
     }
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst))?;
     eprintln!(
-        "training {} on {} ({} train / {} eval images), {} iterations, batch {}, {} threads -> {}",
+        "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}, {} threads -> {}",
         cfg.model,
         cfg.data.display(),
         data.train.len(),
         data.test.len(),
+        cfg.classes(),
         cfg.iterations,
         cfg.batch,
+        if cfg.accumulate > 1 { format!(" in {} micro-batches", cfg.accumulate) } else { String::new() },
         rayon::current_num_threads(),
         cfg.out.display()
     );

@@ -1,14 +1,17 @@
-//! Normalization and the paper's CIFAR augmentation (4-pixel zero pad after mean
+//! Input normalization, and the paper's CIFAR augmentation (4-pixel zero pad after mean
 //! subtraction, random 32×32 crop, random horizontal flip). Output is NHWC f32.
 
-use super::cifar::{Dataset, IMAGE_BYTES, SIDE};
+use super::cifar::{Dataset, SIDE};
+use super::loader::Samples;
 use crate::rng::Rng;
 use anyhow::{Result, bail};
+use std::sync::Arc;
 
 /// Input normalization, applied to pixels scaled to [0, 1].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Norm {
-    /// Subtract the per-pixel mean image (HWC, 3072 values), as the paper.
+    /// Subtract the per-pixel mean image (HWC, square), as the paper. Images of another
+    /// size (multi-scale testing) subtract its per-channel average instead.
     PixelMean(Vec<f32>),
     /// Per-channel `(x - mean) / std`.
     Channel { mean: [f32; 3], std: [f32; 3] },
@@ -20,11 +23,11 @@ pub const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 pub const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 impl Norm {
-    /// `pixel-mean` needs the training set to compute the mean image.
-    pub fn from_name(name: &str, train: Option<&Dataset>) -> Result<Norm> {
+    /// `pixel-mean` needs the mean image, computed by the caller from training images.
+    pub fn from_name(name: &str, mean_image: Option<Vec<f32>>) -> Result<Norm> {
         match name {
-            "pixel-mean" => match train {
-                Some(d) => Ok(Norm::PixelMean(pixel_mean(d))),
+            "pixel-mean" => match mean_image {
+                Some(m) => Ok(Norm::PixelMean(m)),
                 None => {
                     bail!("--norm pixel-mean needs the training images to compute the mean image")
                 }
@@ -42,31 +45,56 @@ impl Norm {
         }
     }
 
-    /// Writes one planar u8 image as normalized HWC f32.
-    fn apply(&self, img: &[u8], out: &mut [f32]) {
-        let plane = SIDE * SIDE;
-        for p in 0..plane {
-            for c in 0..3 {
-                let v = img[c * plane + p] as f32 / 255.0;
-                out[p * 3 + c] = match self {
-                    Norm::PixelMean(m) => v - m[p * 3 + c],
-                    Norm::Channel { mean, std } => (v - mean[c]) / std[c],
-                };
+    /// Per-channel `(v - sub[c]) / div[c]`, used whenever the per-pixel mean does not apply.
+    /// A division, not a multiply by the inverse, so results match torchvision's Normalize
+    /// bit for bit.
+    fn channel_affine(&self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Norm::Channel { mean, std } => (*mean, *std),
+            Norm::PixelMean(m) => {
+                let mut avg = [0f64; 3];
+                for (i, v) in m.iter().enumerate() {
+                    avg[i % 3] += *v as f64;
+                }
+                let pixels = (m.len() / 3).max(1) as f64;
+                ([(avg[0] / pixels) as f32, (avg[1] / pixels) as f32, (avg[2] / pixels) as f32], [1.0; 3])
+            }
+        }
+    }
+
+    /// Normalizes an HWC u8 image of `hw` pixels into `out`, adding `offset` (PCA lighting
+    /// noise, in [0, 1] units) to every pixel first.
+    pub fn normalize_hwc(&self, rgb: &[u8], hw: (usize, usize), offset: [f32; 3], out: &mut [f32]) {
+        let len = hw.0 * hw.1 * 3;
+        let (rgb, out) = (&rgb[..len], &mut out[..len]);
+        match self {
+            Norm::PixelMean(m) if m.len() == len => {
+                for ((o, &v), (mv, c)) in out.iter_mut().zip(rgb).zip(m.iter().zip((0..3).cycle())) {
+                    *o = v as f32 / 255.0 + offset[c] - mv;
+                }
+            }
+            _ => {
+                let (sub, div) = self.channel_affine();
+                for (px, o) in rgb.chunks_exact(3).zip(out.chunks_exact_mut(3)) {
+                    for c in 0..3 {
+                        o[c] = (px[c] as f32 / 255.0 + offset[c] - sub[c]) / div[c];
+                    }
+                }
             }
         }
     }
 }
 
-/// The mean image over a dataset, HWC in [0, 1].
+/// The mean image over a CIFAR dataset, HWC in [0, 1].
 pub fn pixel_mean(d: &Dataset) -> Vec<f32> {
-    let mut sum = vec![0f64; IMAGE_BYTES];
+    let plane = SIDE * SIDE;
+    let mut sum = vec![0f64; 3 * plane];
     for i in 0..d.len() {
         for (p, &v) in d.image(i).iter().enumerate() {
             sum[p] += v as f64;
         }
     }
-    let plane = SIDE * SIDE;
-    let mut hwc = vec![0f32; IMAGE_BYTES];
+    let mut hwc = vec![0f32; 3 * plane];
     for c in 0..3 {
         for p in 0..plane {
             hwc[p * 3 + c] = (sum[c * plane + p] / d.len().max(1) as f64 / 255.0) as f32;
@@ -75,13 +103,43 @@ pub fn pixel_mean(d: &Dataset) -> Vec<f32> {
     hwc
 }
 
-/// Normalizes image `i` into `out` (HWC); with `rng`, applies the paper's augmentation.
-pub fn prepare(d: &Dataset, i: usize, norm: &Norm, rng: Option<&mut Rng>, tmp: &mut [f32], out: &mut [f32]) {
+/// CIFAR records as loader samples: normalized, and augmented as the paper for training.
+pub struct CifarSamples {
+    pub data: Arc<Dataset>,
+    pub norm: Arc<Norm>,
+}
+
+impl Samples for CifarSamples {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn hw(&self) -> (usize, usize) {
+        (SIDE, SIDE)
+    }
+    fn write(&self, i: usize, rng: Option<&mut Rng>, out: &mut [f32]) -> Result<u32> {
+        prepare(&self.data, i, &self.norm, rng, out);
+        Ok(self.data.labels[i] as u32)
+    }
+}
+
+/// Normalizes CIFAR image `i` into `out` (HWC); with `rng`, applies the paper's
+/// augmentation: pad 4 with zeros (after normalization), random 32×32 crop, random flip.
+pub fn prepare(d: &Dataset, i: usize, norm: &Norm, rng: Option<&mut Rng>, out: &mut [f32]) {
+    let plane = SIDE * SIDE;
+    let img = d.image(i);
+    // Planar bytes to HWC, then normalize in place.
+    let mut hwc = [0u8; 3 * SIDE * SIDE];
+    for p in 0..plane {
+        for c in 0..3 {
+            hwc[p * 3 + c] = img[c * plane + p];
+        }
+    }
     let Some(rng) = rng else {
-        norm.apply(d.image(i), out);
+        norm.normalize_hwc(&hwc, (SIDE, SIDE), [0.0; 3], out);
         return;
     };
-    norm.apply(d.image(i), tmp);
+    let mut clean = [0f32; 3 * SIDE * SIDE];
+    norm.normalize_hwc(&hwc, (SIDE, SIDE), [0.0; 3], &mut clean);
     const PAD: usize = 4;
     let dy = rng.below(2 * PAD + 1) as isize - PAD as isize;
     let dx = rng.below(2 * PAD + 1) as isize - PAD as isize;
@@ -95,7 +153,7 @@ pub fn prepare(d: &Dataset, i: usize, norm: &Norm, rng: Option<&mut Rng>, tmp: &
             if sy < 0 || sx < 0 || sy >= SIDE as isize || sx >= SIDE as isize {
                 dst.fill(0.0);
             } else {
-                dst.copy_from_slice(&tmp[(sy as usize * SIDE + sx as usize) * 3..][..3]);
+                dst.copy_from_slice(&clean[(sy as usize * SIDE + sx as usize) * 3..][..3]);
             }
         }
     }

@@ -7,7 +7,7 @@ use super::TrainConfig;
 use crate::data::Norm;
 use crate::model::ResNet;
 use crate::nn::Slot;
-use crate::weights::{self, TensorFile};
+use crate::weights::{self, Entry, StateDict};
 use anyhow::{Context, Result, anyhow};
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,28 +32,37 @@ fn momentum_key(name: &str) -> String {
     format!("{OPTIMIZER_PREFIX}{name}.momentum_buffer")
 }
 
-/// Metadata every weights file we write carries, so `eval` can rebuild the model and
-/// its input normalization.
-pub fn weights_metadata(model: &ResNet, norm: &Norm) -> HashMap<String, String> {
+/// Metadata every weights file we write carries, so `eval` and `predict` can rebuild the
+/// model, its input normalization and its class names.
+pub fn weights_metadata(model: &ResNet, norm: &Norm, class_names: &[String]) -> HashMap<String, String> {
     let c = &model.config;
     HashMap::from([
         ("format".to_string(), "resnet-rs".to_string()),
         ("model".to_string(), c.name()),
         ("shortcut".to_string(), format!("{:?}", c.shortcut)),
         ("classes".to_string(), c.classes.to_string()),
+        ("class_names".to_string(), serde_json::to_string(class_names).expect("names serialize")),
         ("norm".to_string(), serde_json::to_string(norm).expect("norm serializes")),
     ])
 }
 
-pub fn save(path: &Path, model: &mut ResNet, config: &TrainConfig, state: &TrainState, norm: &Norm) -> Result<()> {
-    let mut metadata = weights_metadata(model, norm);
+pub fn save(
+    path: &Path,
+    model: &mut ResNet,
+    config: &TrainConfig,
+    state: &TrainState,
+    norm: &Norm,
+    class_names: &[String],
+) -> Result<()> {
+    let mut metadata = weights_metadata(model, norm, class_names);
     let meta = Meta { config: config.clone(), state: state.clone(), norm: norm.clone() };
     metadata.insert("checkpoint".into(), serde_json::to_string(&meta)?);
     let named = model.named();
     let mut tensors = weights::state_dict(&named);
     for t in &named {
         if let Slot::Param(p) = &t.slot {
-            tensors.push((momentum_key(&t.name), t.shape.clone(), weights::to_torch(t.layout, &t.shape, &p.momentum)));
+            let values = weights::to_torch(t.layout, &t.shape, &p.momentum);
+            tensors.push(Entry::f32(momentum_key(&t.name), t.shape.clone(), values));
         }
     }
     weights::write_atomic(path, &weights::serialize(&tensors, metadata)?)
@@ -61,8 +70,7 @@ pub fn save(path: &Path, model: &mut ResNet, config: &TrainConfig, state: &Train
 
 /// Reads a checkpoint's run config, position and normalization.
 pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
-    let bytes = weights::read_file(path)?;
-    let file = TensorFile::parse(path, &bytes)?;
+    let file = StateDict::read(path)?;
     let raw = file
         .metadata
         .get("checkpoint")
@@ -74,14 +82,13 @@ pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
 
 /// Loads model weights, running statistics and momentum buffers from a checkpoint.
 pub fn restore(path: &Path, model: &mut ResNet) -> Result<()> {
-    let bytes = weights::read_file(path)?;
-    let file = TensorFile::parse(path, &bytes)?;
+    let file = StateDict::read(path)?;
     let mut named = model.named();
     weights::load_into(&file, &mut named, Some(OPTIMIZER_PREFIX))?;
     for t in named.iter_mut() {
         if let Slot::Param(p) = &mut t.slot {
             let v = file.get(&momentum_key(&t.name), &t.shape)?;
-            p.momentum = weights::from_torch(t.layout, &t.shape, v);
+            p.momentum = weights::from_torch(t.layout, &t.shape, v.to_vec());
         }
     }
     Ok(())

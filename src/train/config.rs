@@ -2,6 +2,7 @@
 
 use super::schedule::Schedule;
 use crate::data::DatasetKind;
+use crate::data::imagenet::TrainTransform;
 use crate::model::Shortcut;
 use std::path::PathBuf;
 
@@ -9,12 +10,20 @@ use std::path::PathBuf;
 pub struct TrainConfig {
     pub model: String,
     pub shortcut: Shortcut,
+    /// The CIFAR variant, when `images` is None.
     pub dataset: DatasetKind,
     pub data: PathBuf,
     /// Evaluation batches when `data` is a single training file.
     pub test_data: Option<PathBuf>,
+    /// Training on an image folder (`DIR/train/<class>/*`, `DIR/val/<class>/*`).
+    #[serde(default)]
+    pub images: Option<ImageTraining>,
     pub out: PathBuf,
+    /// Images per SGD step.
     pub batch: usize,
+    /// Micro-batches each step is computed in (BatchNorm statistics per micro-batch).
+    #[serde(default = "one")]
+    pub accumulate: usize,
     pub momentum: f32,
     pub weight_decay: f32,
     /// Total SGD iterations.
@@ -29,4 +38,31 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Also checkpoint every this many iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Image-folder specifics: classes, augmentation and the evaluation view.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageTraining {
+    /// Class list mapping folder names to indices (None: sorted folder names).
+    pub labels: Option<PathBuf>,
+    pub classes: usize,
+    pub transform: TrainTransform,
+    /// Evaluation: shorter side to `eval_resize`, centre crop of the training size.
+    pub eval_resize: usize,
+    /// Training images averaged for the per-pixel mean.
+    pub mean_images: usize,
+}
+
+impl TrainConfig {
+    /// Classes of the model's classifier.
+    pub fn classes(&self) -> usize {
+        match &self.images {
+            Some(i) => i.classes,
+            None => self.dataset.classes(),
+        }
+    }
 }

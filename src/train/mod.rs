@@ -1,36 +1,79 @@
-//! Training: the paper's recipe (config and schedule), one SGD step, checkpoints
-//! and the epoch loop with metrics, progress and resume.
+//! Training: the paper's recipes (config and schedule), one SGD step, the data of a
+//! run, checkpoints and the epoch loop with metrics, progress and resume.
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod run;
 pub mod schedule;
 
-pub use config::TrainConfig;
+pub use config::{ImageTraining, TrainConfig};
 pub use run::{Outcome, train};
 
-use crate::engine::{ops, sgd};
+use crate::engine::{ensure_len, ops, sgd};
 use crate::model::ResNet;
 
-/// One SGD step on a batch: forward in training mode, softmax cross-entropy, backward,
-/// update. Returns (mean loss, correct predictions). `dlogits` is reused scratch.
+/// Reused buffers of the training step.
+#[derive(Default)]
+pub struct StepScratch {
+    dlogits: Vec<f32>,
+    /// Gradients summed over micro-batches, all parameters in visiting order.
+    grads: Vec<f32>,
+}
+
+/// One SGD step on a batch of `labels.len()` images of size `hw`: forward in training
+/// mode, softmax cross-entropy, backward, update. With `accumulate` > 1 the batch runs
+/// as that many micro-batches (BatchNorm statistics per micro-batch, as the paper's
+/// multi-GPU training) whose gradients are summed, each weighted by its share of the
+/// batch, so the update is that of the whole batch's mean loss. Returns (mean loss,
+/// correct predictions); a non-finite loss returns at once without updating.
 pub fn step(
     model: &mut ResNet,
     hw: (usize, usize),
     images: &[f32],
     labels: &[u32],
+    accumulate: usize,
     cfg: sgd::SgdConfig,
-    dlogits: &mut Vec<f32>,
+    scratch: &mut StepScratch,
 ) -> (f32, usize) {
     let n = labels.len();
-    let classes = model.config.classes;
-    crate::engine::ensure_len(dlogits, n * classes);
-    let logits = model.forward(true, n, hw, images);
-    let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, dlogits);
-    if !loss.is_finite() {
-        return (loss, correct);
+    let parts = accumulate.clamp(1, n.max(1));
+    let classes = model.classes();
+    let image_len = hw.0 * hw.1 * 3;
+    let (mut loss, mut correct) = (0f32, 0);
+    for k in 0..parts {
+        let range = crate::engine::split_range(n, parts, k);
+        let m = range.len();
+        ensure_len(&mut scratch.dlogits, m * classes);
+        let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
+        let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
+        if !l.is_finite() {
+            return (l, correct);
+        }
+        model.backward(&scratch.dlogits);
+        let share = m as f32 / n as f32;
+        (loss, correct) = (loss + share * l, correct + ok);
+        if parts > 1 {
+            let mut off = 0;
+            let grads = &mut scratch.grads;
+            model.for_each_param(&mut |p| {
+                ensure_len(grads, off + p.grad.len());
+                for (a, g) in grads[off..off + p.grad.len()].iter_mut().zip(&p.grad) {
+                    *a = if k == 0 { share * g } else { *a + share * g };
+                }
+                off += p.grad.len();
+            });
+        }
     }
-    model.backward(dlogits);
+    if parts > 1 {
+        let mut off = 0;
+        let grads = &scratch.grads;
+        model.for_each_param(&mut |p| {
+            let len = p.grad.len();
+            p.grad.copy_from_slice(&grads[off..off + len]);
+            off += len;
+        });
+    }
     model.for_each_param(&mut |p| sgd::step(cfg, &mut p.value, &p.grad, &mut p.momentum));
     (loss, correct)
 }

@@ -2,9 +2,10 @@
 //! lines, evaluation after each epoch, checkpoints, Ctrl-C and NaN handling, resume.
 
 use super::checkpoint::{self, TrainState};
+use super::data::Datasets;
 use super::schedule::Warmup;
-use super::{TrainConfig, step};
-use crate::data::{BatchLoader, Dataset, Norm, loader::epoch_order};
+use super::{StepScratch, TrainConfig, step};
+use crate::data::{BatchLoader, loader::epoch_order};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
 use crate::model::{ModelConfig, ResNet};
@@ -22,12 +23,6 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub enum Outcome {
     Finished { test_acc: f64 },
     Interrupted { iteration: usize },
-}
-
-pub struct Datasets {
-    pub train: Arc<Dataset>,
-    pub test: Arc<Dataset>,
-    pub norm: Arc<Norm>,
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -60,7 +55,7 @@ fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
 pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
-    let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.dataset.classes())?;
+    let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
@@ -83,7 +78,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
 
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done);
-    let mut dlogits = Vec::new();
+    let mut scratch = StepScratch::default();
+    let mut skipped = std::collections::HashSet::new();
     let mut test_acc = 0.0;
     while state.iteration < cfg.iterations {
         let epoch = state.iteration / per_epoch;
@@ -91,7 +87,6 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         let order = Arc::new(epoch_order(data.train.len(), cfg.seed, epoch as u64, true));
         let loader = BatchLoader::new(
             data.train.clone(),
-            data.norm.clone(),
             order,
             cfg.batch,
             start,
@@ -107,8 +102,20 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         for batch in loader.take(steps_this_epoch) {
             let lr = cfg.schedule.lr_at(state.iteration, !warmup.done);
             let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay };
+            for e in &batch.errors {
+                if skipped.insert(e.clone()) {
+                    bar.suspend(|| eprintln!("warning: skipped unreadable image: {e}"));
+                }
+            }
             let n = batch.len();
-            let (loss, ok) = step(&mut model, batch.hw, &batch.images, &batch.labels, sgd, &mut dlogits);
+            if n == 0 {
+                // Every image of the batch was unreadable: the step is skipped, the position kept.
+                state.iteration += 1;
+                bar.inc(1);
+                continue;
+            }
+            let (loss, ok) =
+                step(&mut model, batch.hw, &batch.images, &batch.labels, cfg.accumulate, sgd, &mut scratch);
             if !loss.is_finite() {
                 bar.abandon();
                 bail!(
@@ -145,24 +152,29 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 window_start = Instant::now();
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
-                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon();
-                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 return Ok(Outcome::Interrupted { iteration: state.iteration });
             }
         }
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-        // At the training batch size, so evaluation does not grow the activation buffers.
-        let test = evaluate(&mut model, data.test.clone(), data.norm.clone(), cfg.batch);
+        let test = evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads);
+        for e in &test.skipped {
+            if skipped.insert(e.clone()) {
+                eprintln!("warning: skipped unreadable image: {e}");
+            }
+        }
         test_acc = test.accuracy();
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
             "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
             "lr": lr, "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
+            "test_acc5": test.accuracy5(), "skipped_images": skipped.len(),
             "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
         });
         writeln!(metrics, "{line}")?;
@@ -178,9 +190,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             lr,
             train_ips
         );
-        checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm)?;
+        checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
     }
-    let metadata = checkpoint::weights_metadata(&model, &data.norm);
+    let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names);
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
     Ok(Outcome::Finished { test_acc })
 }

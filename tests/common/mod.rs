@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod images;
+
 use resnet::rng::Rng;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,70 @@
+//! What `eval` and `predict` share: building a model from a weights file, and choosing
+//! its input normalization and class names.
+
+use anyhow::{Context, Result, bail};
+use resnet::data::{ClassList, Norm};
+use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
+use resnet::train::checkpoint::OPTIMIZER_PREFIX;
+use resnet::weights::{self, StateDict};
+use std::path::Path;
+
+/// Builds `model` with the classes its weights file was trained for (read off the
+/// classifier's shape) and loads the weights (safetensors, `.pth`, or a checkpoint).
+pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Result<(ResNet, StateDict)> {
+    let file = StateDict::read(path)?;
+    let probe = ModelConfig::from_name(model, shortcut, 1)?;
+    let (_, classifier) = probe.naming();
+    let key = format!("{classifier}.weight");
+    let classes = match file.find(&key) {
+        Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => t.shape[0],
+        Some(t) => bail!("{}: key '{key}': expected shape [classes, features], found {:?}", path.display(), t.shape),
+        None => bail!("{}: missing key '{key}' (the classifier of a {model})", path.display()),
+    };
+    let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 0);
+    weights::load_into(&file, &mut net.named(), Some(OPTIMIZER_PREFIX))?;
+    Ok((net, file))
+}
+
+/// The normalization recorded in a weights file we wrote, if any.
+pub fn saved_norm(file: &StateDict) -> Result<Option<Norm>> {
+    file.metadata
+        .get("norm")
+        .map(|s| serde_json::from_str(s).with_context(|| format!("{}: corrupt 'norm' metadata", file.path.display())))
+        .transpose()
+}
+
+/// Normalization for a model without recorded normalization: torchvision's for ImageNet
+/// networks (its published weights expect it).
+pub fn default_norm(net: &ResNet, file: &StateDict, flag: Option<&str>) -> Result<Option<Norm>> {
+    if let Some(name) = flag.filter(|n| *n != "pixel-mean") {
+        return Ok(Some(Norm::from_name(name, None)?));
+    }
+    if let Some(n) = saved_norm(file)? {
+        return Ok(Some(n));
+    }
+    if net.config.family == Family::ImageNet && flag.is_none() {
+        return Ok(Some(Norm::from_name("imagenet", None)?));
+    }
+    Ok(None)
+}
+
+/// Class names: a labels file, else those recorded with the weights, else ImageNet's for
+/// a 1000-class model.
+pub fn class_list(labels: Option<&Path>, file: &StateDict, classes: usize) -> Result<Option<ClassList>> {
+    if let Some(l) = labels {
+        let list = ClassList::from_file(l)?;
+        if list.len() != classes {
+            bail!("{}: lists {} classes, but the model has {classes}", l.display(), list.len());
+        }
+        return Ok(Some(list));
+    }
+    if let Some(raw) = file.metadata.get("class_names") {
+        let names: Vec<String> = serde_json::from_str(raw)
+            .with_context(|| format!("{}: corrupt 'class_names' metadata", file.path.display()))?;
+        if names.len() == classes {
+            let synsets = vec![None; names.len()];
+            return Ok(Some(ClassList { names, synsets }));
+        }
+    }
+    Ok((classes == 1000).then(ClassList::imagenet))
+}

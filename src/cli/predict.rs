@@ -1,0 +1,89 @@
+use super::common;
+use anyhow::{Result, bail};
+use resnet::data::imagenet::EvalViews;
+use resnet::eval::predict::predict;
+use resnet::model::Shortcut;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: String,
+    /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Shorter side before the centre crop (torchvision: 256).
+    #[arg(long, default_value_t = 256)]
+    resize: usize,
+    #[arg(long, default_value_t = 224)]
+    crop: usize,
+    /// Class names: the 1000-class index JSON or one name per line (default: the names saved
+    /// with the weights, or ImageNet's for 1000 classes).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// pixel-mean, imagenet or cifar (default: what the weights were trained with, else imagenet).
+    #[arg(long)]
+    norm: Option<String>,
+    #[arg(long, value_parser = super::parse_shortcut)]
+    shortcut: Option<Shortcut>,
+    /// Classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Images per network call.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// One JSON object per image: file, top5 and all logits.
+    #[arg(long)]
+    json: bool,
+    /// JPEG or PNG files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
+    let Some(norm) = common::default_norm(&model, &file, a.norm.as_deref())?.or(
+        // A CIFAR net without recorded normalization: the per-channel statistics are the best guess.
+        resnet::data::Norm::from_name("cifar", None).ok(),
+    ) else {
+        bail!("{}: no input normalization; pass --norm", a.weights.display());
+    };
+    if a.resize == 0 || a.crop == 0 {
+        bail!("--resize and --crop must be positive");
+    }
+    let classes = common::class_list(a.labels.as_deref(), &file, model.classes())?;
+    let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
+    let view = EvalViews::Center { resize: a.resize, crop: a.crop };
+    let threads = rayon::current_num_threads().clamp(1, 4);
+    let results = predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads);
+    let mut failed = 0;
+    for (path, r) in a.images.iter().zip(results) {
+        let p = match r {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        let top = p.top(a.top.max(1));
+        if a.json {
+            let top: Vec<_> =
+                top.iter().map(|&(i, prob)| json!({"index": i, "label": name(i), "prob": prob})).collect();
+            println!("{}", json!({"file": path, "top5": top, "logits": p.logits}));
+        } else {
+            println!("{}", path.display());
+            for (rank, &(i, prob)) in top.iter().enumerate() {
+                println!("  {}. {:6.2}%  {} ({i})", rank + 1, 100.0 * prob, name(i));
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} images could not be read", a.images.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,116 @@
+//! Class lists: the names (and ImageNet synset IDs) of a model's output indices.
+//!
+//! Read from the 1000-class index JSON (`{"0": ["n01440764", "tench"], ...}`), or from a
+//! text file with one class per line (`tench`, or `n01440764 tench, Tinca tinca`). The
+//! ImageNet list is built in, so `predict` names classes without any file.
+
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Synset IDs and torchvision's class names, in ImageNet index order.
+const IMAGENET: &str = include_str!("imagenet_classes.tsv");
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassList {
+    pub names: Vec<String>,
+    /// ImageNet synset ID (`n01440764`) of each class, where known.
+    pub synsets: Vec<Option<String>>,
+}
+
+/// Whether `s` is an ImageNet synset ID: `n` and eight digits.
+fn is_synset(s: &str) -> bool {
+    s.len() == 9 && s.starts_with('n') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+impl ClassList {
+    /// The 1000 ImageNet classes (synsets sorted, which is the standard index order).
+    pub fn imagenet() -> Self {
+        let (synsets, names) = IMAGENET
+            .lines()
+            .map(|l| {
+                let (s, n) = l.split_once('\t').expect("built-in class list is synset<TAB>name");
+                (Some(s.to_string()), n.to_string())
+            })
+            .unzip();
+        ClassList { names, synsets }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read labels file", path.display()))?;
+        let list = if text.trim_start().starts_with('{') { Self::from_json(&text) } else { Self::from_lines(&text) }
+            .with_context(|| format!("{}: not a usable labels file", path.display()))?;
+        if list.is_empty() {
+            bail!("{}: labels file lists no classes", path.display());
+        }
+        Ok(list)
+    }
+
+    /// The class index JSON: index → [synset, name]; indices must run 0..N without gaps.
+    fn from_json(text: &str) -> Result<Self> {
+        let map: HashMap<String, (String, String)> =
+            serde_json::from_str(text).context("expected {\"0\": [\"n01440764\", \"tench\"], ...}")?;
+        let mut names = vec![None; map.len()];
+        let mut synsets = vec![None; map.len()];
+        for (key, (synset, name)) in map {
+            let i: usize = key.parse().with_context(|| format!("key '{key}' is not a class index"))?;
+            if i >= names.len() {
+                bail!(
+                    "class index {i} out of range: {} classes listed, so indices must be 0..{}",
+                    names.len(),
+                    names.len() - 1
+                );
+            }
+            names[i] = Some(name);
+            synsets[i] = Some(synset);
+        }
+        Ok(ClassList { names: names.into_iter().map(|n| n.expect("every index filled")).collect(), synsets })
+    }
+
+    /// One class per non-empty line, optionally starting with its synset ID.
+    fn from_lines(text: &str) -> Result<Self> {
+        let (mut names, mut synsets) = (Vec::new(), Vec::new());
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match line.split_once(char::is_whitespace) {
+                Some((s, rest)) if is_synset(s) => {
+                    synsets.push(Some(s.to_string()));
+                    names.push(rest.trim().to_string());
+                }
+                _ if is_synset(line) => {
+                    synsets.push(Some(line.to_string()));
+                    names.push(line.to_string());
+                }
+                _ => {
+                    synsets.push(None);
+                    names.push(line.to_string());
+                }
+            }
+        }
+        Ok(ClassList { names, synsets })
+    }
+
+    /// The index of a class folder's name: its synset ID, or its name (underscores and
+    /// spaces treated alike, so `great_white_shark` finds `great white shark`; a name
+    /// list's `tench, Tinca tinca` is found as `tench`).
+    pub fn index_of(&self, folder: &str) -> Option<usize> {
+        if let Some(i) = self.synsets.iter().position(|s| s.as_deref() == Some(folder)) {
+            return Some(i);
+        }
+        let norm = |s: &str| s.replace('_', " ").to_lowercase();
+        let want = norm(folder);
+        self.names.iter().position(|n| norm(n) == want || norm(n.split(',').next().unwrap_or(n)) == want)
+    }
+
+    /// A short display name for class `i`.
+    pub fn name(&self, i: usize) -> String {
+        self.names.get(i).cloned().unwrap_or_else(|| format!("class {i}"))
+    }
+}

@@ -1,0 +1,101 @@
+//! Evaluation with BatchNorm in inference mode: top-1/top-5 accuracy and loss over a
+//! dataset. A sample with several views (10-crop, multi-scale) is scored by the average
+//! of its views' softmax outputs, as the paper's testing does.
+
+pub mod multiscale;
+pub mod predict;
+
+use crate::data::{BatchLoader, Samples};
+use crate::model::ResNet;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Default)]
+pub struct EvalResult {
+    /// Mean cross-entropy of the (view-averaged) predictions.
+    pub loss: f64,
+    pub correct: usize,
+    pub correct5: usize,
+    pub total: usize,
+    /// (correct, total) per class.
+    pub per_class: Vec<(usize, usize)>,
+    /// Samples that could not be read: "path: reason".
+    pub skipped: Vec<String>,
+}
+
+impl EvalResult {
+    pub fn new(classes: usize) -> Self {
+        EvalResult { per_class: vec![(0, 0); classes], ..Default::default() }
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+    pub fn accuracy5(&self) -> f64 {
+        self.correct5 as f64 / self.total.max(1) as f64
+    }
+
+    /// Scores one sample from its class probabilities.
+    pub fn add(&mut self, probs: &[f32], label: u32) {
+        let label = label as usize;
+        let p = probs[label];
+        // Classes ranked above the label; ties go to the lower index, as a stable sort would.
+        let above = probs.iter().enumerate().filter(|&(i, &q)| q > p || (q == p && i < label)).count();
+        self.loss += -(p.max(f32::MIN_POSITIVE) as f64).ln();
+        self.correct += usize::from(above == 0);
+        self.correct5 += usize::from(above < 5);
+        self.total += 1;
+        let e = &mut self.per_class[label];
+        e.0 += usize::from(above == 0);
+        e.1 += 1;
+    }
+
+    /// Turns the summed loss into the mean.
+    fn finish(mut self) -> Self {
+        self.loss /= self.total.max(1) as f64;
+        self
+    }
+}
+
+/// Softmax of each row of `logits` (`classes` wide), in f64 for a stable sum.
+pub fn softmax(logits: &[f32], classes: usize) -> Vec<f32> {
+    let mut out = vec![0f32; logits.len()];
+    for (z, p) in logits.chunks_exact(classes).zip(out.chunks_exact_mut(classes)) {
+        let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        for (pv, &zv) in p.iter_mut().zip(z) {
+            *pv = (((zv - max) as f64).exp() / sum) as f32;
+        }
+    }
+    out
+}
+
+/// Averages consecutive groups of `views` probability rows into one row each.
+pub fn average_views(probs: &[f32], classes: usize, views: usize) -> Vec<f32> {
+    probs
+        .chunks_exact(classes * views)
+        .flat_map(|group| {
+            (0..classes).map(move |c| group.chunks_exact(classes).map(|row| row[c]).sum::<f32>() / views as f32)
+        })
+        .collect()
+}
+
+/// Evaluates `data` in order. Each network call runs about `batch` images (samples
+/// times views); `workers` threads prepare the batches.
+pub fn evaluate(model: &mut ResNet, data: Arc<dyn Samples>, batch: usize, workers: usize) -> EvalResult {
+    let classes = model.classes();
+    let views = data.views();
+    let per_batch = (batch / views).max(1);
+    let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
+    let mut r = EvalResult::new(classes);
+    for b in BatchLoader::new(data, order, per_batch, 0, None, workers) {
+        r.skipped.extend(b.errors.iter().cloned());
+        if b.is_empty() {
+            continue;
+        }
+        let logits = model.forward(false, b.len() * views, b.hw, &b.images);
+        let probs = average_views(&softmax(logits, classes), classes, views);
+        for (p, &label) in probs.chunks_exact(classes).zip(&b.labels) {
+            r.add(p, label);
+        }
+    }
+    r.finish()
+}

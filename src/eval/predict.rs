@@ -1,0 +1,83 @@
+//! `resnet predict`: class probabilities of individual image files, decoded and
+//! transformed as torchvision's eval transform (resize, centre crop, normalize).
+
+use super::softmax;
+use crate::data::Norm;
+use crate::data::image;
+use crate::data::imagenet::EvalViews;
+use crate::data::prefetch::Prefetch;
+use crate::model::ResNet;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Prediction {
+    pub file: PathBuf,
+    /// Raw network outputs and their softmax.
+    pub logits: Vec<f32>,
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    /// The `k` most probable classes, best first (ties: lower index first).
+    pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut idx: Vec<usize> = (0..self.probs.len()).collect();
+        idx.sort_by(|&a, &b| self.probs[b].total_cmp(&self.probs[a]).then(a.cmp(&b)));
+        idx.into_iter().take(k).map(|i| (i, self.probs[i])).collect()
+    }
+}
+
+/// Runs every file through the model, `batch` images per network call; `workers`
+/// threads decode ahead. Files that cannot be read come back as errors, in order.
+pub fn predict(
+    model: &mut ResNet,
+    files: Vec<PathBuf>,
+    view: EvalViews,
+    norm: Arc<Norm>,
+    batch: usize,
+    workers: usize,
+) -> Vec<Result<Prediction>> {
+    let crop = view.crop();
+    let len = crop * crop * 3;
+    let files = Arc::new(files);
+    let source = files.clone();
+    let prepared = Prefetch::new(0, files.len(), workers, move |i| -> Result<Vec<f32>> {
+        let img = image::decode_file(&source[i])?;
+        let mut out = vec![0f32; len];
+        norm.normalize_hwc(&view.apply(&img)[0].data, (crop, crop), [0.0; 3], &mut out);
+        Ok(out)
+    });
+    let classes = model.classes();
+    let mut results: Vec<Result<Prediction>> = Vec::with_capacity(files.len());
+    let mut pending: Vec<(usize, Vec<f32>)> = Vec::new();
+    let mut flush = |pending: &mut Vec<(usize, Vec<f32>)>, results: &mut Vec<Result<Prediction>>| {
+        if pending.is_empty() {
+            return;
+        }
+        let images: Vec<f32> = pending.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let logits = model.forward(false, pending.len(), (crop, crop), &images).to_vec();
+        let probs = softmax(&logits, classes);
+        for (k, (i, _)) in pending.drain(..).enumerate() {
+            let row = k * classes..(k + 1) * classes;
+            results[i] = Ok(Prediction {
+                file: files[i].clone(),
+                logits: logits[row.clone()].to_vec(),
+                probs: probs[row].to_vec(),
+            });
+        }
+    };
+    for (i, item) in prepared.enumerate() {
+        match item {
+            Ok(v) => {
+                results.push(Err(anyhow::anyhow!("pending")));
+                pending.push((i, v));
+                if pending.len() >= batch.max(1) {
+                    flush(&mut pending, &mut results);
+                }
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    flush(&mut pending, &mut results);
+    results
+}
