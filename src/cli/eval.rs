@@ -6,7 +6,7 @@ use resnet::data::{CifarSamples, DatasetKind, Norm, Samples, cifar, transform};
 use resnet::eval::{EvalResult, evaluate, multiscale};
 use resnet::model::{Family, Shortcut};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -57,19 +57,16 @@ pub struct Args {
     json: bool,
 }
 
-fn is_folder(a: &Args) -> Result<bool> {
+/// Image folder or CIFAR: `--dataset`, else the data's look, else the model's family.
+fn is_folder(a: &Args, family: Family) -> Result<bool> {
     Ok(match a.dataset.as_deref() {
         Some("folder") => true,
         Some(name) => {
             super::parse_dataset(name).map_err(anyhow::Error::msg)?;
             false
         }
-        None => a.data.is_dir() && !cifar::is_present(&a.data, DatasetKind::Cifar10) && has_subdirs(&a.data),
+        None => cifar::is_image_folder(&a.data).unwrap_or(family == Family::ImageNet),
     })
-}
-
-fn has_subdirs(dir: &Path) -> bool {
-    std::fs::read_dir(dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false)
 }
 
 /// What was evaluated: the protocol's description, the result, and the class names to
@@ -82,7 +79,11 @@ struct Report {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
-    let report = if is_folder(&a)? { eval_folder(&a, &mut model, &file)? } else { eval_cifar(&a, &mut model, &file)? };
+    let report = if is_folder(&a, model.config.family)? {
+        eval_folder(&a, &mut model, &file)?
+    } else {
+        eval_cifar(&a, &mut model, &file)?
+    };
     let r = &report.result;
     for e in &r.skipped {
         eprintln!("warning: skipped unreadable image: {e}");

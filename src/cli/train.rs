@@ -75,8 +75,8 @@ pub struct Args {
     /// Image folders: training crop size.
     #[arg(long, default_value_t = 224)]
     crop: usize,
-    /// Image folders: range of the shorter side before the random crop (the paper: 256,480).
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [256, 480])]
+    /// Image folders: range MIN,MAX of the shorter side before the random crop (the paper: 256,480).
+    #[arg(long, value_delimiter = ',', default_values_t = [256, 480])]
     scale: Vec<usize>,
     /// Image folders: torchvision's RandomResizedCrop instead of the paper's scale augmentation.
     #[arg(long)]
@@ -121,14 +121,6 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
     bail!("no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})", kind.name(), dir.display())
 }
 
-/// Whether `dir` looks like an image folder rather than CIFAR batches: a directory with
-/// subdirectories and no CIFAR batch files.
-fn looks_like_folder(dir: &Path) -> bool {
-    let cifar = [DatasetKind::Cifar10, DatasetKind::Cifar100].iter().any(|&k| cifar::is_present(dir, k));
-    let has_dirs = std::fs::read_dir(dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false);
-    dir.is_dir() && has_dirs && !cifar
-}
-
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
     let folder = match a.dataset.as_deref() {
@@ -137,7 +129,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
             super::parse_dataset(name).map_err(anyhow::Error::msg)?;
             false
         }
-        None => a.data.as_deref().is_some_and(looks_like_folder),
+        None => a.data.as_deref().and_then(cifar::is_image_folder).unwrap_or(false),
     };
     let dataset = match a.dataset.as_deref() {
         Some("cifar100") => DatasetKind::Cifar100,
@@ -199,7 +191,7 @@ fn image_training(a: &Args, data: &Path) -> Result<ImageTraining> {
             resnet::data::folder::ImageFolder::scan(&train, None)?.folders.len()
         }
     };
-    if a.crop == 0 || a.scale[0] == 0 || a.scale[0] > a.scale[1] {
+    if a.crop == 0 || a.scale.len() != 2 || a.scale[0] == 0 || a.scale[0] > a.scale[1] {
         bail!("--crop must be positive and --scale MIN,MAX with 0 < MIN <= MAX");
     }
     let crop = if a.random_resized_crop {

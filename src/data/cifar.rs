@@ -172,6 +172,20 @@ pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
     Ok(data)
 }
 
+/// Whether `path` holds an image folder rather than CIFAR data: Some(false) for a file or a
+/// directory with `.bin` batch files (in it or in the archive folders), Some(true) for a
+/// directory with subdirectories and no batch files, None when it cannot tell (empty).
+pub fn is_image_folder(path: &Path) -> Option<bool> {
+    let entries =
+        |d: &Path| std::fs::read_dir(d).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or(Vec::new());
+    let has_bin = |d: &Path| entries(d).iter().any(|p| p.extension().is_some_and(|x| x == "bin"));
+    let kinds = [DatasetKind::Cifar10, DatasetKind::Cifar100];
+    if !path.is_dir() || has_bin(path) || kinds.iter().any(|k| has_bin(&path.join(k.archive_dir()))) {
+        return Some(false);
+    }
+    entries(path).iter().any(|p| p.is_dir()).then_some(true)
+}
+
 /// Whether `dir` holds a complete copy of the dataset's batch files.
 pub fn is_present(dir: &Path, kind: DatasetKind) -> bool {
     let d = batch_dir(dir, kind);
