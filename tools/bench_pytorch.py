@@ -1,7 +1,9 @@
-"""Side-by-side reference for `resnet bench`: PyTorch CPU throughput of the same CIFAR
-ResNet, channels_last, same batch, same thread count, median of timed steps.
+"""Side-by-side reference for `resnet bench`: PyTorch CPU throughput of the same network
+(the CIFAR ResNet of tools/cifar_resnet.py, or torchvision's ImageNet ResNets),
+channels_last, same batch, same thread count, median of timed steps.
 
     python tools/bench_pytorch.py --depth 20 --batch 128 --threads 2
+    python tools/bench_pytorch.py --model resnet50 --batch 16 --threads 2
 """
 import argparse
 import statistics
@@ -25,7 +27,8 @@ def timed(fn, warmup, steps):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
+    p.add_argument("--model", help="a torchvision ImageNet model instead, e.g. resnet50")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
@@ -33,9 +36,15 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = CifarResNet((a.depth - 2) // 6).to(memory_format=torch.channels_last)
-    x = torch.randn(a.batch, 3, 32, 32).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch,))
+    if a.model:
+        import torchvision
+
+        model, size, classes, name = getattr(torchvision.models, a.model)(), 224, 1000, a.model
+    else:
+        model, size, classes, name = CifarResNet((a.depth - 2) // 6), 32, 10, f"resnet{a.depth}"
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(a.batch, 3, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (a.batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -49,7 +58,7 @@ def main():
     model.eval()
     with torch.no_grad():
         t_infer = timed(lambda: model(x), a.warmup, a.steps)
-    print(f"pytorch {torch.__version__} resnet{a.depth} batch {a.batch} threads {a.threads} channels_last")
+    print(f"pytorch {torch.__version__} {name} batch {a.batch} threads {a.threads} channels_last")
     print(f"train: {a.batch / t_train:.1f} img/s ({t_train * 1e3:.2f} ms/step)")
     print(f"infer: {a.batch / t_infer:.1f} img/s ({t_infer * 1e3:.2f} ms/batch)")
 

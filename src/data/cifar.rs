@@ -177,7 +177,7 @@ pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
 /// directory with subdirectories and no batch files, None when it cannot tell (empty).
 pub fn is_image_folder(path: &Path) -> Option<bool> {
     let entries =
-        |d: &Path| std::fs::read_dir(d).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or(Vec::new());
+        |d: &Path| std::fs::read_dir(d).map(|e| e.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
     let has_bin = |d: &Path| entries(d).iter().any(|p| p.extension().is_some_and(|x| x == "bin"));
     let kinds = [DatasetKind::Cifar10, DatasetKind::Cifar100];
     if !path.is_dir() || has_bin(path) || kinds.iter().any(|k| has_bin(&path.join(k.archive_dir()))) {
