@@ -1,4 +1,5 @@
-//! Throughput measurement for `resnet bench`: medians of timed steps on synthetic data.
+//! Throughput measurement for `resnet bench`: medians of timed steps on synthetic data,
+//! and the input pipeline alone (decode, augment, normalize) on a real image folder.
 
 use crate::engine::sgd::SgdConfig;
 use crate::model::{Family, ModelConfig, ResNet, Shortcut};
@@ -102,4 +103,38 @@ pub fn gemm_peak_gflops() -> f64 {
         )
     });
     2.0 * (n * n * n) as f64 / t / 1e9
+}
+
+/// Images per second of the training input pipeline alone: the paper's augmentation on
+/// the images of `dir` (cycled to `images` samples), in batches of `batch` built by
+/// `threads` loader threads, with the network idle.
+pub fn pipeline_ips(
+    dir: &std::path::Path,
+    crop: usize,
+    batch: usize,
+    images: usize,
+    threads: usize,
+) -> anyhow::Result<f64> {
+    use crate::data::folder::{ImageFolder, split_dir};
+    use crate::data::imagenet::{FolderSamples, FolderTransform, TrainTransform};
+    use crate::data::{BatchLoader, Norm};
+    use std::sync::Arc;
+    let mut folder = ImageFolder::scan(&split_dir(dir, "train")?, None)?;
+    let originals = folder.samples.clone();
+    while folder.samples.len() < images {
+        folder.samples.extend_from_slice(&originals);
+    }
+    folder.samples.truncate(images.max(1));
+    let samples = Arc::new(FolderSamples {
+        folder: Arc::new(folder),
+        transform: FolderTransform::Train(TrainTransform::paper(crop, crop * 8 / 7, crop * 15 / 7)),
+        norm: Arc::new(Norm::from_name("imagenet", None)?),
+    });
+    let order = Arc::new((0..samples.folder.len() as u32).collect::<Vec<_>>());
+    let t = Instant::now();
+    let mut seen = 0;
+    for b in BatchLoader::new(samples, order, batch, 0, Some((0, 0)), threads) {
+        seen += b.len();
+    }
+    Ok(seen as f64 / t.elapsed().as_secs_f64())
 }

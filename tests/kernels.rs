@@ -66,6 +66,11 @@ fn conv_forward_and_backward_match_naive_reference() {
         // Bottleneck-sized channels: larger GEMMs (k = 1152 and 256).
         (2, ConvShape { c_in: 128, c_out: 96, kernel: 3, stride: 1, pad: 1, h: 5, w: 4 }),
         (1, ConvShape { c_in: 256, c_out: 512, kernel: 1, stride: 2, pad: 0, h: 7, w: 7 }),
+        // Fewer output rows than threads have tiles: the channels are split, unevenly.
+        (1, ConvShape { c_in: 8, c_out: 52, kernel: 3, stride: 1, pad: 1, h: 4, w: 5 }),
+        (1, ConvShape { c_in: 64, c_out: 40, kernel: 1, stride: 1, pad: 0, h: 3, w: 3 }),
+        // Several row tiles (256 rows each) with a partial last one, across images.
+        (3, ConvShape { c_in: 4, c_out: 8, kernel: 3, stride: 1, pad: 1, h: 13, w: 17 }),
     ];
     let mut ws = Workspace::new();
     for (n, s) in cases {

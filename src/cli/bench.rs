@@ -21,6 +21,13 @@ pub struct Args {
     /// Skip measuring the machine's f32 GEMM peak.
     #[arg(long)]
     no_peak: bool,
+    /// Also measure the training input pipeline alone on this image folder (decode, the
+    /// paper's scale augmentation and crop, flip, lighting, normalization).
+    #[arg(long)]
+    pipeline: Option<std::path::PathBuf>,
+    /// Loader threads for --pipeline.
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -29,6 +36,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!("model: {} batch {} threads {threads}", a.model, a.batch);
     println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);
     println!("infer: {:.1} img/s ({:.2} ms/batch, {:.1} GFLOP/s)", r.infer_ips, r.infer_step_s * 1e3, r.infer_gflops);
+    if let Some(dir) = &a.pipeline {
+        let images = (a.batch * 8).max(256);
+        let ips = bench::pipeline_ips(dir, 224, a.batch.max(1), images, a.loader_threads)?;
+        println!(
+            "pipeline: {ips:.1} img/s ({} loader threads, {images} images of {}, 224x224 crops)",
+            a.loader_threads,
+            dir.display()
+        );
+        println!("pipeline / train step: {:.1}x", ips / r.train_ips);
+    }
     if !a.no_peak {
         let peak = bench::gemm_peak_gflops();
         println!("gemm peak: {peak:.1} GFLOP/s (f32, 1024^3, {threads} threads)");
