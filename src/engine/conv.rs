@@ -144,6 +144,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// A method, so closures capture the whole (Sync) wrapper, not the raw pointer field.
+    fn base(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `y = conv(x, w)` for a batch of `n` images.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
@@ -158,7 +165,6 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws:
     let out = SharedOut(y[..rows * s.c_out].as_mut_ptr());
     let patch = s.patch();
     ws.threads[..workers].par_iter_mut().enumerate().for_each(|(t, scr)| {
-        let out = out;
         let mut cached_tile = usize::MAX;
         for item in split_range(items, workers, t) {
             let (tile, block) = (item / col_blocks, item % col_blocks);
@@ -179,7 +185,7 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws:
             // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
             // work item alone (see SharedOut).
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.0.add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
+                std::slice::from_raw_parts_mut(out.base().add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
             };
             let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
             matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, false);
