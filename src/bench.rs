@@ -43,11 +43,13 @@ pub fn run(
     batch: usize,
     steps: usize,
     warmup: usize,
+    algo: crate::engine::ConvAlgo,
 ) -> anyhow::Result<BenchResult> {
     // The classes of the network's home dataset: CIFAR-10 or ImageNet.
     let family = ModelConfig::from_name(model, shortcut, 1)?.family;
     let classes = if family == Family::Cifar { 10 } else { 1000 };
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 1);
+    net.set_conv_algo(algo);
     let s = net.config.image_size;
     let mut rng = Rng::new(7);
     let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();

@@ -1,10 +1,12 @@
 //! ResNet-20 against PyTorch (tools/golden_resnet20.py): logits, loss and every
 //! parameter gradient for one batch, and all parameters and running statistics after
-//! 3 SGD steps with momentum and weight decay, each within 1e-4 relative.
+//! 3 SGD steps with momentum and weight decay, each within 1e-4 relative; with the
+//! default convolution algorithms and with Winograd everywhere.
 
 mod common;
 
 use common::rel_err32;
+use resnet::engine::ConvAlgo;
 use resnet::engine::sgd::SgdConfig;
 use resnet::model::{ModelConfig, ResNet};
 use resnet::nn::Slot;
@@ -27,9 +29,25 @@ fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
 
 #[test]
 fn resnet20_matches_pytorch() {
+    check(ConvAlgo::Auto);
+}
+
+/// The same with every 3×3 convolution computed by Winograd F(4×4, 3×3), which this
+/// batch is too small for by default. Its float32 rounding (~1e-6 per layer, ~1e-5 on
+/// the gradients) is 5x direct summation's; the three steps memorize the two images
+/// (loss 3.48 -> 0.33 -> 0.034), shrinking the gradients ~100x while absolute rounding
+/// stays, so the parameters after 3 steps are held to 1e-3.
+#[test]
+fn resnet20_matches_pytorch_with_winograd() {
+    check(ConvAlgo::Winograd);
+}
+
+fn check(algo: ConvAlgo) {
+    let step3_tol = if algo == ConvAlgo::Winograd { 1e-3 } else { TOL };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
     let g = StateDict::read(&path).unwrap();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
+    model.set_conv_algo(algo);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
         *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
@@ -59,6 +77,7 @@ fn resnet20_matches_pytorch() {
 
     // Restart from the initial state and take 3 full SGD steps on the same batch.
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
+    model.set_conv_algo(algo);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
         *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
@@ -71,6 +90,6 @@ fn resnet20_matches_pytorch() {
     for t in model.named() {
         let got = to_torch(t.layout, &t.shape, t.value());
         let e = rel_err32(&got, g.get(&format!("step3.{}", t.name), &t.shape).unwrap());
-        assert!(e < TOL, "{} after 3 steps: rel err {e}", t.name);
+        assert!(e < step3_tol, "{} after 3 steps: rel err {e}", t.name);
     }
 }

@@ -2,10 +2,12 @@
 //! directional derivative g·v must match the central difference
 //! (L(θ+εv) − L(θ−εv)) / 2ε along random directions v. CIFAR layout (basic blocks,
 //! every shortcut option, plain) and ImageNet layout (7×7 stem, max pool, bottlenecks
-//! with the stride on either conv).
+//! with the stride on either conv); each with the default convolution algorithms and with
+//! Winograd for every 3×3 stride-1 layer.
 
 mod common;
 
+use resnet::engine::ConvAlgo;
 use resnet::engine::ops::softmax_cross_entropy;
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut, StrideAt};
 use resnet::rng::Rng;
@@ -60,10 +62,12 @@ fn whole_network_gradient_matches_finite_differences() {
         imagenet(Shortcut::B, StrideAt::Conv3x3),
         imagenet(Shortcut::A, StrideAt::First1x1),
     ];
-    for cfg in configs {
+    let configs = configs.iter().flat_map(|c| [(c.clone(), ConvAlgo::Auto), (c.clone(), ConvAlgo::Winograd)]);
+    for (cfg, algo) in configs {
         let (shortcut, residual, s) = (cfg.shortcut, cfg.residual, cfg.image_size);
-        let label = format!("{:?} {shortcut:?} residual={residual} {:?}", cfg.family, cfg.stride_at);
+        let label = format!("{:?} {shortcut:?} residual={residual} {:?} {algo:?}", cfg.family, cfg.stride_at);
         let mut model = ResNet::new(cfg, 3);
+        model.set_conv_algo(algo);
         let mut rng = Rng::new(11);
         let (n, hw) = (4, (s, s + 3));
         let x = common::random(&mut rng, n * hw.0 * hw.1 * 3);

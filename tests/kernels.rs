@@ -7,7 +7,7 @@ use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{Workspace, ops, sgd};
+use resnet::engine::{Workspace, ops, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -71,6 +71,10 @@ fn conv_forward_and_backward_match_naive_reference() {
         (1, ConvShape { c_in: 64, c_out: 40, kernel: 1, stride: 1, pad: 0, h: 3, w: 3 }),
         // Several row tiles (256 rows each) with a partial last one, across images.
         (3, ConvShape { c_in: 4, c_out: 8, kernel: 3, stride: 1, pad: 1, h: 13, w: 17 }),
+        // Winograd F(4x4, 3x3): partial edge tiles, and channel counts past its 64-wide chunks.
+        (4, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 13, w: 11 }),
+        (2, ConvShape { c_in: 72, c_out: 80, kernel: 3, stride: 1, pad: 1, h: 18, w: 17 }),
+        (40, ConvShape { c_in: 8, c_out: 8, kernel: 3, stride: 1, pad: 1, h: 3, w: 2 }),
     ];
     let mut ws = Workspace::new();
     for (n, s) in cases {
@@ -296,6 +300,35 @@ fn pooling_linear_softmax_match_reference() {
     assert!((loss as f64 - loss_ref).abs() < 1e-5 * loss_ref.abs());
     assert!(rel_err(&grad, &grad_ref) < TOL);
     assert_eq!(correct, correct_ref);
+}
+
+#[test]
+fn winograd_matches_naive_reference() {
+    // Called directly, whatever `applies` would choose on this machine's core count.
+    let mut rng = Rng::new(9);
+    let mut ws = Workspace::new();
+    for (n, c_in, c_out, h, w) in [(1, 8, 8, 4, 4), (3, 16, 24, 13, 11), (2, 72, 80, 9, 18), (5, 8, 16, 1, 7)] {
+        let s = ConvShape { c_in, c_out, kernel: 3, stride: 1, pad: 1, h, w };
+        let x = random(&mut rng, n * s.in_len());
+        let wt = random(&mut rng, s.weight_len());
+        let dy = random(&mut rng, n * s.out_len());
+        let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &wt, &dy);
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        winograd::forward(&s, n, &x, &wt, &mut y, false, &mut ws);
+        assert!(rel_err(&y, &y_ref) < TOL, "winograd forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
+        // Accumulating forward: y + conv(x) = 2·conv(x).
+        winograd::forward(&s, n, &x, &wt, &mut y, true, &mut ws);
+        let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
+        assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {s:?}");
+        let base = random(&mut rng, n * s.in_len());
+        let mut dx = base.clone();
+        winograd::backward_data(&s, n, &dy, &wt, &mut dx, &mut ws);
+        let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
+        assert!(rel_err(&dx, &dx_ref) < TOL, "winograd backward-data {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
+        let mut dw = vec![f32::NAN; s.weight_len()];
+        winograd::backward_weights(&s, n, &x, &dy, &mut dw, &mut ws);
+        assert!(rel_err(&dw, &dw_ref) < TOL, "winograd backward-weights {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
+    }
 }
 
 /// Naive max pool: each output is the max over its window (padding excluded), and the

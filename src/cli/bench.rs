@@ -1,5 +1,6 @@
 use anyhow::Result;
 use resnet::bench;
+use resnet::engine::ConvAlgo;
 use resnet::model::Shortcut;
 use std::process::ExitCode;
 
@@ -18,6 +19,9 @@ pub struct Args {
     /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
     #[arg(long, value_parser = super::parse_shortcut)]
     shortcut: Option<Shortcut>,
+    /// 3×3 stride-1 convolutions: auto (the faster per layer), im2col or winograd.
+    #[arg(long, default_value = "auto", value_parser = parse_algo)]
+    conv: ConvAlgo,
     /// Skip measuring the machine's f32 GEMM peak.
     #[arg(long)]
     no_peak: bool,
@@ -30,8 +34,17 @@ pub struct Args {
     loader_threads: usize,
 }
 
+fn parse_algo(s: &str) -> Result<ConvAlgo, String> {
+    match s {
+        "auto" => Ok(ConvAlgo::Auto),
+        "im2col" => Ok(ConvAlgo::Im2col),
+        "winograd" => Ok(ConvAlgo::Winograd),
+        _ => Err(format!("unknown --conv '{s}' (expected auto, im2col or winograd)")),
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup)?;
+    let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup, a.conv)?;
     let threads = rayon::current_num_threads();
     println!("model: {} batch {} threads {threads}", a.model, a.batch);
     println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);

@@ -12,7 +12,7 @@
 //! neighbouring rows overlaps), tile by tile within each thread's images.
 
 use super::matmul::{Mat, matmul};
-use super::{Workspace, ensure_len, split_range};
+use super::{Workspace, ensure_len, split_range, winograd};
 use rayon::prelude::*;
 
 /// Output rows per GEMM (see the module comment).
@@ -151,12 +151,20 @@ impl SharedOut {
     }
 }
 
-/// `y = conv(x, w)` for a batch of `n` images.
+/// `y = conv(x, w)` for a batch of `n` images, by Winograd where it applies.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
+    if winograd::applies(s, n, ws.threads.len(), ws.algo) {
+        return winograd::forward(s, n, x, w, y, false, ws);
+    }
+    forward_im2col(s, n, x, w, y, ws)
+}
+
+/// `y = conv(x, w)` by im2col + GEMM, whatever the shape.
+pub fn forward_im2col(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
+    let threads = ws.threads.len();
     let rows = n * s.out_pixels();
     let tiles = rows.div_ceil(TILE_ROWS);
-    let threads = ws.threads.len();
     // Few rows (late layers at small batch): split the output channels too, in blocks of
     // whole SIMD widths, so every thread has work.
     let col_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(s.c_out / 16).max(1) };
@@ -185,7 +193,10 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws:
             // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
             // work item alone (see SharedOut).
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.base().add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
+                std::slice::from_raw_parts_mut(
+                    out.base().add(start * s.c_out + cols.start),
+                    (m - 1) * s.c_out + cols.len(),
+                )
             };
             let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
             matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, false);
@@ -194,9 +205,31 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws:
 }
 
 /// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and, when `dx` is
-/// given, `dx += col2im(dy·w)` (accumulated, so a caller can sum branches).
+/// given, `dx += conv3x3ᵀ(dy)` (accumulated, so a caller can sum branches), by Winograd
+/// where it applies.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dx: Option<&mut [f32]>,
+    ws: &mut Workspace,
+) {
+    if !winograd::applies(s, n, ws.threads.len(), ws.algo) {
+        return backward_im2col(s, n, x, w, dy, dw, dx, ws);
+    }
+    winograd::backward_weights(s, n, x, dy, dw, ws);
+    if let Some(dx) = dx {
+        winograd::backward_data(s, n, dy, w, dx, ws);
+    }
+}
+
+/// `backward` by im2col + GEMM (and col2im for the input gradient), whatever the shape.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_im2col(
     s: &ConvShape,
     n: usize,
     x: &[f32],

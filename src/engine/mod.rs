@@ -18,6 +18,7 @@ pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod sgd;
+pub mod winograd;
 
 /// Scratch memory of one worker thread. Buffers only grow.
 #[derive(Default)]
@@ -25,17 +26,38 @@ pub struct Scratch {
     pub col: Vec<f32>,
     pub dcol: Vec<f32>,
     pub dw: Vec<f32>,
+    pub winograd: winograd::Bufs,
 }
 
-/// Per-thread scratch for all kernels, reused across layers and steps.
+/// How 3×3 stride-1 convolutions are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Winograd where it measured faster (enough channels and tiles), else im2col.
+    #[default]
+    Auto,
+    Im2col,
+    /// Winograd for every 3×3 stride-1 pad-1 layer (tests use it on small networks).
+    Winograd,
+}
+
+/// Per-thread scratch for all kernels, reused across layers and steps, the shared
+/// transformed weights of the Winograd convolution, and the convolution algorithm.
 pub struct Workspace {
     pub threads: Vec<Scratch>,
+    pub winograd_u: Vec<f32>,
+    pub winograd_flip: Vec<f32>,
+    pub algo: ConvAlgo,
 }
 
 impl Workspace {
     pub fn new() -> Self {
         let n = rayon::current_num_threads().max(1);
-        Workspace { threads: (0..n).map(|_| Scratch::default()).collect() }
+        Workspace {
+            threads: (0..n).map(|_| Scratch::default()).collect(),
+            winograd_u: Vec::new(),
+            winograd_flip: Vec::new(),
+            algo: ConvAlgo::Auto,
+        }
     }
 }
 

@@ -106,6 +106,11 @@ impl ResNet {
         }
     }
 
+    /// How 3×3 stride-1 convolutions are computed (default: the faster, per layer).
+    pub fn set_conv_algo(&mut self, algo: crate::engine::ConvAlgo) {
+        self.ws.algo = algo;
+    }
+
     pub fn classes(&self) -> usize {
         self.config.classes
     }

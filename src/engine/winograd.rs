@@ -1,0 +1,403 @@
+//! Winograd convolution F(4×4, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2015) for 3×3, stride-1, pad-1 layers, NHWC.
+//!
+//! Each 4×4 output tile comes from a 6×6 input tile: `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`,
+//! 36 multiplies per (input, output) channel pair instead of 144. Summed over input
+//! channels, the elementwise products become 36 independent GEMMs per block of tiles,
+//! `M[p] = V[p] · U[p]` with `V[p]` [tiles × c_in] and `U[p]` [c_in × c_out]. Transforms
+//! run over whole channel vectors (contiguous in NHWC), so they vectorize.
+//!
+//! In float32 this is accurate to about 1e-6 relative per layer (direct summation: 1e-7).
+//! The backward-data pass of such a layer is the same convolution on the output gradient
+//! with the kernel rotated by 180° and its channel roles swapped.
+
+use super::conv::ConvShape;
+use super::matmul::{Mat, matmul};
+use super::{ConvAlgo, Workspace, ensure_len, split_range};
+use rayon::prelude::*;
+
+/// Input tile side, output tile side.
+const T_IN: usize = 6;
+const T_OUT: usize = 4;
+const POS: usize = T_IN * T_IN;
+/// Tiles per block: enough rows for efficient GEMMs, few enough to stay in cache.
+const MAX_BLOCK: usize = 128;
+const MIN_BLOCK: usize = 32;
+
+/// Tiles per block for `tiles` tiles on `threads` threads: as large as allowed while
+/// every thread still gets a block.
+fn block_size(tiles: usize, threads: usize) -> usize {
+    (tiles / threads.max(1)).clamp(MIN_BLOCK, MAX_BLOCK)
+}
+
+/// Whether a convolution is done this way. `Auto`: 3×3, stride 1, pad 1, at least 32
+/// channels on each side (below that the transforms cost more than the multiplies they
+/// save), a block of tiles for every thread, and at least 128 tiles to pay for
+/// transforming the weights (`examples/conv_algos.rs` measures both algorithms).
+pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo) -> bool {
+    let tiles = n * s.h.div_ceil(T_OUT) * s.w.div_ceil(T_OUT);
+    let shape = s.kernel == 3 && s.stride == 1 && s.pad == 1;
+    match algo {
+        ConvAlgo::Im2col => false,
+        ConvAlgo::Winograd => shape,
+        ConvAlgo::Auto => shape && s.c_in >= 32 && s.c_out >= 32 && tiles >= (MIN_BLOCK * threads).max(128),
+    }
+}
+
+/// `Bᵀ z` for the six values `z[i·step]` of each channel, into `out[i·ostep]`.
+#[inline(always)]
+fn input_1d(z: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
+    for j in 0..c {
+        let [z0, z1, z2, z3, z4, z5] = std::array::from_fn(|i| z[i * step + j]);
+        out[j] = 4.0 * z0 - 5.0 * z2 + z4;
+        out[ostep + j] = -4.0 * (z1 + z2) + z3 + z4;
+        out[2 * ostep + j] = 4.0 * (z1 - z2) - z3 + z4;
+        out[3 * ostep + j] = 2.0 * (z3 - z1) - z2 + z4;
+        out[4 * ostep + j] = 2.0 * (z1 - z3) - z2 + z4;
+        out[5 * ostep + j] = 4.0 * z1 - 5.0 * z3 + z5;
+    }
+}
+
+/// `Aᵀ m` for six values per channel into four.
+#[inline(always)]
+fn output_1d(m: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
+    for j in 0..c {
+        let [m0, m1, m2, m3, m4, m5] = std::array::from_fn(|i| m[i * step + j]);
+        let (a, b) = (m1 + m2, m1 - m2);
+        let (p, q) = (m3 + m4, m3 - m4);
+        out[j] = m0 + a + p;
+        out[ostep + j] = b + 2.0 * q;
+        out[2 * ostep + j] = a + 4.0 * p;
+        out[3 * ostep + j] = b + 8.0 * q + m5;
+    }
+}
+
+/// `G g Gᵀ` of every (input, output) channel pair from OHWI weights, as `u[ci][p][co]`
+/// (so `U[p]` is a `c_in × c_out` matrix with row stride `36·c_out`). Vectorized over
+/// output channels, parallel over input channels.
+fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
+    const G: [[f32; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let (ci_n, co) = (s.c_in, s.c_out);
+    u[..ci_n * POS * co].par_chunks_mut(POS * co).enumerate().for_each(|(ci, uc)| {
+        // g[tap][co] for this input channel, then G g (6×3) per output channel.
+        let g: Vec<f32> = (0..9).flat_map(|tap| (0..co).map(move |o| w[(o * 9 + tap) * ci_n + ci])).collect();
+        let mut gg = vec![0f32; 6 * 3 * co];
+        for (i, row) in G.iter().enumerate() {
+            for kx in 0..3 {
+                let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
+                for (ky, &f) in row.iter().enumerate() {
+                    if f != 0.0 {
+                        let src = &g[(ky * 3 + kx) * co..(ky * 3 + kx + 1) * co];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                    }
+                }
+            }
+        }
+        uc.fill(0.0);
+        for i in 0..T_IN {
+            for (j, row) in G.iter().enumerate() {
+                let dst = &mut uc[(i * T_IN + j) * co..(i * T_IN + j + 1) * co];
+                for (kx, &f) in row.iter().enumerate() {
+                    if f != 0.0 {
+                        let src = &gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The shared output of the threads: each block writes only its own tiles' pixels.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tiles are disjoint rectangles of the output, and each belongs to one block.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, so closures capture the whole (Sync) wrapper, not the raw pointer field.
+    fn base(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Per-thread buffers: a block's transformed inputs and products, and one tile's scratch.
+#[derive(Default)]
+pub struct Bufs {
+    v: Vec<f32>,
+    m: Vec<f32>,
+    tile: Vec<f32>,
+    tmp: Vec<f32>,
+    /// The weight gradient in the transformed domain, `[p][c_out][c_in]`, summed over
+    /// this thread's tiles.
+    du: Vec<f32>,
+}
+
+/// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it.
+pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool, ws: &mut Workspace) {
+    assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
+    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
+    let (ci, co) = (s.c_in, s.c_out);
+    let u = &mut ws.winograd_u;
+    ensure_len(u, POS * ci * co);
+    weight_transform(s, w, u);
+    let u = &ws.winograd_u[..POS * ci * co];
+    let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
+    let tiles = n * grid.0 * grid.1;
+    let block = block_size(tiles, ws.threads.len());
+    let blocks = tiles.div_ceil(block);
+    let threads = ws.threads.len().min(blocks).max(1);
+    let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
+    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+        let b = &mut scr.winograd;
+        ensure_len(&mut b.tile, POS * ci.max(co));
+        ensure_len(&mut b.tmp, POS * ci.max(co));
+        for index in split_range(blocks, threads, t) {
+            let first = index * block;
+            let count = block.min(tiles - first);
+            ensure_len(&mut b.v, POS * count * ci);
+            ensure_len(&mut b.m, POS * count * co);
+            for k in 0..count {
+                transform_input(s, x, first + k, grid, b, count, k);
+            }
+            for p in 0..POS {
+                let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
+                let up = Mat { data: &u[p * co..], rs: POS * co, cs: 1 };
+                matmul(&mut b.m[p * count * co..(p + 1) * count * co], co, count, co, ci, v, up, false);
+            }
+            for k in 0..count {
+                transform_output(s, b, count, k, first + k, grid, out, accumulate);
+            }
+        }
+    });
+}
+
+/// Image, tile row and tile column of tile `tile`.
+fn tile_position(tile: usize, (th, tw): (usize, usize)) -> (usize, usize, usize) {
+    (tile / (th * tw), tile / tw % th, tile % tw)
+}
+
+/// The 6×6 input tile of `tile` (zero outside the image), transformed: `Bᵀ d B` → `v[p][k][·]`.
+fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), b: &mut Bufs, count: usize, k: usize) {
+    let c = s.c_in;
+    let (img, ty, tx) = tile_position(tile, grid);
+    let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+    let (iy0, ix0) = ((ty * T_OUT) as isize - 1, (tx * T_OUT) as isize - 1);
+    let inside = iy0 >= 0 && ix0 >= 0 && iy0 as usize + T_IN <= s.h && ix0 as usize + T_IN <= s.w;
+    // Interior tiles are read in place; edge tiles are gathered with zeros first.
+    let (src, base, row_step): (&[f32], usize, usize) = if inside {
+        (xi, (iy0 as usize * s.w + ix0 as usize) * c, s.w * c)
+    } else {
+        for r in 0..T_IN {
+            for q in 0..T_IN {
+                let (iy, ix) = (iy0 + r as isize, ix0 + q as isize);
+                let dst = &mut b.tile[(r * T_IN + q) * c..(r * T_IN + q + 1) * c];
+                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                    dst.fill(0.0);
+                } else {
+                    let at = (iy as usize * s.w + ix as usize) * c;
+                    dst.copy_from_slice(&xi[at..at + c]);
+                }
+            }
+        }
+        (&b.tile, 0, T_IN * c)
+    };
+    // Bᵀ down each column, then along each row straight into the block's v.
+    for q in 0..T_IN {
+        input_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_IN * c, c);
+    }
+    for r in 0..T_IN {
+        input_1d(&b.tmp[r * T_IN * c..], c, &mut b.v[(r * T_IN * count + k) * c..], count * c, c);
+    }
+}
+
+/// Products `m[p][k][·]` of tile `tile` → its 4×4 output pixels (clipped at the edges).
+#[allow(clippy::too_many_arguments)]
+fn transform_output(
+    s: &ConvShape,
+    b: &mut Bufs,
+    count: usize,
+    k: usize,
+    tile: usize,
+    grid: (usize, usize),
+    out: SharedOut,
+    accumulate: bool,
+) {
+    let c = s.c_out;
+    let (img, ty, tx) = tile_position(tile, grid);
+    // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
+    for q in 0..T_IN {
+        output_1d(&b.m[(q * count + k) * c..], T_IN * count * c, &mut b.tmp[q * c..], T_IN * c, c);
+    }
+    let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
+    let full_row = ox0 + T_OUT <= s.w;
+    for r in 0..T_OUT.min(s.h - oy0) {
+        let at = ((img * s.h + oy0 + r) * s.w + ox0) * c;
+        let width = T_OUT.min(s.w - ox0);
+        // SAFETY: these pixels lie in this tile, which only this block writes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), width * c) };
+        if full_row && !accumulate {
+            output_1d(&b.tmp[r * T_IN * c..], c, dst, c, c);
+        } else {
+            let row = &mut b.tile[..T_OUT * c];
+            output_1d(&b.tmp[r * T_IN * c..], c, row, c, c);
+            if accumulate {
+                dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v);
+            } else {
+                dst.copy_from_slice(&row[..width * c]);
+            }
+        }
+    }
+}
+
+/// `A q` for four values per channel into six (the transpose of the output transform).
+#[inline(always)]
+fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
+    for j in 0..c {
+        let [q0, q1, q2, q3] = std::array::from_fn(|i| q[i * step + j]);
+        let (a, b) = (q0 + q2, q1 + q3);
+        let (p, r) = (q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
+        out[j] = q0;
+        out[ostep + j] = a + b;
+        out[2 * ostep + j] = a - b;
+        out[3 * ostep + j] = p + r;
+        out[4 * ostep + j] = p - r;
+        out[5 * ostep + j] = q3;
+    }
+}
+
+/// The 4×4 output-gradient tile of `tile` (zero outside the image), transformed:
+/// `A dY Aᵀ` → `m[p][k][·]`.
+fn transform_gradient(
+    s: &ConvShape,
+    dy: &[f32],
+    tile: usize,
+    grid: (usize, usize),
+    b: &mut Bufs,
+    count: usize,
+    k: usize,
+) {
+    let c = s.c_out;
+    let (img, ty, tx) = tile_position(tile, grid);
+    let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
+    let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
+    let (src, base, row_step): (&[f32], usize, usize) = if oy0 + T_OUT <= s.h && ox0 + T_OUT <= s.w {
+        (dyi, (oy0 * s.w + ox0) * c, s.w * c)
+    } else {
+        for r in 0..T_OUT {
+            for q in 0..T_OUT {
+                let dst = &mut b.tile[(r * T_OUT + q) * c..(r * T_OUT + q + 1) * c];
+                if oy0 + r >= s.h || ox0 + q >= s.w {
+                    dst.fill(0.0);
+                } else {
+                    let at = ((oy0 + r) * s.w + ox0 + q) * c;
+                    dst.copy_from_slice(&dyi[at..at + c]);
+                }
+            }
+        }
+        (&b.tile, 0, T_OUT * c)
+    };
+    for q in 0..T_OUT {
+        gradient_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_OUT * c, c);
+    }
+    for r in 0..T_IN {
+        gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[(r * T_IN * count + k) * c..], count * c, c);
+    }
+}
+
+/// `dw = Σ dyᵀ·col(x)` (overwritten) for a 3×3 stride-1 layer:
+/// `dU[p] = Σ_tiles (A dY Aᵀ)[p]ᵀ · (Bᵀ d B)[p]`, then `dw = Gᵀ dU G`.
+pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], ws: &mut Workspace) {
+    assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
+    assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() == s.weight_len());
+    let (ci, co) = (s.c_in, s.c_out);
+    let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
+    let tiles = n * grid.0 * grid.1;
+    let block = block_size(tiles, ws.threads.len());
+    let blocks = tiles.div_ceil(block);
+    let threads = ws.threads.len().min(blocks).max(1);
+    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+        let b = &mut scr.winograd;
+        ensure_len(&mut b.tile, POS * ci.max(co));
+        ensure_len(&mut b.tmp, POS * ci.max(co));
+        ensure_len(&mut b.du, POS * co * ci);
+        b.du[..POS * co * ci].fill(0.0);
+        for index in split_range(blocks, threads, t) {
+            let first = index * block;
+            let count = block.min(tiles - first);
+            ensure_len(&mut b.v, POS * count * ci);
+            ensure_len(&mut b.m, POS * count * co);
+            for k in 0..count {
+                transform_input(s, x, first + k, grid, b, count, k);
+                transform_gradient(s, dy, first + k, grid, b, count, k);
+            }
+            for p in 0..POS {
+                // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
+                let yt = Mat::transposed(&b.m[p * count * co..(p + 1) * count * co], co);
+                let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
+                matmul(&mut b.du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
+            }
+        }
+    });
+    // Sum the threads' dU into the first, then dw[co][ky][kx][ci] = Σ G[i][ky] dU[i,j] G[j][kx].
+    let (first, rest) = ws.threads.split_at_mut(1);
+    let du = &mut first[0].winograd.du[..POS * co * ci];
+    for other in &rest[..threads - 1] {
+        du.iter_mut().zip(&other.winograd.du).for_each(|(a, b)| *a += b);
+    }
+    const G: [[f32; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let du: &[f32] = du;
+    dw[..s.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
+        dwo.fill(0.0);
+        for i in 0..T_IN {
+            for j in 0..T_IN {
+                let src = &du[((i * T_IN + j) * co + o) * ci..][..ci];
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let f = G[i][ky] * G[j][kx];
+                        if f != 0.0 {
+                            let dst = &mut dwo[(ky * 3 + kx) * ci..(ky * 3 + kx + 1) * ci];
+                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dx += conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
+/// kernel rotated by 180° and input/output channels swapped.
+pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace) {
+    let flipped = &mut ws.winograd_flip;
+    ensure_len(flipped, s.weight_len());
+    let (ci, co) = (s.c_in, s.c_out);
+    for o in 0..co {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                for i in 0..ci {
+                    flipped[((i * 3 + 2 - ky) * 3 + 2 - kx) * co + o] = w[((o * 3 + ky) * 3 + kx) * ci + i];
+                }
+            }
+        }
+    }
+    let t = ConvShape { c_in: co, c_out: ci, ..*s };
+    let flipped = std::mem::take(&mut ws.winograd_flip);
+    forward(&t, n, dy, &flipped[..s.weight_len()], dx, true, ws);
+    ws.winograd_flip = flipped;
+}
