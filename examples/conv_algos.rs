@@ -37,8 +37,8 @@ fn main() {
         let w = vec![0.01f32; s.weight_len()];
         let mut y = vec![0f32; n * s.out_len()];
         let flops = 2.0 * (n * s.out_pixels() * s.weight_len()) as f64;
-        let a = time(|| conv::forward_im2col(&s, n, &x, &w, &mut y, &mut ws));
-        let b = time(|| winograd::forward(&s, n, &x, &w, &mut y, false, &mut ws));
+        let a = time(|| conv::forward_im2col(&s, n, &x, &w, &mut y, None, &mut ws));
+        let b = time(|| winograd::forward(&s, n, &x, &w, &mut y, false, None, &mut ws));
         // Backward-data by im2col: both gradients minus the weight gradient alone.
         let mut dw = vec![0f32; s.weight_len()];
         let mut dx = vec![0f32; n * s.in_len()];

@@ -7,7 +7,7 @@ use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{Workspace, ops, sgd, winograd};
+use resnet::engine::{ConvAlgo, Workspace, ops, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -314,10 +314,10 @@ fn winograd_matches_naive_reference() {
         let dy = random(&mut rng, n * s.out_len());
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &wt, &dy);
         let mut y = vec![f32::NAN; n * s.out_len()];
-        winograd::forward(&s, n, &x, &wt, &mut y, false, &mut ws);
+        winograd::forward(&s, n, &x, &wt, &mut y, false, None, &mut ws);
         assert!(rel_err(&y, &y_ref) < TOL, "winograd forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
         // Accumulating forward: y + conv(x) = 2·conv(x).
-        winograd::forward(&s, n, &x, &wt, &mut y, true, &mut ws);
+        winograd::forward(&s, n, &x, &wt, &mut y, true, None, &mut ws);
         let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
         assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {s:?}");
         let base = random(&mut rng, n * s.in_len());
@@ -328,6 +328,36 @@ fn winograd_matches_naive_reference() {
         let mut dw = vec![f32::NAN; s.weight_len()];
         winograd::backward_weights(&s, n, &x, &dy, &mut dw, &mut ws);
         assert!(rel_err(&dw, &dw_ref) < TOL, "winograd backward-weights {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
+    }
+}
+
+#[test]
+fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
+    // y = relu(conv(x)·scale + shift + residual), on both algorithms and the channel split.
+    let mut rng = Rng::new(10);
+    for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd] {
+        let mut ws = Workspace::new();
+        ws.algo = algo;
+        for (n, s) in [
+            (3, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 9, w: 7 }),
+            (1, ConvShape { c_in: 8, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 3, w: 4 }),
+        ] {
+            let x = random(&mut rng, n * s.in_len());
+            let w = random(&mut rng, s.weight_len());
+            let scale = random(&mut rng, s.c_out);
+            let shift = random(&mut rng, s.c_out);
+            let residual = random(&mut rng, n * s.out_len());
+            let (y_ref, _, _) = conv_ref(&s, n, &x, &w, &vec![0.0; n * s.out_len()]);
+            let want: Vec<f64> = y_ref
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v * scale[i % s.c_out] as f64 + shift[i % s.c_out] as f64 + residual[i] as f64).max(0.0))
+                .collect();
+            let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
+            let mut y = vec![f32::NAN; n * s.out_len()];
+            conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), &mut ws);
+            assert!(rel_err(&y, &want) < TOL, "{algo:?} {s:?}: {}", rel_err(&y, &want));
+        }
     }
 }
 

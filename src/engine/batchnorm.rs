@@ -124,9 +124,17 @@ pub fn forward_eval(
     y: &mut [f32],
 ) {
     let c = p.gamma.len();
-    let scale: Vec<f32> = (0..c).map(|j| p.gamma[j] / (running_var[j] + p.eps).sqrt()).collect();
-    let shift: Vec<f32> = (0..c).map(|j| p.beta[j] - running_mean[j] * scale[j]).collect();
+    let (mut scale, mut shift) = (vec![0f32; c], vec![0f32; c]);
+    eval_affine(p, running_mean, running_var, &mut scale, &mut shift);
     apply(&x[..rows * c], c, &scale, &shift, residual, relu, &mut y[..rows * c]);
+}
+
+/// Inference-mode BatchNorm as `x·scale + shift`, from the running statistics.
+pub fn eval_affine(p: &BnParams, running_mean: &[f32], running_var: &[f32], scale: &mut [f32], shift: &mut [f32]) {
+    for j in 0..p.gamma.len() {
+        scale[j] = p.gamma[j] / (running_var[j] + p.eps).sqrt();
+        shift[j] = p.beta[j] - running_mean[j] * scale[j];
+    }
 }
 
 /// Training-mode backward, in place: `g` holds dL/dy on entry and dL/dx on return.

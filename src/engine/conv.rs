@@ -58,6 +58,37 @@ impl ConvShape {
     }
 }
 
+/// What happens to each output value right after it is computed, in inference: the
+/// BatchNorm affine transform, the residual addition and the ReLU,
+/// `y = relu(y·scale + shift + residual)`, while the tile is still in cache.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    /// Added after the affine transform, NHWC like the output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies to `out`, the channels `cols` of output pixel `pixel` (counted over the
+    /// batch), of a layer with `c_out` channels.
+    #[inline]
+    pub fn apply(&self, out: &mut [f32], pixel: usize, c_out: usize, cols: std::ops::Range<usize>) {
+        let (scale, shift) = (&self.scale[cols.clone()], &self.shift[cols.clone()]);
+        for ((v, s), b) in out.iter_mut().zip(scale).zip(shift) {
+            *v = *v * s + b;
+        }
+        if let Some(res) = self.residual {
+            let r = &res[pixel * c_out + cols.start..pixel * c_out + cols.end];
+            out.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+        }
+        if self.relu {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
 /// Visits output rows `rows` (global over the batch) as (row index, image, oy, ox).
 fn for_each_row(s: &ConvShape, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, usize, usize)) {
     let (ow, pixels) = (s.out_w(), s.out_pixels());
@@ -153,14 +184,37 @@ impl SharedOut {
 
 /// `y = conv(x, w)` for a batch of `n` images, by Winograd where it applies.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
-    if winograd::applies(s, n, ws.threads.len(), ws.algo) {
-        return winograd::forward(s, n, x, w, y, false, ws);
-    }
-    forward_im2col(s, n, x, w, y, ws)
+    forward_with(s, n, x, w, y, None, ws)
 }
 
-/// `y = conv(x, w)` by im2col + GEMM, whatever the shape.
-pub fn forward_im2col(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
+/// `y = epilogue(conv(x, w))`, by Winograd where it applies.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    if winograd::applies(s, n, ws.threads.len(), ws.algo) {
+        return winograd::forward(s, n, x, w, y, false, epi, ws);
+    }
+    forward_im2col(s, n, x, w, y, epi, ws)
+}
+
+/// `y = epilogue(conv(x, w))` by im2col + GEMM, whatever the shape.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_im2col(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
@@ -200,6 +254,11 @@ pub fn forward_im2col(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f3
             };
             let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
             matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, false);
+            if let Some(epi) = epi {
+                for r in 0..m {
+                    epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
+                }
+            }
         }
     });
 }

@@ -11,7 +11,7 @@
 //! The backward-data pass of such a layer is the same convolution on the output gradient
 //! with the kernel rotated by 180° and its channel roles swapped.
 
-use super::conv::ConvShape;
+use super::conv::{ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
 use super::{ConvAlgo, Workspace, ensure_len, split_range};
 use rayon::prelude::*;
@@ -141,8 +141,21 @@ pub struct Bufs {
     du: Vec<f32>,
 }
 
-/// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it.
-pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool, ws: &mut Workspace) {
+/// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it. An
+/// epilogue (inference BatchNorm, residual, ReLU) is applied to each tile as it is
+/// written (not with `accumulate`).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let (ci, co) = (s.c_in, s.c_out);
@@ -174,7 +187,7 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], acc
                 matmul(&mut b.m[p * count * co..(p + 1) * count * co], co, count, co, ci, v, up, false);
             }
             for k in 0..count {
-                transform_output(s, b, count, k, first + k, grid, out, accumulate);
+                transform_output(s, b, count, k, first + k, grid, out, accumulate, epi);
             }
         }
     });
@@ -230,6 +243,7 @@ fn transform_output(
     grid: (usize, usize),
     out: SharedOut,
     accumulate: bool,
+    epi: Option<&Epilogue>,
 ) {
     let c = s.c_out;
     let (img, ty, tx) = tile_position(tile, grid);
@@ -253,6 +267,12 @@ fn transform_output(
                 dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v);
             } else {
                 dst.copy_from_slice(&row[..width * c]);
+            }
+        }
+        if let Some(epi) = epi {
+            let pixel = (img * s.h + oy0 + r) * s.w + ox0;
+            for (q, px) in dst.chunks_exact_mut(c).enumerate() {
+                epi.apply(px, pixel + q, c, 0..c);
             }
         }
     }
@@ -398,6 +418,6 @@ pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f
     }
     let t = ConvShape { c_in: co, c_out: ci, ..*s };
     let flipped = std::mem::take(&mut ws.winograd_flip);
-    forward(&t, n, dy, &flipped[..s.weight_len()], dx, true, ws);
+    forward(&t, n, dy, &flipped[..s.weight_len()], dx, true, None, ws);
     ws.winograd_flip = flipped;
 }

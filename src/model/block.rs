@@ -254,7 +254,8 @@ impl Block {
         }
     }
 
-    /// Inference forward with borrowed scratch (nothing saved): `out = block(x)`.
+    /// Inference forward with borrowed scratch (nothing saved): `out = block(x)`. Each
+    /// conv applies its BatchNorm (and the residual and ReLU) as it writes its output.
     /// `t` are three scratch buffers of at least `max_len(n, hw)` elements.
     pub fn forward_eval(
         &mut self,
@@ -274,23 +275,28 @@ impl Block {
                 Some(s.as_slice())
             }
             ShortcutPath::Projection(p) => {
-                p.run(false, n, hw, x, a, None, false, s, ws);
+                let epi = p.bn.epilogue(None, false);
+                p.conv.forward_fused(n, hw, x, s, &epi, ws);
                 Some(s.as_slice())
             }
         };
-        // Units alternate: conv into `a`, BN+ReLU into `b`, the next conv reads `b`.
+        // Unit i writes `a` (even i) or `b` (odd i) and the next reads it; the last writes `out`.
         let last = self.units.len() - 1;
         let mut cur = hw;
         for (i, u) in self.units.iter_mut().enumerate() {
-            let input: &[f32] = if i == 0 { x } else { b };
-            u.conv.forward(n, cur, input, a, ws);
-            cur = u.conv.out_hw(cur.0, cur.1);
-            let rows = n * cur.0 * cur.1;
+            let (src, dst): (&[f32], &mut [f32]) = match (i, i % 2) {
+                (0, _) => (x, a.as_mut_slice()),
+                (_, 1) => (a.as_slice(), b.as_mut_slice()),
+                _ => (b.as_slice(), a.as_mut_slice()),
+            };
             if i < last {
-                u.bn.forward(false, rows, a, None, true, b);
+                let epi = u.bn.epilogue(None, true);
+                u.conv.forward_fused(n, cur, src, dst, &epi, ws);
             } else {
-                u.bn.forward(false, rows, a, residual, true, out);
+                let epi = u.bn.epilogue(residual, true);
+                u.conv.forward_fused(n, cur, src, out, &epi, ws);
             }
+            cur = u.conv.out_hw(cur.0, cur.1);
         }
     }
 

@@ -201,17 +201,18 @@ impl ResNet {
             ensure_len(v, largest);
         }
         let [io0, io1] = &mut self.eval_io;
-        let [t0, t1, _] = &mut self.eval_tmp;
+        let [t0, _, _] = &mut self.eval_tmp;
         let mut cur = self.stem.conv.out_hw(hw.0, hw.1);
+        let epi = self.stem.bn.epilogue(None, true);
         match &mut self.pool {
-            None => self.stem.run(false, n, hw, images, t0, None, true, io0, &mut self.ws),
+            None => self.stem.conv.forward_fused(n, hw, images, io0, &epi, &mut self.ws),
             Some(p) => {
-                self.stem.run(false, n, hw, images, t0, None, true, t1, &mut self.ws);
+                self.stem.conv.forward_fused(n, hw, images, t0, &epi, &mut self.ws);
                 let s = MaxPool::shape(self.stem.conv.c_out, cur);
                 if p.argmax.len() < n * s.out_len() {
                     p.argmax.resize(n * s.out_len(), 0);
                 }
-                pool::maxpool_forward(&s, n, t1, io0, &mut p.argmax);
+                pool::maxpool_forward(&s, n, t0, io0, &mut p.argmax);
                 cur = (s.out_h(), s.out_w());
             }
         }

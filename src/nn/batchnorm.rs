@@ -1,5 +1,6 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::batchnorm::{self as bn, BnParams};
+use crate::engine::conv;
 
 /// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1, γ=1, β=0).
 pub struct BatchNorm2d {
@@ -11,6 +12,9 @@ pub struct BatchNorm2d {
     pub eps: f32,
     mean: Vec<f32>,
     invstd: Vec<f32>,
+    /// The inference transform `x·scale + shift` from the running statistics.
+    eval_scale: Vec<f32>,
+    eval_shift: Vec<f32>,
 }
 
 impl BatchNorm2d {
@@ -24,6 +28,8 @@ impl BatchNorm2d {
             eps: 1e-5,
             mean: vec![0.0; c],
             invstd: vec![0.0; c],
+            eval_scale: vec![0.0; c],
+            eval_shift: vec![0.0; c],
         }
     }
 
@@ -55,6 +61,13 @@ impl BatchNorm2d {
         } else {
             bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
         }
+    }
+
+    /// The inference-mode transform as a convolution epilogue: `relu(x·scale + shift + residual)`.
+    pub fn epilogue<'a>(&'a mut self, residual: Option<&'a [f32]>, relu: bool) -> conv::Epilogue<'a> {
+        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+        bn::eval_affine(&p, &self.running_mean, &self.running_var, &mut self.eval_scale, &mut self.eval_shift);
+        conv::Epilogue { scale: &self.eval_scale, shift: &self.eval_shift, residual, relu }
     }
 
     /// In place: `g` is dL/d(output) on entry (masked by `relu_out` if given), dL/dx on return.

@@ -32,6 +32,18 @@ impl Conv2d {
     pub fn forward(&self, n: usize, (h, w): (usize, usize), x: &[f32], y: &mut [f32], ws: &mut Workspace) {
         conv::forward(&self.shape(h, w), n, x, &self.weight.value, y, ws);
     }
+    /// `y = epilogue(conv(x))`: inference with BatchNorm, residual and ReLU fused in.
+    pub fn forward_fused(
+        &self,
+        n: usize,
+        (h, w): (usize, usize),
+        x: &[f32],
+        y: &mut [f32],
+        epi: &conv::Epilogue,
+        ws: &mut Workspace,
+    ) {
+        conv::forward_with(&self.shape(h, w), n, x, &self.weight.value, y, Some(epi), ws);
+    }
     /// Writes the weight gradient; accumulates the input gradient into `dx` if given.
     pub fn backward(
         &mut self,

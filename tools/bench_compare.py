@@ -1,0 +1,73 @@
+"""Runs `resnet bench` and tools/bench_pytorch.py alternately, several rounds, and prints
+the median images/s of each side as a markdown table. Alternating matters on shared
+machines, whose speed drifts by tens of percent within minutes.
+
+    python tools/bench_compare.py --rounds 3          # the BENCHMARKS.md table
+    python tools/bench_compare.py --only resnet20:128 --rounds 5
+"""
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [  # model, batch, timed steps, warm-up steps, modes
+    ("resnet20", 128, 10, 2, "train,infer"),
+    ("resnet56", 128, 5, 1, "train,infer"),
+    ("resnet110", 128, 3, 1, "train,infer"),
+    ("resnet50", 16, 3, 1, "train,infer"),
+    ("resnet50", 1, 10, 2, "infer"),
+]
+
+
+def numbers(text):
+    found = {k: float(v) for k, v in re.findall(r"^(train|infer): ([0-9.]+) img/s", text, re.M)}
+    if not found:
+        sys.exit(f"no figures in:\n{text}")
+    return found
+
+
+def ours(model, batch, steps, warmup, threads):
+    cmd = [str(ROOT / "target/release/resnet"), "--threads", str(threads), "bench", "--model", model,
+           "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--no-peak"]
+    return numbers(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def pytorch(model, batch, steps, warmup, threads):
+    cmd = [sys.executable, str(ROOT / "tools/bench_pytorch.py"), "--batch", str(batch), "--threads", str(threads),
+           "--steps", str(steps), "--warmup", str(warmup)]
+    imagenet = model in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    cmd += ["--model", model] if imagenet else ["--depth", model.removeprefix("resnet")]
+    return numbers(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", help="model:batch, e.g. resnet20:128")
+    a = p.parse_args()
+    rows = []
+    for model, batch, steps, warmup, modes in CASES:
+        if a.only and a.only != f"{model}:{batch}":
+            continue
+        runs = {"ours": [], "pytorch": []}
+        for r in range(a.rounds):
+            runs["ours"].append(ours(model, batch, steps, warmup, a.threads))
+            runs["pytorch"].append(pytorch(model, batch, steps, warmup, a.threads))
+            print(f"{model} batch {batch} round {r + 1}: ours {runs['ours'][-1]}, pytorch {runs['pytorch'][-1]}",
+                  file=sys.stderr, flush=True)
+        for mode in modes.split(","):
+            o = statistics.median(x[mode] for x in runs["ours"])
+            t = statistics.median(x[mode] for x in runs["pytorch"])
+            extra = f" ({1000 / o:.1f} ms vs {1000 / t:.1f} ms)" if batch == 1 else ""
+            rows.append(f"| {model} | {batch} | {mode} | {o:.1f} | {t:.1f} | {o / t:.2f}x{extra} |")
+    print("| model | batch | step | ours img/s | PyTorch img/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
