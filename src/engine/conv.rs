@@ -12,7 +12,7 @@
 //! neighbouring rows overlaps), tile by tile within each thread's images.
 
 use super::matmul::{Mat, matmul};
-use super::{Workspace, ensure_len, split_range, winograd};
+use super::{SharedOut, Workspace, ensure_len, split_range, winograd};
 use rayon::prelude::*;
 
 /// Output rows per GEMM (see the module comment).
@@ -166,22 +166,6 @@ fn col2im_add(
     });
 }
 
-/// The output as one raw pointer shared by threads that each write a disjoint
-/// (rows × channels) block of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every work item of `forward` writes only its own block (disjoint rows or
-// disjoint channel ranges), so no element is written by two threads.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// A method, so closures capture the whole (Sync) wrapper, not the raw pointer field.
-    fn base(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `y = conv(x, w)` for a batch of `n` images, by Winograd where it applies.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
     forward_with(s, n, x, w, y, None, ws)
@@ -224,6 +208,7 @@ pub fn forward_im2col(
     let col_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(s.c_out / 16).max(1) };
     let items = tiles * col_blocks;
     let workers = threads.min(items).max(1);
+    // Every work item writes its own block of rows × channels, disjoint from the others'.
     let out = SharedOut(y[..rows * s.c_out].as_mut_ptr());
     let patch = s.patch();
     ws.threads[..workers].par_iter_mut().enumerate().for_each(|(t, scr)| {
@@ -245,7 +230,7 @@ pub fn forward_im2col(
                 &scr.col[..m * patch]
             };
             // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
-            // work item alone (see SharedOut).
+            // work item alone.
             let dst = unsafe {
                 std::slice::from_raw_parts_mut(
                     out.base().add(start * s.c_out + cols.start),

@@ -67,6 +67,23 @@ impl Default for Workspace {
     }
 }
 
+/// An output buffer shared by worker threads as a raw pointer, for kernels whose threads
+/// write disjoint parts of it that are not contiguous slices (tiles, channel blocks).
+/// Whoever creates one must guarantee that no element is written by two threads.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: sharing the pointer is sound under the creator's guarantee above; the pointee
+// outlives the parallel section that uses it (the wrapper is built from a `&mut` borrow).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, so closures capture the whole (Sync) wrapper, not the raw pointer field.
+    pub(crate) fn base(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Grows `v` to at least `len` elements (never shrinks, so steady state allocates nothing).
 pub fn ensure_len(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {

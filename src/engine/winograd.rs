@@ -13,13 +13,23 @@
 
 use super::conv::{ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
-use super::{ConvAlgo, Workspace, ensure_len, split_range};
+use super::{ConvAlgo, SharedOut, Workspace, ensure_len, split_range};
 use rayon::prelude::*;
 
 /// Input tile side, output tile side.
 const T_IN: usize = 6;
 const T_OUT: usize = 4;
 const POS: usize = T_IN * T_IN;
+/// The kernel transform (points 0, ±1, ±2, ∞): `U = G g Gᵀ`.
+const G: [[f32; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
 /// Tiles per block: enough rows for efficient GEMMs, few enough to stay in cache.
 const MAX_BLOCK: usize = 128;
 const MIN_BLOCK: usize = 32;
@@ -76,14 +86,6 @@ fn output_1d(m: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
 /// (so `U[p]` is a `c_in × c_out` matrix with row stride `36·c_out`). Vectorized over
 /// output channels, parallel over input channels.
 fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
-    const G: [[f32; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
     let (ci_n, co) = (s.c_in, s.c_out);
     u[..ci_n * POS * co].par_chunks_mut(POS * co).enumerate().for_each(|(ci, uc)| {
         // g[tap][co] for this input channel, then G g (6×3) per output channel.
@@ -113,20 +115,6 @@ fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
             }
         }
     });
-}
-
-/// The shared output of the threads: each block writes only its own tiles' pixels.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tiles are disjoint rectangles of the output, and each belongs to one block.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// A method, so closures capture the whole (Sync) wrapper, not the raw pointer field.
-    fn base(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Per-thread buffers: a block's transformed inputs and products, and one tile's scratch.
@@ -168,6 +156,7 @@ pub fn forward(
     let block = block_size(tiles, ws.threads.len());
     let blocks = tiles.div_ceil(block);
     let threads = ws.threads.len().min(blocks).max(1);
+    // Tiles are disjoint rectangles of the output, each written by the one block holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
     ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
         let b = &mut scr.winograd;
@@ -193,6 +182,23 @@ pub fn forward(
     });
 }
 
+/// Copies the `side`×`side` pixels of an HWC image from (y0, x0) on into `dst`, zero where
+/// they fall outside the image.
+fn gather(img: &[f32], (h, w): (usize, usize), c: usize, (y0, x0): (isize, isize), side: usize, dst: &mut [f32]) {
+    for r in 0..side {
+        for q in 0..side {
+            let (y, x) = (y0 + r as isize, x0 + q as isize);
+            let d = &mut dst[(r * side + q) * c..(r * side + q + 1) * c];
+            if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                d.fill(0.0);
+            } else {
+                let at = (y as usize * w + x as usize) * c;
+                d.copy_from_slice(&img[at..at + c]);
+            }
+        }
+    }
+}
+
 /// Image, tile row and tile column of tile `tile`.
 fn tile_position(tile: usize, (th, tw): (usize, usize)) -> (usize, usize, usize) {
     (tile / (th * tw), tile / tw % th, tile % tw)
@@ -209,18 +215,7 @@ fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), 
     let (src, base, row_step): (&[f32], usize, usize) = if inside {
         (xi, (iy0 as usize * s.w + ix0 as usize) * c, s.w * c)
     } else {
-        for r in 0..T_IN {
-            for q in 0..T_IN {
-                let (iy, ix) = (iy0 + r as isize, ix0 + q as isize);
-                let dst = &mut b.tile[(r * T_IN + q) * c..(r * T_IN + q + 1) * c];
-                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                    dst.fill(0.0);
-                } else {
-                    let at = (iy as usize * s.w + ix as usize) * c;
-                    dst.copy_from_slice(&xi[at..at + c]);
-                }
-            }
-        }
+        gather(xi, (s.h, s.w), c, (iy0, ix0), T_IN, &mut b.tile);
         (&b.tile, 0, T_IN * c)
     };
     // Bᵀ down each column, then along each row straight into the block's v.
@@ -312,17 +307,7 @@ fn transform_gradient(
     let (src, base, row_step): (&[f32], usize, usize) = if oy0 + T_OUT <= s.h && ox0 + T_OUT <= s.w {
         (dyi, (oy0 * s.w + ox0) * c, s.w * c)
     } else {
-        for r in 0..T_OUT {
-            for q in 0..T_OUT {
-                let dst = &mut b.tile[(r * T_OUT + q) * c..(r * T_OUT + q + 1) * c];
-                if oy0 + r >= s.h || ox0 + q >= s.w {
-                    dst.fill(0.0);
-                } else {
-                    let at = ((oy0 + r) * s.w + ox0 + q) * c;
-                    dst.copy_from_slice(&dyi[at..at + c]);
-                }
-            }
-        }
+        gather(dyi, (s.h, s.w), c, (oy0 as isize, ox0 as isize), T_OUT, &mut b.tile);
         (&b.tile, 0, T_OUT * c)
     };
     for q in 0..T_OUT {
@@ -373,14 +358,6 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     for other in &rest[..threads - 1] {
         du.iter_mut().zip(&other.winograd.du).for_each(|(a, b)| *a += b);
     }
-    const G: [[f32; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
     let du: &[f32] = du;
     dw[..s.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
         dwo.fill(0.0);
