@@ -81,9 +81,13 @@ impl ConvBn {
         self.conv.backward(n, hw, x, g, dx, ws);
     }
 
-    pub(super) fn reserve(&mut self, len: usize) {
+    /// Sizes the saved activations for `len` outputs; `post` only where this unit's own
+    /// output is kept (a block's last unit writes the block output instead).
+    pub(super) fn reserve(&mut self, len: usize, post: bool) {
         ensure_len(&mut self.pre, len);
-        ensure_len(&mut self.post, len);
+        if post {
+            ensure_len(&mut self.post, len);
+        }
     }
 
     /// The saved BN(+ReLU) output of the last training forward.
@@ -209,15 +213,16 @@ impl Block {
     /// Makes sure every saved activation can hold `n` images of size `hw`.
     fn reserve(&mut self, n: usize, hw: Hw) {
         let mut cur = hw;
-        for u in &mut self.units {
-            u.reserve(n * u.conv.shape(cur.0, cur.1).out_len());
+        let last = self.units.len() - 1;
+        for (i, u) in self.units.iter_mut().enumerate() {
+            u.reserve(n * u.conv.shape(cur.0, cur.1).out_len(), i < last);
             cur = u.conv.out_hw(cur.0, cur.1);
         }
         let out_len = n * cur.0 * cur.1 * self.c_out();
         ensure_len(&mut self.out, out_len);
         match &mut self.shortcut {
             ShortcutPath::ZeroPad { out, .. } => ensure_len(out, out_len),
-            ShortcutPath::Projection(p) => p.reserve(out_len),
+            ShortcutPath::Projection(p) => p.reserve(out_len, true),
             _ => {}
         }
     }

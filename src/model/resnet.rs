@@ -166,7 +166,7 @@ impl ResNet {
         ensure_len(&mut self.input, images.len());
         self.input[..images.len()].copy_from_slice(images);
         let conv1 = self.stem.conv.out_hw(hw.0, hw.1);
-        self.stem.reserve(n * conv1.0 * conv1.1 * self.stem.conv.c_out);
+        self.stem.reserve(n * conv1.0 * conv1.1 * self.stem.conv.c_out, true);
         self.stem.forward_saved(n, hw, &self.input, None, true, &mut self.ws);
         let mut cur = conv1;
         if let Some(p) = &mut self.pool {
