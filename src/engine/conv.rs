@@ -199,6 +199,22 @@ pub fn forward_im2col(
     epi: Option<&Epilogue>,
     ws: &mut Workspace,
 ) {
+    im2col_gemm(s, n, x, w, y, false, epi, ws)
+}
+
+/// `forward_im2col`, or `y += conv(x, w)` when `accumulate` (then `epi` must be `None`).
+#[allow(clippy::too_many_arguments)]
+fn im2col_gemm(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    debug_assert!(!(accumulate && epi.is_some()));
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
@@ -238,7 +254,7 @@ pub fn forward_im2col(
                 )
             };
             let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
-            matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, false);
+            matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
             if let Some(epi) = epi {
                 for r in 0..m {
                     epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
@@ -271,7 +287,9 @@ pub fn backward(
     }
 }
 
-/// `backward` by im2col + GEMM (and col2im for the input gradient), whatever the shape.
+/// `backward` by im2col + GEMM, whatever the shape. The input gradient of a stride-1
+/// convolution is itself a convolution (of `dy` with the flipped kernel), computed as one;
+/// other strides scatter the column gradients back with col2im.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_im2col(
     s: &ConvShape,
@@ -284,6 +302,53 @@ pub fn backward_im2col(
     ws: &mut Workspace,
 ) {
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() == s.weight_len());
+    match dx {
+        Some(dx) if s.stride == 1 && !s.is_pointwise() && s.pad < s.kernel => {
+            // A GEMM over im2col(dy) with k = 9·c_out beats the k = c_out GEMM plus the
+            // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
+            // in six alternating pairs; ResNet-50 (few such layers) did not change.
+            weights_and_scatter(s, n, x, w, dy, dw, None, ws);
+            let t =
+                ConvShape { c_in: s.c_out, c_out: s.c_in, pad: s.kernel - 1 - s.pad, h: s.out_h(), w: s.out_w(), ..*s };
+            let mut flipped = std::mem::take(&mut ws.flipped_weights);
+            flip_kernel(s, w, &mut flipped);
+            im2col_gemm(&t, n, dy, &flipped[..s.weight_len()], dx, true, None, ws);
+            ws.flipped_weights = flipped;
+        }
+        dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
+    }
+}
+
+/// The weights of the convolution that maps `dy` to `dx` for a stride-1 convolution `s`:
+/// in- and out-channels swapped, the kernel rotated by 180°.
+pub(crate) fn flip_kernel(s: &ConvShape, w: &[f32], flipped: &mut Vec<f32>) {
+    let (ci, co, k) = (s.c_in, s.c_out, s.kernel);
+    ensure_len(flipped, s.weight_len());
+    for o in 0..co {
+        for ky in 0..k {
+            for kx in 0..k {
+                let src = &w[((o * k + ky) * k + kx) * ci..][..ci];
+                for (i, v) in src.iter().enumerate() {
+                    flipped[((i * k + k - 1 - ky) * k + k - 1 - kx) * co + o] = *v;
+                }
+            }
+        }
+    }
+}
+
+/// `dw` by GEMM over image ranges per thread and, when `dx` is given, `dx +=` the column
+/// gradients scattered back by col2im.
+#[allow(clippy::too_many_arguments)]
+fn weights_and_scatter(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dx: Option<&mut [f32]>,
+    ws: &mut Workspace,
+) {
     let threads = ws.threads.len().min(n).max(1);
     let images: Vec<_> = (0..threads).map(|t| split_range(n, threads, t)).collect();
     let mut dxs: Vec<Option<&mut [f32]>> = match dx {

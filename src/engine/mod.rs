@@ -41,11 +41,12 @@ pub enum ConvAlgo {
 }
 
 /// Per-thread scratch for all kernels, reused across layers and steps, the shared
-/// transformed weights of the Winograd convolution, and the convolution algorithm.
+/// transformed weights of the convolutions, and the convolution algorithm.
 pub struct Workspace {
     pub threads: Vec<Scratch>,
     pub winograd_u: Vec<f32>,
-    pub winograd_flip: Vec<f32>,
+    /// The kernel of a stride-1 convolution's input gradient (see `conv::flip_kernel`).
+    pub flipped_weights: Vec<f32>,
     pub algo: ConvAlgo,
 }
 
@@ -55,7 +56,7 @@ impl Workspace {
         Workspace {
             threads: (0..n).map(|_| Scratch::default()).collect(),
             winograd_u: Vec::new(),
-            winograd_flip: Vec::new(),
+            flipped_weights: Vec::new(),
             algo: ConvAlgo::Auto,
         }
     }

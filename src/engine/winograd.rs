@@ -11,7 +11,7 @@
 //! The backward-data pass of such a layer is the same convolution on the output gradient
 //! with the kernel rotated by 180° and its channel roles swapped.
 
-use super::conv::{ConvShape, Epilogue};
+use super::conv::{self, ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, split_range};
 use rayon::prelude::*;
@@ -381,20 +381,9 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
 /// `dx += conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
 /// kernel rotated by 180° and input/output channels swapped.
 pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace) {
-    let flipped = &mut ws.winograd_flip;
-    ensure_len(flipped, s.weight_len());
-    let (ci, co) = (s.c_in, s.c_out);
-    for o in 0..co {
-        for ky in 0..3 {
-            for kx in 0..3 {
-                for i in 0..ci {
-                    flipped[((i * 3 + 2 - ky) * 3 + 2 - kx) * co + o] = w[((o * 3 + ky) * 3 + kx) * ci + i];
-                }
-            }
-        }
-    }
-    let t = ConvShape { c_in: co, c_out: ci, ..*s };
-    let flipped = std::mem::take(&mut ws.winograd_flip);
+    let mut flipped = std::mem::take(&mut ws.flipped_weights);
+    conv::flip_kernel(s, w, &mut flipped);
+    let t = ConvShape { c_in: s.c_out, c_out: s.c_in, ..*s };
     forward(&t, n, dy, &flipped[..s.weight_len()], dx, true, None, ws);
-    ws.winograd_flip = flipped;
+    ws.flipped_weights = flipped;
 }
