@@ -44,14 +44,18 @@ fn parse_algo(s: &str) -> Result<ConvAlgo, String> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    // The pipeline goes first so that a bad folder fails before the long model benchmark.
+    let images = (a.batch * 8).max(256);
+    let pipeline_ips = match &a.pipeline {
+        Some(dir) => Some(bench::pipeline_ips(dir, 224, a.batch.max(1), images, a.loader_threads)?),
+        None => None,
+    };
     let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup, a.conv)?;
     let threads = rayon::current_num_threads();
     println!("model: {} batch {} threads {threads}", a.model, a.batch);
     println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);
     println!("infer: {:.1} img/s ({:.2} ms/batch, {:.1} GFLOP/s)", r.infer_ips, r.infer_step_s * 1e3, r.infer_gflops);
-    if let Some(dir) = &a.pipeline {
-        let images = (a.batch * 8).max(256);
-        let ips = bench::pipeline_ips(dir, 224, a.batch.max(1), images, a.loader_threads)?;
+    if let (Some(dir), Some(ips)) = (&a.pipeline, pipeline_ips) {
         println!(
             "pipeline: {ips:.1} img/s ({} loader threads, {images} images of {}, 224x224 crops)",
             a.loader_threads,

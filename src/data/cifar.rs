@@ -64,7 +64,8 @@ impl DatasetKind {
                     .map(|s| s.to_string())
                     .collect()
             }
-            DatasetKind::Cifar100 => (0..100).map(|i| format!("class{i}")).collect(),
+            // The fine labels, in the order of the archive's fine_label_names.txt.
+            DatasetKind::Cifar100 => include_str!("cifar100_classes.txt").lines().map(str::to_string).collect(),
         }
     }
 }
@@ -190,4 +191,20 @@ pub fn is_image_folder(path: &Path) -> Option<bool> {
 pub fn is_present(dir: &Path, kind: DatasetKind) -> bool {
     let d = batch_dir(dir, kind);
     [true, false].iter().all(|&t| kind.official_files(t).0.iter().all(|n| d.join(n).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_match_label_count() {
+        for kind in [DatasetKind::Cifar10, DatasetKind::Cifar100] {
+            let names = kind.class_names();
+            assert_eq!(names.len(), kind.classes(), "{}", kind.name());
+            assert!(names.iter().all(|n| !n.is_empty() && !n.contains(char::is_whitespace)));
+        }
+        let fine = DatasetKind::Cifar100.class_names();
+        assert_eq!((fine[0].as_str(), fine[30].as_str(), fine[99].as_str()), ("apple", "dolphin", "worm"));
+    }
 }
