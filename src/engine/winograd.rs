@@ -129,6 +129,16 @@ pub struct Bufs {
     du: Vec<f32>,
 }
 
+impl Bufs {
+    /// Room for blocks of up to `tiles` tiles of a `ci` → `co` convolution.
+    fn reserve(&mut self, tiles: usize, ci: usize, co: usize) {
+        ensure_len(&mut self.tile, POS * ci.max(co));
+        ensure_len(&mut self.tmp, POS * ci.max(co));
+        ensure_len(&mut self.v, POS * tiles * ci);
+        ensure_len(&mut self.m, POS * tiles * co);
+    }
+}
+
 /// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it. An
 /// epilogue (inference BatchNorm, residual, ReLU) is applied to each tile as it is
 /// written (not with `accumulate`).
@@ -160,13 +170,10 @@ pub fn forward(
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
     ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
         let b = &mut scr.winograd;
-        ensure_len(&mut b.tile, POS * ci.max(co));
-        ensure_len(&mut b.tmp, POS * ci.max(co));
+        b.reserve(block.min(tiles), ci, co);
         for index in split_range(blocks, threads, t) {
             let first = index * block;
             let count = block.min(tiles - first);
-            ensure_len(&mut b.v, POS * count * ci);
-            ensure_len(&mut b.m, POS * count * co);
             for k in 0..count {
                 transform_input(s, x, first + k, grid, b, count, k);
             }
@@ -331,15 +338,12 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     let threads = ws.threads.len().min(blocks).max(1);
     ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
         let b = &mut scr.winograd;
-        ensure_len(&mut b.tile, POS * ci.max(co));
-        ensure_len(&mut b.tmp, POS * ci.max(co));
+        b.reserve(block.min(tiles), ci, co);
         ensure_len(&mut b.du, POS * co * ci);
         b.du[..POS * co * ci].fill(0.0);
         for index in split_range(blocks, threads, t) {
             let first = index * block;
             let count = block.min(tiles - first);
-            ensure_len(&mut b.v, POS * count * ci);
-            ensure_len(&mut b.m, POS * count * co);
             for k in 0..count {
                 transform_input(s, x, first + k, grid, b, count, k);
                 transform_gradient(s, dy, first + k, grid, b, count, k);
