@@ -308,20 +308,30 @@ pub fn backward_im2col(
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
-            let t =
-                ConvShape { c_in: s.c_out, c_out: s.c_in, pad: s.kernel - 1 - s.pad, h: s.out_h(), w: s.out_w(), ..*s };
-            let mut flipped = std::mem::take(&mut ws.flipped_weights);
-            flip_kernel(s, w, &mut flipped);
-            im2col_gemm(&t, n, dy, &flipped[..s.weight_len()], dx, true, None, ws);
-            ws.flipped_weights = flipped;
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, dx, true, None, ws));
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
     }
 }
 
-/// The weights of the convolution that maps `dy` to `dx` for a stride-1 convolution `s`:
-/// in- and out-channels swapped, the kernel rotated by 180°.
-pub(crate) fn flip_kernel(s: &ConvShape, w: &[f32], flipped: &mut Vec<f32>) {
+/// Calls `f` with the shape and weights of the convolution that maps `dy` to `dx` for a
+/// stride-1 convolution `s` (in- and out-channels swapped, the kernel rotated by 180°,
+/// padding `k-1-pad`). The weights live in the workspace, so nothing is allocated.
+pub(crate) fn with_flipped_kernel(
+    s: &ConvShape,
+    w: &[f32],
+    ws: &mut Workspace,
+    f: impl FnOnce(&ConvShape, &[f32], &mut Workspace),
+) {
+    debug_assert!(s.stride == 1 && s.pad < s.kernel);
+    let t = ConvShape { c_in: s.c_out, c_out: s.c_in, pad: s.kernel - 1 - s.pad, h: s.out_h(), w: s.out_w(), ..*s };
+    let mut flipped = std::mem::take(&mut ws.flipped_weights);
+    flip_kernel(s, w, &mut flipped);
+    f(&t, &flipped[..s.weight_len()], ws);
+    ws.flipped_weights = flipped;
+}
+
+fn flip_kernel(s: &ConvShape, w: &[f32], flipped: &mut Vec<f32>) {
     let (ci, co, k) = (s.c_in, s.c_out, s.kernel);
     ensure_len(flipped, s.weight_len());
     for o in 0..co {

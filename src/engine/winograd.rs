@@ -385,9 +385,5 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
 /// `dx += conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
 /// kernel rotated by 180° and input/output channels swapped.
 pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace) {
-    let mut flipped = std::mem::take(&mut ws.flipped_weights);
-    conv::flip_kernel(s, w, &mut flipped);
-    let t = ConvShape { c_in: s.c_out, c_out: s.c_in, ..*s };
-    forward(&t, n, dy, &flipped[..s.weight_len()], dx, true, None, ws);
-    ws.flipped_weights = flipped;
+    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, dx, true, None, ws));
 }
