@@ -1,13 +1,14 @@
 //! Times the forward, backward-data and backward-weights passes of one convolution by
-//! im2col+GEMM and by Winograd (im2col first) for the 3×3 stride-1 layers of ResNet-20
-//! (batch 128) and ResNet-50 (batch 16 and 1), to choose between them.
+//! im2col+GEMM, Winograd and the direct kernel, for the 3×3 stride-1 layers of ResNet-20
+//! (batch 128) and ResNet-50 (batch 16 and 1), to choose between them (`ConvAlgo::Auto`).
 //!
 //!     cargo run --release --example conv_algos
 
 use resnet::engine::conv::{self, ConvShape};
-use resnet::engine::{Workspace, winograd};
+use resnet::engine::{ConvAlgo, Workspace};
 use std::time::Instant;
 
+/// Best of five runs after one warm-up, in ms.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::MAX;
@@ -16,11 +17,14 @@ fn time(mut f: impl FnMut()) -> f64 {
         f();
         best = best.min(t.elapsed().as_secs_f64());
     }
-    best
+    best * 1e3
 }
+
+const ALGOS: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Direct];
 
 fn main() {
     let mut ws = Workspace::new();
+    println!("ms per pass: im2col / winograd / direct (direct needs whole 16-channel blocks)");
     for (n, c, hw) in [
         (128, 16, 32),
         (128, 32, 16),
@@ -30,35 +34,28 @@ fn main() {
         (16, 256, 14),
         (16, 512, 7),
         (1, 64, 56),
+        (1, 128, 28),
+        (1, 256, 14),
         (1, 512, 7),
     ] {
         let s = ConvShape { c_in: c, c_out: c, kernel: 3, stride: 1, pad: 1, h: hw, w: hw };
         let x = vec![0.5f32; n * s.in_len()];
         let w = vec![0.01f32; s.weight_len()];
         let mut y = vec![0f32; n * s.out_len()];
-        let flops = 2.0 * (n * s.out_pixels() * s.weight_len()) as f64;
-        let a = time(|| conv::forward_im2col(&s, n, &x, &w, &mut y, None, &mut ws));
-        let b = time(|| winograd::forward(&s, n, &x, &w, &mut y, false, None, &mut ws));
-        // Backward-data by im2col: both gradients minus the weight gradient alone.
         let mut dw = vec![0f32; s.weight_len()];
         let mut dx = vec![0f32; n * s.in_len()];
-        let both = time(|| conv::backward_im2col(&s, n, &x, &w, &y, &mut dw, Some(&mut dx), &mut ws));
-        let dw_only = time(|| conv::backward_im2col(&s, n, &x, &w, &y, &mut dw, None, &mut ws));
-        let bd = time(|| winograd::backward_data(&s, n, &y, &w, &mut dx, &mut ws));
-        let bw = time(|| winograd::backward_weights(&s, n, &x, &y, &mut dw, &mut ws));
-        let ms = |t: f64| format!("{:6.2}", t * 1e3);
+        let mut passes = [[0f64; 3]; 3];
+        for (a, algo) in ALGOS.into_iter().enumerate() {
+            ws.algo = algo;
+            passes[0][a] = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
+            let both = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, Some(&mut dx), &mut ws));
+            passes[2][a] = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, None, &mut ws));
+            passes[1][a] = both - passes[2][a];
+        }
+        let cols: Vec<String> = passes.iter().map(|p| format!("{:6.2} / {:6.2} / {:6.2}", p[0], p[1], p[2])).collect();
         println!(
-            "n={n:3} c={c:3} {hw:2}x{hw:<2}: forward {} vs {} ms (x{:.2}) | backward-data {} vs {} (x{:.2}) | weights {} vs {} (x{:.2})",
-            ms(a),
-            ms(b),
-            a / b,
-            ms(both - dw_only),
-            ms(bd),
-            (both - dw_only) / bd,
-            ms(dw_only),
-            ms(bw),
-            dw_only / bw,
+            "n={n:3} c={c:3} {hw:2}x{hw:<2}: forward {} | backward-data {} | weights {}",
+            cols[0], cols[1], cols[2]
         );
-        let _ = flops;
     }
 }

@@ -1,7 +1,8 @@
 //! ResNet-20 against PyTorch (tools/golden_resnet20.py): logits, loss and every
 //! parameter gradient for one batch, and all parameters and running statistics after
 //! 3 SGD steps with momentum and weight decay, each within 1e-4 relative; with the
-//! default convolution algorithms and with Winograd everywhere.
+//! default convolution algorithms, with Winograd everywhere and with the direct kernel
+//! wherever it runs.
 
 mod common;
 
@@ -40,6 +41,13 @@ fn resnet20_matches_pytorch() {
 #[test]
 fn resnet20_matches_pytorch_with_winograd() {
     check(ConvAlgo::Winograd);
+}
+
+/// With the direct kernel on every 3×3 stride-1 layer (all of ResNet-20's, as their
+/// output channels come in blocks of 16), whatever the thread count.
+#[test]
+fn resnet20_matches_pytorch_with_direct_convolution() {
+    check(ConvAlgo::Direct);
 }
 
 fn check(algo: ConvAlgo) {

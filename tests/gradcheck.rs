@@ -2,8 +2,8 @@
 //! directional derivative g·v must match the central difference
 //! (L(θ+εv) − L(θ−εv)) / 2ε along random directions v. CIFAR layout (basic blocks,
 //! every shortcut option, plain) and ImageNet layout (7×7 stem, max pool, bottlenecks
-//! with the stride on either conv); each with the default convolution algorithms and with
-//! Winograd for every 3×3 stride-1 layer.
+//! with the stride on either conv); each with the default convolution algorithms, with
+//! Winograd for every 3×3 stride-1 layer, and with the direct kernel wherever it runs.
 
 mod common;
 
@@ -62,7 +62,8 @@ fn whole_network_gradient_matches_finite_differences() {
         imagenet(Shortcut::B, StrideAt::Conv3x3),
         imagenet(Shortcut::A, StrideAt::First1x1),
     ];
-    let configs = configs.iter().flat_map(|c| [(c.clone(), ConvAlgo::Auto), (c.clone(), ConvAlgo::Winograd)]);
+    let algos = [ConvAlgo::Auto, ConvAlgo::Winograd, ConvAlgo::Direct];
+    let configs = configs.iter().flat_map(|c| algos.map(|a| (c.clone(), a)));
     for (cfg, algo) in configs {
         let (shortcut, residual, s) = (cfg.shortcut, cfg.residual, cfg.image_size);
         let label = format!("{:?} {shortcut:?} residual={residual} {:?} {algo:?}", cfg.family, cfg.stride_at);

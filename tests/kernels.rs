@@ -52,7 +52,6 @@ fn conv_ref(s: &ConvShape, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f
 
 #[test]
 fn conv_forward_and_backward_match_naive_reference() {
-    let mut rng = Rng::new(1);
     let cases = [
         (2, ConvShape { c_in: 3, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 8, w: 8 }),
         (3, ConvShape { c_in: 5, c_out: 7, kernel: 3, stride: 2, pad: 1, h: 9, w: 7 }),
@@ -75,24 +74,39 @@ fn conv_forward_and_backward_match_naive_reference() {
         (4, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 13, w: 11 }),
         (2, ConvShape { c_in: 72, c_out: 80, kernel: 3, stride: 1, pad: 1, h: 18, w: 17 }),
         (40, ConvShape { c_in: 8, c_out: 8, kernel: 3, stride: 1, pad: 1, h: 3, w: 2 }),
+        // Direct kernel: 9·c_in not a multiple of its 6-row groups, several 16-channel
+        // output blocks, odd and 1-pixel images, fewer images than threads.
+        (3, ConvShape { c_in: 5, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 7, w: 9 }),
+        (2, ConvShape { c_in: 17, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 5, w: 3 }),
+        (1, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 1, w: 1 }),
+        (5, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 32, w: 32 }),
     ];
+    // Auto picks per shape; Direct forces the direct kernel wherever it can run.
+    for algo in [ConvAlgo::Auto, ConvAlgo::Direct] {
+        check_conv_cases(&cases, algo);
+    }
+}
+
+fn check_conv_cases(cases: &[(usize, ConvShape)], algo: ConvAlgo) {
+    let mut rng = Rng::new(1);
     let mut ws = Workspace::new();
-    for (n, s) in cases {
+    ws.algo = algo;
+    for &(n, s) in cases {
         let x = random(&mut rng, n * s.in_len());
         let w = random(&mut rng, s.weight_len());
         let dy = random(&mut rng, n * s.out_len());
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &w, &dy);
         let mut y = vec![f32::NAN; n * s.out_len()];
         conv::forward(&s, n, &x, &w, &mut y, &mut ws);
-        assert!(rel_err(&y, &y_ref) < TOL, "forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
+        assert!(rel_err(&y, &y_ref) < TOL, "forward {algo:?} {s:?} n={n}: {}", rel_err(&y, &y_ref));
         // dx accumulates: start from a known value and subtract it.
         let base = random(&mut rng, n * s.in_len());
         let mut dx = base.clone();
         let mut dw = vec![f32::NAN; s.weight_len()];
         conv::backward(&s, n, &x, &w, &dy, &mut dw, Some(&mut dx), &mut ws);
         let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
-        assert!(rel_err(&dx, &dx_ref) < TOL, "backward-data {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
-        assert!(rel_err(&dw, &dw_ref) < TOL, "backward-weights {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
+        assert!(rel_err(&dx, &dx_ref) < TOL, "backward-data {algo:?} {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
+        assert!(rel_err(&dw, &dw_ref) < TOL, "backward-weights {algo:?} {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
         // Weight gradient without input gradient (the first layer) is the same.
         let mut dw2 = vec![0f32; s.weight_len()];
         conv::backward(&s, n, &x, &w, &dy, &mut dw2, None, &mut ws);
@@ -335,11 +349,12 @@ fn winograd_matches_naive_reference() {
 fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
     // y = relu(conv(x)·scale + shift + residual), on both algorithms and the channel split.
     let mut rng = Rng::new(10);
-    for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd] {
+    for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Direct] {
         let mut ws = Workspace::new();
         ws.algo = algo;
         for (n, s) in [
             (3, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 9, w: 7 }),
+            (2, ConvShape { c_in: 6, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 5, w: 6 }),
             (1, ConvShape { c_in: 8, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 3, w: 4 }),
         ] {
             let x = random(&mut rng, n * s.in_len());

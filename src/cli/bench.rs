@@ -19,7 +19,7 @@ pub struct Args {
     /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
     #[arg(long, value_parser = super::parse_shortcut)]
     shortcut: Option<Shortcut>,
-    /// 3×3 stride-1 convolutions: auto (the faster per layer), im2col or winograd.
+    /// 3×3 stride-1 convolutions: auto (the fastest per layer), im2col, winograd or direct.
     #[arg(long, default_value = "auto", value_parser = parse_algo)]
     conv: ConvAlgo,
     /// Skip measuring the machine's f32 GEMM peak.
@@ -39,7 +39,8 @@ fn parse_algo(s: &str) -> Result<ConvAlgo, String> {
         "auto" => Ok(ConvAlgo::Auto),
         "im2col" => Ok(ConvAlgo::Im2col),
         "winograd" => Ok(ConvAlgo::Winograd),
-        _ => Err(format!("unknown --conv '{s}' (expected auto, im2col or winograd)")),
+        "direct" => Ok(ConvAlgo::Direct),
+        _ => Err(format!("unknown --conv '{s}' (expected auto, im2col, winograd or direct)")),
     }
 }
 

@@ -12,7 +12,7 @@
 //! neighbouring rows overlaps), tile by tile within each thread's images.
 
 use super::matmul::{Mat, matmul};
-use super::{SharedOut, Workspace, ensure_len, split_range, winograd};
+use super::{SharedOut, Workspace, direct, ensure_len, split_range, winograd};
 use rayon::prelude::*;
 
 /// Output rows per GEMM (see the module comment).
@@ -166,12 +166,13 @@ fn col2im_add(
     });
 }
 
-/// `y = conv(x, w)` for a batch of `n` images, by Winograd where it applies.
+/// `y = conv(x, w)` for a batch of `n` images, by the algorithm the workspace picks.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
     forward_with(s, n, x, w, y, None, ws)
 }
 
-/// `y = epilogue(conv(x, w))`, by Winograd where it applies.
+/// `y = epilogue(conv(x, w))`: by Winograd or the direct kernel where they apply, else
+/// by im2col + GEMM.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     s: &ConvShape,
@@ -184,6 +185,9 @@ pub fn forward_with(
 ) {
     if winograd::applies(s, n, ws.threads.len(), ws.algo) {
         return winograd::forward(s, n, x, w, y, false, epi, ws);
+    }
+    if direct::applies(s, n, ws.threads.len(), ws.algo) {
+        return direct::forward(s, n, x, w, y, false, epi, ws);
     }
     forward_im2col(s, n, x, w, y, epi, ws)
 }
@@ -265,8 +269,8 @@ fn im2col_gemm(
 }
 
 /// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and, when `dx` is
-/// given, `dx += conv3x3ᵀ(dy)` (accumulated, so a caller can sum branches), by Winograd
-/// where it applies.
+/// given, `dx += conv3x3ᵀ(dy)` (accumulated, so a caller can sum branches), by the
+/// algorithm the workspace picks.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &ConvShape,
@@ -278,12 +282,25 @@ pub fn backward(
     dx: Option<&mut [f32]>,
     ws: &mut Workspace,
 ) {
-    if !winograd::applies(s, n, ws.threads.len(), ws.algo) {
-        return backward_im2col(s, n, x, w, dy, dw, dx, ws);
-    }
-    winograd::backward_weights(s, n, x, dy, dw, ws);
-    if let Some(dx) = dx {
-        winograd::backward_data(s, n, dy, w, dx, ws);
+    let threads = ws.threads.len();
+    if winograd::applies(s, n, threads, ws.algo) {
+        winograd::backward_weights(s, n, x, dy, dw, ws);
+        if let Some(dx) = dx {
+            winograd::backward_data(s, n, dy, w, dx, ws);
+        }
+    } else if direct::applies(s, n, threads, ws.algo) {
+        direct::backward_weights(s, n, x, dy, dw, ws);
+        if let Some(dx) = dx {
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| {
+                if direct::applies(t, n, threads, ws.algo) {
+                    direct::forward(t, n, dy, flipped, dx, true, None, ws)
+                } else {
+                    im2col_gemm(t, n, dy, flipped, dx, true, None, ws)
+                }
+            });
+        }
+    } else {
+        backward_im2col(s, n, x, w, dy, dw, dx, ws)
     }
 }
 

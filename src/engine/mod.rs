@@ -14,6 +14,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod direct;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
@@ -32,10 +33,14 @@ pub struct Scratch {
 /// How 3×3 stride-1 convolutions are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgo {
-    /// Winograd where it measured faster (enough channels and tiles), else im2col.
+    /// Per layer, what measured fastest: Winograd for enough channels and tiles, the
+    /// direct kernel for few channels, else im2col.
     #[default]
     Auto,
     Im2col,
+    /// The direct kernel for every 3×3 stride-1 pad-1 layer with whole blocks of 16
+    /// output channels (x86-64 with AVX2 only), else im2col.
+    Direct,
     /// Winograd for every 3×3 stride-1 pad-1 layer (tests use it on small networks).
     Winograd,
 }
@@ -47,6 +52,8 @@ pub struct Workspace {
     pub winograd_u: Vec<f32>,
     /// The kernel of a stride-1 convolution's input gradient (see `conv::flip_kernel`).
     pub flipped_weights: Vec<f32>,
+    /// The weights of a direct convolution, repacked (see `direct::forward`).
+    pub direct_weights: Vec<f32>,
     pub algo: ConvAlgo,
 }
 
@@ -57,6 +64,7 @@ impl Workspace {
             threads: (0..n).map(|_| Scratch::default()).collect(),
             winograd_u: Vec::new(),
             flipped_weights: Vec::new(),
+            direct_weights: Vec::new(),
             algo: ConvAlgo::Auto,
         }
     }

@@ -48,7 +48,7 @@ pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo) -> bool 
     let tiles = n * s.h.div_ceil(T_OUT) * s.w.div_ceil(T_OUT);
     let shape = s.kernel == 3 && s.stride == 1 && s.pad == 1;
     match algo {
-        ConvAlgo::Im2col => false,
+        ConvAlgo::Im2col | ConvAlgo::Direct => false,
         ConvAlgo::Winograd => shape,
         ConvAlgo::Auto => shape && s.c_in >= 32 && s.c_out >= 32 && tiles >= (MIN_BLOCK * threads).max(128),
     }

@@ -1,0 +1,365 @@
+//! Direct 3×3 stride-1 pad-1 convolution for layers with few channels (CIFAR's 16-channel
+//! stage), NHWC, with AVX2 register-blocked microkernels.
+//!
+//! At 16 channels im2col+GEMM spends as long copying 64-byte kernel rows as multiplying
+//! (k = 144 is also short for a GEMM), and Winograd's transforms outweigh the multiplies
+//! they save. Here each image is copied once into a zero-bordered buffer of
+//! `(h+2)·(w+2)` pixels; in that buffer, tap (ky, kx) of output pixel `q = y·(w+2) + x` is
+//! input pixel `q + ky·(w+2) + kx` for every q. The two pad columns of each row are
+//! computed as well and thrown away (2/(w+2) extra work), which gives the microkernels one
+//! uniform run of pixels with no edge cases:
+//! - forward: 6 output pixels × 16 output channels in 12 AVX registers, summed over the
+//!   9·c_in (tap, channel) pairs: two weight loads and six broadcasts per 12 FMAs;
+//! - weight gradient: 6 (tap, channel) rows × 16 output channels, summed over pixels.
+//!
+//! The input gradient of a stride-1 convolution is the forward kernel on `dy` with the
+//! flipped kernel (`conv::with_flipped_kernel`), accumulated into `dx`.
+
+use super::conv::{ConvShape, Epilogue};
+use super::{ConvAlgo, SharedOut, Workspace, ensure_len, split_range};
+use rayon::prelude::*;
+
+/// Output pixels per microkernel call.
+const PIXELS: usize = 6;
+/// Output channels per microkernel call: two AVX registers.
+const CHANNELS: usize = 16;
+
+/// Whether a convolution is done this way. `Auto`: 3×3 stride-1 pad-1 layers with fewer
+/// than 32 input channels, output channels in whole blocks of 16, and an image per
+/// thread (`examples/conv_algos.rs` measures it against im2col and Winograd).
+pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo) -> bool {
+    let shape = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
+        && s.kernel == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.c_out.is_multiple_of(CHANNELS);
+    match algo {
+        ConvAlgo::Im2col | ConvAlgo::Winograd => false,
+        ConvAlgo::Direct => shape,
+        ConvAlgo::Auto => shape && s.c_in < 32 && n >= threads,
+    }
+}
+
+/// Geometry of the zero-bordered image buffer.
+struct Padded {
+    /// Pixels per buffer row (`w + 2`).
+    row: usize,
+    /// Pixels computed per image: `h` rows of `row`, pad columns included.
+    run: usize,
+    /// Buffer length in floats, with slack for the last microkernel's reads.
+    len: usize,
+}
+
+impl Padded {
+    fn new(s: &ConvShape) -> Self {
+        let row = s.w + 2;
+        let run = s.h * row;
+        // The last call reads up to pixel run.next_multiple_of(6) - 1 + 2·row + 2.
+        let pixels = run.next_multiple_of(PIXELS) + 2 * row + 2;
+        Padded { row, run, len: pixels * s.c_in }
+    }
+
+    /// Offset in pixels of tap `tap` (row-major over the 3×3 kernel).
+    fn tap(&self, tap: usize) -> usize {
+        (tap / 3) * self.row + tap % 3
+    }
+}
+
+/// Copies image `img` into `buf` with a zero border of one pixel.
+fn pad_image(s: &ConvShape, p: &Padded, img: &[f32], buf: &mut Vec<f32>) {
+    ensure_len(buf, p.len);
+    let buf = &mut buf[..p.len];
+    buf.fill(0.0);
+    let c = s.c_in;
+    for (y, src) in img.chunks_exact(s.w * c).enumerate() {
+        let dst = ((y + 1) * p.row + 1) * c;
+        buf[dst..dst + s.w * c].copy_from_slice(src);
+    }
+}
+
+/// `y = epilogue(conv(x, w))`, or `y += conv(x, w)` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
+    debug_assert!(applies(s, n, 1, ConvAlgo::Direct));
+    let p = Padded::new(s);
+    // Weights as [block of 16 outputs][tap][c_in][16], so each microkernel step loads
+    // one contiguous 16-float row.
+    let wt = &mut ws.direct_weights;
+    ensure_len(wt, s.weight_len());
+    let (ci, co) = (s.c_in, s.c_out);
+    for o in 0..co {
+        for j in 0..9 * ci {
+            wt[((o / CHANNELS) * 9 * ci + j) * CHANNELS + o % CHANNELS] = w[o * 9 * ci + j];
+        }
+    }
+    let wt = &ws.direct_weights[..s.weight_len()];
+    let threads = ws.threads.len().min(n).max(1);
+    // Each thread writes the output images of its own range of images.
+    let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
+    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+        let mut tile = [0f32; PIXELS * CHANNELS];
+        for img in split_range(n, threads, t) {
+            pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
+            let xp = &scr.col[..p.len];
+            for block in 0..co / CHANNELS {
+                let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
+                for q0 in (0..p.run).step_by(PIXELS) {
+                    // The kernel is inlined: with the channel count a constant, its
+                    // broadcast and weight offsets become immediates.
+                    match ci {
+                        16 => kernels::forward_6x16(xp, q0, 16, &p, wb, &mut tile),
+                        3 => kernels::forward_6x16(xp, q0, 3, &p, wb, &mut tile),
+                        _ => kernels::forward_6x16(xp, q0, ci, &p, wb, &mut tile),
+                    }
+                    for (i, acc) in tile.chunks_exact(CHANNELS).enumerate() {
+                        let (oy, ox) = ((q0 + i) / p.row, (q0 + i) % p.row);
+                        if oy >= s.h || ox >= s.w {
+                            continue;
+                        }
+                        let pixel = img * s.out_pixels() + oy * s.w + ox;
+                        let cols = block * CHANNELS..(block + 1) * CHANNELS;
+                        assert!(pixel < (img + 1) * s.out_pixels());
+                        // SAFETY: this pixel's channels belong to image `img`, which only
+                        // this thread writes.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out.base().add(pixel * co + cols.start), CHANNELS)
+                        };
+                        if accumulate {
+                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+                        } else {
+                            dst.copy_from_slice(acc);
+                        }
+                        if let Some(epi) = epi {
+                            epi.apply(dst, pixel, co, cols);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dw = Σ dyᵀ·col(x)` (overwritten), OHWI like the weights.
+pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], ws: &mut Workspace) {
+    assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() == s.weight_len());
+    let p = Padded::new(s);
+    let (ci, co) = (s.c_in, s.c_out);
+    let rows = 9 * ci;
+    let threads = ws.threads.len().min(n).max(1);
+    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+        // This thread's partial sum as [tap·c_in + c][c_out].
+        ensure_len(&mut scr.dw, rows * co);
+        let part = &mut scr.dw[..rows * co];
+        part.fill(0.0);
+        let mut tile = [0f32; PIXELS * CHANNELS];
+        for img in split_range(n, threads, t) {
+            pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
+            let xp = &scr.col[..p.len];
+            let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
+            let dyi = &dyi[..s.out_len()];
+            for block in 0..co / CHANNELS {
+                let dyb = &dyi[block * CHANNELS..];
+                if ci == 16 {
+                    // Four channels of one tap at a time: one base pointer, immediate offsets.
+                    for j0 in (0..rows).step_by(4) {
+                        let off = p.tap(j0 / ci) * ci + j0 % ci;
+                        kernels::weights_4x16(xp, off, 16, s, &p, dyb, co, &mut tile);
+                        for (i, acc) in tile.chunks_exact(CHANNELS).take(4).enumerate() {
+                            let dst = &mut part[(j0 + i) * co + block * CHANNELS..][..CHANNELS];
+                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+                        }
+                    }
+                    continue;
+                }
+                for j0 in (0..rows).step_by(PIXELS) {
+                    // Offsets in floats of the six (tap, channel) rows; a short last group
+                    // repeats row j0 and drops its sums.
+                    let offs: [usize; PIXELS] = std::array::from_fn(|i| {
+                        let j = if j0 + i < rows { j0 + i } else { j0 };
+                        p.tap(j / ci) * ci + j % ci
+                    });
+                    kernels::weights_6x16(xp, &offs, ci, s, &p, dyb, co, &mut tile);
+                    for (i, acc) in tile.chunks_exact(CHANNELS).enumerate().take(rows - j0) {
+                        let dst = &mut part[(j0 + i) * co + block * CHANNELS..][..CHANNELS];
+                        dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+                    }
+                }
+            }
+        }
+    });
+    // Sum the partials and transpose [tap·c_in + c][o] to OHWI [o][tap·c_in + c].
+    dw.fill(0.0);
+    for scr in &ws.threads[..threads] {
+        for (j, row) in scr.dw[..rows * co].chunks_exact(co).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                dw[o * rows + j] += v;
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod kernels {
+    use super::{CHANNELS, PIXELS, Padded};
+    use crate::engine::conv::ConvShape;
+    use std::arch::x86_64::*;
+
+    /// `tile[i][·] = Σ_(tap, c) xp[q0 + i + tap offset][c] · w[tap][c][·]` for the six
+    /// pixels `q0..q0+6` of the padded image `xp` and one block of 16 output channels.
+    #[inline(always)]
+    pub fn forward_6x16(xp: &[f32], q0: usize, ci: usize, p: &Padded, w: &[f32], tile: &mut [f32; PIXELS * CHANNELS]) {
+        assert!((q0 + PIXELS - 1 + p.tap(8) + 1) * ci <= xp.len() && w.len() >= 9 * ci * CHANNELS);
+        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
+        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
+        for tap in 0..9 {
+            // SAFETY: the assert above bounds every read: pixels q0..q0+6 plus the tap
+            // offset lie in the buffer, and tap·c_in + c < 9·c_in rows of 16 weights.
+            unsafe {
+                let x = xp.as_ptr().add((q0 + p.tap(tap)) * ci);
+                let wr = w.as_ptr().add(tap * ci * CHANNELS);
+                for c in 0..ci {
+                    let w0 = _mm256_loadu_ps(wr.add(c * CHANNELS));
+                    let w1 = _mm256_loadu_ps(wr.add(c * CHANNELS + 8));
+                    for i in 0..PIXELS {
+                        let v = _mm256_broadcast_ss(&*x.add(i * ci + c));
+                        acc[2 * i] = _mm256_fmadd_ps(v, w0, acc[2 * i]);
+                        acc[2 * i + 1] = _mm256_fmadd_ps(v, w1, acc[2 * i + 1]);
+                    }
+                }
+            }
+        }
+        store(&acc, tile);
+    }
+
+    /// `tile[i][·] = Σ_pixels xp[pixel's input + offs[i]] · dy[pixel][·]` over the valid
+    /// output pixels of one image, for six (tap, channel) rows and 16 output channels.
+    /// `dy` starts at the block's first channel; its pixels are `co` floats apart.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn weights_6x16(
+        xp: &[f32],
+        offs: &[usize; PIXELS],
+        ci: usize,
+        s: &ConvShape,
+        p: &Padded,
+        dy: &[f32],
+        co: usize,
+        tile: &mut [f32; PIXELS * CHANNELS],
+    ) {
+        let max_off = offs.iter().max().copied().unwrap_or(0);
+        assert!((p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
+        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
+        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
+        for oy in 0..s.h {
+            for ox in 0..s.w {
+                // SAFETY: pixel q < run and every offset keep reads inside xp; pixel
+                // (oy, ox) of dy has 16 channels from the block start (assert above).
+                unsafe {
+                    let x = xp.as_ptr().add((oy * p.row + ox) * ci);
+                    let d = dy.as_ptr().add((oy * s.w + ox) * co);
+                    let d0 = _mm256_loadu_ps(d);
+                    let d1 = _mm256_loadu_ps(d.add(8));
+                    for i in 0..PIXELS {
+                        let v = _mm256_broadcast_ss(&*x.add(offs[i]));
+                        acc[2 * i] = _mm256_fmadd_ps(v, d0, acc[2 * i]);
+                        acc[2 * i + 1] = _mm256_fmadd_ps(v, d1, acc[2 * i + 1]);
+                    }
+                }
+            }
+        }
+        store(&acc, tile);
+    }
+
+    /// `weights_6x16` for the four rows `off..off+4` (four channels of one tap).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn weights_4x16(
+        xp: &[f32],
+        off: usize,
+        ci: usize,
+        s: &ConvShape,
+        p: &Padded,
+        dy: &[f32],
+        co: usize,
+        tile: &mut [f32; PIXELS * CHANNELS],
+    ) {
+        assert!((p.run - 1) * ci + off + 4 <= xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
+        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
+        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
+        for oy in 0..s.h {
+            // SAFETY: pixels (oy, 0..w) lie below `run` in xp and inside dy (assert above).
+            unsafe {
+                let mut x = xp.as_ptr().add(oy * p.row * ci + off);
+                let mut d = dy.as_ptr().add(oy * s.w * co);
+                for _ in 0..s.w {
+                    let d0 = _mm256_loadu_ps(d);
+                    let d1 = _mm256_loadu_ps(d.add(8));
+                    for i in 0..4 {
+                        let v = _mm256_broadcast_ss(&*x.add(i));
+                        acc[2 * i] = _mm256_fmadd_ps(v, d0, acc[2 * i]);
+                        acc[2 * i + 1] = _mm256_fmadd_ps(v, d1, acc[2 * i + 1]);
+                    }
+                    x = x.add(ci);
+                    d = d.add(co);
+                }
+            }
+        }
+        store(&acc, tile);
+    }
+
+    fn store(acc: &[__m256; 2 * PIXELS], tile: &mut [f32; PIXELS * CHANNELS]) {
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: 8 floats at 8·i < 96 lie inside the tile.
+            unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(8 * i), *a) };
+        }
+    }
+}
+
+/// Without AVX2 `applies` is false and these are never called.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+mod kernels {
+    use super::{CHANNELS, PIXELS, Padded};
+    use crate::engine::conv::ConvShape;
+
+    pub fn forward_6x16(_: &[f32], _: usize, _: usize, _: &Padded, _: &[f32], _: &mut [f32; PIXELS * CHANNELS]) {
+        unreachable!("direct convolution needs AVX2 and FMA")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn weights_4x16(
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &ConvShape,
+        _: &Padded,
+        _: &[f32],
+        _: usize,
+        _: &mut [f32; PIXELS * CHANNELS],
+    ) {
+        unreachable!("direct convolution needs AVX2 and FMA")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn weights_6x16(
+        _: &[f32],
+        _: &[usize; PIXELS],
+        _: usize,
+        _: &ConvShape,
+        _: &Padded,
+        _: &[f32],
+        _: usize,
+        _: &mut [f32; PIXELS * CHANNELS],
+    ) {
+        unreachable!("direct convolution needs AVX2 and FMA")
+    }
+}
