@@ -10,7 +10,8 @@
 //! uniform run of pixels with no edge cases:
 //! - forward: 6 output pixels × 16 output channels in 12 AVX registers, summed over the
 //!   9·c_in (tap, channel) pairs: two weight loads and six broadcasts per 12 FMAs;
-//! - weight gradient: 6 (tap, channel) rows × 16 output channels, summed over pixels.
+//! - weight gradient: 4 (tap, channel) rows × 16 output channels, summed over pixels, when
+//!   the channels come in fours (one base pointer); else 6 rows at any offsets.
 //!
 //! The input gradient of a stride-1 convolution is the forward kernel on `dy` with the
 //! flipped kernel (`conv::with_flipped_kernel`), accumulated into `dx`.
@@ -121,26 +122,29 @@ pub fn forward(
                         3 => kernels::forward_6x16(xp, q0, 3, &p, wb, &mut tile),
                         _ => kernels::forward_6x16(xp, q0, ci, &p, wb, &mut tile),
                     }
-                    for (i, acc) in tile.chunks_exact(CHANNELS).enumerate() {
-                        let (oy, ox) = ((q0 + i) / p.row, (q0 + i) % p.row);
-                        if oy >= s.h || ox >= s.w {
-                            continue;
+                    // One division per call: the six pixels' positions follow by counting.
+                    let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
+                    for acc in tile.chunks_exact(CHANNELS) {
+                        if oy < s.h && ox < s.w {
+                            let pixel = img * s.out_pixels() + oy * s.w + ox;
+                            let cols = block * CHANNELS..(block + 1) * CHANNELS;
+                            // SAFETY: this pixel's channels lie in image `img` (oy < h,
+                            // ox < w), which only this thread writes.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(out.base().add(pixel * co + cols.start), CHANNELS)
+                            };
+                            if accumulate {
+                                dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+                            } else {
+                                dst.copy_from_slice(acc);
+                            }
+                            if let Some(epi) = epi {
+                                epi.apply(dst, pixel, co, cols);
+                            }
                         }
-                        let pixel = img * s.out_pixels() + oy * s.w + ox;
-                        let cols = block * CHANNELS..(block + 1) * CHANNELS;
-                        assert!(pixel < (img + 1) * s.out_pixels());
-                        // SAFETY: this pixel's channels belong to image `img`, which only
-                        // this thread writes.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out.base().add(pixel * co + cols.start), CHANNELS)
-                        };
-                        if accumulate {
-                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
-                        } else {
-                            dst.copy_from_slice(acc);
-                        }
-                        if let Some(epi) = epi {
-                            epi.apply(dst, pixel, co, cols);
+                        ox += 1;
+                        if ox == p.row {
+                            (oy, ox) = (oy + 1, 0);
                         }
                     }
                 }
@@ -166,14 +170,16 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
             let xp = &scr.col[..p.len];
             let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
-            let dyi = &dyi[..s.out_len()];
             for block in 0..co / CHANNELS {
                 let dyb = &dyi[block * CHANNELS..];
-                if ci == 16 {
+                if ci.is_multiple_of(4) {
                     // Four channels of one tap at a time: one base pointer, immediate offsets.
                     for j0 in (0..rows).step_by(4) {
                         let off = p.tap(j0 / ci) * ci + j0 % ci;
-                        kernels::weights_4x16(xp, off, 16, s, &p, dyb, co, &mut tile);
+                        match ci {
+                            16 => kernels::weights_4x16(xp, off, 16, s, &p, dyb, co, &mut tile),
+                            _ => kernels::weights_4x16(xp, off, ci, s, &p, dyb, co, &mut tile),
+                        }
                         for (i, acc) in tile.chunks_exact(CHANNELS).take(4).enumerate() {
                             let dst = &mut part[(j0 + i) * co + block * CHANNELS..][..CHANNELS];
                             dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
