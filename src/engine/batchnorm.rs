@@ -1,7 +1,9 @@
 //! Batch normalization over the rows of an NHWC tensor viewed as `[rows, c]`, with
 //! the ReLU and the residual addition that follow it in a ResNet fused in.
 //!
-//! Statistics are accumulated in f64 per thread, then combined, so results do not
+//! Loops run over blocks of whole rows (at least 512 floats) against per-channel values
+//! repeated to the block's length, so each is one long vectorized loop. Statistics are
+//! accumulated in f64 per block position and thread, then combined, so results do not
 //! depend on the thread count beyond f32 rounding of the output.
 
 use rayon::prelude::*;
@@ -12,22 +14,25 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(64)
 }
 
-/// Per-channel sums of `a` and of `a*b` over all rows (b = None: sums of a and a²).
+/// Per-channel sums of `a - k` and `(a - k)²`, with `k` the first row: shifting by a
+/// sample of the data keeps `E[(a-k)²] - E[a-k]²` accurate when the mean is large
+/// against the spread.
 fn channel_sums(a: &[f32], c: usize, rows: usize) -> (Vec<f64>, Vec<f64>) {
     let chunk = chunk_rows(rows) * c;
+    let len = block_len(c);
+    let k = a[..c].repeat(len / c);
     a[..rows * c]
         .par_chunks(chunk)
         .map(|part| {
-            let mut s = vec![0f64; c];
-            let mut q = vec![0f64; c];
-            for row in part.chunks_exact(c) {
-                for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
-                    let v = v as f64;
-                    *s += v;
-                    *q += v * v;
+            let (mut s, mut q) = (vec![0f64; len], vec![0f64; len]);
+            for block in part.chunks(len) {
+                for ((v, k), (s, q)) in block.iter().zip(&k).zip(s.iter_mut().zip(q.iter_mut())) {
+                    let d = *v as f64 - *k as f64;
+                    *s += d;
+                    *q += d * d;
                 }
             }
-            (s, q)
+            (fold(&s, c), fold(&q, c))
         })
         .reduce(|| (vec![0f64; c], vec![0f64; c]), add_pair)
 }
@@ -49,26 +54,40 @@ pub struct BnParams<'a> {
     pub eps: f32,
 }
 
+/// Rows per block of the elementwise loops: at least 512 floats, so that each block is
+/// one long vectorized loop against per-channel values repeated to its length (a loop
+/// per row of 16 channels spent more time on loop overhead than on the data).
+fn block_len(c: usize) -> usize {
+    (512 / c).max(1) * c
+}
+
+/// Per-channel totals of per-position sums over a block of rows.
+fn fold(part: &[f64], c: usize) -> Vec<f64> {
+    let mut total = vec![0f64; c];
+    for row in part.chunks_exact(c) {
+        total.iter_mut().zip(row).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
 /// `y = [relu](scale*x + shift [+ residual])`, the shared elementwise tail.
 fn apply(x: &[f32], c: usize, scale: &[f32], shift: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     let chunk = chunk_rows(x.len() / c) * c;
+    let len = block_len(c);
+    let (scale, shift) = (scale[..c].repeat(len / c), shift[..c].repeat(len / c));
     y.par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| {
         let start = i * chunk;
         let xc = &x[start..start + yc.len()];
-        for (r, (yr, xr)) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
-            for j in 0..c {
-                yr[j] = xr[j] * scale[j] + shift[j];
+        for (b, (yb, xb)) in yc.chunks_mut(len).zip(xc.chunks(len)).enumerate() {
+            for ((y, x), (s, t)) in yb.iter_mut().zip(xb).zip(scale.iter().zip(&shift)) {
+                *y = x * s + t;
             }
             if let Some(res) = residual {
-                let rr = &res[start + r * c..start + (r + 1) * c];
-                for j in 0..c {
-                    yr[j] += rr[j];
-                }
+                let rb = &res[start + b * len..][..yb.len()];
+                yb.iter_mut().zip(rb).for_each(|(y, r)| *y += r);
             }
             if relu {
-                for v in yr.iter_mut() {
-                    *v = v.max(0.0);
-                }
+                yb.iter_mut().for_each(|v| *v = v.max(0.0));
             }
         }
     });
@@ -97,8 +116,9 @@ pub fn forward_train(
     let mut scale = vec![0f32; c];
     let mut shift = vec![0f32; c];
     for j in 0..c {
-        let mu = s[j] / m;
-        let var = (q[j] / m - mu * mu).max(0.0);
+        let shifted_mean = s[j] / m;
+        let var = (q[j] / m - shifted_mean * shifted_mean).max(0.0);
+        let mu = x[j] as f64 + shifted_mean;
         let is = 1.0 / (var + p.eps as f64).sqrt();
         mean[j] = mu as f32;
         invstd[j] = is as f32;
@@ -154,30 +174,33 @@ pub fn backward(
 ) {
     let c = p.gamma.len();
     let chunk = chunk_rows(rows) * c;
-    if let Some(out) = relu_out {
-        g[..rows * c].par_chunks_mut(chunk).zip(out[..rows * c].par_chunks(chunk)).for_each(|(gc, oc)| {
-            for (gv, &o) in gc.iter_mut().zip(oc) {
-                if o <= 0.0 {
-                    *gv = 0.0;
-                }
-            }
-        });
-    }
-    // Σ dy and Σ dy·x̂ per channel.
+    // Σ dy and Σ dy·x̂ per channel, masking dy by the ReLU block by block while it is in
+    // cache.
+    let len = block_len(c);
+    let (mu, is) = (mean[..c].repeat(len / c), invstd[..c].repeat(len / c));
     let (sum_dy, sum_dy_xhat) = g[..rows * c]
-        .par_chunks(chunk)
-        .zip(x[..rows * c].par_chunks(chunk))
-        .map(|(gc, xc)| {
-            let mut s = vec![0f64; c];
-            let mut t = vec![0f64; c];
-            for (gr, xr) in gc.chunks_exact(c).zip(xc.chunks_exact(c)) {
-                for j in 0..c {
-                    let xhat = (xr[j] - mean[j]) * invstd[j];
-                    s[j] += gr[j] as f64;
-                    t[j] += (gr[j] * xhat) as f64;
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .map(|(i, gc)| {
+            let start = i * chunk;
+            let (mut s, mut t) = (vec![0f64; len], vec![0f64; len]);
+            for (n, gb) in gc.chunks_mut(len).enumerate() {
+                let at = start + n * len;
+                let bl = gb.len();
+                if let Some(out) = relu_out {
+                    for (g, o) in gb.iter_mut().zip(&out[at..at + bl]) {
+                        if *o <= 0.0 {
+                            *g = 0.0;
+                        }
+                    }
+                }
+                let sums = s.iter_mut().zip(t.iter_mut());
+                for ((g, x), ((s, t), (mu, is))) in gb.iter().zip(&x[at..at + bl]).zip(sums.zip(mu.iter().zip(&is))) {
+                    *s += *g as f64;
+                    *t += (g * ((x - mu) * is)) as f64;
                 }
             }
-            (s, t)
+            (fold(&s, c), fold(&t, c))
         })
         .reduce(|| (vec![0f64; c], vec![0f64; c]), add_pair);
     let m = rows as f64;
@@ -191,11 +214,14 @@ pub fn backward(
         a[j] = (sum_dy[j] / m) as f32;
         b[j] = (sum_dy_xhat[j] / m) as f32;
     }
+    // dx = k·(dy - a - x̂·b) with x̂ = (x - mean)·invstd.
+    let (k, a, b) = (k.repeat(len / c), a.repeat(len / c), b.repeat(len / c));
     g[..rows * c].par_chunks_mut(chunk).zip(x[..rows * c].par_chunks(chunk)).for_each(|(gc, xc)| {
-        for (gr, xr) in gc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-            for j in 0..c {
-                let xhat = (xr[j] - mean[j]) * invstd[j];
-                gr[j] = k[j] * (gr[j] - a[j] - xhat * b[j]);
+        for (gb, xb) in gc.chunks_mut(len).zip(xc.chunks(len)) {
+            let per_channel = k.iter().zip(&a).zip(b.iter().zip(mu.iter().zip(&is)));
+            for ((g, x), ((k, a), (b, (mu, is)))) in gb.iter_mut().zip(xb).zip(per_channel) {
+                let xhat = (x - mu) * is;
+                *g = k * (*g - a - xhat * b);
             }
         }
     });
