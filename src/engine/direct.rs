@@ -66,16 +66,20 @@ impl Padded {
     }
 }
 
-/// Copies image `img` into `buf` with a zero border of one pixel.
+/// Copies image `img` into `buf` with a zero border of one pixel (and zero slack after
+/// the last row); only the border is cleared, the copy overwrites the rest.
 fn pad_image(s: &ConvShape, p: &Padded, img: &[f32], buf: &mut Vec<f32>) {
     ensure_len(buf, p.len);
     let buf = &mut buf[..p.len];
-    buf.fill(0.0);
-    let c = s.c_in;
+    let (c, row) = (s.c_in, p.row * s.c_in);
+    buf[..row + c].fill(0.0); // top row and the first row's left pad
     for (y, src) in img.chunks_exact(s.w * c).enumerate() {
         let dst = ((y + 1) * p.row + 1) * c;
         buf[dst..dst + s.w * c].copy_from_slice(src);
+        // This row's right pad and the next row's left pad are adjacent.
+        buf[dst + s.w * c..dst + s.w * c + 2 * c].fill(0.0);
     }
+    buf[(s.h + 1) * row + c..].fill(0.0); // bottom row after its left pad, and the slack
 }
 
 /// `y = epilogue(conv(x, w))`, or `y += conv(x, w)` when `accumulate`.
@@ -165,40 +169,19 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
         ensure_len(&mut scr.dw, rows * co);
         let part = &mut scr.dw[..rows * co];
         part.fill(0.0);
-        let mut tile = [0f32; PIXELS * CHANNELS];
         for img in split_range(n, threads, t) {
             pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
             let xp = &scr.col[..p.len];
             let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
             for block in 0..co / CHANNELS {
                 let dyb = &dyi[block * CHANNELS..];
-                if ci.is_multiple_of(4) {
-                    // Four channels of one tap at a time: one base pointer, immediate offsets.
-                    for j0 in (0..rows).step_by(4) {
-                        let off = p.tap(j0 / ci) * ci + j0 % ci;
-                        match ci {
-                            16 => kernels::weights_4x16(xp, off, 16, s, &p, dyb, co, &mut tile),
-                            _ => kernels::weights_4x16(xp, off, ci, s, &p, dyb, co, &mut tile),
-                        }
-                        for (i, acc) in tile.chunks_exact(CHANNELS).take(4).enumerate() {
-                            let dst = &mut part[(j0 + i) * co + block * CHANNELS..][..CHANNELS];
-                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
-                        }
-                    }
-                    continue;
-                }
-                for j0 in (0..rows).step_by(PIXELS) {
-                    // Offsets in floats of the six (tap, channel) rows; a short last group
-                    // repeats row j0 and drops its sums.
-                    let offs: [usize; PIXELS] = std::array::from_fn(|i| {
-                        let j = if j0 + i < rows { j0 + i } else { j0 };
-                        p.tap(j / ci) * ci + j % ci
-                    });
-                    kernels::weights_6x16(xp, &offs, ci, s, &p, dyb, co, &mut tile);
-                    for (i, acc) in tile.chunks_exact(CHANNELS).enumerate().take(rows - j0) {
-                        let dst = &mut part[(j0 + i) * co + block * CHANNELS..][..CHANNELS];
-                        dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
-                    }
+                let part = Part { sums: &mut *part, co, block };
+                // Channels in fours: four rows of one tap share a base pointer, and with the
+                // channel count a constant their offsets become immediates.
+                match ci {
+                    16 => weight_rows::<4>(xp, 16, s, &p, dyb, part),
+                    c if c.is_multiple_of(4) => weight_rows::<4>(xp, c, s, &p, dyb, part),
+                    c => weight_rows::<PIXELS>(xp, c, s, &p, dyb, part),
                 }
             }
         }
@@ -210,6 +193,34 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             for (o, v) in row.iter().enumerate() {
                 dw[o * rows + j] += v;
             }
+        }
+    }
+}
+
+/// A thread's weight-gradient partial sums, [tap·c_in + c][c_out], and the block of 16
+/// output channels being summed.
+struct Part<'a> {
+    sums: &'a mut [f32],
+    co: usize,
+    block: usize,
+}
+
+/// Adds one image's weight gradient for one block of output channels to `part`, `R`
+/// (tap, channel) rows per microkernel call; a short last group repeats its first row
+/// and drops those sums.
+#[inline(always)]
+fn weight_rows<const R: usize>(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], part: Part) {
+    let rows = 9 * ci;
+    let mut tile = [0f32; PIXELS * CHANNELS];
+    for j0 in (0..rows).step_by(R) {
+        let offs: [usize; R] = std::array::from_fn(|i| {
+            let j = if j0 + i < rows { j0 + i } else { j0 };
+            p.tap(j / ci) * ci + j % ci
+        });
+        kernels::weights::<R>(xp, &offs, ci, s, p, dy, part.co, &mut tile);
+        for (i, acc) in tile.chunks_exact(CHANNELS).take(R.min(rows - j0)).enumerate() {
+            let dst = &mut part.sums[(j0 + i) * part.co + part.block * CHANNELS..][..CHANNELS];
+            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
         }
     }
 }
@@ -248,13 +259,13 @@ mod kernels {
     }
 
     /// `tile[i][·] = Σ_pixels xp[pixel's input + offs[i]] · dy[pixel][·]` over the valid
-    /// output pixels of one image, for six (tap, channel) rows and 16 output channels.
+    /// output pixels of one image, for `R` ≤ 6 (tap, channel) rows and 16 output channels.
     /// `dy` starts at the block's first channel; its pixels are `co` floats apart.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub fn weights_6x16(
+    #[inline(always)]
+    pub fn weights<const R: usize>(
         xp: &[f32],
-        offs: &[usize; PIXELS],
+        offs: &[usize; R],
         ci: usize,
         s: &ConvShape,
         p: &Padded,
@@ -263,55 +274,20 @@ mod kernels {
         tile: &mut [f32; PIXELS * CHANNELS],
     ) {
         let max_off = offs.iter().max().copied().unwrap_or(0);
-        assert!((p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
+        assert!(R <= PIXELS && (p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
         // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
         let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
         for oy in 0..s.h {
-            for ox in 0..s.w {
-                // SAFETY: pixel q < run and every offset keep reads inside xp; pixel
-                // (oy, ox) of dy has 16 channels from the block start (assert above).
-                unsafe {
-                    let x = xp.as_ptr().add((oy * p.row + ox) * ci);
-                    let d = dy.as_ptr().add((oy * s.w + ox) * co);
-                    let d0 = _mm256_loadu_ps(d);
-                    let d1 = _mm256_loadu_ps(d.add(8));
-                    for i in 0..PIXELS {
-                        let v = _mm256_broadcast_ss(&*x.add(offs[i]));
-                        acc[2 * i] = _mm256_fmadd_ps(v, d0, acc[2 * i]);
-                        acc[2 * i + 1] = _mm256_fmadd_ps(v, d1, acc[2 * i + 1]);
-                    }
-                }
-            }
-        }
-        store(&acc, tile);
-    }
-
-    /// `weights_6x16` for the four rows `off..off+4` (four channels of one tap).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub fn weights_4x16(
-        xp: &[f32],
-        off: usize,
-        ci: usize,
-        s: &ConvShape,
-        p: &Padded,
-        dy: &[f32],
-        co: usize,
-        tile: &mut [f32; PIXELS * CHANNELS],
-    ) {
-        assert!((p.run - 1) * ci + off + 4 <= xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
-        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
-        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
-        for oy in 0..s.h {
-            // SAFETY: pixels (oy, 0..w) lie below `run` in xp and inside dy (assert above).
+            // SAFETY: pixels (oy, 0..w) lie below `run` in xp, so with every offset the
+            // reads stay inside it; they lie inside dy with 16 channels (assert above).
             unsafe {
-                let mut x = xp.as_ptr().add(oy * p.row * ci + off);
+                let mut x = xp.as_ptr().add(oy * p.row * ci);
                 let mut d = dy.as_ptr().add(oy * s.w * co);
                 for _ in 0..s.w {
                     let d0 = _mm256_loadu_ps(d);
                     let d1 = _mm256_loadu_ps(d.add(8));
-                    for i in 0..4 {
-                        let v = _mm256_broadcast_ss(&*x.add(i));
+                    for (i, off) in offs.iter().enumerate() {
+                        let v = _mm256_broadcast_ss(&*x.add(*off));
                         acc[2 * i] = _mm256_fmadd_ps(v, d0, acc[2 * i]);
                         acc[2 * i + 1] = _mm256_fmadd_ps(v, d1, acc[2 * i + 1]);
                     }
@@ -342,23 +318,9 @@ mod kernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn weights_4x16(
+    pub fn weights<const R: usize>(
         _: &[f32],
-        _: usize,
-        _: usize,
-        _: &ConvShape,
-        _: &Padded,
-        _: &[f32],
-        _: usize,
-        _: &mut [f32; PIXELS * CHANNELS],
-    ) {
-        unreachable!("direct convolution needs AVX2 and FMA")
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn weights_6x16(
-        _: &[f32],
-        _: &[usize; PIXELS],
+        _: &[usize; R],
         _: usize,
         _: &ConvShape,
         _: &Padded,
