@@ -35,9 +35,13 @@ fn resnet20_matches_pytorch() {
 
 /// The same with every 3×3 convolution computed by Winograd F(4×4, 3×3), which this
 /// batch is too small for by default. Its float32 rounding (~1e-6 per layer, ~1e-5 on
-/// the gradients) is 5x direct summation's; the three steps memorize the two images
-/// (loss 3.48 -> 0.33 -> 0.034), shrinking the gradients ~100x while absolute rounding
-/// stays, so the parameters after 3 steps are held to 1e-3.
+/// the gradients) is 5x direct summation's. The three steps memorize the two images
+/// (loss 3.48 -> 0.33 -> 0.034), and that trajectory amplifies any perturbation: with the
+/// default algorithms, scaling every initial weight by 1 + 1e-6·u (u uniform in ±0.5)
+/// moves the weights after 3 steps by 4e-4 relative, and 1e-5·u by 3e-2. Winograd's
+/// rounding is such a perturbation (3e-3 after 3 steps, depending on how the tiles are
+/// blocked), so here the gradients (1e-4) are the check and the parameters after 3 steps
+/// are held to 1e-2, which still catches a wrong update.
 #[test]
 fn resnet20_matches_pytorch_with_winograd() {
     check(ConvAlgo::Winograd);
@@ -51,7 +55,7 @@ fn resnet20_matches_pytorch_with_direct_convolution() {
 }
 
 fn check(algo: ConvAlgo) {
-    let step3_tol = if algo == ConvAlgo::Winograd { 1e-3 } else { TOL };
+    let step3_tol = if algo == ConvAlgo::Winograd { 1e-2 } else { TOL };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
     let g = StateDict::read(&path).unwrap();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);

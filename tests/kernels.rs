@@ -7,7 +7,7 @@ use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{ConvAlgo, Workspace, ops, sgd, winograd};
+use resnet::engine::{self, ConvAlgo, Workspace, ops, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -452,4 +452,34 @@ fn sgd_matches_pytorch_formula() {
         }
     }
     assert!(rel_err(&p, &p64) < 1e-6);
+}
+
+/// `sum_groups` (the weight gradients' reduction) adds every item's terms exactly once,
+/// and in an order fixed by the shapes alone: terms spanning seven orders of magnitude,
+/// whose float32 sum depends on the order, come out bit-identical on every run. The
+/// last case is too large for a group per item, so groups hold several items.
+#[test]
+fn sum_groups_adds_every_item_once_in_a_fixed_order() {
+    let mut ws = Workspace::new();
+    let term = |item: usize, j: usize| ((item * 31 + j) % 17 + 1) as f32 * 10f32.powi((item % 7) as i32 - 3);
+    for (len, items) in [(5, 1), (7, 50), (1 << 19, 13)] {
+        let sum = |ws: &mut Workspace| {
+            let Workspace { threads, partials, .. } = ws;
+            engine::sum_groups(threads, partials, len, items, |_, group, part| {
+                for item in group {
+                    part.iter_mut().enumerate().for_each(|(j, p)| *p += term(item, j));
+                }
+            })
+            .to_vec()
+        };
+        let first = sum(&mut ws);
+        for _ in 0..3 {
+            assert_eq!(sum(&mut ws), first, "len {len}, {items} items: the sum changed between runs");
+        }
+        for j in (0..len).step_by(len / 5 + 1) {
+            let want: f64 = (0..items).map(|i| term(i, j) as f64).sum();
+            let e = (first[j] as f64 - want).abs() / want;
+            assert!(e < 1e-5, "len {len}, {items} items, element {j}: {} vs {want}", first[j]);
+        }
+    }
 }

@@ -4,16 +4,16 @@
 //! is computed in tiles of about `TILE_ROWS` rows: each tile's input patches are lowered
 //! into a cache-sized im2col buffer and multiplied by the weight matrix, which keeps the
 //! GEMMs in their efficient range (single-threaded `gemm` runs at ~75% of a core's peak
-//! from ~100 to ~700 rows, and at half that for a whole 56×56 image). Threads take
-//! contiguous runs of tiles, so even one image uses every core. 1×1 stride-1
-//! convolutions skip im2col: the input already is the column matrix.
+//! from ~100 to ~700 rows, and at half that for a whole 56×56 image). Workers take the
+//! tiles one at a time, so even one image uses every core. 1×1 stride-1 convolutions
+//! skip im2col: the input already is the column matrix.
 //!
-//! The backward pass splits the batch by images across threads (the input gradient of
-//! neighbouring rows overlaps), tile by tile within each thread's images.
+//! The backward pass splits the batch into groups of images (the input gradient of
+//! neighbouring rows overlaps), tile by tile within each group, and sums the groups'
+//! weight gradients in a fixed order (`sum_groups`).
 
 use super::matmul::{Mat, matmul};
-use super::{SharedOut, Workspace, direct, ensure_len, split_range, winograd};
-use rayon::prelude::*;
+use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, split_range, sum_groups, winograd};
 
 /// Output rows per GEMM (see the module comment).
 const TILE_ROWS: usize = 256;
@@ -72,8 +72,9 @@ pub struct Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// Applies to `out`, the channels `cols` of output pixel `pixel` (counted over the
-    /// batch), of a layer with `c_out` channels.
-    #[inline]
+    /// batch), of a layer with `c_out` channels. Always inlined, so that a caller with a
+    /// constant number of channels gets vector code.
+    #[inline(always)]
     pub fn apply(&self, out: &mut [f32], pixel: usize, c_out: usize, cols: std::ops::Range<usize>) {
         let (scale, shift) = (&self.scale[cols.clone()], &self.shift[cols.clone()]);
         for ((v, s), b) in out.iter_mut().zip(scale).zip(shift) {
@@ -227,42 +228,37 @@ fn im2col_gemm(
     // whole SIMD widths, so every thread has work.
     let col_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(s.c_out / 16).max(1) };
     let items = tiles * col_blocks;
-    let workers = threads.min(items).max(1);
     // Every work item writes its own block of rows × channels, disjoint from the others'.
     let out = SharedOut(y[..rows * s.c_out].as_mut_ptr());
     let patch = s.patch();
-    ws.threads[..workers].par_iter_mut().enumerate().for_each(|(t, scr)| {
-        let mut cached_tile = usize::MAX;
-        for item in split_range(items, workers, t) {
-            let (tile, block) = (item / col_blocks, item % col_blocks);
-            let (start, end) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
-            let cols = split_range(s.c_out / 8, col_blocks, block);
-            let cols = cols.start * 8..if block + 1 == col_blocks { s.c_out } else { cols.end * 8 };
-            let m = end - start;
-            let a: &[f32] = if s.is_pointwise() {
-                &x[start * s.c_in..end * s.c_in]
-            } else {
-                if cached_tile != tile {
-                    ensure_len(&mut scr.col, m * patch);
-                    im2col(s, x, start..end, &mut scr.col);
-                    cached_tile = tile;
-                }
-                &scr.col[..m * patch]
-            };
-            // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
-            // work item alone.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out.base().add(start * s.c_out + cols.start),
-                    (m - 1) * s.c_out + cols.len(),
-                )
-            };
-            let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
-            matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
-            if let Some(epi) = epi {
-                for r in 0..m {
-                    epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
-                }
+    ws.threads.iter_mut().for_each(|scr| scr.col_tile = None);
+    for_each_item(&mut ws.threads, items, |scr, item| {
+        let (tile, block) = (item / col_blocks, item % col_blocks);
+        let (start, end) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
+        let cols = split_range(s.c_out / 8, col_blocks, block);
+        let cols = cols.start * 8..if block + 1 == col_blocks { s.c_out } else { cols.end * 8 };
+        let m = end - start;
+        let a: &[f32] = if s.is_pointwise() {
+            &x[start * s.c_in..end * s.c_in]
+        } else {
+            // A worker often takes the column blocks of one tile in a row.
+            if scr.col_tile != Some(tile) {
+                ensure_len(&mut scr.col, m * patch);
+                im2col(s, x, start..end, &mut scr.col);
+                scr.col_tile = Some(tile);
+            }
+            &scr.col[..m * patch]
+        };
+        // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
+        // work item alone.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.base().add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
+        };
+        let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
+        matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
+        if let Some(epi) = epi {
+            for r in 0..m {
+                epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
             }
         }
     });
@@ -376,65 +372,44 @@ fn weights_and_scatter(
     dx: Option<&mut [f32]>,
     ws: &mut Workspace,
 ) {
-    let threads = ws.threads.len().min(n).max(1);
-    let images: Vec<_> = (0..threads).map(|t| split_range(n, threads, t)).collect();
-    let mut dxs: Vec<Option<&mut [f32]>> = match dx {
-        Some(dx) => split_mut_by(&mut dx[..n * s.in_len()], &images, s.in_len()).into_iter().map(Some).collect(),
-        None => images.iter().map(|_| None).collect(),
-    };
     let pixels = s.out_pixels();
-    ws.threads[..threads].par_iter_mut().zip(dxs.par_iter_mut()).zip(images.par_iter()).for_each(
-        |((scr, dxt), imgs)| {
-            ensure_len(&mut scr.dw, s.weight_len());
-            let dwt = &mut scr.dw[..s.weight_len()];
-            dwt.fill(0.0);
-            let (first, last) = (imgs.start * pixels, imgs.end * pixels);
-            let mut start = first;
-            while start < last {
-                let end = (start + TILE_ROWS).min(last);
-                let m = end - start;
-                let dyg = &dy[start * s.c_out..end * s.c_out];
-                let col: &[f32] = if s.is_pointwise() {
-                    &x[start * s.c_in..end * s.c_in]
+    // Each group of images scatters into its own images of dx.
+    let dx = dx.map(|dx| SharedOut(dx[..n * s.in_len()].as_mut_ptr()));
+    let sum = sum_groups(&mut ws.threads, &mut ws.partials, s.weight_len(), n, |scr, imgs, dwt| {
+        // SAFETY: the images of this group lie inside dx, and no other group writes them.
+        let mut dxt = dx.map(|dx| unsafe {
+            std::slice::from_raw_parts_mut(dx.base().add(imgs.start * s.in_len()), imgs.len() * s.in_len())
+        });
+        let (first, last) = (imgs.start * pixels, imgs.end * pixels);
+        let mut start = first;
+        while start < last {
+            let end = (start + TILE_ROWS).min(last);
+            let m = end - start;
+            let dyg = &dy[start * s.c_out..end * s.c_out];
+            let col: &[f32] = if s.is_pointwise() {
+                &x[start * s.c_in..end * s.c_in]
+            } else {
+                ensure_len(&mut scr.col, m * s.patch());
+                im2col(s, x, start..end, &mut scr.col);
+                &scr.col[..m * s.patch()]
+            };
+            // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
+            let dyt = Mat::transposed(dyg, s.c_out);
+            matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
+            if let Some(dxt) = dxt.as_deref_mut() {
+                let dyr = Mat::rows(dyg, s.c_out);
+                let wr = Mat::rows(w, s.patch());
+                if s.is_pointwise() {
+                    let dxg = &mut dxt[(start - first) * s.c_in..][..m * s.c_in];
+                    matmul(dxg, s.patch(), m, s.patch(), s.c_out, dyr, wr, true);
                 } else {
-                    ensure_len(&mut scr.col, m * s.patch());
-                    im2col(s, x, start..end, &mut scr.col);
-                    &scr.col[..m * s.patch()]
-                };
-                // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
-                let dyt = Mat::transposed(dyg, s.c_out);
-                matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
-                if let Some(dxt) = dxt.as_deref_mut() {
-                    let dyr = Mat::rows(dyg, s.c_out);
-                    let wr = Mat::rows(w, s.patch());
-                    if s.is_pointwise() {
-                        let dxg = &mut dxt[(start - first) * s.c_in..][..m * s.c_in];
-                        matmul(dxg, s.patch(), m, s.patch(), s.c_out, dyr, wr, true);
-                    } else {
-                        ensure_len(&mut scr.dcol, m * s.patch());
-                        matmul(&mut scr.dcol, s.patch(), m, s.patch(), s.c_out, dyr, wr, false);
-                        col2im_add(s, &scr.dcol, start..end, imgs.clone(), dxt);
-                    }
+                    ensure_len(&mut scr.dcol, m * s.patch());
+                    matmul(&mut scr.dcol, s.patch(), m, s.patch(), s.c_out, dyr, wr, false);
+                    col2im_add(s, &scr.dcol, start..end, imgs.clone(), dxt);
                 }
-                start = end;
             }
-        },
-    );
-    dw.fill(0.0);
-    for scr in &ws.threads[..threads] {
-        for (d, p) in dw.iter_mut().zip(&scr.dw[..s.weight_len()]) {
-            *d += p;
+            start = end;
         }
-    }
-}
-
-/// Splits `buf` into disjoint mutable pieces, one per range of items of `item` elements.
-pub fn split_mut_by<'a>(mut buf: &'a mut [f32], ranges: &[std::ops::Range<usize>], item: usize) -> Vec<&'a mut [f32]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let (head, tail) = buf.split_at_mut(r.len() * item);
-        out.push(head);
-        buf = tail;
-    }
-    out
+    });
+    dw.copy_from_slice(sum);
 }

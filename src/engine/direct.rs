@@ -17,8 +17,7 @@
 //! flipped kernel (`conv::with_flipped_kernel`), accumulated into `dx`.
 
 use super::conv::{ConvShape, Epilogue};
-use super::{ConvAlgo, SharedOut, Workspace, ensure_len, split_range};
-use rayon::prelude::*;
+use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
 
 /// Output pixels per microkernel call.
 const PIXELS: usize = 6;
@@ -108,48 +107,44 @@ pub fn forward(
         }
     }
     let wt = &ws.direct_weights[..s.weight_len()];
-    let threads = ws.threads.len().min(n).max(1);
-    // Each thread writes the output images of its own range of images.
+    // Each image's output is written by the worker that takes the image.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
-    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+    for_each_item(&mut ws.threads, n, |scr, img| {
         let mut tile = [0f32; PIXELS * CHANNELS];
-        for img in split_range(n, threads, t) {
-            pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
-            let xp = &scr.col[..p.len];
-            for block in 0..co / CHANNELS {
-                let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
-                for q0 in (0..p.run).step_by(PIXELS) {
-                    // The kernel is inlined: with the channel count a constant, its
-                    // broadcast and weight offsets become immediates.
-                    match ci {
-                        16 => kernels::forward_6x16(xp, q0, 16, &p, wb, &mut tile),
-                        3 => kernels::forward_6x16(xp, q0, 3, &p, wb, &mut tile),
-                        _ => kernels::forward_6x16(xp, q0, ci, &p, wb, &mut tile),
+        pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
+        let xp = &scr.col[..p.len];
+        let first_pixel = img * s.out_pixels();
+        for block in 0..co / CHANNELS {
+            let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
+            for q0 in (0..p.run).step_by(PIXELS) {
+                // The kernel is inlined: with the channel count a constant, its
+                // broadcast and weight offsets become immediates.
+                match ci {
+                    16 => kernels::forward_6x16(xp, q0, 16, &p, wb, &mut tile),
+                    3 => kernels::forward_6x16(xp, q0, 3, &p, wb, &mut tile),
+                    _ => kernels::forward_6x16(xp, q0, ci, &p, wb, &mut tile),
+                }
+                // One division per call: the six pixels' positions follow by counting.
+                let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
+                for acc in tile.as_chunks::<CHANNELS>().0 {
+                    if oy < s.h && ox < s.w {
+                        let pixel = first_pixel + oy * s.w + ox;
+                        let c0 = block * CHANNELS;
+                        // SAFETY: this pixel's channels lie in image `img` (oy < h,
+                        // ox < w), which only the worker that took it writes.
+                        let dst = unsafe { &mut *(out.base().add(pixel * co + c0) as *mut [f32; CHANNELS]) };
+                        if accumulate {
+                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+                        } else {
+                            *dst = *acc;
+                        }
+                        if let Some(epi) = epi {
+                            epi.apply(dst, pixel, co, c0..c0 + CHANNELS);
+                        }
                     }
-                    // One division per call: the six pixels' positions follow by counting.
-                    let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
-                    for acc in tile.chunks_exact(CHANNELS) {
-                        if oy < s.h && ox < s.w {
-                            let pixel = img * s.out_pixels() + oy * s.w + ox;
-                            let cols = block * CHANNELS..(block + 1) * CHANNELS;
-                            // SAFETY: this pixel's channels lie in image `img` (oy < h,
-                            // ox < w), which only this thread writes.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(out.base().add(pixel * co + cols.start), CHANNELS)
-                            };
-                            if accumulate {
-                                dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
-                            } else {
-                                dst.copy_from_slice(acc);
-                            }
-                            if let Some(epi) = epi {
-                                epi.apply(dst, pixel, co, cols);
-                            }
-                        }
-                        ox += 1;
-                        if ox == p.row {
-                            (oy, ox) = (oy + 1, 0);
-                        }
+                    ox += 1;
+                    if ox == p.row {
+                        (oy, ox) = (oy + 1, 0);
                     }
                 }
             }
@@ -163,13 +158,9 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     let p = Padded::new(s);
     let (ci, co) = (s.c_in, s.c_out);
     let rows = 9 * ci;
-    let threads = ws.threads.len().min(n).max(1);
-    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
-        // This thread's partial sum as [tap·c_in + c][c_out].
-        ensure_len(&mut scr.dw, rows * co);
-        let part = &mut scr.dw[..rows * co];
-        part.fill(0.0);
-        for img in split_range(n, threads, t) {
+    // Partial sums as [tap·c_in + c][c_out].
+    let sum = sum_groups(&mut ws.threads, &mut ws.partials, rows * co, n, |scr, images, part| {
+        for img in images {
             pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
             let xp = &scr.col[..p.len];
             let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
@@ -186,18 +177,15 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             }
         }
     });
-    // Sum the partials and transpose [tap·c_in + c][o] to OHWI [o][tap·c_in + c].
-    dw.fill(0.0);
-    for scr in &ws.threads[..threads] {
-        for (j, row) in scr.dw[..rows * co].chunks_exact(co).enumerate() {
-            for (o, v) in row.iter().enumerate() {
-                dw[o * rows + j] += v;
-            }
+    // Transpose [tap·c_in + c][o] to OHWI [o][tap·c_in + c].
+    for (j, row) in sum.chunks_exact(co).enumerate() {
+        for (o, v) in row.iter().enumerate() {
+            dw[o * rows + j] = *v;
         }
     }
 }
 
-/// A thread's weight-gradient partial sums, [tap·c_in + c][c_out], and the block of 16
+/// Weight-gradient partial sums, [tap·c_in + c][c_out], and the block of 16
 /// output channels being summed.
 struct Part<'a> {
     sums: &'a mut [f32],

@@ -9,8 +9,11 @@
 //! - activations are channels-last (NHWC), contiguous;
 //! - convolution weights are `[c_out][kh][kw][c_in]` (OHWI), so one im2col row is a
 //!   contiguous `kh*kw*c_in` vector and the weight matrix is `[c_out, kh*kw*c_in]`;
-//! - work is split over the batch across the rayon pool; each thread owns its scratch
-//!   in a [`Workspace`], so a training step allocates nothing after the first.
+//! - work is split into items (images, blocks of tiles) that the threads of the rayon
+//!   pool take one at a time ([`for_each_item`]); sums over items are added in a fixed
+//!   order ([`sum_groups`]), so results do not depend on which thread did what;
+//! - each thread owns its scratch in a [`Workspace`], so a training step allocates
+//!   nothing after the first.
 
 pub mod batchnorm;
 pub mod conv;
@@ -21,12 +24,16 @@ pub mod pool;
 pub mod sgd;
 pub mod winograd;
 
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// Scratch memory of one worker thread. Buffers only grow.
 #[derive(Default)]
 pub struct Scratch {
     pub col: Vec<f32>,
+    /// Which output tile `col` holds the im2col rows of, within one convolution call.
+    pub col_tile: Option<usize>,
     pub dcol: Vec<f32>,
-    pub dw: Vec<f32>,
     pub winograd: winograd::Bufs,
 }
 
@@ -54,6 +61,8 @@ pub struct Workspace {
     pub flipped_weights: Vec<f32>,
     /// The weights of a direct convolution, repacked (see `direct::forward`).
     pub direct_weights: Vec<f32>,
+    /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
+    pub partials: Vec<f32>,
     pub algo: ConvAlgo,
 }
 
@@ -65,6 +74,7 @@ impl Workspace {
             winograd_u: Vec::new(),
             flipped_weights: Vec::new(),
             direct_weights: Vec::new(),
+            partials: Vec::new(),
             algo: ConvAlgo::Auto,
         }
     }
@@ -98,6 +108,61 @@ pub fn ensure_len(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0.0);
     }
+}
+
+/// Runs `f(scratch, item)` for every item of `0..items` on the worker threads, each with
+/// its own scratch. Items are handed out one at a time as workers become free. On a
+/// shared machine one core is often slowed down by another tenant; with a fixed split
+/// the other worker would then wait for it. For kernels whose result does not depend on
+/// which worker computes which item.
+pub fn for_each_item(threads: &mut [Scratch], items: usize, f: impl Fn(&mut Scratch, usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    let workers = threads.len().min(items).max(1);
+    threads[..workers].par_iter_mut().for_each(|scr| {
+        loop {
+            let item = next.fetch_add(1, Ordering::Relaxed);
+            if item >= items {
+                break;
+            }
+            f(scr, item);
+        }
+    });
+}
+
+/// Floats of partial sums a reduction may use (8 MB): small weight gradients get a group
+/// per image, large ones fewer groups.
+const PARTIALS_BUDGET: usize = 1 << 21;
+
+/// A sum over `items` (images, blocks of tiles) of `len` floats each, balanced like
+/// [`for_each_item`] and still deterministic: the items are split into a fixed number of
+/// contiguous groups, `f(scratch, group's items, partial)` adds a group's terms to its
+/// own zeroed partial, and the partials are added in group order. Returns the sum.
+pub fn sum_groups<'a>(
+    threads: &mut [Scratch],
+    partials: &'a mut Vec<f32>,
+    len: usize,
+    items: usize,
+    f: impl Fn(&mut Scratch, std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> &'a [f32] {
+    let groups = (PARTIALS_BUDGET / len.max(1)).max(threads.len()).min(items).max(1);
+    ensure_len(partials, groups * len);
+    let base = SharedOut(partials.as_mut_ptr());
+    for_each_item(threads, groups, |scr, g| {
+        // SAFETY: each group is handed out once, and its run of `len` floats lies inside
+        // `partials` (groups · len long) apart from every other group's.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.base().add(g * len), len) };
+        part.fill(0.0);
+        f(scr, split_range(items, groups, g), part);
+    });
+    let (sum, rest) = partials[..groups * len].split_at_mut(len);
+    // Every element adds its groups in the same order, whoever does it.
+    sum.par_chunks_mut(1 << 12).enumerate().for_each(|(i, chunk)| {
+        for part in rest.chunks_exact(len) {
+            let part = &part[i << 12..(i << 12) + chunk.len()];
+            chunk.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        }
+    });
+    sum
 }
 
 /// Splits `n` items into `parts` contiguous ranges of near-equal size.

@@ -13,7 +13,7 @@
 
 use super::conv::{self, ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
-use super::{ConvAlgo, SharedOut, Workspace, ensure_len, split_range};
+use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
 use rayon::prelude::*;
 
 /// Input tile side, output tile side.
@@ -33,11 +33,13 @@ const G: [[f32; 3]; 6] = [
 /// Tiles per block: enough rows for efficient GEMMs, few enough to stay in cache.
 const MAX_BLOCK: usize = 128;
 const MIN_BLOCK: usize = 32;
+/// Blocks per thread wanted, so that a faster thread can take more of them.
+const BLOCKS_PER_THREAD: usize = 4;
 
 /// Tiles per block for `tiles` tiles on `threads` threads: as large as allowed while
-/// every thread still gets a block.
+/// every thread still gets several blocks.
 fn block_size(tiles: usize, threads: usize) -> usize {
-    (tiles / threads.max(1)).clamp(MIN_BLOCK, MAX_BLOCK)
+    (tiles / (BLOCKS_PER_THREAD * threads.max(1))).clamp(MIN_BLOCK, MAX_BLOCK)
 }
 
 /// Whether a convolution is done this way. `Auto`: 3×3, stride 1, pad 1, at least 32
@@ -124,9 +126,6 @@ pub struct Bufs {
     m: Vec<f32>,
     tile: Vec<f32>,
     tmp: Vec<f32>,
-    /// The weight gradient in the transformed domain, `[p][c_out][c_in]`, summed over
-    /// this thread's tiles.
-    du: Vec<f32>,
 }
 
 impl Bufs {
@@ -165,26 +164,23 @@ pub fn forward(
     let tiles = n * grid.0 * grid.1;
     let block = block_size(tiles, ws.threads.len());
     let blocks = tiles.div_ceil(block);
-    let threads = ws.threads.len().min(blocks).max(1);
     // Tiles are disjoint rectangles of the output, each written by the one block holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
-    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+    for_each_item(&mut ws.threads, blocks, |scr, index| {
         let b = &mut scr.winograd;
         b.reserve(block.min(tiles), ci, co);
-        for index in split_range(blocks, threads, t) {
-            let first = index * block;
-            let count = block.min(tiles - first);
-            for k in 0..count {
-                transform_input(s, x, first + k, grid, b, count, k);
-            }
-            for p in 0..POS {
-                let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
-                let up = Mat { data: &u[p * co..], rs: POS * co, cs: 1 };
-                matmul(&mut b.m[p * count * co..(p + 1) * count * co], co, count, co, ci, v, up, false);
-            }
-            for k in 0..count {
-                transform_output(s, b, count, k, first + k, grid, out, accumulate, epi);
-            }
+        let first = index * block;
+        let count = block.min(tiles - first);
+        for k in 0..count {
+            transform_input(s, x, first + k, grid, b, count, k);
+        }
+        for p in 0..POS {
+            let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
+            let up = Mat { data: &u[p * co..], rs: POS * co, cs: 1 };
+            matmul(&mut b.m[p * count * co..(p + 1) * count * co], co, count, co, ci, v, up, false);
+        }
+        for k in 0..count {
+            transform_output(s, b, count, k, first + k, grid, out, accumulate, epi);
         }
     });
 }
@@ -335,34 +331,26 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     let tiles = n * grid.0 * grid.1;
     let block = block_size(tiles, ws.threads.len());
     let blocks = tiles.div_ceil(block);
-    let threads = ws.threads.len().min(blocks).max(1);
-    ws.threads[..threads].par_iter_mut().enumerate().for_each(|(t, scr)| {
+    let du = sum_groups(&mut ws.threads, &mut ws.partials, POS * co * ci, blocks, |scr, indices, du| {
         let b = &mut scr.winograd;
         b.reserve(block.min(tiles), ci, co);
-        ensure_len(&mut b.du, POS * co * ci);
-        b.du[..POS * co * ci].fill(0.0);
-        for index in split_range(blocks, threads, t) {
+        for index in indices {
             let first = index * block;
             let count = block.min(tiles - first);
             for k in 0..count {
                 transform_input(s, x, first + k, grid, b, count, k);
                 transform_gradient(s, dy, first + k, grid, b, count, k);
             }
+            // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
             for p in 0..POS {
                 // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
                 let yt = Mat::transposed(&b.m[p * count * co..(p + 1) * count * co], co);
                 let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
-                matmul(&mut b.du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
+                matmul(&mut du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
             }
         }
     });
-    // Sum the threads' dU into the first, then dw[co][ky][kx][ci] = Σ G[i][ky] dU[i,j] G[j][kx].
-    let (first, rest) = ws.threads.split_at_mut(1);
-    let du = &mut first[0].winograd.du[..POS * co * ci];
-    for other in &rest[..threads - 1] {
-        du.iter_mut().zip(&other.winograd.du).for_each(|(a, b)| *a += b);
-    }
-    let du: &[f32] = du;
+    // dw[co][ky][kx][ci] = Σ G[i][ky] dU[i,j] G[j][kx].
     dw[..s.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
         dwo.fill(0.0);
         for i in 0..T_IN {
