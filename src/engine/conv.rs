@@ -231,7 +231,6 @@ fn im2col_gemm(
     // Every work item writes its own block of rows × channels, disjoint from the others'.
     let out = SharedOut(y[..rows * s.c_out].as_mut_ptr());
     let patch = s.patch();
-    ws.threads.iter_mut().for_each(|scr| scr.col_tile = None);
     for_each_item(&mut ws.threads, items, |scr, item| {
         let (tile, block) = (item / col_blocks, item % col_blocks);
         let (start, end) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
@@ -241,12 +240,10 @@ fn im2col_gemm(
         let a: &[f32] = if s.is_pointwise() {
             &x[start * s.c_in..end * s.c_in]
         } else {
-            // A worker often takes the column blocks of one tile in a row.
-            if scr.col_tile != Some(tile) {
-                ensure_len(&mut scr.col, m * patch);
-                im2col(s, x, start..end, &mut scr.col);
-                scr.col_tile = Some(tile);
-            }
+            // With several column blocks there are about as many items as threads, so
+            // each tile's rows are lowered once per block, by whichever thread takes it.
+            ensure_len(&mut scr.col, m * patch);
+            im2col(s, x, start..end, &mut scr.col);
             &scr.col[..m * patch]
         };
         // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this

@@ -12,8 +12,9 @@
 //! - work is split into items (images, blocks of tiles) that the threads of the rayon
 //!   pool take one at a time ([`for_each_item`]); sums over items are added in a fixed
 //!   order ([`sum_groups`]), so results do not depend on which thread did what;
-//! - each thread owns its scratch in a [`Workspace`], so a training step allocates
-//!   nothing after the first.
+//! - each thread owns its scratch in a [`Workspace`], so after the first training step
+//!   no activation-sized buffer is allocated (BatchNorm still makes small per-channel
+//!   vectors per call).
 
 pub mod batchnorm;
 pub mod conv;
@@ -31,8 +32,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Default)]
 pub struct Scratch {
     pub col: Vec<f32>,
-    /// Which output tile `col` holds the im2col rows of, within one convolution call.
-    pub col_tile: Option<usize>,
     pub dcol: Vec<f32>,
     pub winograd: winograd::Bufs,
 }
