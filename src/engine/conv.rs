@@ -76,16 +76,25 @@ impl Epilogue<'_> {
     /// constant number of channels gets vector code.
     #[inline(always)]
     pub fn apply(&self, out: &mut [f32], pixel: usize, c_out: usize, cols: std::ops::Range<usize>) {
-        let (scale, shift) = (&self.scale[cols.clone()], &self.shift[cols.clone()]);
-        for ((v, s), b) in out.iter_mut().zip(scale).zip(shift) {
-            *v = *v * s + b;
-        }
-        if let Some(res) = self.residual {
-            let r = &res[pixel * c_out + cols.start..pixel * c_out + cols.end];
-            out.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-        }
-        if self.relu {
-            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        // Every slice is cut to `out.len()`: when the caller's length is a constant the
+        // loops below become straight vector code without bounds checks. One fused pass,
+        // because this runs on each freshly computed tile while it is still in registers.
+        let n = out.len();
+        debug_assert_eq!(n, cols.len());
+        let (scale, shift) = (&self.scale[cols.start..][..n], &self.shift[cols.start..][..n]);
+        let relu = |v: f32| if self.relu { v.max(0.0) } else { v };
+        match self.residual {
+            Some(res) => {
+                let res = &res[pixel * c_out + cols.start..][..n];
+                for i in 0..n {
+                    out[i] = relu(out[i] * scale[i] + shift[i] + res[i]);
+                }
+            }
+            None => {
+                for i in 0..n {
+                    out[i] = relu(out[i] * scale[i] + shift[i]);
+                }
+            }
         }
     }
 }

@@ -186,19 +186,22 @@ pub fn forward(
 }
 
 /// Copies the `side`×`side` pixels of an HWC image from (y0, x0) on into `dst`, zero where
-/// they fall outside the image.
+/// they fall outside the image. Each row's pixels inside the image are one contiguous run,
+/// copied at once.
 fn gather(img: &[f32], (h, w): (usize, usize), c: usize, (y0, x0): (isize, isize), side: usize, dst: &mut [f32]) {
-    for r in 0..side {
-        for q in 0..side {
-            let (y, x) = (y0 + r as isize, x0 + q as isize);
-            let d = &mut dst[(r * side + q) * c..(r * side + q + 1) * c];
-            if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
-                d.fill(0.0);
-            } else {
-                let at = (y as usize * w + x as usize) * c;
-                d.copy_from_slice(&img[at..at + c]);
-            }
+    // Columns q in lo..hi of the tile fall inside the image.
+    let lo = (-x0).clamp(0, side as isize) as usize;
+    let hi = (w as isize - x0).clamp(lo as isize, side as isize) as usize;
+    for (r, row) in dst[..side * side * c].chunks_exact_mut(side * c).enumerate() {
+        let y = y0 + r as isize;
+        if y < 0 || y >= h as isize || lo == hi {
+            row.fill(0.0);
+            continue;
         }
+        let at = (y as usize * w + (x0 + lo as isize) as usize) * c;
+        row[..lo * c].fill(0.0);
+        row[lo * c..hi * c].copy_from_slice(&img[at..at + (hi - lo) * c]);
+        row[hi * c..].fill(0.0);
     }
 }
 
