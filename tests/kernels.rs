@@ -7,7 +7,7 @@ use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{self, ConvAlgo, Workspace, ops, sgd, winograd};
+use resnet::engine::{self, ConvAlgo, Workspace, ops, panel, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -314,6 +314,27 @@ fn pooling_linear_softmax_match_reference() {
     assert!((loss as f64 - loss_ref).abs() < 1e-5 * loss_ref.abs());
     assert!(rel_err(&grad, &grad_ref) < TOL);
     assert_eq!(correct, correct_ref);
+}
+
+#[test]
+fn panel_product_matches_naive_reference() {
+    if !panel::applies(16) {
+        println!("skipped: the panel product needs AVX2 and FMA");
+        return;
+    }
+    // Every remainder of rows (m mod 6), strips of 16 columns, B rows further apart than n.
+    let mut rng = Rng::new(12);
+    let cases = [(1, 16, 1, 16), (7, 32, 5, 48), (13, 16, 33, 40), (11, 16, 9, 32), (10, 32, 3, 32), (9, 16, 4, 16)];
+    for (m, n, k, ldb) in cases.into_iter().chain([(128, 64, 32, 64), (5, 48, 0, 48)]) {
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, (k.max(1) - 1) * ldb + n);
+        let mut c = vec![f32::NAN; m * n];
+        panel::product(&mut c, m, n, k, &a, &b, ldb);
+        let want: Vec<f64> =
+            (0..m * n).map(|ij| (0..k).map(|p| a[ij / n * k + p] as f64 * b[p * ldb + ij % n] as f64).sum()).collect();
+        let e = if k == 0 { c.iter().map(|v| v.abs() as f64).sum() } else { rel_err(&c, &want) };
+        assert!(e < TOL, "panel product m={m} n={n} k={k} ldb={ldb}: {e}");
+    }
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod conv;
 pub mod direct;
 pub mod matmul;
 pub mod ops;
+pub mod panel;
 pub mod pool;
 pub mod sgd;
 pub mod winograd;

@@ -13,6 +13,7 @@
 
 use super::conv::{self, ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
+use super::panel;
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
 use rayon::prelude::*;
 
@@ -84,12 +85,15 @@ fn output_1d(m: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
     }
 }
 
-/// `G g Gᵀ` of every (input, output) channel pair from OHWI weights, as `u[ci][p][co]`
-/// (so `U[p]` is a `c_in × c_out` matrix with row stride `36·c_out`). Vectorized over
-/// output channels, parallel over input channels.
+/// `G g Gᵀ` of every (input, output) channel pair from OHWI weights, as `u[p][ci][co]`,
+/// so that each `U[p]` is a contiguous `c_in × c_out` matrix. (With `u[ci][p][co]` the
+/// rows of `U[p]` lay `36·c_out` floats apart, a multiple of 4 KB from 256 channels on, and
+/// a 16-column strip of them fell into one L1 cache set.) Vectorized over output channels,
+/// parallel over input channels.
 fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     let (ci_n, co) = (s.c_in, s.c_out);
-    u[..ci_n * POS * co].par_chunks_mut(POS * co).enumerate().for_each(|(ci, uc)| {
+    let out = SharedOut(u[..POS * ci_n * co].as_mut_ptr());
+    (0..ci_n).into_par_iter().for_each(|ci| {
         // g[tap][co] for this input channel, then G g (6×3) per output channel.
         let g: Vec<f32> = (0..9).flat_map(|tap| (0..co).map(move |o| w[(o * 9 + tap) * ci_n + ci])).collect();
         let mut gg = vec![0f32; 6 * 3 * co];
@@ -104,10 +108,13 @@ fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
                 }
             }
         }
-        uc.fill(0.0);
         for i in 0..T_IN {
             for (j, row) in G.iter().enumerate() {
-                let dst = &mut uc[(i * T_IN + j) * co..(i * T_IN + j + 1) * co];
+                // SAFETY: row (p, ci) of u, `co` floats inside its POS·c_in·c_out, is
+                // written only by the task of input channel ci.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.base().add(((i * T_IN + j) * ci_n + ci) * co), co) };
+                dst.fill(0.0);
                 for (kx, &f) in row.iter().enumerate() {
                     if f != 0.0 {
                         let src = &gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
@@ -175,9 +182,13 @@ pub fn forward(
             transform_input(s, x, first + k, grid, b, count, k);
         }
         for p in 0..POS {
-            let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
-            let up = Mat { data: &u[p * co..], rs: POS * co, cs: 1 };
-            matmul(&mut b.m[p * count * co..(p + 1) * count * co], co, count, co, ci, v, up, false);
+            let (v, m) = (&b.v[p * count * ci..(p + 1) * count * ci], &mut b.m[p * count * co..(p + 1) * count * co]);
+            if panel::applies(co) {
+                panel::product(m, count, co, ci, v, &u[p * ci * co..], co);
+            } else {
+                let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
+                matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
+            }
         }
         for k in 0..count {
             transform_output(s, b, count, k, first + k, grid, out, accumulate, epi);
