@@ -78,7 +78,7 @@ impl Epilogue<'_> {
     pub fn apply(&self, out: &mut [f32], pixel: usize, c_out: usize, cols: std::ops::Range<usize>) {
         // Every slice is cut to `out.len()`: when the caller's length is a constant the
         // loops below become straight vector code without bounds checks. One fused pass,
-        // because this runs on each freshly computed tile while it is still in registers.
+        // because this runs on each freshly computed tile while it is still in L1.
         let n = out.len();
         debug_assert_eq!(n, cols.len());
         let (scale, shift) = (&self.scale[cols.start..][..n], &self.shift[cols.start..][..n]);

@@ -4,8 +4,8 @@
 //!
 //! These products are small (m ≤ 128 tiles, k and n 32–512 channels) and each is called
 //! 36 times per block, so the `gemm` crate's packing and blocking cost more than they
-//! save. Here B's 16-column strips are read in place (a strip of k rows stays in L1
-//! across A's row groups) and 6 rows × 16 columns of C are kept in 12 registers, as in
+//! save. Here B's 16-column strips are read in place (a strip of k rows, 64 bytes each,
+//! stays in L1 across A's row groups up to k = 512) and 6 rows × 16 columns of C are kept in 12 registers, as in
 //! the direct convolution's kernel.
 
 /// Whether `product` handles these dimensions on this build.
