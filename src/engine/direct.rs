@@ -22,6 +22,8 @@ use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_group
 const PIXELS: usize = 6;
 /// Output channels per microkernel call: two AVX registers.
 const CHANNELS: usize = 16;
+/// (Tap, channel) rows per weight-gradient call: 12 accumulators, as in the forward.
+const ROWS: usize = 6;
 
 /// Whether a convolution is done this way. `Auto`: 3×3 stride-1 pad-1 layers with fewer
 /// than 32 input channels, output channels in whole blocks of 16, and an image per
@@ -166,13 +168,12 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             for block in 0..co / CHANNELS {
                 let dyb = &dyi[block * CHANNELS..];
                 let part = Part { sums: &mut *part, co, block };
-                // Six (tap, channel) rows per call: 12 accumulators, as in the forward
-                // kernel. (Four rows of one tap, sharing a base pointer, ran about 8%
-                // slower on the 16-channel layer.) With the channel count a constant, the
-                // rows' offsets need no division.
+                // (Four rows of one tap per call, sharing a base pointer, ran about 8%
+                // slower on the 16-channel layer than six at any offsets.) With the
+                // channel count a constant, the rows' offsets need no division.
                 match ci {
-                    16 => weight_rows::<PIXELS>(xp, 16, s, &p, dyb, part),
-                    c => weight_rows::<PIXELS>(xp, c, s, &p, dyb, part),
+                    16 => weight_rows(xp, 16, s, &p, dyb, part),
+                    c => weight_rows(xp, c, s, &p, dyb, part),
                 }
             }
         }
@@ -193,20 +194,20 @@ struct Part<'a> {
     block: usize,
 }
 
-/// Adds one image's weight gradient for one block of output channels to `part`, `R`
+/// Adds one image's weight gradient for one block of output channels to `part`, `ROWS`
 /// (tap, channel) rows per microkernel call; a short last group repeats its first row
 /// and drops those sums.
 #[inline(always)]
-fn weight_rows<const R: usize>(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], part: Part) {
+fn weight_rows(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], part: Part) {
     let rows = 9 * ci;
     let mut tile = [0f32; PIXELS * CHANNELS];
-    for j0 in (0..rows).step_by(R) {
-        let offs: [usize; R] = std::array::from_fn(|i| {
+    for j0 in (0..rows).step_by(ROWS) {
+        let offs: [usize; ROWS] = std::array::from_fn(|i| {
             let j = if j0 + i < rows { j0 + i } else { j0 };
             p.tap(j / ci) * ci + j % ci
         });
-        kernels::weights::<R>(xp, &offs, ci, s, p, dy, part.co, &mut tile);
-        for (i, acc) in tile.chunks_exact(CHANNELS).take(R.min(rows - j0)).enumerate() {
+        kernels::weights(xp, &offs, ci, s, p, dy, part.co, &mut tile);
+        for (i, acc) in tile.chunks_exact(CHANNELS).take(ROWS.min(rows - j0)).enumerate() {
             let dst = &mut part.sums[(j0 + i) * part.co + part.block * CHANNELS..][..CHANNELS];
             dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
         }
@@ -215,7 +216,7 @@ fn weight_rows<const R: usize>(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded,
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod kernels {
-    use super::{CHANNELS, PIXELS, Padded};
+    use super::{CHANNELS, PIXELS, Padded, ROWS};
     use crate::engine::conv::ConvShape;
     use std::arch::x86_64::*;
 
@@ -247,13 +248,13 @@ mod kernels {
     }
 
     /// `tile[i][·] = Σ_pixels xp[pixel's input + offs[i]] · dy[pixel][·]` over the valid
-    /// output pixels of one image, for `R` ≤ 6 (tap, channel) rows and 16 output channels.
+    /// output pixels of one image, for `ROWS` (tap, channel) rows and 16 output channels.
     /// `dy` starts at the block's first channel; its pixels are `co` floats apart.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub fn weights<const R: usize>(
+    pub fn weights(
         xp: &[f32],
-        offs: &[usize; R],
+        offs: &[usize; ROWS],
         ci: usize,
         s: &ConvShape,
         p: &Padded,
@@ -262,7 +263,7 @@ mod kernels {
         tile: &mut [f32; PIXELS * CHANNELS],
     ) {
         let max_off = offs.iter().max().copied().unwrap_or(0);
-        assert!(R <= PIXELS && (p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
+        assert!(ROWS <= PIXELS && (p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
         // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
         let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
         for oy in 0..s.h {
@@ -298,7 +299,7 @@ mod kernels {
 /// Without AVX2 `applies` is false and these are never called.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod kernels {
-    use super::{CHANNELS, PIXELS, Padded};
+    use super::{CHANNELS, PIXELS, Padded, ROWS};
     use crate::engine::conv::ConvShape;
 
     pub fn forward_6x16(_: &[f32], _: usize, _: usize, _: &Padded, _: &[f32], _: &mut [f32; PIXELS * CHANNELS]) {
@@ -306,9 +307,9 @@ mod kernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn weights<const R: usize>(
+    pub fn weights(
         _: &[f32],
-        _: &[usize; R],
+        _: &[usize; ROWS],
         _: usize,
         _: &ConvShape,
         _: &Padded,
