@@ -338,6 +338,37 @@ fn panel_product_matches_naive_reference() {
 }
 
 #[test]
+fn panel_packed_product_matches_naive_reference() {
+    if !panel::applies(16) {
+        println!("skipped: the panel product needs AVX2 and FMA");
+        return;
+    }
+    // Packed B (n × k weights), a range of strips, A and C rows further apart than needed,
+    // and k past one k-block (1024), so that later blocks add to C.
+    let mut rng = Rng::new(13);
+    for (m, n, k, strips, lda) in
+        [(7, 48, 5, 0..3, 9), (13, 64, 1500, 1..3, 1500), (6, 16, 2049, 0..1, 2050), (1, 32, 3, 1..2, 3)]
+    {
+        let w = random(&mut rng, n * k);
+        let a = random(&mut rng, (m - 1) * lda + k);
+        let packed = panel::pack(&w, n, k);
+        let ldc = n + 5;
+        let mut c = vec![f32::NAN; m * ldc];
+        panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed);
+        let cols = strips.start * 16..strips.end * 16;
+        let (got, want): (Vec<f32>, Vec<f64>) = (0..m)
+            .flat_map(|i| cols.clone().map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let want: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
+                (c[i * ldc + j - cols.start], want)
+            })
+            .unzip();
+        assert!(rel_err(&got, &want) < TOL, "packed product m={m} n={n} k={k}: {}", rel_err(&got, &want));
+        assert!(c[(m - 1) * ldc + cols.len()..].iter().all(|v| v.is_nan()), "wrote past the strips");
+    }
+}
+
+#[test]
 fn winograd_matches_naive_reference() {
     // Called directly, whatever `applies` would choose on this machine's core count.
     let mut rng = Rng::new(9);
@@ -349,10 +380,10 @@ fn winograd_matches_naive_reference() {
         let dy = random(&mut rng, n * s.out_len());
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &wt, &dy);
         let mut y = vec![f32::NAN; n * s.out_len()];
-        winograd::forward(&s, n, &x, &wt, &mut y, false, None, &mut ws);
+        winograd::forward(&s, n, &x, &wt, None, &mut y, false, None, &mut ws);
         assert!(rel_err(&y, &y_ref) < TOL, "winograd forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
         // Accumulating forward: y + conv(x) = 2·conv(x).
-        winograd::forward(&s, n, &x, &wt, &mut y, true, None, &mut ws);
+        winograd::forward(&s, n, &x, &wt, None, &mut y, true, None, &mut ws);
         let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
         assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {s:?}");
         let base = random(&mut rng, n * s.in_len());
@@ -368,7 +399,8 @@ fn winograd_matches_naive_reference() {
 
 #[test]
 fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
-    // y = relu(conv(x)·scale + shift + residual), on both algorithms and the channel split.
+    // y = relu(conv(x)·scale + shift + residual), on every algorithm and the channel split,
+    // on the OHWI weights and on weights prepared for inference (packed GEMM weights).
     let mut rng = Rng::new(10);
     for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Direct] {
         let mut ws = Workspace::new();
@@ -377,6 +409,8 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
             (3, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 9, w: 7 }),
             (2, ConvShape { c_in: 6, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 5, w: 6 }),
             (1, ConvShape { c_in: 8, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 3, w: 4 }),
+            (2, ConvShape { c_in: 24, c_out: 64, kernel: 1, stride: 1, pad: 0, h: 5, w: 5 }),
+            (1, ConvShape { c_in: 16, c_out: 32, kernel: 3, stride: 2, pad: 1, h: 9, w: 9 }),
         ] {
             let x = random(&mut rng, n * s.in_len());
             let w = random(&mut rng, s.weight_len());
@@ -390,9 +424,13 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
                 .map(|(i, v)| (v * scale[i % s.c_out] as f64 + shift[i % s.c_out] as f64 + residual[i] as f64).max(0.0))
                 .collect();
             let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
-            let mut y = vec![f32::NAN; n * s.out_len()];
-            conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), &mut ws);
-            assert!(rel_err(&y, &want) < TOL, "{algo:?} {s:?}: {}", rel_err(&y, &want));
+            let mut prepared = conv::Prepared::default();
+            for prepare in [false, true, true] {
+                let mut y = vec![f32::NAN; n * s.out_len()];
+                let p = prepare.then_some(&mut prepared);
+                conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), p, &mut ws);
+                assert!(rel_err(&y, &want) < TOL, "{algo:?} {s:?} prepared {prepare}: {}", rel_err(&y, &want));
+            }
         }
     }
 }
@@ -503,4 +541,25 @@ fn sum_groups_adds_every_item_once_in_a_fixed_order() {
             assert!(e < 1e-5, "len {len}, {items} items, element {j}: {} vs {want}", first[j]);
         }
     }
+}
+
+#[test]
+fn conv_layer_drops_prepared_weights_when_they_change() {
+    // Inference packs the weights on first use; an SGD step (through `for_each_param`)
+    // must not leave the layer computing with the old packing.
+    let mut rng = Rng::new(14);
+    let mut ws = Workspace::new();
+    let mut layer = resnet::nn::Conv2d::new(8, 32, 1, 1, &mut rng);
+    let (n, hw) = (2, (3, 3));
+    let x = random(&mut rng, n * 9 * 8);
+    let ones = vec![1.0; 32];
+    let zeros = vec![0.0; 32];
+    let epi = conv::Epilogue { scale: &ones, shift: &zeros, residual: None, relu: false };
+    let mut before = vec![0f32; n * 9 * 32];
+    layer.forward_fused(n, hw, &x, &mut before, &epi, &mut ws);
+    layer.for_each_param(&mut |p| p.value.iter_mut().for_each(|v| *v *= -2.0));
+    let mut after = vec![0f32; n * 9 * 32];
+    layer.forward_fused(n, hw, &x, &mut after, &epi, &mut ws);
+    let want: Vec<f64> = before.iter().map(|&v| -2.0 * v as f64).collect();
+    assert!(rel_err(&after, &want) < TOL, "stale prepared weights: {}", rel_err(&after, &want));
 }

@@ -13,7 +13,7 @@
 //! weight gradients in a fixed order (`sum_groups`).
 
 use super::matmul::{Mat, matmul};
-use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, split_range, sum_groups, winograd};
+use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd};
 
 /// Output rows per GEMM (see the module comment).
 const TILE_ROWS: usize = 256;
@@ -178,11 +178,23 @@ fn col2im_add(
 
 /// `y = conv(x, w)` for a batch of `n` images, by the algorithm the workspace picks.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
-    forward_with(s, n, x, w, y, None, ws)
+    forward_with(s, n, x, w, y, None, None, ws)
+}
+
+/// A convolution's weights in the forms its inference kernels read, made from the OHWI
+/// weights on first use and kept for the following calls. Whoever keeps one must drop it
+/// when the weights change (`nn::Conv2d` does).
+#[derive(Default)]
+pub struct Prepared {
+    /// Packed for `panel::product_packed`.
+    gemm: Option<Vec<f32>>,
+    /// Transformed by `winograd::transform_weights`.
+    winograd: Option<Vec<f32>>,
 }
 
 /// `y = epilogue(conv(x, w))`: by Winograd or the direct kernel where they apply, else
-/// by im2col + GEMM.
+/// by im2col + GEMM. With `prepared` (inference), Winograd reads weights transformed once
+/// (and so pays off from 16 tiles on) and the GEMM weights packed once.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     s: &ConvShape,
@@ -191,50 +203,46 @@ pub fn forward_with(
     w: &[f32],
     y: &mut [f32],
     epi: Option<&Epilogue>,
+    prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
-    if winograd::applies(s, n, ws.threads.len(), ws.algo) {
-        return winograd::forward(s, n, x, w, y, false, epi, ws);
+    if winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
+        let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
+        return winograd::forward(s, n, x, w, u, y, false, epi, ws);
     }
     if direct::applies(s, n, ws.threads.len(), ws.algo) {
         return direct::forward(s, n, x, w, y, false, epi, ws);
     }
-    forward_im2col(s, n, x, w, y, epi, ws)
+    let packed = match prepared {
+        Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| panel::pack(w, s.c_out, s.patch()))),
+        _ => None,
+    };
+    im2col_gemm(s, n, x, w, packed, y, false, epi, ws)
 }
 
-/// `y = epilogue(conv(x, w))` by im2col + GEMM, whatever the shape.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_im2col(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    y: &mut [f32],
-    epi: Option<&Epilogue>,
-    ws: &mut Workspace,
-) {
-    im2col_gemm(s, n, x, w, y, false, epi, ws)
-}
-
-/// `forward_im2col`, or `y += conv(x, w)` when `accumulate` (then `epi` must be `None`).
+/// `y (+)= epilogue(conv(x, w))` by im2col + GEMM, whatever the shape: `accumulate` adds
+/// to `y` (then `epi` must be `None`); `packed`, the weights packed by `panel::pack`, if
+/// given, is read instead of `w`.
 #[allow(clippy::too_many_arguments)]
 fn im2col_gemm(
     s: &ConvShape,
     n: usize,
     x: &[f32],
     w: &[f32],
+    packed: Option<&[f32]>,
     y: &mut [f32],
     accumulate: bool,
     epi: Option<&Epilogue>,
     ws: &mut Workspace,
 ) {
-    debug_assert!(!(accumulate && epi.is_some()));
+    debug_assert!(!(accumulate && (epi.is_some() || packed.is_some())));
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
     let tiles = rows.div_ceil(TILE_ROWS);
     // Few rows (late layers at small batch): split the output channels too, in blocks of
-    // whole SIMD widths, so every thread has work.
+    // whole SIMD widths (packed strips), so every thread has work.
+    let unit = if packed.is_some() { panel::STRIP } else { 8 };
     let col_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(s.c_out / 16).max(1) };
     let items = tiles * col_blocks;
     // Every work item writes its own block of rows × channels, disjoint from the others'.
@@ -243,8 +251,8 @@ fn im2col_gemm(
     for_each_item(&mut ws.threads, items, |scr, item| {
         let (tile, block) = (item / col_blocks, item % col_blocks);
         let (start, end) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
-        let cols = split_range(s.c_out / 8, col_blocks, block);
-        let cols = cols.start * 8..if block + 1 == col_blocks { s.c_out } else { cols.end * 8 };
+        let units = split_range(s.c_out / unit, col_blocks, block);
+        let cols = units.start * unit..if block + 1 == col_blocks { s.c_out } else { units.end * unit };
         let m = end - start;
         let a: &[f32] = if s.is_pointwise() {
             &x[start * s.c_in..end * s.c_in]
@@ -260,8 +268,16 @@ fn im2col_gemm(
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out.base().add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
         };
-        let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
-        matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
+        match packed {
+            Some(packed) => {
+                let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
+                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed);
+            }
+            None => {
+                let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
+                matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
+            }
+        }
         if let Some(epi) = epi {
             for r in 0..m {
                 epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
@@ -285,7 +301,7 @@ pub fn backward(
     ws: &mut Workspace,
 ) {
     let threads = ws.threads.len();
-    if winograd::applies(s, n, threads, ws.algo) {
+    if winograd::applies(s, n, threads, ws.algo, false) {
         winograd::backward_weights(s, n, x, dy, dw, ws);
         if let Some(dx) = dx {
             winograd::backward_data(s, n, dy, w, dx, ws);
@@ -297,7 +313,7 @@ pub fn backward(
                 if direct::applies(t, n, threads, ws.algo) {
                     direct::forward(t, n, dy, flipped, dx, true, None, ws)
                 } else {
-                    im2col_gemm(t, n, dy, flipped, dx, true, None, ws)
+                    im2col_gemm(t, n, dy, flipped, None, dx, true, None, ws)
                 }
             });
         }
@@ -327,7 +343,7 @@ pub fn backward_im2col(
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
-            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, dx, true, None, ws));
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, None, dx, true, None, ws));
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
     }

@@ -45,16 +45,29 @@ fn block_size(tiles: usize, threads: usize) -> usize {
 
 /// Whether a convolution is done this way. `Auto`: 3×3, stride 1, pad 1, at least 32
 /// channels on each side (below that the transforms cost more than the multiplies they
-/// save), a block of tiles for every thread, and at least 128 tiles to pay for
-/// transforming the weights (`examples/conv_algos.rs` measures both algorithms).
-pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo) -> bool {
+/// save), and, unless the weights come transformed (`prepared`, in inference), a block
+/// of tiles for every thread and at least 128 tiles to pay for transforming the weights
+/// (`examples/conv_algos.rs` measures the algorithms).
+pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo, prepared: bool) -> bool {
     let tiles = n * s.h.div_ceil(T_OUT) * s.w.div_ceil(T_OUT);
     let shape = s.kernel == 3 && s.stride == 1 && s.pad == 1;
     match algo {
         ConvAlgo::Im2col | ConvAlgo::Direct => false,
         ConvAlgo::Winograd => shape,
-        ConvAlgo::Auto => shape && s.c_in >= 32 && s.c_out >= 32 && tiles >= (MIN_BLOCK * threads).max(128),
+        ConvAlgo::Auto => {
+            shape
+                && s.c_in >= 32
+                && s.c_out >= 32
+                && tiles >= if prepared { 16 } else { (MIN_BLOCK * threads).max(128) }
+        }
     }
+}
+
+/// The transformed weights `forward` reads, for a caller that keeps them across calls.
+pub fn transform_weights(s: &ConvShape, w: &[f32]) -> Vec<f32> {
+    let mut u = vec![0f32; POS * s.c_in * s.c_out];
+    weight_transform(s, w, &mut u);
+    u
 }
 
 /// `Bᵀ z` for the six values `z[i·step]` of each channel, into `out[i·ostep]`.
@@ -147,13 +160,15 @@ impl Bufs {
 
 /// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it. An
 /// epilogue (inference BatchNorm, residual, ReLU) is applied to each tile as it is
-/// written (not with `accumulate`).
+/// written (not with `accumulate`). `u`: the weights already transformed by
+/// `transform_weights`, if the caller keeps them.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     s: &ConvShape,
     n: usize,
     x: &[f32],
     w: &[f32],
+    u: Option<&[f32]>,
     y: &mut [f32],
     accumulate: bool,
     epi: Option<&Epilogue>,
@@ -163,13 +178,19 @@ pub fn forward(
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let (ci, co) = (s.c_in, s.c_out);
-    let u = &mut ws.winograd_u;
-    ensure_len(u, POS * ci * co);
-    weight_transform(s, w, u);
-    let u = &ws.winograd_u[..POS * ci * co];
+    let u = match u {
+        Some(u) => &u[..POS * ci * co],
+        None => {
+            ensure_len(&mut ws.winograd_u, POS * ci * co);
+            weight_transform(s, w, &mut ws.winograd_u);
+            &ws.winograd_u[..POS * ci * co]
+        }
+    };
     let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
     let tiles = n * grid.0 * grid.1;
-    let block = block_size(tiles, ws.threads.len());
+    // A block for every thread even with few tiles (inference at small batch). Each tile's
+    // result does not depend on the blocks, unlike the weight gradient's sum.
+    let block = block_size(tiles, ws.threads.len()).min(tiles.div_ceil(ws.threads.len())).max(4);
     let blocks = tiles.div_ceil(block);
     // Tiles are disjoint rectangles of the output, each written by the one block holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
@@ -387,5 +408,5 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
 /// `dx += conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
 /// kernel rotated by 180° and input/output channels swapped.
 pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace) {
-    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, dx, true, None, ws));
+    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, None, dx, true, None, ws));
 }

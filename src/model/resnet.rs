@@ -298,7 +298,7 @@ impl ResNet {
         if self.pool.is_some() {
             detail.push_str(", 3x3 max pool stride 2");
         }
-        let stem_params = conv1.weight.value.len() + 2 * conv1.c_out;
+        let stem_params = conv1.weight().value.len() + 2 * conv1.c_out;
         let mut rows = vec![LayerRow {
             name: "conv1".into(),
             output: format!("{h}x{w}x{}", conv1.c_out),

@@ -10,7 +10,11 @@ pub struct Conv2d {
     pub kernel: usize,
     pub stride: usize,
     pub pad: usize,
-    pub weight: Param,
+    /// Private, so that every change to it goes through `&mut self` methods that drop
+    /// `prepared`.
+    weight: Param,
+    /// The weights as the inference kernels read them, made on first use.
+    prepared: conv::Prepared,
 }
 
 impl Conv2d {
@@ -19,7 +23,10 @@ impl Conv2d {
         // fan_out, as torchvision's kaiming_normal_(mode="fan_out") for ResNets.
         let fan = c_out * kernel * kernel;
         let weight = Param::he_normal(c_out * kernel * kernel * c_in, fan, rng);
-        Conv2d { c_in, c_out, kernel, stride, pad: kernel / 2, weight }
+        Conv2d { c_in, c_out, kernel, stride, pad: kernel / 2, weight, prepared: Default::default() }
+    }
+    pub fn weight(&self) -> &Param {
+        &self.weight
     }
     pub fn shape(&self, h: usize, w: usize) -> ConvShape {
         ConvShape { c_in: self.c_in, c_out: self.c_out, kernel: self.kernel, stride: self.stride, pad: self.pad, h, w }
@@ -32,9 +39,10 @@ impl Conv2d {
     pub fn forward(&self, n: usize, (h, w): (usize, usize), x: &[f32], y: &mut [f32], ws: &mut Workspace) {
         conv::forward(&self.shape(h, w), n, x, &self.weight.value, y, ws);
     }
-    /// `y = epilogue(conv(x))`: inference with BatchNorm, residual and ReLU fused in.
+    /// `y = epilogue(conv(x))`: inference with BatchNorm, residual and ReLU fused in, on
+    /// weights prepared for it on the first call.
     pub fn forward_fused(
-        &self,
+        &mut self,
         n: usize,
         (h, w): (usize, usize),
         x: &[f32],
@@ -42,7 +50,8 @@ impl Conv2d {
         epi: &conv::Epilogue,
         ws: &mut Workspace,
     ) {
-        conv::forward_with(&self.shape(h, w), n, x, &self.weight.value, y, Some(epi), ws);
+        let s = self.shape(h, w);
+        conv::forward_with(&s, n, x, &self.weight.value, y, Some(epi), Some(&mut self.prepared), ws);
     }
     /// Writes the weight gradient; accumulates the input gradient into `dx` if given.
     pub fn backward(
@@ -57,6 +66,7 @@ impl Conv2d {
         conv::backward(&self.shape(h, w), n, x, &self.weight.value, dy, &mut self.weight.grad, dx, ws);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.prepared = Default::default();
         f(&mut self.weight);
     }
     /// Multiply-adds for one `h`×`w` input image.
@@ -65,6 +75,7 @@ impl Conv2d {
         s.out_pixels() * s.weight_len()
     }
     pub fn named<'a>(&'a mut self, prefix: &str, out: &mut Vec<Named<'a>>) {
+        self.prepared = Default::default();
         out.push(Named {
             name: format!("{prefix}.weight"),
             shape: vec![self.c_out, self.c_in, self.kernel, self.kernel],
