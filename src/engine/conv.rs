@@ -17,6 +17,11 @@ use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, panel, spli
 
 /// Output rows per GEMM (see the module comment).
 const TILE_ROWS: usize = 256;
+/// Output rows per product on packed weights (inference), a multiple of the kernel's 6
+/// rows: the tile's A rows (up to 96·1024 floats per k-block) then stay in L2 while every
+/// strip of weights passes over them. ResNet-50's 1×1 and stride-2 layers at batch 16
+/// took 181 ms in all with 96-row tiles, 179–183 with 48 or 64, 209 with 256.
+const PACKED_TILE_ROWS: usize = 96;
 
 /// Shape of one convolution: square kernel, symmetric zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +244,8 @@ fn im2col_gemm(
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
-    let tiles = rows.div_ceil(TILE_ROWS);
+    let tile_rows = if packed.is_some() { PACKED_TILE_ROWS } else { TILE_ROWS };
+    let tiles = rows.div_ceil(tile_rows);
     // Few rows (late layers at small batch): split the output channels too, in blocks of
     // whole SIMD widths (packed strips), so every thread has work.
     let unit = if packed.is_some() { panel::STRIP } else { 8 };
@@ -250,7 +256,7 @@ fn im2col_gemm(
     let patch = s.patch();
     for_each_item(&mut ws.threads, items, |scr, item| {
         let (tile, block) = (item / col_blocks, item % col_blocks);
-        let (start, end) = (tile * TILE_ROWS, ((tile + 1) * TILE_ROWS).min(rows));
+        let (start, end) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
         let units = split_range(s.c_out / unit, col_blocks, block);
         let cols = units.start * unit..if block + 1 == col_blocks { s.c_out } else { units.end * unit };
         let m = end - start;

@@ -15,9 +15,10 @@
 
 /// Columns per strip of packed B.
 pub const STRIP: usize = 16;
-/// Rows of B per k-block in `product_packed`: a strip's block (KC·64 bytes = 16 KB) stays
-/// in L1 while every row group of A passes over it, and A's block (m·KC floats, 256 KB
-/// for a 256-row tile) in L2.
+/// Rows of B per k-block in `product_packed`. Measured on ResNet-50's 1×1 and stride-2
+/// layers at batch 16 with A's tiles of 96 rows (`conv`): 1024 and 4096 ran alike, 256
+/// was 6% slower, because C (a tile's rows × up to 2048 channels) is then read and
+/// written once per block.
 const KC: usize = 1024;
 
 /// Whether `product` and `product_packed` handle `n` columns on this build.
