@@ -6,6 +6,7 @@ mod common;
 use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::{self, ConvAlgo, Workspace, ops, panel, sgd, winograd};
 use resnet::rng::Rng;
@@ -81,8 +82,9 @@ fn conv_forward_and_backward_match_naive_reference() {
         (1, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 1, w: 1 }),
         (5, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 32, w: 32 }),
     ];
-    // Auto picks per shape; Direct forces the direct kernel wherever it can run.
-    for algo in [ConvAlgo::Auto, ConvAlgo::Direct] {
+    // Auto picks per shape; Direct forces the direct kernel wherever it can run, Im2col
+    // the GEMMs (on packed weights wherever the channels come in 16s).
+    for algo in [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Im2col] {
         check_conv_cases(&cases, algo);
     }
 }
@@ -343,28 +345,36 @@ fn panel_packed_product_matches_naive_reference() {
         println!("skipped: the panel product needs AVX2 and FMA");
         return;
     }
-    // Packed B (n × k weights), a range of strips, A and C rows further apart than needed,
-    // and k past one k-block (1024), so that later blocks add to C.
+    // B packed from both layouts (weights [n][k], and row-major [k][n]), a range of
+    // strips, A and C rows further apart than needed, k past one k-block (1024), so that
+    // later blocks add to C, and accumulation onto C.
     let mut rng = Rng::new(13);
-    for (m, n, k, strips, lda) in
-        [(7, 48, 5, 0..3, 9), (13, 64, 1500, 1..3, 1500), (6, 16, 2049, 0..1, 2050), (1, 32, 3, 1..2, 3)]
-    {
+    let cases = [(7, 48, 5, 0..3, 9), (13, 64, 1500, 1..3, 1500), (6, 16, 2049, 0..1, 2050), (1, 32, 3, 1..2, 3)];
+    for ((m, n, k, strips, lda), accumulate) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
         let w = random(&mut rng, n * k);
+        let b_rows: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
         let a = random(&mut rng, (m - 1) * lda + k);
-        let packed = panel::pack(&w, n, k);
         let ldc = n + 5;
-        let mut c = vec![f32::NAN; m * ldc];
-        panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed);
+        let c0 = random(&mut rng, m * ldc);
         let cols = strips.start * 16..strips.end * 16;
-        let (got, want): (Vec<f32>, Vec<f64>) = (0..m)
+        let want: Vec<f64> = (0..m)
             .flat_map(|i| cols.clone().map(move |j| (i, j)))
             .map(|(i, j)| {
-                let want: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
-                (c[i * ldc + j - cols.start], want)
+                let sum: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
+                sum + if accumulate { c0[i * ldc + j - cols.start] as f64 } else { 0.0 }
             })
-            .unzip();
-        assert!(rel_err(&got, &want) < TOL, "packed product m={m} n={n} k={k}: {}", rel_err(&got, &want));
-        assert!(c[(m - 1) * ldc + cols.len()..].iter().all(|v| v.is_nan()), "wrote past the strips");
+            .collect();
+        for b in [Mat::transposed(&w, k), Mat::rows(&b_rows, n)] {
+            let mut packed = vec![f32::NAN; n * k];
+            panel::pack(b, k, n, &mut packed);
+            let mut c = c0.clone();
+            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, accumulate);
+            let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + cols.len()].to_vec()).collect();
+            let e = rel_err(&got, &want);
+            assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate}: {e}");
+            let beyond = (0..m).flat_map(|i| (cols.len()..ldc).map(move |j| i * ldc + j));
+            assert!(beyond.clone().all(|i| c[i] == c0[i]), "wrote past the strips");
+        }
     }
 }
 

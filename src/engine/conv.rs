@@ -17,11 +17,6 @@ use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, panel, spli
 
 /// Output rows per GEMM (see the module comment).
 const TILE_ROWS: usize = 256;
-/// Output rows per product on packed weights (inference), a multiple of the kernel's 6
-/// rows: the tile's A rows (up to 96·1024 floats per k-block) then stay in L2 while every
-/// strip of weights passes over them. ResNet-50's 1×1 and stride-2 layers at batch 16
-/// took 181 ms in all with 96-row tiles, 179–183 with 48 or 64, 209 with 256.
-const PACKED_TILE_ROWS: usize = 96;
 
 /// Shape of one convolution: square kernel, symmetric zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,15 +214,25 @@ pub fn forward_with(
         return direct::forward(s, n, x, w, y, false, epi, ws);
     }
     let packed = match prepared {
-        Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| panel::pack(w, s.c_out, s.patch()))),
+        Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| {
+            let mut packed = vec![0f32; s.weight_len()];
+            panel::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut packed);
+            packed
+        })),
         _ => None,
     };
     im2col_gemm(s, n, x, w, packed, y, false, epi, ws)
 }
 
+/// The OHWI weights as the GEMM's B (patch × c_out).
+fn weights_as_b<'a>(s: &ConvShape, w: &'a [f32]) -> Mat<'a> {
+    Mat::transposed(w, s.patch())
+}
+
 /// `y (+)= epilogue(conv(x, w))` by im2col + GEMM, whatever the shape: `accumulate` adds
-/// to `y` (then `epi` must be `None`); `packed`, the weights packed by `panel::pack`, if
-/// given, is read instead of `w`.
+/// to `y` (then `epi` must be `None`). The GEMM runs on `panel::product_packed` where it
+/// applies, on `packed` (the weights packed by `panel::pack`) if given, else on weights
+/// packed here once for all tiles.
 #[allow(clippy::too_many_arguments)]
 fn im2col_gemm(
     s: &ConvShape,
@@ -240,11 +245,22 @@ fn im2col_gemm(
     epi: Option<&Epilogue>,
     ws: &mut Workspace,
 ) {
-    debug_assert!(!(accumulate && (epi.is_some() || packed.is_some())));
+    debug_assert!(!(accumulate && epi.is_some()));
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
+    let mut own = std::mem::take(&mut ws.packed_weights);
+    let packed = match packed {
+        Some(packed) => Some(packed),
+        None if panel::applies(s.c_out) => {
+            ensure_len(&mut own, s.weight_len());
+            panel::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut own);
+            Some(&own[..s.weight_len()])
+        }
+        None => None,
+    };
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
-    let tile_rows = if packed.is_some() { PACKED_TILE_ROWS } else { TILE_ROWS };
+    // On packed weights, one row panel of the product per tile.
+    let tile_rows = if packed.is_some() { panel::MC } else { TILE_ROWS };
     let tiles = rows.div_ceil(tile_rows);
     // Few rows (late layers at small batch): split the output channels too, in blocks of
     // whole SIMD widths (packed strips), so every thread has work.
@@ -277,10 +293,10 @@ fn im2col_gemm(
         match packed {
             Some(packed) => {
                 let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed);
+                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, accumulate);
             }
             None => {
-                let wt = Mat::transposed(&w[cols.start * patch..cols.end * patch], patch);
+                let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
                 matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
             }
         }
@@ -290,6 +306,7 @@ fn im2col_gemm(
             }
         }
     });
+    ws.packed_weights = own;
 }
 
 /// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and, when `dx` is
@@ -401,6 +418,13 @@ fn weights_and_scatter(
     ws: &mut Workspace,
 ) {
     let pixels = s.out_pixels();
+    // dx's GEMMs have the weights as B (c_out × patch): packed once for all tiles.
+    let mut own = std::mem::take(&mut ws.packed_weights);
+    let packed = (dx.is_some() && panel::applies(s.patch())).then(|| {
+        ensure_len(&mut own, s.weight_len());
+        panel::pack(Mat::rows(w, s.patch()), s.c_out, s.patch(), &mut own);
+        &own[..s.weight_len()]
+    });
     // Each group of images scatters into its own images of dx.
     let dx = dx.map(|dx| SharedOut(dx[..n * s.in_len()].as_mut_ptr()));
     let sum = sum_groups(&mut ws.threads, &mut ws.partials, s.weight_len(), n, |scr, imgs, dwt| {
@@ -425,14 +449,25 @@ fn weights_and_scatter(
             let dyt = Mat::transposed(dyg, s.c_out);
             matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
             if let Some(dxt) = dxt.as_deref_mut() {
-                let dyr = Mat::rows(dyg, s.c_out);
-                let wr = Mat::rows(w, s.patch());
-                if s.is_pointwise() {
-                    let dxg = &mut dxt[(start - first) * s.c_in..][..m * s.c_in];
-                    matmul(dxg, s.patch(), m, s.patch(), s.c_out, dyr, wr, true);
+                // dx rows (+)= dy rows · w, straight into dx for 1×1 (rows are pixels),
+                // else into column gradients that col2im adds up.
+                let (dst, accumulate) = if s.is_pointwise() {
+                    (&mut dxt[(start - first) * s.c_in..][..m * s.c_in], true)
                 } else {
                     ensure_len(&mut scr.dcol, m * s.patch());
-                    matmul(&mut scr.dcol, s.patch(), m, s.patch(), s.c_out, dyr, wr, false);
+                    (&mut scr.dcol[..m * s.patch()], false)
+                };
+                match packed {
+                    Some(packed) => {
+                        let strips = 0..s.patch() / panel::STRIP;
+                        panel::product_packed(dst, s.patch(), m, strips, s.c_out, dyg, s.c_out, packed, accumulate);
+                    }
+                    None => {
+                        let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));
+                        matmul(dst, s.patch(), m, s.patch(), s.c_out, dyr, wr, accumulate);
+                    }
+                }
+                if !s.is_pointwise() {
                     col2im_add(s, &scr.dcol, start..end, imgs.clone(), dxt);
                 }
             }
@@ -440,4 +475,5 @@ fn weights_and_scatter(
         }
     });
     dw.copy_from_slice(sum);
+    ws.packed_weights = own;
 }

@@ -61,6 +61,8 @@ pub struct Workspace {
     pub flipped_weights: Vec<f32>,
     /// The weights of a direct convolution, repacked (see `direct::forward`).
     pub direct_weights: Vec<f32>,
+    /// The weights of a GEMM, packed for `panel::product_packed` (see `conv`).
+    pub packed_weights: Vec<f32>,
     /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
     pub partials: Vec<f32>,
     pub algo: ConvAlgo,
@@ -74,6 +76,7 @@ impl Workspace {
             winograd_u: Vec::new(),
             flipped_weights: Vec::new(),
             direct_weights: Vec::new(),
+            packed_weights: Vec::new(),
             partials: Vec::new(),
             algo: ConvAlgo::Auto,
         }

@@ -1,4 +1,4 @@
-//! Matrix products `C[m×n] = A[m×k] · B[k×n]` on our own 6×16 AVX2 kernel, for `n` a
+//! Matrix products `C[m×n] (+)= A[m×k] · B[k×n]` on our own 6×16 AVX2 kernel, for `n` a
 //! multiple of 16, in two forms:
 //!
 //! - [`product`]: B read in place, rows `ldb` apart. For Winograd's per-position GEMMs,
@@ -6,15 +6,22 @@
 //!   block, so that the `gemm` crate's packing and blocking cost more than they save. A
 //!   16-column strip of B (k rows of 64 bytes) stays in L1 across A's row groups up to
 //!   k = 512.
-//! - [`product_packed`]: B packed once by [`pack`] into contiguous 16-column strips. For
-//!   convolutions in inference, whose weights are packed once and reused by every call;
-//!   the `gemm` crate repacks them on every call (6% of ResNet-50's inference at batch 16
-//!   and 12% at batch 1).
+//! - [`product_packed`]: B packed by [`pack`] into contiguous 16-column strips. For the
+//!   convolutions' GEMMs with the weights as B: packed once per call in training, and
+//!   once for all calls in inference. The `gemm` crate repacked them for every tile of
+//!   rows (6% of ResNet-50's inference at batch 16, 12% at batch 1).
 //!
 //! The kernel keeps 6 rows × 16 columns of C in 12 registers, as the direct convolution's.
 
+use super::matmul::Mat;
+
 /// Columns per strip of packed B.
 pub const STRIP: usize = 16;
+/// Rows of A per row panel in `product_packed`, a multiple of the kernel's 6 rows: a
+/// panel's block of A (up to 96·1024 floats) stays in L2 while every strip of B passes
+/// over it. ResNet-50's 1×1 and stride-2 layers at batch 16 took 181 ms in all with
+/// 96-row panels, 179–183 with 48 or 64, 209 with 256.
+pub const MC: usize = 96;
 /// Rows of B per k-block in `product_packed`. Measured on ResNet-50's 1×1 and stride-2
 /// layers at batch 16 with A's tiles of 96 rows (`conv`): 1024 and 4096 ran alike, 256
 /// was 6% slower, because C (a tile's rows × up to 2048 channels) is then read and
@@ -37,25 +44,23 @@ pub fn product(c: &mut [f32], m: usize, n: usize, k: usize, a: &[f32], b: &[f32]
     }
 }
 
-/// B = `w`ᵀ for `w` [n][k] (a weight matrix, one row per output channel) in strips of 16
-/// columns: strip j holds `B[p][16j..16j+16]` for p in 0..k, contiguous. Requires
-/// `applies(n)`.
-pub fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    assert!(applies(n) && w.len() == n * k);
-    let mut packed = vec![0f32; n * k];
-    for (j, strip) in packed.chunks_exact_mut(STRIP * k).enumerate() {
+/// Packs B (k × n, any strides) into `out` in strips of 16 columns: strip j holds
+/// `B[p][16j..16j+16]` for p in 0..k, contiguous. Requires `applies(n)`.
+pub fn pack(b: Mat, k: usize, n: usize, out: &mut [f32]) {
+    assert!(applies(n) && out.len() >= k * n);
+    assert!(k == 0 || (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "panel pack: B out of bounds");
+    for (j, strip) in out[..k * n].chunks_exact_mut(STRIP * k).enumerate() {
         for (p, row) in strip.chunks_exact_mut(STRIP).enumerate() {
             for (col, v) in row.iter_mut().enumerate() {
-                *v = w[(j * STRIP + col) * k + p];
+                *v = b.data[p * b.rs + (j * STRIP + col) * b.cs];
             }
         }
     }
-    packed
 }
 
-/// `C = A · B` on the columns of strips `strips` of B packed by [`pack`] (k rows): A's m
-/// rows of k floats lie `lda` apart, and `c[i*ldc + col]` receives column
-/// `16·strips.start + col`. Requires `applies(16)`.
+/// `C (+)= A · B` on the columns of strips `strips` of B packed by [`pack`] (k rows): A's
+/// m rows of k floats lie `lda` apart, and `c[i*ldc + col]` receives column
+/// `16·strips.start + col`; `accumulate` adds to C. Requires `applies(16)`.
 #[allow(clippy::too_many_arguments)]
 pub fn product_packed(
     c: &mut [f32],
@@ -66,21 +71,26 @@ pub fn product_packed(
     a: &[f32],
     lda: usize,
     packed: &[f32],
+    accumulate: bool,
 ) {
     let width = strips.len() * STRIP;
     assert!(applies(STRIP) && lda >= k && ldc >= width);
     assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && a.len() >= (m - 1) * lda + k));
     assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        for (col, j) in strips.clone().enumerate() {
-            // SAFETY: rows of A from column k0 (kc floats each), of C from column 16·col
-            // (16 floats each), and the kc rows of strip j from row k0 are in bounds
-            // (asserts above).
-            unsafe {
-                let b = packed.as_ptr().add((j * k + k0) * STRIP);
-                let (a, c) = (a.as_ptr().add(k0), c.as_mut_ptr().add(col * STRIP));
-                row_groups(c, ldc, m, a, lda, kc, b, STRIP, k0 > 0);
+    for i0 in (0..m).step_by(MC) {
+        let mc = MC.min(m - i0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for (col, j) in strips.clone().enumerate() {
+                // SAFETY: rows i0..i0+mc of A from column k0 (kc floats each) and of C
+                // from column 16·col (16 floats each), and the kc rows of strip j from
+                // row k0 are in bounds (asserts above).
+                unsafe {
+                    let b = packed.as_ptr().add((j * k + k0) * STRIP);
+                    let a = a.as_ptr().add(i0 * lda + k0);
+                    let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
+                    row_groups(c, ldc, mc, a, lda, kc, b, STRIP, accumulate || k0 > 0);
+                }
             }
         }
     }
