@@ -498,9 +498,22 @@ fn maxpool_matches_naive_reference() {
         let mut argmax = vec![0u32; n * s.out_len()];
         pool::maxpool_forward(&s, n, &x, &mut y, &mut argmax);
         assert!(y.iter().zip(&y_ref).all(|(a, b)| *a as f64 == *b), "maxpool forward {s:?}");
+        let mut y_eval = vec![f32::NAN; n * s.out_len()];
+        pool::maxpool_eval(&s, n, &x, &mut y_eval);
+        assert!(y_eval.iter().zip(&y_ref).all(|(a, b)| *a as f64 == *b), "maxpool inference {s:?}");
         let mut dx = vec![f32::NAN; n * s.in_len()];
         pool::maxpool_backward(&s, n, &g, &argmax, &mut dx);
         assert!(rel_err(&dx, &dx_ref) < TOL, "maxpool backward {s:?}: {}", rel_err(&dx, &dx_ref));
+    }
+    // A NaN in a window wins and sticks, wherever it is, as in PyTorch.
+    let s = PoolShape { c: 1, kernel: 3, stride: 1, pad: 0, h: 3, w: 3 };
+    for at in [0, 4, 8] {
+        let mut x = vec![1.0f32; 9];
+        x[at] = f32::NAN;
+        let (mut y, mut y_eval, mut argmax) = (vec![0f32; 1], vec![0f32; 1], vec![0u32; 1]);
+        pool::maxpool_forward(&s, 1, &x, &mut y, &mut argmax);
+        pool::maxpool_eval(&s, 1, &x, &mut y_eval);
+        assert!(y[0].is_nan() && y_eval[0].is_nan(), "NaN at {at}: {} {}", y[0], y_eval[0]);
     }
 }
 

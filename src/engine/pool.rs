@@ -72,6 +72,37 @@ pub fn maxpool_forward(s: &PoolShape, n: usize, x: &[f32], y: &mut [f32], argmax
         });
 }
 
+/// Max pool forward for inference: the same maxima (NaN sticks, as in PyTorch), without
+/// the argmax bookkeeping. ResNet-50's pool at batch 16: 18 ms where `maxpool_forward`
+/// took 37–62 (2.7% of the inference). Parallel over output rows, so that one image
+/// uses every core.
+pub fn maxpool_eval(s: &PoolShape, n: usize, x: &[f32], y: &mut [f32]) {
+    let (oh, ow, c) = (s.out_h(), s.out_w(), s.c);
+    y[..n * s.out_len()].par_chunks_mut(ow * c).enumerate().for_each(|(row, yr)| {
+        let (img, oy) = (row / oh, row % oh);
+        let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+        yr.fill(f32::NEG_INFINITY);
+        for ky in 0..s.kernel {
+            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+            if iy < 0 || iy >= s.h as isize {
+                continue;
+            }
+            for (ox, yv) in yr.chunks_exact_mut(c).enumerate() {
+                for kx in 0..s.kernel {
+                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                    if ix < 0 || ix >= s.w as isize {
+                        continue;
+                    }
+                    let src = &xi[(iy as usize * s.w + ix as usize) * c..][..c];
+                    for (m, &v) in yv.iter_mut().zip(src) {
+                        *m = if v > *m || v.is_nan() { v } else { *m };
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Max pool backward: routes each output gradient to its winning input; overwrites `dx`.
 pub fn maxpool_backward(s: &PoolShape, n: usize, g: &[f32], argmax: &[u32], dx: &mut [f32]) {
     dx[..n * s.in_len()].par_chunks_mut(s.in_len()).enumerate().for_each(|(img, dxi)| {

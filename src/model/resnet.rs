@@ -206,13 +206,10 @@ impl ResNet {
         let epi = self.stem.bn.epilogue(None, true);
         match &mut self.pool {
             None => self.stem.conv.forward_fused(n, hw, images, io0, &epi, &mut self.ws),
-            Some(p) => {
+            Some(_) => {
                 self.stem.conv.forward_fused(n, hw, images, t0, &epi, &mut self.ws);
                 let s = MaxPool::shape(self.stem.conv.c_out, cur);
-                if p.argmax.len() < n * s.out_len() {
-                    p.argmax.resize(n * s.out_len(), 0);
-                }
-                pool::maxpool_forward(&s, n, t0, io0, &mut p.argmax);
+                pool::maxpool_eval(&s, n, t0, io0);
                 cur = (s.out_h(), s.out_w());
             }
         }
