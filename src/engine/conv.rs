@@ -1,9 +1,10 @@
 //! 2-D convolution, NHWC activations and OHWI weights, as im2col + GEMM on row tiles.
 //!
 //! The output of the whole batch is a matrix of `n·oh·ow` rows (pixels) by `c_out`. It
-//! is computed in tiles of about `TILE_ROWS` rows: each tile's input patches are lowered
-//! into a cache-sized im2col buffer and multiplied by the weight matrix, which keeps the
-//! GEMMs in their efficient range (single-threaded `gemm` runs at ~75% of a core's peak
+//! is computed in tiles of rows: each tile's input patches are lowered into a cache-sized
+//! im2col buffer and multiplied by the weight matrix, packed once into strips for
+//! `panel::product_packed` (tiles of one row panel, `panel::MC`), or, where the channels
+//! do not come in 16s, by the `gemm` crate (`TILE_ROWS`: it runs at ~75% of a core's peak
 //! from ~100 to ~700 rows, and at half that for a whole 56×56 image). Workers take the
 //! tiles one at a time, so even one image uses every core. 1×1 stride-1 convolutions
 //! skip im2col: the input already is the column matrix.

@@ -1,0 +1,89 @@
+//! Times every distinct convolution of ResNet-50 (v1.5) at one batch size, as training's
+//! forward runs it (weights as stored, prepared per call) and as inference runs it
+//! (weights prepared once and kept), and sums each over the network.
+//!
+//!     cargo run --release --example resnet50_layers -- 16     # batch (default 1)
+
+use resnet::engine::Workspace;
+use resnet::engine::conv::{self, ConvShape};
+use std::time::Instant;
+
+/// Median of seven runs after one warm-up, in ms.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut runs: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[3]
+}
+
+/// The convolutions of ResNet-50 v1.5 with how often each occurs.
+fn layers() -> Vec<(ConvShape, usize)> {
+    let mut shapes: Vec<(ConvShape, usize)> = vec![];
+    let mut add = |s: ConvShape| match shapes.iter_mut().find(|e| e.0 == s) {
+        Some(e) => e.1 += 1,
+        None => shapes.push((s, 1)),
+    };
+    let conv = |c_in, c_out, kernel: usize, stride, hw| ConvShape {
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        pad: kernel / 2,
+        h: hw,
+        w: hw,
+    };
+    add(conv(3, 64, 7, 2, 224));
+    let mut c_in = 64;
+    for (stage, (width, blocks, hw)) in [(64, 3, 56), (128, 4, 28), (256, 6, 14), (512, 3, 7)].into_iter().enumerate() {
+        for b in 0..blocks {
+            // The first block of stages 2-4 halves the size on its 3×3 conv and shortcut.
+            let (inp, h_in, stride) = match (b, stage) {
+                (0, 0) => (c_in, hw, 1),
+                (0, _) => (c_in, 2 * hw, 2),
+                _ => (4 * width, hw, 1),
+            };
+            add(conv(inp, width, 1, 1, h_in));
+            add(conv(width, width, 3, stride, h_in));
+            add(conv(width, 4 * width, 1, 1, hw));
+            if b == 0 {
+                add(conv(inp, 4 * width, 1, stride, h_in));
+            }
+        }
+        c_in = 4 * width;
+    }
+    shapes
+}
+
+fn main() {
+    let n: usize = std::env::args().nth(1).map(|s| s.parse().expect("batch size")).unwrap_or(1);
+    let mut ws = Workspace::new();
+    let (mut per_call, mut prepared_once) = (0.0, 0.0);
+    println!("batch {n}: ms per call, weights prepared per call -> prepared once");
+    for (s, count) in layers() {
+        let x = vec![0.5f32; n * s.in_len()];
+        let w = vec![0.01f32; s.weight_len()];
+        let mut y = vec![0f32; n * s.out_len()];
+        let mut prepared = conv::Prepared::default();
+        let a = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
+        let b = time(|| conv::forward_with(&s, n, &x, &w, &mut y, None, Some(&mut prepared), &mut ws));
+        let gflops = 2.0 * (n * s.out_len() * s.patch()) as f64 / b / 1e6;
+        println!(
+            "{count} × {k}×{k}/{st} {:4}→{:<4} {:3}×{:<3}: {a:7.3} -> {b:7.3} ({gflops:5.1} GFLOP/s)",
+            s.c_in,
+            s.c_out,
+            s.h,
+            s.w,
+            k = s.kernel,
+            st = s.stride
+        );
+        per_call += a * count as f64;
+        prepared_once += b * count as f64;
+    }
+    println!("all convolutions: {per_call:.1} -> {prepared_once:.1} ms");
+}
