@@ -217,7 +217,7 @@ pub fn forward_with(
     let packed = match prepared {
         Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| {
             let mut packed = vec![0f32; s.weight_len()];
-            panel::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut packed);
+            pack_weights(s, w, &mut packed);
             packed
         })),
         _ => None,
@@ -228,6 +228,11 @@ pub fn forward_with(
 /// The OHWI weights as the GEMM's B (patch × c_out).
 fn weights_as_b<'a>(s: &ConvShape, w: &'a [f32]) -> Mat<'a> {
     Mat::transposed(w, s.patch())
+}
+
+/// The OHWI weights as the GEMM's B, packed for `panel::product_packed`.
+fn pack_weights(s: &ConvShape, w: &[f32], out: &mut [f32]) {
+    panel::pack(weights_as_b(s, w), s.patch(), s.c_out, out);
 }
 
 /// `y (+)= epilogue(conv(x, w))` by im2col + GEMM, whatever the shape: `accumulate` adds
@@ -253,7 +258,7 @@ fn im2col_gemm(
         Some(packed) => Some(packed),
         None if panel::applies(s.c_out) => {
             ensure_len(&mut own, s.weight_len());
-            panel::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut own);
+            pack_weights(s, w, &mut own);
             Some(&own[..s.weight_len()])
         }
         None => None,

@@ -204,14 +204,14 @@ impl ResNet {
         let [t0, _, _] = &mut self.eval_tmp;
         let mut cur = self.stem.conv.out_hw(hw.0, hw.1);
         let epi = self.stem.bn.epilogue(None, true);
-        match &mut self.pool {
-            None => self.stem.conv.forward_fused(n, hw, images, io0, &epi, &mut self.ws),
-            Some(_) => {
-                self.stem.conv.forward_fused(n, hw, images, t0, &epi, &mut self.ws);
-                let s = MaxPool::shape(self.stem.conv.c_out, cur);
-                pool::maxpool_eval(&s, n, t0, io0);
-                cur = (s.out_h(), s.out_w());
-            }
+        // Inference needs no argmax, so the pool layer's own buffers stay unused here.
+        if self.pool.is_some() {
+            self.stem.conv.forward_fused(n, hw, images, t0, &epi, &mut self.ws);
+            let s = MaxPool::shape(self.stem.conv.c_out, cur);
+            pool::maxpool_eval(&s, n, t0, io0);
+            cur = (s.out_h(), s.out_w());
+        } else {
+            self.stem.conv.forward_fused(n, hw, images, io0, &epi, &mut self.ws);
         }
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let (x, out) = if i % 2 == 0 { (&*io0, &mut *io1) } else { (&*io1, &mut *io0) };
