@@ -70,32 +70,130 @@ pub fn transform_weights(s: &ConvShape, w: &[f32]) -> Vec<f32> {
     u
 }
 
+/// Eight channels' values, so that the 1-D transforms below read as the formulas they
+/// are and still compile to one AVX instruction per operation.
+#[derive(Clone, Copy)]
+struct Lanes([f32; LANES]);
+const LANES: usize = 8;
+
+impl std::ops::Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(self, o: Lanes) -> Lanes {
+        Lanes(std::array::from_fn(|i| self.0[i] + o.0[i]))
+    }
+}
+
+impl std::ops::Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(self, o: Lanes) -> Lanes {
+        Lanes(std::array::from_fn(|i| self.0[i] - o.0[i]))
+    }
+}
+
+impl std::ops::Mul<Lanes> for f32 {
+    type Output = Lanes;
+    #[inline(always)]
+    fn mul(self, o: Lanes) -> Lanes {
+        Lanes(std::array::from_fn(|i| self * o.0[i]))
+    }
+}
+
+/// A 1-D transform of N values per channel into M.
+trait Taps<const N: usize, const M: usize> {
+    fn apply(x: [Lanes; N]) -> [Lanes; M];
+}
+
+/// Applies the 1-D transform `T` to every channel `j < c`: reads `src[i·step + j]`,
+/// writes `dst[k·ostep + j]`. Eight channels at a time; a last partial group is padded
+/// with zeros and only its real channels are written. (Indexing channel by channel,
+/// bounds checks kept the compiler from vectorizing: the transforms were mostly scalar.)
+#[inline(always)]
+fn transform_1d<T: Taps<N, M>, const N: usize, const M: usize>(
+    src: &[f32],
+    step: usize,
+    dst: &mut [f32],
+    ostep: usize,
+    c: usize,
+) {
+    let mut j = 0;
+    while j + LANES <= c {
+        let mut input = [Lanes([0.0; LANES]); N];
+        for (i, v) in input.iter_mut().enumerate() {
+            v.0.copy_from_slice(&src[i * step + j..i * step + j + LANES]);
+        }
+        for (k, v) in T::apply(input).iter().enumerate() {
+            dst[k * ostep + j..k * ostep + j + LANES].copy_from_slice(&v.0);
+        }
+        j += LANES;
+    }
+    if j < c {
+        let width = c - j;
+        let mut input = [Lanes([0.0; LANES]); N];
+        for (i, v) in input.iter_mut().enumerate() {
+            v.0[..width].copy_from_slice(&src[i * step + j..][..width]);
+        }
+        for (k, v) in T::apply(input).iter().enumerate() {
+            dst[k * ostep + j..][..width].copy_from_slice(&v.0[..width]);
+        }
+    }
+}
+
+/// `Bᵀ z`: the input transform.
+struct InputTaps;
+impl Taps<6, 6> for InputTaps {
+    #[inline(always)]
+    fn apply([z0, z1, z2, z3, z4, z5]: [Lanes; 6]) -> [Lanes; 6] {
+        [
+            4.0 * z0 - 5.0 * z2 + z4,
+            -4.0 * (z1 + z2) + z3 + z4,
+            4.0 * (z1 - z2) - z3 + z4,
+            2.0 * (z3 - z1) - z2 + z4,
+            2.0 * (z1 - z3) - z2 + z4,
+            4.0 * z1 - 5.0 * z3 + z5,
+        ]
+    }
+}
+
+/// `Aᵀ m`: the output transform.
+struct OutputTaps;
+impl Taps<6, 4> for OutputTaps {
+    #[inline(always)]
+    fn apply([m0, m1, m2, m3, m4, m5]: [Lanes; 6]) -> [Lanes; 4] {
+        let (a, b) = (m1 + m2, m1 - m2);
+        let (p, q) = (m3 + m4, m3 - m4);
+        [m0 + a + p, b + 2.0 * q, a + 4.0 * p, b + 8.0 * q + m5]
+    }
+}
+
+/// `A q`: the transpose of the output transform, for the output gradient.
+struct GradientTaps;
+impl Taps<4, 6> for GradientTaps {
+    #[inline(always)]
+    fn apply([q0, q1, q2, q3]: [Lanes; 4]) -> [Lanes; 6] {
+        let (a, b) = (q0 + q2, q1 + q3);
+        let (p, r) = (q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
+        [q0, a + b, a - b, p + r, p - r, q3]
+    }
+}
+
 /// `Bᵀ z` for the six values `z[i·step]` of each channel, into `out[i·ostep]`.
 #[inline(always)]
 fn input_1d(z: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
-    for j in 0..c {
-        let [z0, z1, z2, z3, z4, z5] = std::array::from_fn(|i| z[i * step + j]);
-        out[j] = 4.0 * z0 - 5.0 * z2 + z4;
-        out[ostep + j] = -4.0 * (z1 + z2) + z3 + z4;
-        out[2 * ostep + j] = 4.0 * (z1 - z2) - z3 + z4;
-        out[3 * ostep + j] = 2.0 * (z3 - z1) - z2 + z4;
-        out[4 * ostep + j] = 2.0 * (z1 - z3) - z2 + z4;
-        out[5 * ostep + j] = 4.0 * z1 - 5.0 * z3 + z5;
-    }
+    transform_1d::<InputTaps, 6, 6>(z, step, out, ostep, c);
 }
 
 /// `Aᵀ m` for six values per channel into four.
 #[inline(always)]
 fn output_1d(m: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
-    for j in 0..c {
-        let [m0, m1, m2, m3, m4, m5] = std::array::from_fn(|i| m[i * step + j]);
-        let (a, b) = (m1 + m2, m1 - m2);
-        let (p, q) = (m3 + m4, m3 - m4);
-        out[j] = m0 + a + p;
-        out[ostep + j] = b + 2.0 * q;
-        out[2 * ostep + j] = a + 4.0 * p;
-        out[3 * ostep + j] = b + 8.0 * q + m5;
-    }
+    transform_1d::<OutputTaps, 6, 4>(m, step, out, ostep, c);
+}
+
+/// `A q` for four values per channel into six.
+#[inline(always)]
+fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
+    transform_1d::<GradientTaps, 4, 6>(q, step, out, ostep, c);
 }
 
 /// `G g Gᵀ` of every (input, output) channel pair from OHWI weights, as `u[p][ci][co]`,
@@ -139,6 +237,16 @@ fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     });
 }
 
+/// Floats from one position's matrix to the next in `Bufs::v` and `Bufs::m` (`tiles`
+/// rows of `c` channels each), skewed by one cache line: unskewed, the 36 positions of a
+/// tile lay a multiple of 4 KB apart (e.g. 128 tiles · 32 channels · 4 bytes = 16 KB), all in
+/// one set of the 8-way L1 cache, and the transforms that write and read them went at L2
+/// speed.
+fn stride(tiles: usize, c: usize) -> usize {
+    tiles * c + SKEW
+}
+const SKEW: usize = 16;
+
 /// Per-thread buffers: a block's transformed inputs and products, and one tile's scratch.
 #[derive(Default)]
 pub struct Bufs {
@@ -153,8 +261,8 @@ impl Bufs {
     fn reserve(&mut self, tiles: usize, ci: usize, co: usize) {
         ensure_len(&mut self.tile, POS * ci.max(co));
         ensure_len(&mut self.tmp, POS * ci.max(co));
-        ensure_len(&mut self.v, POS * tiles * ci);
-        ensure_len(&mut self.m, POS * tiles * co);
+        ensure_len(&mut self.v, POS * stride(tiles, ci));
+        ensure_len(&mut self.m, POS * stride(tiles, co));
     }
 }
 
@@ -203,7 +311,8 @@ pub fn forward(
             transform_input(s, x, first + k, grid, b, count, k);
         }
         for p in 0..POS {
-            let (v, m) = (&b.v[p * count * ci..(p + 1) * count * ci], &mut b.m[p * count * co..(p + 1) * count * co]);
+            let (vs, ms) = (stride(count, ci), stride(count, co));
+            let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
                 panel::product(m, count, co, ci, v, &u[p * ci * co..], co);
             } else {
@@ -261,7 +370,8 @@ fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), 
         input_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_IN * c, c);
     }
     for r in 0..T_IN {
-        input_1d(&b.tmp[r * T_IN * c..], c, &mut b.v[(r * T_IN * count + k) * c..], count * c, c);
+        let vs = stride(count, c);
+        input_1d(&b.tmp[r * T_IN * c..], c, &mut b.v[r * T_IN * vs + k * c..], vs, c);
     }
 }
 
@@ -282,7 +392,8 @@ fn transform_output(
     let (img, ty, tx) = tile_position(tile, grid);
     // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
     for q in 0..T_IN {
-        output_1d(&b.m[(q * count + k) * c..], T_IN * count * c, &mut b.tmp[q * c..], T_IN * c, c);
+        let ms = stride(count, c);
+        output_1d(&b.m[q * ms + k * c..], T_IN * ms, &mut b.tmp[q * c..], T_IN * c, c);
     }
     let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
     let full_row = ox0 + T_OUT <= s.w;
@@ -311,22 +422,6 @@ fn transform_output(
     }
 }
 
-/// `A q` for four values per channel into six (the transpose of the output transform).
-#[inline(always)]
-fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) {
-    for j in 0..c {
-        let [q0, q1, q2, q3] = std::array::from_fn(|i| q[i * step + j]);
-        let (a, b) = (q0 + q2, q1 + q3);
-        let (p, r) = (q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
-        out[j] = q0;
-        out[ostep + j] = a + b;
-        out[2 * ostep + j] = a - b;
-        out[3 * ostep + j] = p + r;
-        out[4 * ostep + j] = p - r;
-        out[5 * ostep + j] = q3;
-    }
-}
-
 /// The 4×4 output-gradient tile of `tile` (zero outside the image), transformed:
 /// `A dY Aᵀ` → `m[p][k][·]`.
 fn transform_gradient(
@@ -352,7 +447,8 @@ fn transform_gradient(
         gradient_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_OUT * c, c);
     }
     for r in 0..T_IN {
-        gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[(r * T_IN * count + k) * c..], count * c, c);
+        let ms = stride(count, c);
+        gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[r * T_IN * ms + k * c..], ms, c);
     }
 }
 
@@ -379,8 +475,8 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
             for p in 0..POS {
                 // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
-                let yt = Mat::transposed(&b.m[p * count * co..(p + 1) * count * co], co);
-                let v = Mat::rows(&b.v[p * count * ci..(p + 1) * count * ci], ci);
+                let yt = Mat::transposed(&b.m[p * stride(count, co)..][..count * co], co);
+                let v = Mat::rows(&b.v[p * stride(count, ci)..][..count * ci], ci);
                 matmul(&mut du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
             }
         }
