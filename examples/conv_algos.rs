@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release --example conv_algos
 
-use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::{ConvAlgo, Workspace};
 use std::time::Instant;
 
@@ -48,8 +48,8 @@ fn main() {
         for (a, algo) in ALGOS.into_iter().enumerate() {
             ws.algo = algo;
             passes[0][a] = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
-            let both = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, Some(&mut dx), &mut ws));
-            passes[2][a] = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, None, &mut ws));
+            let both = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, InputGrad::Set(&mut dx), &mut ws));
+            passes[2][a] = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, InputGrad::Skip, &mut ws));
             passes[1][a] = both - passes[2][a];
         }
         let cols: Vec<String> = passes.iter().map(|p| format!("{:6.2} / {:6.2} / {:6.2}", p[0], p[1], p[2])).collect();

@@ -5,7 +5,7 @@ mod common;
 
 use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
-use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::{self, ConvAlgo, Workspace, ops, panel, sgd, winograd};
@@ -101,17 +101,21 @@ fn check_conv_cases(cases: &[(usize, ConvShape)], algo: ConvAlgo) {
         let mut y = vec![f32::NAN; n * s.out_len()];
         conv::forward(&s, n, &x, &w, &mut y, &mut ws);
         assert!(rel_err(&y, &y_ref) < TOL, "forward {algo:?} {s:?} n={n}: {}", rel_err(&y, &y_ref));
-        // dx accumulates: start from a known value and subtract it.
-        let base = random(&mut rng, n * s.in_len());
-        let mut dx = base.clone();
+        // Set overwrites dx (NaN before, so any read of it shows).
+        let mut dx = vec![f32::NAN; n * s.in_len()];
         let mut dw = vec![f32::NAN; s.weight_len()];
-        conv::backward(&s, n, &x, &w, &dy, &mut dw, Some(&mut dx), &mut ws);
-        let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
+        conv::backward(&s, n, &x, &w, &dy, &mut dw, InputGrad::Set(&mut dx), &mut ws);
         assert!(rel_err(&dx, &dx_ref) < TOL, "backward-data {algo:?} {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
         assert!(rel_err(&dw, &dw_ref) < TOL, "backward-weights {algo:?} {s:?} n={n}: {}", rel_err(&dw, &dw_ref));
+        // Add accumulates: start from a known value and subtract it.
+        let base = random(&mut rng, n * s.in_len());
+        let mut dx = base.clone();
+        conv::backward(&s, n, &x, &w, &dy, &mut dw, InputGrad::Add(&mut dx), &mut ws);
+        let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
+        assert!(rel_err(&dx, &dx_ref) < TOL, "backward-data add {algo:?} {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
         // Weight gradient without input gradient (the first layer) is the same.
         let mut dw2 = vec![0f32; s.weight_len()];
-        conv::backward(&s, n, &x, &w, &dy, &mut dw2, None, &mut ws);
+        conv::backward(&s, n, &x, &w, &dy, &mut dw2, InputGrad::Skip, &mut ws);
         assert_eq!(dw, dw2);
     }
 }
@@ -197,7 +201,7 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
         // The block masks the final ReLU itself before the shortcut; emulate that here.
         if relu {
-            ops::relu_backward_inplace(&mut g, &y);
+            ops::relu_backward(&mut g, &y, None);
         }
         batchnorm::backward(&p, &x, rows, &mean, &invstd, None, &mut g, &mut dg, &mut db);
         assert!(rel_err(&g, &dx_ref) < 1e-4, "bn backward dx rows={rows} c={c}: {}", rel_err(&g, &dx_ref));
@@ -398,7 +402,7 @@ fn winograd_matches_naive_reference() {
         assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {s:?}");
         let base = random(&mut rng, n * s.in_len());
         let mut dx = base.clone();
-        winograd::backward_data(&s, n, &dy, &wt, &mut dx, &mut ws);
+        winograd::backward_data(&s, n, &dy, &wt, &mut dx, true, &mut ws);
         let dx_ref: Vec<f64> = dx_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
         assert!(rel_err(&dx, &dx_ref) < TOL, "winograd backward-data {s:?} n={n}: {}", rel_err(&dx, &dx_ref));
         let mut dw = vec![f32::NAN; s.weight_len()];

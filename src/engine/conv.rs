@@ -177,6 +177,27 @@ fn col2im_add(
     });
 }
 
+/// Where a backward pass puts the input gradient.
+pub enum InputGrad<'a> {
+    /// Not wanted (the network's first layer).
+    Skip,
+    /// Overwrites the slice.
+    Set(&'a mut [f32]),
+    /// Adds to the slice, so that a caller can sum branches.
+    Add(&'a mut [f32]),
+}
+
+impl InputGrad<'_> {
+    /// The slice and whether to add to it, if a gradient is wanted.
+    fn target(&mut self) -> Option<(&mut [f32], bool)> {
+        match self {
+            InputGrad::Skip => None,
+            InputGrad::Set(dx) => Some((&mut **dx, false)),
+            InputGrad::Add(dx) => Some((&mut **dx, true)),
+        }
+    }
+}
+
 /// `y = conv(x, w)` for a batch of `n` images, by the algorithm the workspace picks.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
     forward_with(s, n, x, w, y, None, None, ws)
@@ -315,9 +336,9 @@ fn im2col_gemm(
     ws.packed_weights = own;
 }
 
-/// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and, when `dx` is
-/// given, `dx += conv3x3ᵀ(dy)` (accumulated, so a caller can sum branches), by the
-/// algorithm the workspace picks.
+/// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and the input gradient
+/// `convᵀ(dy)` into `dx` as it says, by the algorithm the workspace picks. (Writing a
+/// fresh gradient outright saves clearing it and reading it back.)
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &ConvShape,
@@ -326,23 +347,23 @@ pub fn backward(
     w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    dx: Option<&mut [f32]>,
+    mut dx: InputGrad,
     ws: &mut Workspace,
 ) {
     let threads = ws.threads.len();
     if winograd::applies(s, n, threads, ws.algo, false) {
         winograd::backward_weights(s, n, x, dy, dw, ws);
-        if let Some(dx) = dx {
-            winograd::backward_data(s, n, dy, w, dx, ws);
+        if let Some((dx, add)) = dx.target() {
+            winograd::backward_data(s, n, dy, w, dx, add, ws);
         }
     } else if direct::applies(s, n, threads, ws.algo) {
         direct::backward_weights(s, n, x, dy, dw, ws);
-        if let Some(dx) = dx {
+        if let Some((dx, add)) = dx.target() {
             with_flipped_kernel(s, w, ws, |t, flipped, ws| {
                 if direct::applies(t, n, threads, ws.algo) {
-                    direct::forward(t, n, dy, flipped, dx, true, None, ws)
+                    direct::forward(t, n, dy, flipped, dx, add, None, ws)
                 } else {
-                    im2col_gemm(t, n, dy, flipped, None, dx, true, None, ws)
+                    im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws)
                 }
             });
         }
@@ -362,17 +383,17 @@ pub fn backward_im2col(
     w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    dx: Option<&mut [f32]>,
+    mut dx: InputGrad,
     ws: &mut Workspace,
 ) {
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() == s.weight_len());
-    match dx {
-        Some(dx) if s.stride == 1 && !s.is_pointwise() && s.pad < s.kernel => {
+    match dx.target() {
+        Some((dx, add)) if s.stride == 1 && !s.is_pointwise() && s.pad < s.kernel => {
             // A GEMM over im2col(dy) with k = 9·c_out beats the k = c_out GEMM plus the
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
-            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, None, dx, true, None, ws));
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws));
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
     }
@@ -410,8 +431,8 @@ fn flip_kernel(s: &ConvShape, w: &[f32], flipped: &mut Vec<f32>) {
     }
 }
 
-/// `dw` by GEMM over image ranges per thread and, when `dx` is given, `dx +=` the column
-/// gradients scattered back by col2im.
+/// `dw` by GEMM over image ranges per thread and, when `dx` is given, the input gradient
+/// (added to `dx` if the flag says so): the column gradients scattered back by col2im.
 #[allow(clippy::too_many_arguments)]
 fn weights_and_scatter(
     s: &ConvShape,
@@ -420,7 +441,7 @@ fn weights_and_scatter(
     w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    dx: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], bool)>,
     ws: &mut Workspace,
 ) {
     let pixels = s.out_pixels();
@@ -432,12 +453,17 @@ fn weights_and_scatter(
         &own[..s.weight_len()]
     });
     // Each group of images scatters into its own images of dx.
-    let dx = dx.map(|dx| SharedOut(dx[..n * s.in_len()].as_mut_ptr()));
+    let add = dx.as_ref().is_some_and(|(_, add)| *add);
+    let dx = dx.map(|(dx, _)| SharedOut(dx[..n * s.in_len()].as_mut_ptr()));
     let sum = sum_groups(&mut ws.threads, &mut ws.partials, s.weight_len(), n, |scr, imgs, dwt| {
         // SAFETY: the images of this group lie inside dx, and no other group writes them.
         let mut dxt = dx.map(|dx| unsafe {
             std::slice::from_raw_parts_mut(dx.base().add(imgs.start * s.in_len()), imgs.len() * s.in_len())
         });
+        // col2im adds every column gradient: a fresh gradient starts from zero.
+        if let Some(dxt) = dxt.as_deref_mut().filter(|_| !add && !s.is_pointwise()) {
+            dxt.fill(0.0);
+        }
         let (first, last) = (imgs.start * pixels, imgs.end * pixels);
         let mut start = first;
         while start < last {
@@ -458,7 +484,7 @@ fn weights_and_scatter(
                 // dx rows (+)= dy rows · w, straight into dx for 1×1 (rows are pixels),
                 // else into column gradients that col2im adds up.
                 let (dst, accumulate) = if s.is_pointwise() {
-                    (&mut dxt[(start - first) * s.c_in..][..m * s.c_in], true)
+                    (&mut dxt[(start - first) * s.c_in..][..m * s.c_in], add)
                 } else {
                     ensure_len(&mut scr.dcol, m * s.patch());
                     (&mut scr.dcol[..m * s.patch()], false)

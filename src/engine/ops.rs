@@ -4,16 +4,26 @@
 use super::matmul::{Mat, matmul};
 use rayon::prelude::*;
 
-/// `g *= (out > 0)`: the ReLU backward, given the ReLU's output.
-pub fn relu_backward_inplace(g: &mut [f32], out: &[f32]) {
+/// `g *= (out > 0)`: the ReLU backward, given the ReLU's output; also copied to `copy`
+/// if given (a residual block's two branches), in the same parallel pass.
+pub fn relu_backward(g: &mut [f32], out: &[f32], copy: Option<&mut [f32]>) {
+    const CHUNK: usize = 1 << 14;
     let len = g.len();
-    g.par_chunks_mut(1 << 14).zip(out[..len].par_chunks(1 << 14)).for_each(|(gc, oc)| {
+    let mask = |gc: &mut [f32], oc: &[f32]| {
         for (gv, &o) in gc.iter_mut().zip(oc) {
             if o <= 0.0 {
                 *gv = 0.0;
             }
         }
-    });
+    };
+    let (g, out) = (g.par_chunks_mut(CHUNK), out[..len].par_chunks(CHUNK));
+    match copy {
+        None => g.zip(out).for_each(|(gc, oc)| mask(gc, oc)),
+        Some(copy) => g.zip(out).zip(copy[..len].par_chunks_mut(CHUNK)).for_each(|((gc, oc), cc)| {
+            mask(gc, oc);
+            cc.copy_from_slice(gc);
+        }),
+    }
 }
 
 /// Geometry of the option-A shortcut: spatial subsample by `stride` (top-left pixel of

@@ -501,8 +501,8 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     });
 }
 
-/// `dx += conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
-/// kernel rotated by 180° and input/output channels swapped.
-pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace) {
-    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, None, dx, true, None, ws));
+/// `dx (+)= conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
+/// kernel rotated by 180° and input/output channels swapped; `add` adds it to `dx`.
+pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], add: bool, ws: &mut Workspace) {
+    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, None, dx, add, None, ws));
 }

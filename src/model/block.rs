@@ -4,7 +4,7 @@
 //! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
 use super::Shortcut;
-use crate::engine::{Workspace, ensure_len, ops, ops::ShortcutA};
+use crate::engine::{Workspace, conv::InputGrad, ensure_len, ops, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
 
@@ -64,14 +64,14 @@ impl ConvBn {
     }
 
     /// Backward of the last training forward. `g`: dL/d(post) on entry, dL/d(pre) after
-    /// BN; then the conv's input gradient is accumulated into `dx` (if given).
+    /// BN; then the conv's input gradient goes to `dx` as it says.
     pub(super) fn backward(
         &mut self,
         n: usize,
         x: &[f32],
         relu: bool,
         g: &mut [f32],
-        dx: Option<&mut [f32]>,
+        dx: InputGrad,
         ws: &mut Workspace,
     ) {
         let hw = self.in_hw;
@@ -323,20 +323,24 @@ impl Block {
         let out_len = n * oh * ow * self.c_out();
         let in_len = n * hw.0 * hw.1 * self.c_in;
         let (g, dx) = (&mut g[..out_len], &mut dx[..in_len]);
-        ops::relu_backward_inplace(g, &self.out[..out_len]);
+        // The ReLU after the addition, and the shortcut's gradient into dx; the first unit
+        // then adds its own, except in a plain network.
+        let out = &self.out[..out_len];
         match &mut self.shortcut {
-            ShortcutPath::None => dx.fill(0.0),
-            ShortcutPath::Identity => dx.copy_from_slice(g),
+            ShortcutPath::None => ops::relu_backward(g, out, None),
+            ShortcutPath::Identity => ops::relu_backward(g, out, Some(dx)),
             ShortcutPath::ZeroPad { stride, pad, .. } => {
+                ops::relu_backward(g, out, None);
                 ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.backward(n, g, dx)
             }
             ShortcutPath::Projection(p) => {
+                // The projection's BN backward works in place: on a copy of g.
                 let t2 = &mut t2[..out_len];
-                t2.copy_from_slice(g);
-                dx.fill(0.0);
-                p.backward(n, x, false, t2, Some(dx), ws);
+                ops::relu_backward(g, out, Some(t2));
+                p.backward(n, x, false, t2, InputGrad::Set(dx), ws);
             }
         }
+        let plain = matches!(self.shortcut, ShortcutPath::None);
         // Walk the units backwards, the gradient alternating between `g` and `t1`. The last
         // unit's ReLU came after the addition (masked above); the others' are their own.
         let (mut cur, mut next): (&mut [f32], &mut [f32]) = (g, t1);
@@ -345,12 +349,12 @@ impl Block {
             let (before, rest) = self.units.split_at_mut(i);
             let (u, relu) = (&mut rest[0], i < last);
             if i == 0 {
-                u.backward(n, x, relu, cur, Some(&mut *dx), ws);
+                let dx = if plain { InputGrad::Set(&mut *dx) } else { InputGrad::Add(&mut *dx) };
+                u.backward(n, x, relu, cur, dx, ws);
             } else {
                 let (h, w) = u.in_hw;
                 let len = n * h * w * u.conv.c_in;
-                next[..len].fill(0.0);
-                u.backward(n, &before[i - 1].post, relu, cur, Some(&mut next[..len]), ws);
+                u.backward(n, &before[i - 1].post, relu, cur, InputGrad::Set(&mut next[..len]), ws);
                 std::mem::swap(&mut cur, &mut next);
             }
         }

@@ -6,7 +6,7 @@
 use super::block::{Block, ConvBn, Hw};
 use super::config::{Family, ModelConfig};
 use crate::engine::pool::{self, PoolShape};
-use crate::engine::{Workspace, ensure_len};
+use crate::engine::{Workspace, conv::InputGrad, ensure_len};
 use crate::nn::{Linear, Named, Param, Slot};
 use crate::rng::Rng;
 
@@ -251,7 +251,7 @@ impl ResNet {
             pool::maxpool_backward(&s, n, g, &p.argmax, dx);
             std::mem::swap(&mut g, &mut dx);
         }
-        self.stem.backward(n, &self.input, true, g, None, &mut self.ws);
+        self.stem.backward(n, &self.input, true, g, InputGrad::Skip, &mut self.ws);
     }
 
     /// The state dict, in PyTorch's order and naming (`conv1.weight`, `layer1.0.bn2.bias`,

@@ -1,5 +1,5 @@
 use super::{Layout, Named, Param, Slot};
-use crate::engine::{Workspace, conv, conv::ConvShape};
+use crate::engine::{Workspace, conv, conv::ConvShape, conv::InputGrad};
 use crate::rng::Rng;
 
 /// A bias-free 2-D convolution (every conv in a ResNet is followed by BN). The spatial
@@ -53,14 +53,14 @@ impl Conv2d {
         let s = self.shape(h, w);
         conv::forward_with(&s, n, x, &self.weight.value, y, Some(epi), Some(&mut self.prepared), ws);
     }
-    /// Writes the weight gradient; accumulates the input gradient into `dx` if given.
+    /// Writes the weight gradient, and the input gradient as `dx` says.
     pub fn backward(
         &mut self,
         n: usize,
         (h, w): (usize, usize),
         x: &[f32],
         dy: &[f32],
-        dx: Option<&mut [f32]>,
+        dx: InputGrad,
         ws: &mut Workspace,
     ) {
         conv::backward(&self.shape(h, w), n, x, &self.weight.value, dy, &mut self.weight.grad, dx, ws);
