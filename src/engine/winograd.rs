@@ -44,19 +44,17 @@ fn block_size(tiles: usize, threads: usize) -> usize {
     (tiles / (BLOCKS_PER_THREAD * threads.max(1))).clamp(MIN_BLOCK, MAX_BLOCK)
 }
 
-/// Tiles per block of `forward`: at most `ci·co/1024` (16 at 128 channels, 64 at 256),
-/// and at least 16. Few channels: small blocks keep a block's transformed inputs and
-/// products (36·tiles·(ci+co) floats) in L2. Many: large blocks read the transformed
-/// weights (36·ci·co floats) fewer times. Against a fixed 128 in inference (weights
+/// Tiles per block of `forward`: `ci·co/1024` (16 at 128 channels, 64 at 256), within
+/// 16..=128, and no more than a thread's share. Few channels: small blocks keep a block's
+/// transformed inputs and products (36·tiles·(ci+co) floats) in L2. Many: large blocks
+/// read the transformed weights (36·ci·co floats, 38 MB at 512 channels) fewer times, even
+/// if that leaves one block per thread. Against a fixed 128 in inference (weights
 /// prepared; in-process, alternating), 32 channels at batch 128 took 3.9 ms against 4.4,
 /// 128 channels at batch 16 13.3–15.7 against 16.2–19.7; 64 and 256 channels ran alike.
 /// Every thread gets a block even with few tiles (inference at small batch); each tile's
 /// result does not depend on the blocks.
 fn forward_block(tiles: usize, threads: usize, ci: usize, co: usize) -> usize {
-    const MIN: usize = 16;
-    let cap = (ci * co / 1024).clamp(MIN, MAX_BLOCK);
-    let threads = threads.max(1);
-    (tiles / (BLOCKS_PER_THREAD * threads)).clamp(MIN, cap).min(tiles.div_ceil(threads)).max(4)
+    (ci * co / 1024).clamp(16, MAX_BLOCK).min(tiles.div_ceil(threads.max(1))).max(4)
 }
 
 /// Whether a convolution is done this way. `Auto`: 3×3, stride 1, pad 1, at least 32
