@@ -387,7 +387,9 @@ fn winograd_matches_naive_reference() {
     // Called directly, whatever `applies` would choose on this machine's core count.
     let mut rng = Rng::new(9);
     let mut ws = Workspace::new();
-    for (n, c_in, c_out, h, w) in [(1, 8, 8, 4, 4), (3, 16, 24, 13, 11), (2, 72, 80, 9, 18), (5, 8, 16, 1, 7)] {
+    // Channel counts not multiples of 8 exercise the transforms' partial lane group.
+    let cases = [(1, 8, 8, 4, 4), (3, 16, 24, 13, 11), (2, 72, 80, 9, 18), (5, 8, 16, 1, 7), (2, 5, 13, 6, 9)];
+    for (n, c_in, c_out, h, w) in cases {
         let s = ConvShape { c_in, c_out, kernel: 3, stride: 1, pad: 1, h, w };
         let x = random(&mut rng, n * s.in_len());
         let wt = random(&mut rng, s.weight_len());
