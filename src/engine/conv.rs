@@ -453,8 +453,10 @@ fn weights_and_scatter(
         &own[..s.weight_len()]
     });
     // Each group of images scatters into its own images of dx.
-    let add = dx.as_ref().is_some_and(|(_, add)| *add);
-    let dx = dx.map(|(dx, _)| SharedOut(dx[..n * s.in_len()].as_mut_ptr()));
+    let (dx, add) = match dx {
+        Some((dx, add)) => (Some(SharedOut(dx[..n * s.in_len()].as_mut_ptr())), add),
+        None => (None, false),
+    };
     let sum = sum_groups(&mut ws.threads, &mut ws.partials, s.weight_len(), n, |scr, imgs, dwt| {
         // SAFETY: the images of this group lie inside dx, and no other group writes them.
         let mut dxt = dx.map(|dx| unsafe {

@@ -322,8 +322,8 @@ pub fn forward(
         for k in 0..count {
             transform_input(s, x, first + k, grid, b, count, k);
         }
+        let (vs, ms) = (stride(count, ci), stride(count, co));
         for p in 0..POS {
-            let (vs, ms) = (stride(count, ci), stride(count, co));
             let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
                 panel::product(m, count, co, ci, v, &u[p * ci * co..], co);
@@ -381,8 +381,8 @@ fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), 
     for q in 0..T_IN {
         input_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_IN * c, c);
     }
+    let vs = stride(count, c);
     for r in 0..T_IN {
-        let vs = stride(count, c);
         input_1d(&b.tmp[r * T_IN * c..], c, &mut b.v[r * T_IN * vs + k * c..], vs, c);
     }
 }
@@ -403,8 +403,8 @@ fn transform_output(
     let c = s.c_out;
     let (img, ty, tx) = tile_position(tile, grid);
     // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
+    let ms = stride(count, c);
     for q in 0..T_IN {
-        let ms = stride(count, c);
         output_1d(&b.m[q * ms + k * c..], T_IN * ms, &mut b.tmp[q * c..], T_IN * c, c);
     }
     let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
@@ -458,8 +458,8 @@ fn transform_gradient(
     for q in 0..T_OUT {
         gradient_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_OUT * c, c);
     }
+    let ms = stride(count, c);
     for r in 0..T_IN {
-        let ms = stride(count, c);
         gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[r * T_IN * ms + k * c..], ms, c);
     }
 }
@@ -485,10 +485,11 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
                 transform_gradient(s, dy, first + k, grid, b, count, k);
             }
             // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
+            let (vs, ms) = (stride(count, ci), stride(count, co));
             for p in 0..POS {
                 // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
-                let yt = Mat::transposed(&b.m[p * stride(count, co)..][..count * co], co);
-                let v = Mat::rows(&b.v[p * stride(count, ci)..][..count * ci], ci);
+                let yt = Mat::transposed(&b.m[p * ms..][..count * co], co);
+                let v = Mat::rows(&b.v[p * vs..][..count * ci], ci);
                 matmul(&mut du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
             }
         }
