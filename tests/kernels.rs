@@ -323,59 +323,70 @@ fn pooling_linear_softmax_match_reference() {
 }
 
 #[test]
-fn panel_product_matches_naive_reference() {
-    if !panel::applies(16) {
-        println!("skipped: the panel product needs AVX2 and FMA");
-        return;
-    }
-    // Every remainder of rows (m mod 6), strips of 16 columns, B rows further apart than n.
-    let mut rng = Rng::new(12);
-    let cases = [(1, 16, 1, 16), (7, 32, 5, 48), (13, 16, 33, 40), (11, 16, 9, 32), (10, 32, 3, 32), (9, 16, 4, 16)];
-    for (m, n, k, ldb) in cases.into_iter().chain([(128, 64, 32, 64), (5, 48, 0, 48)]) {
-        let a = random(&mut rng, m * k);
-        let b = random(&mut rng, (k.max(1) - 1) * ldb + n);
-        let mut c = vec![f32::NAN; m * n];
-        panel::product(&mut c, m, n, k, &a, &b, ldb);
-        let want: Vec<f64> =
-            (0..m * n).map(|ij| (0..k).map(|p| a[ij / n * k + p] as f64 * b[p * ldb + ij % n] as f64).sum()).collect();
-        let e = if k == 0 { c.iter().map(|v| v.abs() as f64).sum() } else { rel_err(&c, &want) };
-        assert!(e < TOL, "panel product m={m} n={n} k={k} ldb={ldb}: {e}");
-    }
-}
-
-#[test]
 fn panel_packed_product_matches_naive_reference() {
     if !panel::applies(16) {
         println!("skipped: the panel product needs AVX2 and FMA");
         return;
     }
     // B packed from both layouts (weights [n][k], and row-major [k][n]), a range of
-    // strips, A and C rows further apart than needed, k past one k-block (1024), so that
-    // later blocks add to C, and accumulation onto C.
+    // strips, A and C rows further apart than needed, every remainder of rows (m mod 6),
+    // more rows than a row panel (96), k past one k-block (1024), so that later blocks add
+    // to C, accumulation onto C, and the epilogue (which must wait for the last k-block),
+    // with and without a residual.
     let mut rng = Rng::new(13);
-    let cases = [(7, 48, 5, 0..3, 9), (13, 64, 1500, 1..3, 1500), (6, 16, 2049, 0..1, 2050), (1, 32, 3, 1..2, 3)];
-    for ((m, n, k, strips, lda), accumulate) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
+    let cases = [
+        (7, 48, 5, 0..3, 9),
+        (13, 64, 1500, 1..3, 1500),
+        (6, 16, 2049, 0..1, 2050),
+        (1, 32, 3, 1..2, 3),
+        (10, 32, 3, 0..2, 3),
+        (9, 16, 4, 0..1, 4),
+        (11, 16, 9, 0..1, 9),
+        (128, 64, 32, 0..4, 32),
+        (5, 48, 1, 0..3, 1),
+    ];
+    let modes = [(false, None), (true, None), (false, Some(true)), (true, Some(false))];
+    for ((m, n, k, strips, lda), (accumulate, finish)) in
+        cases.into_iter().flat_map(|c| modes.map(|mode| (c.clone(), mode)))
+    {
         let w = random(&mut rng, n * k);
         let b_rows: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
         let a = random(&mut rng, (m - 1) * lda + k);
         let ldc = n + 5;
         let c0 = random(&mut rng, m * ldc);
         let cols = strips.start * 16..strips.end * 16;
+        let (scale, shift) = (random(&mut rng, cols.len()), random(&mut rng, cols.len()));
+        let residual = random(&mut rng, m * ldc);
         let want: Vec<f64> = (0..m)
             .flat_map(|i| cols.clone().map(move |j| (i, j)))
             .map(|(i, j)| {
+                let (at, col) = (i * ldc + j - cols.start, j - cols.start);
                 let sum: f64 = (0..k).map(|p| a[i * lda + p] as f64 * w[j * k + p] as f64).sum();
-                sum + if accumulate { c0[i * ldc + j - cols.start] as f64 } else { 0.0 }
+                let v = sum + if accumulate { c0[at] as f64 } else { 0.0 };
+                match finish {
+                    None => v,
+                    Some(with_residual) => {
+                        let r = if with_residual { residual[at] as f64 } else { 0.0 };
+                        (v * scale[col] as f64 + shift[col] as f64 + r).max(0.0)
+                    }
+                }
             })
             .collect();
+        let finish = finish.map(|with_residual| panel::Finish {
+            scale: &scale,
+            shift: &shift,
+            residual: with_residual.then_some(&residual[..]),
+            relu: true,
+        });
         for b in [Mat::transposed(&w, k), Mat::rows(&b_rows, n)] {
             let mut packed = vec![f32::NAN; n * k];
             panel::pack(b, k, n, &mut packed);
             let mut c = c0.clone();
-            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, accumulate);
+            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, accumulate, finish.as_ref());
             let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + cols.len()].to_vec()).collect();
             let e = rel_err(&got, &want);
-            assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate}: {e}");
+            let epilogue = finish.is_some();
+            assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate} epilogue {epilogue}: {e}");
             let beyond = (0..m).flat_map(|i| (cols.len()..ldc).map(move |j| i * ldc + j));
             assert!(beyond.clone().all(|i| c[i] == c0[i]), "wrote past the strips");
         }
@@ -427,6 +438,9 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
             (1, ConvShape { c_in: 8, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 3, w: 4 }),
             (2, ConvShape { c_in: 24, c_out: 64, kernel: 1, stride: 1, pad: 0, h: 5, w: 5 }),
             (1, ConvShape { c_in: 16, c_out: 32, kernel: 3, stride: 2, pad: 1, h: 9, w: 9 }),
+            // More rows than a row panel, and patches longer than a k-block of the packed
+            // GEMM: the epilogue must wait for the last block.
+            (2, ConvShape { c_in: 120, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 8, w: 7 }),
         ] {
             let x = random(&mut rng, n * s.in_len());
             let w = random(&mut rng, s.weight_len());

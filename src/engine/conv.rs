@@ -320,16 +320,22 @@ fn im2col_gemm(
         match packed {
             Some(packed) => {
                 let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, accumulate);
+                let finish = epi.map(|e| panel::Finish {
+                    scale: &e.scale[cols.clone()],
+                    shift: &e.shift[cols.clone()],
+                    residual: e.residual.map(|r| &r[start * s.c_out + cols.start..]),
+                    relu: e.relu,
+                });
+                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, accumulate, finish.as_ref());
             }
             None => {
                 let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
                 matmul(dst, s.c_out, m, cols.len(), patch, Mat::rows(a, patch), wt, accumulate);
-            }
-        }
-        if let Some(epi) = epi {
-            for r in 0..m {
-                epi.apply(&mut dst[r * s.c_out..r * s.c_out + cols.len()], start + r, s.c_out, cols.clone());
+                if let Some(epi) = epi {
+                    for r in 0..m {
+                        epi.apply(&mut dst[r * s.c_out..][..cols.len()], start + r, s.c_out, cols.clone());
+                    }
+                }
             }
         }
     });
@@ -494,7 +500,18 @@ fn weights_and_scatter(
                 match packed {
                     Some(packed) => {
                         let strips = 0..s.patch() / panel::STRIP;
-                        panel::product_packed(dst, s.patch(), m, strips, s.c_out, dyg, s.c_out, packed, accumulate);
+                        panel::product_packed(
+                            dst,
+                            s.patch(),
+                            m,
+                            strips,
+                            s.c_out,
+                            dyg,
+                            s.c_out,
+                            packed,
+                            accumulate,
+                            None,
+                        );
                     }
                     None => {
                         let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));

@@ -210,11 +210,13 @@ fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) 
     transform_1d::<GradientTaps, 4, 6>(q, step, out, ostep, c);
 }
 
-/// `G g Gᵀ` of every (input, output) channel pair from OHWI weights, as `u[p][ci][co]`,
-/// so that each `U[p]` is a contiguous `c_in × c_out` matrix. (With `u[ci][p][co]` the
-/// rows of `U[p]` lay `36·c_out` floats apart, a multiple of 4 KB from 256 channels on, and
-/// a 16-column strip of them fell into one L1 cache set.) Vectorized over output channels,
-/// parallel over input channels.
+/// `G g Gᵀ` of every (input, output) channel pair from OHWI weights: each position's
+/// `U[p]` (`c_in × c_out`) contiguous, packed in 16-column strips for
+/// `panel::product_packed` where it applies, else row-major. (Read in place, a strip's
+/// rows lay `c_out` floats apart, 1-2 KB from 256 channels on, so that its 256-512 rows
+/// fell into 2-4 sets of the L1 cache and were read from L3 by every group of 6 tiles: the
+/// GEMMs of ResNet-50's 256- and 512-channel layers ran at 55 GFLOP/s.) Vectorized over
+/// output channels, parallel over input channels.
 fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     let (ci_n, co) = (s.c_in, s.c_out);
     let out = SharedOut(u[..POS * ci_n * co].as_mut_ptr());
@@ -233,18 +235,24 @@ fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
                 }
             }
         }
+        let mut row_p = vec![0f32; co];
+        let strip = if panel::applies(co) { panel::STRIP } else { co };
         for i in 0..T_IN {
             for (j, row) in G.iter().enumerate() {
-                // SAFETY: row (p, ci) of u, `co` floats inside its POS·c_in·c_out, is
-                // written only by the task of input channel ci.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.base().add(((i * T_IN + j) * ci_n + ci) * co), co) };
-                dst.fill(0.0);
+                row_p.fill(0.0);
                 for (kx, &f) in row.iter().enumerate() {
                     if f != 0.0 {
                         let src = &gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
-                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                        row_p.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
                     }
+                }
+                // Row ci of U[p], strip by strip (one strip when row-major).
+                let p = i * T_IN + j;
+                for (k, part) in row_p.chunks_exact(strip).enumerate() {
+                    let at = p * ci_n * co + (k * ci_n + ci) * strip;
+                    // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
+                    // ci, written only by the task of input channel ci.
+                    unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) }.copy_from_slice(part);
                 }
             }
         }
@@ -326,7 +334,7 @@ pub fn forward(
         for p in 0..POS {
             let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
-                panel::product(m, count, co, ci, v, &u[p * ci * co..], co);
+                panel::product_packed(m, co, count, 0..co / panel::STRIP, ci, v, ci, &u[p * ci * co..], false, None);
             } else {
                 let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
                 matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
