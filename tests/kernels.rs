@@ -378,11 +378,12 @@ fn panel_packed_product_matches_naive_reference() {
             residual: with_residual.then_some(&residual[..]),
             relu: true,
         });
+        let store = panel::Store { accumulate, finish };
         for b in [Mat::transposed(&w, k), Mat::rows(&b_rows, n)] {
             let mut packed = vec![f32::NAN; n * k];
             panel::pack(b, k, n, &mut packed);
             let mut c = c0.clone();
-            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, accumulate, finish.as_ref());
+            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, store);
             let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + cols.len()].to_vec()).collect();
             let e = rel_err(&got, &want);
             let epilogue = finish.is_some();

@@ -326,7 +326,8 @@ fn im2col_gemm(
                     residual: e.residual.map(|r| &r[start * s.c_out + cols.start..]),
                     relu: e.relu,
                 });
-                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, accumulate, finish.as_ref());
+                let store = panel::Store { accumulate, finish };
+                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store);
             }
             None => {
                 let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
@@ -500,18 +501,8 @@ fn weights_and_scatter(
                 match packed {
                     Some(packed) => {
                         let strips = 0..s.patch() / panel::STRIP;
-                        panel::product_packed(
-                            dst,
-                            s.patch(),
-                            m,
-                            strips,
-                            s.c_out,
-                            dyg,
-                            s.c_out,
-                            packed,
-                            accumulate,
-                            None,
-                        );
+                        let store = panel::Store { accumulate, finish: None };
+                        panel::product_packed(dst, s.patch(), m, strips, s.c_out, dyg, s.c_out, packed, store);
                     }
                     None => {
                         let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));

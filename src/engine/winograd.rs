@@ -334,7 +334,8 @@ pub fn forward(
         for p in 0..POS {
             let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
-                panel::product_packed(m, co, count, 0..co / panel::STRIP, ci, v, ci, &u[p * ci * co..], false, None);
+                let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
+                panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store);
             } else {
                 let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
                 matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
