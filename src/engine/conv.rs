@@ -72,6 +72,18 @@ pub struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
+    /// The same epilogue as the GEMM kernel applies it to a block of C: output pixels from
+    /// `pixel` on (counted over the batch), channels `cols`, of a layer with `c_out`
+    /// channels.
+    fn for_block(&self, pixel: usize, c_out: usize, cols: std::ops::Range<usize>) -> panel::Finish<'_> {
+        panel::Finish {
+            scale: &self.scale[cols.clone()],
+            shift: &self.shift[cols.clone()],
+            residual: self.residual.map(|r| &r[pixel * c_out + cols.start..]),
+            relu: self.relu,
+        }
+    }
+
     /// Applies to `out`, the channels `cols` of output pixel `pixel` (counted over the
     /// batch), of a layer with `c_out` channels. Always inlined, so that a caller with a
     /// constant number of channels gets vector code.
@@ -320,12 +332,7 @@ fn im2col_gemm(
         match packed {
             Some(packed) => {
                 let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-                let finish = epi.map(|e| panel::Finish {
-                    scale: &e.scale[cols.clone()],
-                    shift: &e.shift[cols.clone()],
-                    residual: e.residual.map(|r| &r[start * s.c_out + cols.start..]),
-                    relu: e.relu,
-                });
+                let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
                 let store = panel::Store { accumulate, finish };
                 panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store);
             }
