@@ -235,24 +235,23 @@ fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
                 }
             }
         }
-        let mut row_p = vec![0f32; co];
         let strip = if panel::applies(co) { panel::STRIP } else { co };
         for i in 0..T_IN {
             for (j, row) in G.iter().enumerate() {
-                row_p.fill(0.0);
-                for (kx, &f) in row.iter().enumerate() {
-                    if f != 0.0 {
-                        let src = &gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
-                        row_p.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
-                    }
-                }
                 // Row ci of U[p], strip by strip (one strip when row-major).
                 let p = i * T_IN + j;
-                for (k, part) in row_p.chunks_exact(strip).enumerate() {
+                for k in 0..co / strip {
                     let at = p * ci_n * co + (k * ci_n + ci) * strip;
                     // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
                     // ci, written only by the task of input channel ci.
-                    unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) }.copy_from_slice(part);
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) };
+                    dst.fill(0.0);
+                    for (kx, &f) in row.iter().enumerate() {
+                        if f != 0.0 {
+                            let src = &gg[(i * 3 + kx) * co + k * strip..][..strip];
+                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                        }
+                    }
                 }
             }
         }
