@@ -75,7 +75,7 @@ impl Epilogue<'_> {
     /// The same epilogue as the GEMM kernel applies it to a block of C: output pixels from
     /// `pixel` on (counted over the batch), channels `cols`, of a layer with `c_out`
     /// channels.
-    fn for_block(&self, pixel: usize, c_out: usize, cols: std::ops::Range<usize>) -> panel::Finish<'_> {
+    pub(crate) fn for_block(&self, pixel: usize, c_out: usize, cols: std::ops::Range<usize>) -> panel::Finish<'_> {
         panel::Finish {
             scale: &self.scale[cols.clone()],
             shift: &self.shift[cols.clone()],
