@@ -513,6 +513,8 @@ fn maxpool_matches_naive_reference() {
         (1, PoolShape { c: 64, kernel: 3, stride: 2, pad: 1, h: 112, w: 112 }),
         (3, PoolShape { c: 3, kernel: 3, stride: 2, pad: 1, h: 1, w: 2 }),
         (2, PoolShape { c: 4, kernel: 2, stride: 2, pad: 0, h: 6, w: 7 }),
+        // Whole groups of 8 channels and a remainder.
+        (2, PoolShape { c: 21, kernel: 3, stride: 2, pad: 1, h: 7, w: 6 }),
     ];
     for (n, s) in cases {
         // Coarse values make ties common, which exercises the first-max rule.
@@ -530,15 +532,19 @@ fn maxpool_matches_naive_reference() {
         pool::maxpool_backward(&s, n, &g, &argmax, &mut dx);
         assert!(rel_err(&dx, &dx_ref) < TOL, "maxpool backward {s:?}: {}", rel_err(&dx, &dx_ref));
     }
-    // A NaN in a window wins and sticks, wherever it is, as in PyTorch.
-    let s = PoolShape { c: 1, kernel: 3, stride: 1, pad: 0, h: 3, w: 3 };
+    // A NaN in a window wins and sticks, wherever it is, as in PyTorch: in a group of 8
+    // channels (channel 0) and in the remainder (channel 8).
+    let s = PoolShape { c: 9, kernel: 3, stride: 1, pad: 0, h: 3, w: 3 };
     for at in [0, 4, 8] {
-        let mut x = vec![1.0f32; 9];
-        x[at] = f32::NAN;
-        let (mut y, mut y_eval, mut argmax) = (vec![0f32; 1], vec![0f32; 1], vec![0u32; 1]);
+        let mut x = vec![1.0f32; 9 * 9];
+        (x[at * 9], x[at * 9 + 8]) = (f32::NAN, f32::NAN);
+        let (mut y, mut y_eval, mut argmax) = (vec![0f32; 9], vec![0f32; 9], vec![0u32; 9]);
         pool::maxpool_forward(&s, 1, &x, &mut y, &mut argmax);
         pool::maxpool_eval(&s, 1, &x, &mut y_eval);
-        assert!(y[0].is_nan() && y_eval[0].is_nan(), "NaN at {at}: {} {}", y[0], y_eval[0]);
+        for c in [0, 8] {
+            assert!(y[c].is_nan() && y_eval[c].is_nan(), "NaN at {at}, channel {c}: {} {}", y[c], y_eval[c]);
+        }
+        assert!(y_eval[1..8].iter().all(|v| *v == 1.0), "the other channels are untouched");
     }
 }
 
