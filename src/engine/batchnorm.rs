@@ -124,13 +124,21 @@ impl Affine<'_> {
         let n = y.len();
         let (x, r, scale, shift) = (&x[..n], &r[..n], &self.scale[..n], &self.shift[..n]);
         for i in 0..n {
-            let mut v = x[i] * scale[i] + shift[i];
+            let mut v = normalized(x[i], scale[i], shift[i]);
             if RESIDUAL {
                 v += r[i];
             }
             y[i] = if RELU { v.max(0.0) } else { v };
         }
     }
+}
+
+/// BatchNorm's output before the residual and ReLU, `x·scale + shift`. The training
+/// forward and the backward's ReLU mask both compute it here, so the backward decides
+/// exactly as the forward did.
+#[inline(always)]
+fn normalized(x: f32, scale: f32, shift: f32) -> f32 {
+    x * scale + shift
 }
 
 /// What a training-mode forward leaves for the backward pass, per channel: the batch
@@ -302,7 +310,7 @@ impl Forward<'_> {
         let (x, mu, is, scale, shift) = (&x[..n], &self.mu[..n], &self.is[..n], &self.scale[..n], &self.shift[..n]);
         let (s, t) = (&mut s[..n], &mut t[..n]);
         for i in 0..n {
-            let dy = active::<RELU>(dy[i], x[i] * scale[i] + shift[i]);
+            let dy = active::<RELU>(dy[i], normalized(x[i], scale[i], shift[i]));
             s[i] += dy as f64;
             t[i] += (dy * ((x[i] - mu[i]) * is[i])) as f64;
         }
@@ -316,7 +324,7 @@ impl Forward<'_> {
         let (k, a, b) = (&d.k[..n], &d.a[..n], &d.b[..n]);
         for i in 0..n {
             let xhat = (x[i] - mu[i]) * is[i];
-            g[i] = k[i] * (active::<RELU>(g[i], x[i] * scale[i] + shift[i]) - a[i] - xhat * b[i]);
+            g[i] = k[i] * (active::<RELU>(g[i], normalized(x[i], scale[i], shift[i])) - a[i] - xhat * b[i]);
         }
     }
 }
