@@ -81,6 +81,9 @@ fn conv_forward_and_backward_match_naive_reference() {
         (2, ConvShape { c_in: 17, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 5, w: 3 }),
         (1, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 1, w: 1 }),
         (5, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 32, w: 32 }),
+        // winograd_small at 32 and 64 channels: clipped tiles, bands across images.
+        (3, ConvShape { c_in: 32, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 7, w: 10 }),
+        (2, ConvShape { c_in: 64, c_out: 64, kernel: 3, stride: 1, pad: 1, h: 6, w: 5 }),
     ];
     // Auto picks per shape; Direct forces the direct kernel wherever it can run, Im2col
     // the GEMMs (on packed weights wherever the channels come in 16s).
@@ -441,6 +444,9 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
             (3, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 9, w: 7 }),
             (2, ConvShape { c_in: 6, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 5, w: 6 }),
             (1, ConvShape { c_in: 8, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 3, w: 4 }),
+            // 16 channels in and out: `winograd_small` under Auto and Winograd, clipped
+            // tiles on both edges.
+            (3, ConvShape { c_in: 16, c_out: 16, kernel: 3, stride: 1, pad: 1, h: 10, w: 7 }),
             (2, ConvShape { c_in: 24, c_out: 64, kernel: 1, stride: 1, pad: 0, h: 5, w: 5 }),
             (1, ConvShape { c_in: 16, c_out: 32, kernel: 3, stride: 2, pad: 1, h: 9, w: 9 }),
             // More rows than a row panel, and patches longer than a k-block of the packed

@@ -14,7 +14,9 @@
 //! weight gradients in a fixed order (`sum_groups`).
 
 use super::matmul::{Mat, matmul};
-use super::{SharedOut, Workspace, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd};
+use super::{
+    SharedOut, Workspace, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd, winograd_small,
+};
 
 /// Output rows per GEMM (see the module comment).
 const TILE_ROWS: usize = 256;
@@ -240,9 +242,13 @@ pub fn forward_with(
     prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
-    if winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
+    let small = winograd_small::applies(s, ws.algo);
+    if small || winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
         let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
-        return winograd::forward(s, n, x, w, u, y, false, epi, ws);
+        return match small {
+            true => winograd_small::forward(s, n, x, w, u, y, false, epi, ws),
+            false => winograd::forward(s, n, x, w, u, y, false, epi, ws),
+        };
     }
     if direct::applies(s, n, ws.threads.len(), ws.algo) {
         return direct::forward(s, n, x, w, y, false, epi, ws);
@@ -365,24 +371,29 @@ pub fn backward(
     ws: &mut Workspace,
 ) {
     let threads = ws.threads.len();
-    if winograd::applies(s, n, threads, ws.algo, false) {
+    let small = winograd_small::applies(s, ws.algo);
+    let winograd = winograd::applies(s, n, threads, ws.algo, false);
+    if small {
+        winograd_small::backward_weights(s, n, x, dy, dw, ws);
+    } else if winograd {
         winograd::backward_weights(s, n, x, dy, dw, ws);
-        if let Some((dx, add)) = dx.target() {
-            winograd::backward_data(s, n, dy, w, dx, add, ws);
-        }
     } else if direct::applies(s, n, threads, ws.algo) {
         direct::backward_weights(s, n, x, dy, dw, ws);
-        if let Some((dx, add)) = dx.target() {
-            with_flipped_kernel(s, w, ws, |t, flipped, ws| {
-                if direct::applies(t, n, threads, ws.algo) {
-                    direct::forward(t, n, dy, flipped, dx, add, None, ws)
-                } else {
-                    im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws)
-                }
-            });
-        }
     } else {
-        backward_im2col(s, n, x, w, dy, dw, dx, ws)
+        return backward_im2col(s, n, x, w, dy, dw, dx, ws);
+    }
+    if let Some((dx, add)) = dx.target() {
+        with_flipped_kernel(s, w, ws, |t, flipped, ws| {
+            if winograd_small::applies(t, ws.algo) {
+                winograd_small::forward(t, n, dy, flipped, None, dx, add, None, ws)
+            } else if winograd {
+                winograd::forward(t, n, dy, flipped, None, dx, add, None, ws)
+            } else if direct::applies(t, n, threads, ws.algo) {
+                direct::forward(t, n, dy, flipped, dx, add, None, ws)
+            } else {
+                im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws)
+            }
+        });
     }
 }
 

@@ -1,9 +1,9 @@
-//! Direct 3×3 stride-1 pad-1 convolution for layers with few channels (CIFAR's 16-channel
-//! stage), NHWC, with AVX2 register-blocked microkernels.
+//! Direct 3×3 stride-1 pad-1 convolution for layers with few input channels (CIFAR's
+//! 3-channel stem; layers of 16 channels in and out now run `winograd_small`), NHWC,
+//! with AVX2 register-blocked microkernels.
 //!
-//! At 16 channels im2col+GEMM spends as long copying 64-byte kernel rows as multiplying
-//! (k = 144 is also short for a GEMM), and Winograd's transforms outweigh the multiplies
-//! they save. Here each image is copied once into a zero-bordered buffer of
+//! At few channels im2col+GEMM spends as long copying short kernel rows as multiplying
+//! (k = 27 or 144 is also short for a GEMM). Here each image is copied once into a zero-bordered buffer of
 //! `(h+2)·(w+2)` pixels; in that buffer, tap (ky, kx) of output pixel `q = y·(w+2) + x` is
 //! input pixel `q + ky·(w+2) + kx` for every q. The two pad columns of each row are
 //! computed as well and thrown away (2/(w+2) extra work), which gives the microkernels one

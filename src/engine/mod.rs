@@ -25,6 +25,7 @@ pub mod panel;
 pub mod pool;
 pub mod sgd;
 pub mod winograd;
+pub mod winograd_small;
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,20 +36,23 @@ pub struct Scratch {
     pub col: Vec<f32>,
     pub dcol: Vec<f32>,
     pub winograd: winograd::Bufs,
+    pub winograd_small: winograd_small::Bufs,
 }
 
 /// How 3×3 stride-1 convolutions are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgo {
-    /// Per layer, what measured fastest: Winograd for enough channels and tiles, the
-    /// direct kernel for few channels, else im2col.
+    /// Per layer, what measured fastest: `winograd_small` for 16-128 channels in and
+    /// out, `winograd` for more channels and enough tiles, the direct kernel for few
+    /// input channels (CIFAR's stem), else im2col.
     #[default]
     Auto,
     Im2col,
     /// The direct kernel for every 3×3 stride-1 pad-1 layer with whole blocks of 16
     /// output channels (x86-64 with AVX2 only), else im2col.
     Direct,
-    /// Winograd for every 3×3 stride-1 pad-1 layer (tests use it on small networks).
+    /// Winograd for every 3×3 stride-1 pad-1 layer (`winograd_small` where it applies,
+    /// else `winograd`; tests use it on small networks).
     Winograd,
 }
 

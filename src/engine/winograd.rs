@@ -18,9 +18,9 @@ use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_group
 use rayon::prelude::*;
 
 /// Input tile side, output tile side.
-const T_IN: usize = 6;
-const T_OUT: usize = 4;
-const POS: usize = T_IN * T_IN;
+pub(super) const T_IN: usize = 6;
+pub(super) const T_OUT: usize = 4;
+pub(super) const POS: usize = T_IN * T_IN;
 /// The kernel transform (points 0, ±1, ±2, ∞): `U = G g Gᵀ`.
 const G: [[f32; 3]; 6] = [
     [0.25, 0.0, 0.0],
@@ -84,39 +84,55 @@ pub fn transform_weights(s: &ConvShape, w: &[f32]) -> Vec<f32> {
     u
 }
 
-/// Eight channels' values, so that the 1-D transforms below read as the formulas they
-/// are and still compile to one AVX instruction per operation.
+/// Eight channels' values, as the transforms compute on them: `Lanes` here, an AVX
+/// register in `winograd_small`. The transforms are written once, over this trait.
+pub(super) trait Lane: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    /// `k·x + y`.
+    fn fma(k: f32, x: Self, y: Self) -> Self;
+}
+
+/// Eight channels in an array, so that the 1-D transforms below read as the formulas they
+/// are and still compile to AVX instructions. (Plain loops, not `array::from_fn`, whose
+/// closures the compiler did not always inline.)
 #[derive(Clone, Copy)]
-struct Lanes([f32; LANES]);
-const LANES: usize = 8;
+pub(super) struct Lanes(pub(super) [f32; LANES]);
+pub(super) const LANES: usize = 8;
 
 impl std::ops::Add for Lanes {
     type Output = Lanes;
     #[inline(always)]
-    fn add(self, o: Lanes) -> Lanes {
-        Lanes(std::array::from_fn(|i| self.0[i] + o.0[i]))
+    fn add(mut self, o: Lanes) -> Lanes {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+        self
     }
 }
 
 impl std::ops::Sub for Lanes {
     type Output = Lanes;
     #[inline(always)]
-    fn sub(self, o: Lanes) -> Lanes {
-        Lanes(std::array::from_fn(|i| self.0[i] - o.0[i]))
+    fn sub(mut self, o: Lanes) -> Lanes {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a -= b;
+        }
+        self
     }
 }
 
-impl std::ops::Mul<Lanes> for f32 {
-    type Output = Lanes;
+impl Lane for Lanes {
     #[inline(always)]
-    fn mul(self, o: Lanes) -> Lanes {
-        Lanes(std::array::from_fn(|i| self * o.0[i]))
+    fn fma(k: f32, x: Lanes, mut y: Lanes) -> Lanes {
+        for (a, b) in y.0.iter_mut().zip(x.0) {
+            *a = k.mul_add(b, *a);
+        }
+        y
     }
 }
 
 /// A 1-D transform of N values per channel into M.
-trait Taps<const N: usize, const M: usize> {
-    fn apply(x: [Lanes; N]) -> [Lanes; M];
+pub(super) trait Taps<const N: usize, const M: usize> {
+    fn apply<L: Lane>(x: [L; N]) -> [L; M];
 }
 
 /// Applies the 1-D transform `T` to every channel `j < c`: reads `src[i·step + j]`,
@@ -154,40 +170,37 @@ fn transform_1d<T: Taps<N, M>, const N: usize, const M: usize>(
     }
 }
 
-/// `Bᵀ z`: the input transform.
-struct InputTaps;
+/// `Bᵀ z`: the input transform, with shared terms and FMAs (13 operations, not 24).
+pub(super) struct InputTaps;
 impl Taps<6, 6> for InputTaps {
     #[inline(always)]
-    fn apply([z0, z1, z2, z3, z4, z5]: [Lanes; 6]) -> [Lanes; 6] {
-        [
-            4.0 * z0 - 5.0 * z2 + z4,
-            -4.0 * (z1 + z2) + z3 + z4,
-            4.0 * (z1 - z2) - z3 + z4,
-            2.0 * (z3 - z1) - z2 + z4,
-            2.0 * (z1 - z3) - z2 + z4,
-            4.0 * z1 - 5.0 * z3 + z5,
-        ]
+    fn apply<L: Lane>([z0, z1, z2, z3, z4, z5]: [L; 6]) -> [L; 6] {
+        // Rows 1-2: (z4 - 4·z2) ± (z3 - 4·z1); rows 3-4: (z4 - z2) ± 2·(z3 - z1).
+        let (a, b) = (L::fma(-4.0, z2, z4), L::fma(-4.0, z1, z3));
+        let (c, e) = (z4 - z2, z3 - z1);
+        let d = e + e;
+        [L::fma(4.0, z0, L::fma(-5.0, z2, z4)), a + b, a - b, c + d, c - d, L::fma(4.0, z1, L::fma(-5.0, z3, z5))]
     }
 }
 
 /// `Aᵀ m`: the output transform.
-struct OutputTaps;
+pub(super) struct OutputTaps;
 impl Taps<6, 4> for OutputTaps {
     #[inline(always)]
-    fn apply([m0, m1, m2, m3, m4, m5]: [Lanes; 6]) -> [Lanes; 4] {
+    fn apply<L: Lane>([m0, m1, m2, m3, m4, m5]: [L; 6]) -> [L; 4] {
         let (a, b) = (m1 + m2, m1 - m2);
         let (p, q) = (m3 + m4, m3 - m4);
-        [m0 + a + p, b + 2.0 * q, a + 4.0 * p, b + 8.0 * q + m5]
+        [m0 + a + p, L::fma(2.0, q, b), L::fma(4.0, p, a), L::fma(8.0, q, b + m5)]
     }
 }
 
 /// `A q`: the transpose of the output transform, for the output gradient.
-struct GradientTaps;
+pub(super) struct GradientTaps;
 impl Taps<4, 6> for GradientTaps {
     #[inline(always)]
-    fn apply([q0, q1, q2, q3]: [Lanes; 4]) -> [Lanes; 6] {
+    fn apply<L: Lane>([q0, q1, q2, q3]: [L; 4]) -> [L; 6] {
         let (a, b) = (q0 + q2, q1 + q3);
-        let (p, r) = (q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
+        let (p, r) = (L::fma(4.0, q2, q0), L::fma(8.0, q3, q1 + q1));
         [q0, a + b, a - b, p + r, p - r, q3]
     }
 }
@@ -217,13 +230,18 @@ fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) 
 /// fell into 2-4 sets of the L1 cache and were read from L3 by every group of 6 tiles: the
 /// GEMMs of ResNet-50's 256- and 512-channel layers ran at 55 GFLOP/s.) Vectorized over
 /// output channels, parallel over input channels.
-fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
+pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     let (ci_n, co) = (s.c_in, s.c_out);
     let out = SharedOut(u[..POS * ci_n * co].as_mut_ptr());
-    (0..ci_n).into_par_iter().for_each(|ci| {
+    // Two buffers per rayon task, not per input channel: allocating them per channel took
+    // 3% of a ResNet-20 training step, which transforms its weights twice per layer.
+    let buffers = || (vec![0f32; 9 * co], vec![0f32; 6 * 3 * co]);
+    (0..ci_n).into_par_iter().for_each_init(buffers, |(g, gg), ci| {
         // g[tap][co] for this input channel, then G g (6×3) per output channel.
-        let g: Vec<f32> = (0..9).flat_map(|tap| (0..co).map(move |o| w[(o * 9 + tap) * ci_n + ci])).collect();
-        let mut gg = vec![0f32; 6 * 3 * co];
+        for (tap, g) in g.chunks_exact_mut(co).enumerate() {
+            g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
+        }
+        gg.fill(0.0);
         for (i, row) in G.iter().enumerate() {
             for kx in 0..3 {
                 let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
@@ -502,7 +520,13 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
             }
         }
     });
-    // dw[co][ky][kx][ci] = Σ G[i][ky] dU[i,j] G[j][kx].
+    weights_from_transformed(s, du, dw);
+}
+
+/// `dw = Gᵀ dU G` (overwritten) from the weight gradient in the transformed domain,
+/// `du[p][c_out][c_in]`: `dw[co][ky][kx][ci] = Σ G[i][ky] dU[i,j] G[j][kx]`.
+pub(super) fn weights_from_transformed(s: &ConvShape, du: &[f32], dw: &mut [f32]) {
+    let (ci, co) = (s.c_in, s.c_out);
     dw[..s.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
         dwo.fill(0.0);
         for i in 0..T_IN {
