@@ -276,6 +276,25 @@ pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     });
 }
 
+/// `u` (the weights already transformed, kept by the caller), else `w` transformed into
+/// `scratch`.
+pub(super) fn weights_or_transform<'a>(
+    s: &ConvShape,
+    w: &[f32],
+    u: Option<&'a [f32]>,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let len = POS * s.c_in * s.c_out;
+    match u {
+        Some(u) => &u[..len],
+        None => {
+            ensure_len(scratch, len);
+            weight_transform(s, w, scratch);
+            &scratch[..len]
+        }
+    }
+}
+
 /// Floats from one position's matrix to the next in `Bufs::v` and `Bufs::m` (`tiles`
 /// rows of `c` channels each), skewed by one cache line: unskewed, the 36 positions of a
 /// tile lay a multiple of 4 KB apart (e.g. 128 tiles · 32 channels · 4 bytes = 16 KB), all in
@@ -325,14 +344,7 @@ pub fn forward(
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let (ci, co) = (s.c_in, s.c_out);
-    let u = match u {
-        Some(u) => &u[..POS * ci * co],
-        None => {
-            ensure_len(&mut ws.winograd_u, POS * ci * co);
-            weight_transform(s, w, &mut ws.winograd_u);
-            &ws.winograd_u[..POS * ci * co]
-        }
-    };
+    let u = weights_or_transform(s, w, u, &mut ws.winograd_u);
     let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
     let tiles = n * grid.0 * grid.1;
     let block = forward_block(tiles, ws.threads.len(), ci, co);

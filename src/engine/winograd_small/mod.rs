@@ -82,15 +82,7 @@ pub fn forward(
     assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     assert!(epi.is_none_or(|e| e.residual.is_none_or(|r| r.len() >= n * s.out_len())));
-    let len = POS * s.c_in * s.c_out;
-    let u = match u {
-        Some(u) => &u[..len],
-        None => {
-            ensure_len(&mut ws.winograd_u, len);
-            winograd::weight_transform(s, w, &mut ws.winograd_u);
-            &ws.winograd_u[..len]
-        }
-    };
+    let u = winograd::weights_or_transform(s, w, u, &mut ws.winograd_u);
     let y = &mut y[..n * s.out_len()];
     match s.c_in {
         16 => forward_c::<16>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
@@ -170,7 +162,7 @@ fn forward_c<const C: usize>(
         ensure_len(v, at.len(band.tiles()));
         ensure_len(m, at.len(band.tiles()));
         for r in 0..band.rows {
-            transform_row::<C>(s, x, &band, r, zeros, cols, v);
+            transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
         }
         products::<C>(band.tiles(), v, u, m);
         for t in 0..band.tiles() {
@@ -179,53 +171,59 @@ fn forward_c<const C: usize>(
     });
 }
 
-/// `Bᵀ d B` of the tiles of the band's tile row `r` into `v`: `Bᵀ` down every column of
-/// the six input rows into `cols`, then `B` along each tile's six rows of `cols`. Rows
-/// above and below the image read `zeros`. (Written with raw pointers and bounds asserted
-/// once: with slices, index arithmetic and bounds checks made up most of the code.)
-fn transform_row<const C: usize>(
+/// The 6×6 transform of every tile of the band's tile row `r` into `out` (see `Layout`),
+/// by the 1-D transform `T` of N values: `Bᵀ d B` of the input's 6×6 tiles (N = 6), or
+/// `A dY Aᵀ` of the output gradient's 4×4 tiles (N = 4). `T` runs down every column of
+/// the N image rows once into `cols` (neighbouring tiles share N - 4 columns), then along
+/// each tile's six rows of `cols`. Outside the image everything is zero: rows read
+/// `zeros`. `img` is the batch's input or output gradient (the same shape, as stride is 1).
+/// (Raw pointers with bounds asserted once: with slices, index arithmetic and bounds
+/// checks made up most of the code.)
+#[allow(clippy::too_many_arguments)]
+fn transform_row<T: Taps<N, T_IN>, const N: usize, const C: usize>(
     s: &ConvShape,
-    x: &[f32],
+    img: &[f32],
     band: &Band,
     r: usize,
     zeros: &[f32],
     cols: &mut [f32],
-    v: &mut [f32],
+    out: &mut [f32],
 ) {
-    let at = Layout::new::<C>();
-    let (img, ty) = band.row(r);
-    let xi = &x[img * s.in_len()..][..s.in_len()];
+    // A tile's first row and column lie `pad` before its output pixels.
+    let (at, pad) = (Layout::new::<C>(), (N - T_OUT) / 2);
+    let (image, ty) = band.row(r);
+    let xi = &img[image * s.in_len()..][..s.in_len()];
     assert!(zeros.len() >= s.w * C);
-    let lines: [*const f32; T_IN] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(1) {
+    let lines: [*const f32; N] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(pad) {
         Some(y) if y < s.h => xi[y * s.w * C..][..s.w * C].as_ptr(),
         _ => zeros.as_ptr(),
     });
-    // Padded column px holds image column px - 1.
-    let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2);
-    assert!(cols.len() >= T_IN * width * C && v.len() >= at.len(band.tiles()) && r < band.rows);
-    // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; v
+    // Column px of `cols` holds image column px - pad.
+    let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2 * pad);
+    assert!(cols.len() >= T_IN * width * C && out.len() >= at.len(band.tiles()) && r < band.rows);
+    // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; out
     // holds the band's tiles (r·tw + tx < tiles) `at.tile` floats apart, 36 positions each.
     unsafe {
         let cols = cols.as_mut_ptr();
         for px in 0..width {
-            let (col, dst) = (px.wrapping_sub(1), cols.add(px * C));
+            let (col, dst) = (px.wrapping_sub(pad), cols.add(px * C));
             for g in (0..C).step_by(LANES) {
                 let z = match col < s.w {
                     true => V8::read_each(lines, col * C + g),
-                    false => [V8::zero(); T_IN],
+                    false => [V8::zero(); N],
                 };
-                for (i, t) in InputTaps::apply(z).into_iter().enumerate() {
+                for (i, t) in T::apply(z).into_iter().enumerate() {
                     t.write(dst.add(i * width * C + g));
                 }
             }
         }
         for tx in 0..tw {
-            let v = v.as_mut_ptr().add((r * tw + tx) * at.tile);
+            let out = out.as_mut_ptr().add((r * tw + tx) * at.tile);
             for i in 0..T_IN {
                 let src = cols.add((i * width + T_OUT * tx) * C);
                 for g in (0..C).step_by(LANES) {
-                    for (j, t) in InputTaps::apply(V8::read_n::<T_IN>(src.add(g), C)).into_iter().enumerate() {
-                        t.write(v.add((i * T_IN + j) * at.pos + g));
+                    for (j, t) in T::apply(V8::read_n::<N>(src.add(g), C)).into_iter().enumerate() {
+                        t.write(out.add((i * T_IN + j) * at.pos + g));
                     }
                 }
             }

@@ -4,7 +4,7 @@
 
 use super::{Band, Bufs, Layout, V8, transform_row};
 use crate::engine::conv::ConvShape;
-use crate::engine::winograd::{self, GradientTaps, LANES, POS, T_IN, T_OUT, Taps};
+use crate::engine::winograd::{self, GradientTaps, InputTaps, POS, T_IN, T_OUT};
 use crate::engine::{ConvAlgo, Scratch, Workspace, ensure_len, split_range, sum_groups};
 
 /// Tiles per band: the sums over a band's tiles run in registers, and each band reads
@@ -56,65 +56,12 @@ fn transformed<'a, const C: usize>(
             let first = index * per_band;
             let band = Band { grid, first, rows: per_band.min(rows - first) };
             for r in 0..band.rows {
-                transform_row::<C>(s, x, &band, r, zeros, cols, v);
-                gradient_row::<C>(s, dy, &band, r, zeros, cols, m);
+                transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
+                transform_row::<GradientTaps, T_OUT, C>(s, dy, &band, r, zeros, cols, m);
             }
             outer_products::<C>(band.tiles(), m, v, du);
         }
     })
-}
-
-/// `A dY Aᵀ` of the tiles of the band's tile row `r` into `m`: `A` down every column of
-/// the four output-gradient rows into `cols`, then along each tile's six rows of `cols`.
-/// Rows below the image read `zeros`, columns right of it are zero.
-#[allow(clippy::too_many_arguments)]
-fn gradient_row<const C: usize>(
-    s: &ConvShape,
-    dy: &[f32],
-    band: &Band,
-    r: usize,
-    zeros: &[f32],
-    cols: &mut [f32],
-    m: &mut [f32],
-) {
-    let at = Layout::new::<C>();
-    let (img, ty) = band.row(r);
-    let dyi = &dy[img * s.out_len()..][..s.out_len()];
-    assert!(zeros.len() >= s.w * C);
-    let lines: [*const f32; T_OUT] = std::array::from_fn(|i| match ty * T_OUT + i {
-        y if y < s.h => dyi[y * s.w * C..][..s.w * C].as_ptr(),
-        _ => zeros.as_ptr(),
-    });
-    let (tw, width) = (band.grid.1, T_OUT * band.grid.1);
-    assert!(cols.len() >= T_IN * width * C && m.len() >= at.len(band.tiles()) && r < band.rows);
-    // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; m
-    // holds the band's tiles `at.tile` floats apart, 36 positions each.
-    unsafe {
-        let cols = cols.as_mut_ptr();
-        for px in 0..width {
-            let dst = cols.add(px * C);
-            for g in (0..C).step_by(LANES) {
-                let z = match px < s.w {
-                    true => V8::read_each(lines, px * C + g),
-                    false => [V8::zero(); T_OUT],
-                };
-                for (i, t) in GradientTaps::apply(z).into_iter().enumerate() {
-                    t.write(dst.add(i * width * C + g));
-                }
-            }
-        }
-        for tx in 0..tw {
-            let m = m.as_mut_ptr().add((r * tw + tx) * at.tile);
-            for i in 0..T_IN {
-                let src = cols.add((i * width + T_OUT * tx) * C);
-                for g in (0..C).step_by(LANES) {
-                    for (j, t) in GradientTaps::apply(V8::read_n::<T_OUT>(src.add(g), C)).into_iter().enumerate() {
-                        t.write(m.add((i * T_IN + j) * at.pos + g));
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// `du[p] += Σ_tiles m[tile][p]ᵀ · v[tile][p]` for every position p: blocks of 6 output
