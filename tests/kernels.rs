@@ -84,6 +84,7 @@ fn conv_forward_and_backward_match_naive_reference() {
         // winograd_small at 32 and 64 channels: clipped tiles, bands across images.
         (3, ConvShape { c_in: 32, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 7, w: 10 }),
         (2, ConvShape { c_in: 64, c_out: 64, kernel: 3, stride: 1, pad: 1, h: 6, w: 5 }),
+        (1, ConvShape { c_in: 128, c_out: 128, kernel: 3, stride: 1, pad: 1, h: 5, w: 9 }),
     ];
     // Auto picks per shape; Direct forces the direct kernel wherever it can run, Im2col
     // the GEMMs (on packed weights wherever the channels come in 16s).
@@ -459,18 +460,25 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
             let shift = random(&mut rng, s.c_out);
             let residual = random(&mut rng, n * s.out_len());
             let (y_ref, _, _) = conv_ref(&s, n, &x, &w, &vec![0.0; n * s.out_len()]);
-            let want: Vec<f64> = y_ref
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v * scale[i % s.c_out] as f64 + shift[i % s.c_out] as f64 + residual[i] as f64).max(0.0))
-                .collect();
-            let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: Some(&residual), relu: true };
-            let mut prepared = conv::Prepared::default();
-            for prepare in [false, true, true] {
-                let mut y = vec![f32::NAN; n * s.out_len()];
-                let p = prepare.then_some(&mut prepared);
-                conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), p, &mut ws);
-                assert!(rel_err(&y, &want) < TOL, "{algo:?} {s:?} prepared {prepare}: {}", rel_err(&y, &want));
+            // With residual and ReLU (a block's last unit), and with neither.
+            for full in [true, false] {
+                let want: Vec<f64> = y_ref
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * scale[i % s.c_out] as f64 + shift[i % s.c_out] as f64)
+                    .enumerate()
+                    .map(|(i, v)| if full { (v + residual[i] as f64).max(0.0) } else { v })
+                    .collect();
+                let epi =
+                    conv::Epilogue { scale: &scale, shift: &shift, residual: full.then_some(&residual), relu: full };
+                let mut prepared = conv::Prepared::default();
+                for prepare in [false, true, true] {
+                    let mut y = vec![f32::NAN; n * s.out_len()];
+                    let p = prepare.then_some(&mut prepared);
+                    conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), p, &mut ws);
+                    let e = rel_err(&y, &want);
+                    assert!(e < TOL, "{algo:?} {s:?} prepared {prepare} residual+ReLU {full}: {e}");
+                }
             }
         }
     }
