@@ -38,7 +38,7 @@ const BAND_TILES: usize = 16;
 /// Whether a convolution is done this way: 3×3, stride 1, pad 1, 16, 32, 64 or 128
 /// channels in and out. `Auto` takes it wherever it applies: on every such layer of
 /// ResNet-20 and ResNet-50 it measured faster than the direct kernel and `winograd`, at
-/// batch 1 too (`examples/conv_algos.rs`). Above 128 channels the transformed weights
+/// batch 1 too (in-process, BENCHMARKS.md, sixth session). Above 128 channels the transformed weights
 /// (36·c² floats, 9 MB at 256) no longer stay in cache across a band, which `winograd`'s
 /// larger blocks handle.
 pub fn applies(s: &ConvShape, algo: ConvAlgo) -> bool {
@@ -55,7 +55,8 @@ pub fn applies(s: &ConvShape, algo: ConvAlgo) -> bool {
 pub struct Bufs {
     /// An image row of zeros (nothing writes it): the input rows above and below the image.
     zeros: Vec<f32>,
-    /// `Bᵀ d` of one tile row: six rows of `4·tiles + 2` columns (pad columns included).
+    /// The column pass of one tile row: six rows of `4·tiles + 2` columns for the input
+    /// (pad columns included), `4·tiles` for the output gradient.
     cols: Vec<f32>,
     /// `Bᵀ d B` of the band's tiles, `v[tile][p][c]` (see `Layout`).
     v: Vec<f32>,
@@ -287,13 +288,13 @@ fn transform_output<const C: usize>(
             #[allow(clippy::needless_range_loop)] // r picks row r of all six columns
             for r in 0..height {
                 let row = OutputTaps::apply([c[0][r], c[1][r], c[2][r], c[3][r], c[4][r], c[5][r]]);
-                let at = (first + r * s.w) * C + g;
+                let offset = (first + r * s.w) * C + g;
                 for (q, &o) in row.iter().enumerate().take(width) {
-                    let dst = out.base().add(at + q * C);
+                    let dst = out.base().add(offset + q * C);
                     let value = match (accumulate, epi, affine) {
                         (true, _, _) => V8::read(dst) + o,
                         (false, Some(e), Some((scale, shift))) => {
-                            let residual = e.residual.map(|res| V8::read(res.as_ptr().add(at + q * C)));
+                            let residual = e.residual.map(|res| V8::read(res.as_ptr().add(offset + q * C)));
                             finish(o.mul_add(scale, shift), residual, e.relu)
                         }
                         _ => o,
