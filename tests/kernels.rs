@@ -340,8 +340,12 @@ fn panel_packed_product_matches_naive_reference() {
     // strips, A and C rows further apart than needed, every remainder of rows (m mod 6),
     // more rows than a row panel (96), k past one k-block (1024), so that later blocks add
     // to C, accumulation onto C, and the epilogue (which must wait for the last k-block),
-    // with and without a residual.
+    // with and without a residual. The last two cases meet enough strips for A's rows to
+    // be interleaved first (8 strips; 4 on rows of 256 floats or more), with a short last
+    // group of rows and k not a multiple of the interleaving's 8 steps; the room for the
+    // interleaved rows starts as NaN and is reused from case to case.
     let mut rng = Rng::new(13);
+    let mut a_panel = vec![f32::NAN; 1 << 16];
     let cases = [
         (7, 48, 5, 0..3, 9),
         (13, 64, 1500, 1..3, 1500),
@@ -352,6 +356,8 @@ fn panel_packed_product_matches_naive_reference() {
         (11, 16, 9, 0..1, 9),
         (128, 64, 32, 0..4, 32),
         (5, 48, 1, 0..3, 1),
+        (103, 128, 300, 0..8, 301),
+        (17, 80, 1100, 1..5, 1100),
     ];
     let modes = [(false, None), (true, None), (false, Some(true)), (true, Some(false))];
     for ((m, n, k, strips, lda), (accumulate, finish)) in
@@ -391,7 +397,7 @@ fn panel_packed_product_matches_naive_reference() {
             let mut packed = vec![f32::NAN; n * k];
             panel::pack(b, k, n, &mut packed);
             let mut c = c0.clone();
-            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, store);
+            panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, store, &mut a_panel);
             let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + cols.len()].to_vec()).collect();
             let e = rel_err(&got, &want);
             let epilogue = finish.is_some();

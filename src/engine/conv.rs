@@ -340,7 +340,7 @@ fn im2col_gemm(
                 let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
                 let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
                 let store = panel::Store { accumulate, finish };
-                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store);
+                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
             }
             None => {
                 let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
@@ -518,9 +518,11 @@ fn weights_and_scatter(
                 };
                 match packed {
                     Some(packed) => {
-                        let strips = 0..s.patch() / panel::STRIP;
+                        let (patch, c_out) = (s.patch(), s.c_out);
                         let store = panel::Store { accumulate, finish: None };
-                        panel::product_packed(dst, s.patch(), m, strips, s.c_out, dyg, s.c_out, packed, store);
+                        let strips = 0..patch / panel::STRIP;
+                        let a_panel = &mut scr.a_panel;
+                        panel::product_packed(dst, patch, m, strips, c_out, dyg, c_out, packed, store, a_panel);
                     }
                     None => {
                         let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));

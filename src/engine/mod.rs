@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct Scratch {
     pub col: Vec<f32>,
     pub dcol: Vec<f32>,
+    /// Rows of a GEMM's A, interleaved for `panel::product_packed`.
+    pub a_panel: Vec<f32>,
     pub winograd: winograd::Bufs,
     pub winograd_small: winograd_small::Bufs,
 }

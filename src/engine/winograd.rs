@@ -364,7 +364,7 @@ pub fn forward(
             let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
                 let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
-                panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store);
+                panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store, &mut scr.a_panel);
             } else {
                 let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
                 matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
