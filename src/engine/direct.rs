@@ -228,11 +228,12 @@ fn weight_rows(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], par
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+/// The register kernels, on `simd::V8` (an AVX register where the build has AVX2; `applies`
+/// keeps other builds on im2col, where the `gemm` crate is faster than the portable form).
 mod kernels {
     use super::{CHANNELS, PIXELS, Padded, ROWS, TileOut};
     use crate::engine::conv::ConvShape;
-    use std::arch::x86_64::*;
+    use crate::engine::simd::V8;
 
     /// `Σ_(tap, c) xp[q0 + i + tap offset][c] · w[tap][c][·]` for the six pixels
     /// `q0..q0+6` of the padded image `xp` and one block of 16 output channels, written to
@@ -243,8 +244,7 @@ mod kernels {
         if let Some(f) = out.finish {
             assert!(f.scale.len() >= CHANNELS && f.shift.len() >= CHANNELS);
         }
-        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
-        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
+        let mut acc = [V8::zero(); 2 * PIXELS];
         for tap in 0..9 {
             // SAFETY: the assert above bounds every read: pixels q0..q0+6 plus the tap
             // offset lie in the buffer, and tap·c_in + c < 9·c_in rows of 16 weights.
@@ -252,12 +252,12 @@ mod kernels {
                 let x = xp.as_ptr().add((q0 + p.tap(tap)) * ci);
                 let wr = w.as_ptr().add(tap * ci * CHANNELS);
                 for c in 0..ci {
-                    let w0 = _mm256_loadu_ps(wr.add(c * CHANNELS));
-                    let w1 = _mm256_loadu_ps(wr.add(c * CHANNELS + 8));
+                    let w0 = V8::read(wr.add(c * CHANNELS));
+                    let w1 = V8::read(wr.add(c * CHANNELS + 8));
                     for i in 0..PIXELS {
-                        let v = _mm256_broadcast_ss(&*x.add(i * ci + c));
-                        acc[2 * i] = _mm256_fmadd_ps(v, w0, acc[2 * i]);
-                        acc[2 * i + 1] = _mm256_fmadd_ps(v, w1, acc[2 * i + 1]);
+                        let v = V8::splat(*x.add(i * ci + c));
+                        acc[2 * i] = v.mul_add(w0, acc[2 * i]);
+                        acc[2 * i + 1] = v.mul_add(w1, acc[2 * i + 1]);
                     }
                 }
             }
@@ -271,19 +271,15 @@ mod kernels {
                 unsafe {
                     let mut v = acc[2 * i + h];
                     if out.accumulate {
-                        v = _mm256_add_ps(v, _mm256_loadu_ps(dst.as_ptr().add(8 * h)));
+                        v = V8::read(dst.as_ptr().add(8 * h)) + v;
                     }
                     if let Some(f) = out.finish {
-                        let (scale, shift) = (f.scale.as_ptr().add(8 * h), f.shift.as_ptr().add(8 * h));
-                        v = _mm256_fmadd_ps(v, _mm256_loadu_ps(scale), _mm256_loadu_ps(shift));
-                        if let Some(r) = out.residual[i] {
-                            v = _mm256_add_ps(v, _mm256_loadu_ps(r.as_ptr().add(8 * h)));
-                        }
-                        if f.relu {
-                            v = _mm256_max_ps(v, _mm256_setzero_ps());
-                        }
+                        let (scale, shift) =
+                            (V8::read(f.scale.as_ptr().add(8 * h)), V8::read(f.shift.as_ptr().add(8 * h)));
+                        let residual = out.residual[i].map(|r| V8::read(r.as_ptr().add(8 * h)));
+                        v = v.finish(scale, shift, residual, f.relu);
                     }
-                    _mm256_storeu_ps(dst.as_mut_ptr().add(8 * h), v);
+                    v.write(dst.as_mut_ptr().add(8 * h));
                 }
             }
         }
@@ -306,8 +302,7 @@ mod kernels {
     ) {
         let max_off = offs.iter().max().copied().unwrap_or(0);
         assert!(ROWS <= PIXELS && (p.run - 1) * ci + max_off < xp.len() && (s.h * s.w - 1) * co + CHANNELS <= dy.len());
-        // SAFETY: this module is compiled only where AVX2 and FMA are enabled.
-        let mut acc = [unsafe { _mm256_setzero_ps() }; 2 * PIXELS];
+        let mut acc = [V8::zero(); 2 * PIXELS];
         for oy in 0..s.h {
             // SAFETY: pixels (oy, 0..w) lie below `run` in xp, so with every offset the
             // reads stay inside it; they lie inside dy with 16 channels (assert above).
@@ -315,50 +310,20 @@ mod kernels {
                 let mut x = xp.as_ptr().add(oy * p.row * ci);
                 let mut d = dy.as_ptr().add(oy * s.w * co);
                 for _ in 0..s.w {
-                    let d0 = _mm256_loadu_ps(d);
-                    let d1 = _mm256_loadu_ps(d.add(8));
+                    let (d0, d1) = (V8::read(d), V8::read(d.add(8)));
                     for (i, off) in offs.iter().enumerate() {
-                        let v = _mm256_broadcast_ss(&*x.add(*off));
-                        acc[2 * i] = _mm256_fmadd_ps(v, d0, acc[2 * i]);
-                        acc[2 * i + 1] = _mm256_fmadd_ps(v, d1, acc[2 * i + 1]);
+                        let v = V8::splat(*x.add(*off));
+                        acc[2 * i] = v.mul_add(d0, acc[2 * i]);
+                        acc[2 * i + 1] = v.mul_add(d1, acc[2 * i + 1]);
                     }
                     x = x.add(ci);
                     d = d.add(co);
                 }
             }
         }
-        store(&acc, tile);
-    }
-
-    fn store(acc: &[__m256; 2 * PIXELS], tile: &mut [f32; PIXELS * CHANNELS]) {
         for (i, a) in acc.iter().enumerate() {
             // SAFETY: 8 floats at 8·i < 96 lie inside the tile.
-            unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(8 * i), *a) };
+            unsafe { a.write(tile.as_mut_ptr().add(8 * i)) };
         }
-    }
-}
-
-/// Without AVX2 `applies` is false and these are never called.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-mod kernels {
-    use super::{CHANNELS, PIXELS, Padded, ROWS, TileOut};
-    use crate::engine::conv::ConvShape;
-
-    pub fn forward_6x16(_: &[f32], _: usize, _: usize, _: &Padded, _: &[f32], _: TileOut) {
-        unreachable!("direct convolution needs AVX2 and FMA")
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn weights(
-        _: &[f32],
-        _: &[usize; ROWS],
-        _: usize,
-        _: &ConvShape,
-        _: &Padded,
-        _: &[f32],
-        _: usize,
-        _: &mut [f32; PIXELS * CHANNELS],
-    ) {
-        unreachable!("direct convolution needs AVX2 and FMA")
     }
 }

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod panel;
 pub mod pool;
 pub mod sgd;
+pub(crate) mod simd;
 pub mod winograd;
 pub mod winograd_small;
 

@@ -21,6 +21,7 @@
 //! few-strip GEMMs read A in place.
 
 use super::matmul::Mat;
+use super::simd::{V8, prefetch};
 
 /// Columns per strip of packed B.
 pub const STRIP: usize = 16;
@@ -154,14 +155,9 @@ fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     for (g, group) in out[..m.next_multiple_of(MR) * kc].chunks_exact_mut(MR * kc).enumerate() {
         let rows = (m - g * MR).min(MR);
         let row = |r: usize| &a[(g * MR + r) * lda..][..kc];
-        if rows == MR {
-            kernel::interleave6(std::array::from_fn(row), group);
-            continue;
-        }
-        for r in 0..rows {
-            for (p, &v) in row(r).iter().enumerate() {
-                group[p * MR + r] = v;
-            }
+        match rows {
+            MR => interleave6(std::array::from_fn(row), group),
+            _ => interleave_rows(&std::array::from_fn::<_, MR, _>(|r| row(r.min(rows - 1)))[..rows], 0, group),
         }
     }
 }
@@ -187,7 +183,6 @@ unsafe fn row_groups<const INTERLEAVED: bool>(
     accumulate: bool,
     tail: Option<Tail>,
 ) {
-    use kernel::strip;
     let mut i = 0;
     while i < m {
         let rows = (m - i).min(MR);
@@ -238,157 +233,132 @@ impl Tail {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod kernel {
-    use super::Tail;
-    use std::arch::x86_64::*;
-
-    /// `out[6p + r] = rows[r][p]` for the 6 rows and every p: 8 steps at a time by a
-    /// transpose of 8 registers (6 rows and 2 of zeros), each step's 6 floats stored as 8,
-    /// the last 2 overwritten by the next step (or, for the block's last step, left out).
-    pub fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
-        let kc = rows[0].len();
-        assert!(rows.iter().all(|r| r.len() == kc) && out.len() >= 6 * kc);
-        let mut p = 0;
-        // SAFETY: loads read floats p..p+8 < kc of each row; stores write floats
-        // 6p..6p+48 ≤ 6·kc of `out` (asserts above).
-        unsafe {
-            while p + 8 <= kc {
-                let r: [__m256; 6] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].as_ptr().add(p)));
-                let zeros = _mm256_setzero_ps();
-                // Pairs of rows, then quads, then the 128-bit halves: the usual 8×8 transpose.
-                let t = [
-                    _mm256_unpacklo_ps(r[0], r[1]),
-                    _mm256_unpackhi_ps(r[0], r[1]),
-                    _mm256_unpacklo_ps(r[2], r[3]),
-                    _mm256_unpackhi_ps(r[2], r[3]),
-                    _mm256_unpacklo_ps(r[4], r[5]),
-                    _mm256_unpackhi_ps(r[4], r[5]),
-                ];
-                let q = [
-                    _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                    _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                    _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                    _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-                    _mm256_shuffle_ps::<0x44>(t[4], zeros),
-                    _mm256_shuffle_ps::<0xEE>(t[4], zeros),
-                    _mm256_shuffle_ps::<0x44>(t[5], zeros),
-                    _mm256_shuffle_ps::<0xEE>(t[5], zeros),
-                ];
-                let steps = [
-                    _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
-                    _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
-                    _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
-                    _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
-                    _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
-                    _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
-                    _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
-                    _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
-                ];
-                let dst = out.as_mut_ptr().add(6 * p);
-                for (j, step) in steps.iter().enumerate().take(7) {
-                    _mm256_storeu_ps(dst.add(6 * j), *step);
-                }
-                let mut last = [0f32; 8];
-                _mm256_storeu_ps(last.as_mut_ptr(), steps[7]);
-                std::ptr::copy_nonoverlapping(last.as_ptr(), dst.add(42), 6);
-                p += 8;
+/// `c[r][0..16] (+)= Σ_{p<kc} A[r][p] · b[16p..][0..16]` for the `R` ≤ 6 rows r, with
+/// `A[r][p]` at `a[r*lda + p]`, or at `a[6p + r]` when `INTERLEAVED`; `ACC` adds to C
+/// instead of overwriting it; `tail` is applied before the store.
+///
+/// # Safety
+/// `a` holds R rows of kc floats as that says, `b` kc rows of 16 floats, `c` (and the
+/// tail's residual, if any) R rows of 16 floats `ldc` apart, the tail's scale and shift
+/// 16 floats.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool>(
+    a: *const f32,
+    lda: usize,
+    kc: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    tail: Option<Tail>,
+) {
+    // SAFETY: the caller's contract above bounds every access.
+    unsafe {
+        // C's lines (and the residual's) are needed only at the end: asking for them now
+        // overlaps their trip to memory, where C is a layer's output beyond the caches,
+        // with the products. ResNet-50 inference at batch 16 ran 6% faster (in-process,
+        // alternating); where C is in cache it made no difference. Rows of 16 floats may
+        // straddle two lines.
+        for r in 0..R {
+            prefetch(c.add(r * ldc));
+            prefetch(c.add(r * ldc + 15));
+            if let Some(t) = tail.filter(|t| !t.residual.is_null()) {
+                prefetch(t.residual.add(r * ldc));
+                prefetch(t.residual.add(r * ldc + 15));
             }
         }
-        for p in p..kc {
-            for (r, row) in rows.iter().enumerate() {
-                out[6 * p + r] = row[p];
+        let mut acc = [[V8::zero(); 2]; R];
+        for p in 0..kc {
+            let (b0, b1) = (V8::read(b.add(p * 16)), V8::read(b.add(p * 16 + 8)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = V8::splat(*a.add(if INTERLEAVED { 6 * p + r } else { r * lda + p }));
+                acc[0] = x.mul_add(b0, acc[0]);
+                acc[1] = x.mul_add(b1, acc[1]);
             }
         }
-    }
-
-    /// `c[r][0..16] (+)= Σ_{p<kc} A[r][p] · b[16p..][0..16]` for the `R` ≤ 6 rows r, with
-    /// `A[r][p]` at `a[r*lda + p]`, or at `a[6p + r]` when `INTERLEAVED`; `ACC` adds to C
-    /// instead of overwriting it; `tail` is applied before the store.
-    ///
-    /// # Safety
-    /// `a` holds R rows of kc floats as that says, `b` kc rows of 16 floats, `c` (and the
-    /// tail's residual, if any) R rows of 16 floats `ldc` apart, the tail's scale and shift
-    /// 16 floats.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool>(
-        a: *const f32,
-        lda: usize,
-        kc: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        tail: Option<Tail>,
-    ) {
-        // SAFETY: the caller's contract above bounds every access.
-        unsafe {
-            // C's lines (and the residual's) are needed only at the end: asking for them
-            // now overlaps their trip to memory, where C is a layer's output beyond the
-            // caches, with the products. ResNet-50 inference at batch 16 ran 6% faster
-            // (in-process, alternating); where C is in cache it made no difference. Rows
-            // of 16 floats may straddle two lines.
-            for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 15) as *const i8);
-                if let Some(t) = tail.filter(|t| !t.residual.is_null()) {
-                    _mm_prefetch::<_MM_HINT_T0>(t.residual.add(r * ldc) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(t.residual.add(r * ldc + 15) as *const i8);
+        for (r, acc) in acc.iter().enumerate() {
+            let c = c.add(r * ldc);
+            for (h, &v) in acc.iter().enumerate() {
+                let mut v = if ACC { V8::read(c.add(8 * h)) + v } else { v };
+                if let Some(t) = tail {
+                    let (scale, shift) = (V8::read(t.scale.add(8 * h)), V8::read(t.shift.add(8 * h)));
+                    let residual = (!t.residual.is_null()).then(|| V8::read(t.residual.add(r * ldc + 8 * h)));
+                    v = v.finish(scale, shift, residual, t.relu);
                 }
-            }
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for p in 0..kc {
-                let b0 = _mm256_loadu_ps(b.add(p * 16));
-                let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*a.add(if INTERLEAVED { 6 * p + r } else { r * lda + p }));
-                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                let c = c.add(r * ldc);
-                for (h, &v) in acc.iter().enumerate() {
-                    let mut v = if ACC { _mm256_add_ps(_mm256_loadu_ps(c.add(8 * h)), v) } else { v };
-                    if let Some(t) = tail {
-                        v = _mm256_fmadd_ps(
-                            v,
-                            _mm256_loadu_ps(t.scale.add(8 * h)),
-                            _mm256_loadu_ps(t.shift.add(8 * h)),
-                        );
-                        if !t.residual.is_null() {
-                            v = _mm256_add_ps(v, _mm256_loadu_ps(t.residual.add(r * ldc + 8 * h)));
-                        }
-                        if t.relu {
-                            v = _mm256_max_ps(v, _mm256_setzero_ps());
-                        }
-                    }
-                    _mm256_storeu_ps(c.add(8 * h), v);
-                }
+                v.write(c.add(8 * h));
             }
         }
     }
 }
 
-/// Without AVX2 `applies` is false and this is never called.
+/// `out[6p + r] = rows[r][p]` for the 6 rows and every p.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-mod kernel {
-    use super::Tail;
+fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
+    interleave_rows(&rows, 0, out);
+}
 
-    pub fn interleave6(_: [&[f32]; 6], _: &mut [f32]) {
-        unreachable!("the panel product needs AVX2 and FMA")
+/// `out[6p + r] = rows[r][p]` for the 6 rows and every p: 8 steps at a time by a transpose
+/// of 8 registers (6 rows and 2 of zeros), each step's 6 floats stored as 8, the last 2
+/// overwritten by the next step (or, for the block's last step, left out).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let kc = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == kc) && out.len() >= 6 * kc);
+    let mut p = 0;
+    // SAFETY: AVX is enabled (cfg above); loads read floats p..p+8 ≤ kc of each row,
+    // stores write floats 6p..6p+48 ≤ 6·kc of `out` (assert above).
+    unsafe {
+        while p + 8 <= kc {
+            let r: [__m256; 6] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].as_ptr().add(p)));
+            let zeros = _mm256_setzero_ps();
+            // Pairs of rows, then quads, then the 128-bit halves: the usual 8×8 transpose.
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+            ];
+            let q = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], zeros),
+                _mm256_shuffle_ps::<0xEE>(t[4], zeros),
+                _mm256_shuffle_ps::<0x44>(t[5], zeros),
+                _mm256_shuffle_ps::<0xEE>(t[5], zeros),
+            ];
+            let steps = [
+                _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
+                _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
+                _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
+                _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
+                _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
+                _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
+                _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
+                _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
+            ];
+            let dst = out.as_mut_ptr().add(6 * p);
+            for (j, step) in steps.iter().enumerate().take(7) {
+                _mm256_storeu_ps(dst.add(6 * j), *step);
+            }
+            let mut last = [0f32; 8];
+            _mm256_storeu_ps(last.as_mut_ptr(), steps[7]);
+            std::ptr::copy_nonoverlapping(last.as_ptr(), dst.add(42), 6);
+            p += 8;
+        }
     }
+    interleave_rows(&rows, p, out);
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool>(
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: *const f32,
-        _: *mut f32,
-        _: usize,
-        _: Option<Tail>,
-    ) {
-        unreachable!("the panel product needs AVX2 and FMA")
+/// `out[6p + r] = rows[r][p]` for the (up to 6) rows and steps p from `from` on.
+fn interleave_rows(rows: &[&[f32]], from: usize, out: &mut [f32]) {
+    for (r, row) in rows.iter().enumerate() {
+        for (p, &v) in row.iter().enumerate().skip(from) {
+            out[p * MR + r] = v;
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! run time. At 16 channels that took 11,400 instructions per tile (2.1 per cycle), where
 //! the products need about 2,000: the loops' bookkeeping outweighed the arithmetic, and
 //! the direct kernel was faster. Here the channel count is a compile-time constant, so
-//! every transform is straight-line AVX code (`simd`), and a band of tile rows goes
+//! every transform is straight-line AVX code (`engine::simd`), and a band of tile rows goes
 //! through all three steps while its data stays in L1 and L2:
 //! 1. `Bᵀ d B`: down each column of the band's six input rows once (neighbouring tiles
 //!    share two of their six columns), then along each tile's six rows, into
@@ -21,11 +21,10 @@
 //! `winograd` (32 and 64) alternating: inference 1.49× the images/s, training 1.34×.
 
 use super::conv::{ConvShape, Epilogue};
-use super::winograd::{self, InputTaps, LANES, Lane, OutputTaps, POS, T_IN, T_OUT, Taps};
+use super::simd::V8;
+use super::winograd::{self, InputTaps, LANES, OutputTaps, POS, T_IN, T_OUT, Taps};
 use super::{ConvAlgo, Scratch, SharedOut, Workspace, ensure_len, for_each_item};
-use simd::V8;
 
-mod simd;
 mod weights;
 
 pub use weights::backward_weights;
@@ -295,7 +294,7 @@ fn transform_output<const C: usize>(
                         (true, _, _) => V8::read(dst) + o,
                         (false, Some(e), Some((scale, shift))) => {
                             let residual = e.residual.map(|res| V8::read(res.as_ptr().add(offset + q * C)));
-                            finish(o.mul_add(scale, shift), residual, e.relu)
+                            o.finish(scale, shift, residual, e.relu)
                         }
                         _ => o,
                     };
@@ -304,18 +303,6 @@ fn transform_output<const C: usize>(
             }
         }
     }
-}
-
-/// The epilogue after the affine transform: residual, then ReLU.
-#[inline(always)]
-fn finish(mut v: V8, residual: Option<V8>, relu: bool) -> V8 {
-    if let Some(r) = residual {
-        v = v + r;
-    }
-    if relu {
-        v = v.max0();
-    }
-    v
 }
 
 /// `c[r][0..16] = Σ_k a[r·ld + k] · b[k][0..16]` for R rows of A and of C `ld` floats

@@ -1,8 +1,9 @@
 //! Eight floats in an AVX register, or, on other targets, an array the compiler
-//! vectorizes as it can: the same operations, so the transforms and products are
-//! written once.
+//! vectorizes as it can: the same operations, so the engine's register kernels (the
+//! panel GEMM, the direct convolution, `winograd_small`) and their shared epilogue
+//! ([`V8::finish`]) are written once.
 
-use super::{LANES, Lane};
+use super::winograd::{LANES, Lane};
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod imp {
@@ -76,6 +77,19 @@ mod imp {
     }
 }
 
+/// Asks for the cache line holding `p` ahead of its use (a hint: nothing on targets
+/// without one).
+#[inline(always)]
+pub fn prefetch(p: *const f32) {
+    // SAFETY: a prefetch never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[derive(Clone, Copy)]
 pub struct V8(imp::Reg);
 
@@ -125,6 +139,17 @@ impl V8 {
     #[inline(always)]
     pub fn max0(self) -> V8 {
         V8(imp::max0(self.0))
+    }
+
+    /// A convolution's inference epilogue on 8 output channels, in registers:
+    /// `relu(self·scale + shift + residual)`, with the residual and the ReLU where given.
+    #[inline(always)]
+    pub fn finish(self, scale: V8, shift: V8, residual: Option<V8>, relu: bool) -> V8 {
+        let mut v = self.mul_add(scale, shift);
+        if let Some(r) = residual {
+            v = v + r;
+        }
+        if relu { v.max0() } else { v }
     }
 }
 
