@@ -153,11 +153,12 @@ pub fn product_packed(
 /// last, short group keep their places; the rest of it is left as it was.
 fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     for (g, group) in out[..m.next_multiple_of(MR) * kc].chunks_exact_mut(MR * kc).enumerate() {
-        let rows = (m - g * MR).min(MR);
-        let row = |r: usize| &a[(g * MR + r) * lda..][..kc];
-        match rows {
-            MR => interleave6(std::array::from_fn(row), group),
-            _ => interleave_rows(&std::array::from_fn::<_, MR, _>(|r| row(r.min(rows - 1)))[..rows], 0, group),
+        let count = (m - g * MR).min(MR);
+        // A short group's missing rows repeat its last one, and are not copied.
+        let rows: [&[f32]; MR] = std::array::from_fn(|r| &a[(g * MR + r.min(count - 1)) * lda..][..kc]);
+        match count {
+            MR => interleave6(rows, group),
+            _ => interleave_rows(&rows[..count], 0, group),
         }
     }
 }
