@@ -228,8 +228,8 @@ fn weight_rows(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], par
     }
 }
 
-/// The register kernels, on `simd::V8` (an AVX register where the build has AVX2; `applies`
-/// keeps other builds on im2col, where the `gemm` crate is faster than the portable form).
+/// The register kernels, on `simd::V8`: an AVX register where the build has AVX2. `applies`
+/// keeps other builds on im2col + the `gemm` crate, so the portable form is never timed.
 mod kernels {
     use super::{CHANNELS, PIXELS, Padded, ROWS, TileOut};
     use crate::engine::conv::ConvShape;
