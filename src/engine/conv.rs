@@ -242,16 +242,34 @@ pub fn forward_with(
     prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
+    convolve(s, n, x, w, y, false, epi, prepared, ws)
+}
+
+/// `y (+)= epilogue(conv(x, w))` by the algorithm that applies: the one choice for the
+/// forward and for the input gradient (a forward on `dy` with the flipped kernel), which
+/// adds to `y` when `accumulate` (then `epi` must be `None`).
+#[allow(clippy::too_many_arguments)]
+fn convolve(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    prepared: Option<&mut Prepared>,
+    ws: &mut Workspace,
+) {
     let small = winograd_small::applies(s, ws.algo);
     if small || winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
         let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
         return match small {
-            true => winograd_small::forward(s, n, x, w, u, y, false, epi, ws),
-            false => winograd::forward(s, n, x, w, u, y, false, epi, ws),
+            true => winograd_small::forward(s, n, x, w, u, y, accumulate, epi, ws),
+            false => winograd::forward(s, n, x, w, u, y, accumulate, epi, ws),
         };
     }
     if direct::applies(s, n, ws.threads.len(), ws.algo) {
-        return direct::forward(s, n, x, w, y, false, epi, ws);
+        return direct::forward(s, n, x, w, y, accumulate, epi, ws);
     }
     let packed = match prepared {
         Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| {
@@ -261,7 +279,7 @@ pub fn forward_with(
         })),
         _ => None,
     };
-    im2col_gemm(s, n, x, w, packed, y, false, epi, ws)
+    im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws)
 }
 
 /// The OHWI weights as the GEMM's B (patch × c_out).
@@ -383,17 +401,9 @@ pub fn backward(
         return backward_im2col(s, n, x, w, dy, dw, dx, ws);
     }
     if let Some((dx, add)) = dx.target() {
-        with_flipped_kernel(s, w, ws, |t, flipped, ws| {
-            if winograd_small::applies(t, ws.algo) {
-                winograd_small::forward(t, n, dy, flipped, None, dx, add, None, ws)
-            } else if winograd {
-                winograd::forward(t, n, dy, flipped, None, dx, add, None, ws)
-            } else if direct::applies(t, n, threads, ws.algo) {
-                direct::forward(t, n, dy, flipped, dx, add, None, ws)
-            } else {
-                im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws)
-            }
-        });
+        // The same choice as the forward's, made on the flipped shape (channel counts
+        // swapped); Winograd's depends on them symmetrically, so it matches the choice above.
+        with_flipped_kernel(s, w, ws, |t, flipped, ws| convolve(t, n, dy, flipped, dx, add, None, None, ws));
     }
 }
 
