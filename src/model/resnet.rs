@@ -143,6 +143,10 @@ impl ResNet {
     /// `train` selects BatchNorm's batch statistics (updating its running averages) and
     /// saves the activations for `backward`.
     pub fn forward(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
+        crate::engine::in_pool(move || self.forward_in_pool(train, n, hw, images))
+    }
+
+    fn forward_in_pool(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
         let len = n * hw.0 * hw.1 * 3;
         assert!(images.len() >= len, "forward: {} values for {n} images of {hw:?}", images.len());
         let features = if train { self.forward_train(n, hw, &images[..len]) } else { self.forward_eval(n, hw, images) };
@@ -224,6 +228,10 @@ impl ResNet {
     /// Backpropagates dL/dlogits through the network run by the last training forward,
     /// writing every parameter's gradient.
     pub fn backward(&mut self, dlogits: &[f32]) {
+        crate::engine::in_pool(|| self.backward_in_pool(dlogits))
+    }
+
+    fn backward_in_pool(&mut self, dlogits: &[f32]) {
         let (n, hw) = self.trace.expect("backward needs a training forward first");
         let largest = self.max_activation(n, hw);
         for g in &mut self.grads {

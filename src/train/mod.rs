@@ -36,6 +36,18 @@ pub fn step(
     cfg: sgd::SgdConfig,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
+    crate::engine::in_pool(|| step_in_pool(model, hw, images, labels, accumulate, cfg, scratch))
+}
+
+fn step_in_pool(
+    model: &mut ResNet,
+    hw: (usize, usize),
+    images: &[f32],
+    labels: &[u32],
+    accumulate: usize,
+    cfg: sgd::SgdConfig,
+    scratch: &mut StepScratch,
+) -> (f32, usize) {
     let n = labels.len();
     let parts = accumulate.clamp(1, n.max(1));
     let classes = model.classes();
