@@ -637,3 +637,36 @@ fn conv_layer_drops_prepared_weights_when_they_change() {
     let want: Vec<f64> = before.iter().map(|&v| -2.0 * v as f64).collect();
     assert!(rel_err(&after, &want) < TOL, "stale prepared weights: {}", rel_err(&after, &want));
 }
+
+/// A network runs its passes on a worker of rayon's pool (`engine::in_pool`). Called from
+/// the main thread, from inside the pool, or by two threads at once on two networks, a
+/// training step and an inference give bit-identical results, and nothing deadlocks.
+#[test]
+fn passes_give_the_same_result_from_any_thread() {
+    use resnet::model::{ModelConfig, ResNet};
+    let (n, hw) = (4, (32, 32));
+    let mut rng = Rng::new(21);
+    let images = random(&mut rng, n * 32 * 32 * 3);
+    let labels: Vec<u32> = (0..n as u32).collect();
+    let sgd = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    // One training step, then an inference: the step's loss and the logits.
+    let run = |net: &mut ResNet| {
+        let mut scratch = resnet::train::StepScratch::default();
+        let (loss, _) = resnet::train::step(net, hw, &images, &labels, 1, sgd, &mut scratch);
+        let mut out = vec![loss];
+        out.extend_from_slice(net.forward(false, n, hw, &images));
+        out
+    };
+    let net = || ResNet::new(ModelConfig::from_name("resnet8", None, 10).unwrap(), 3);
+    let want = run(&mut net());
+    let (mut a, mut b) = (net(), net());
+    let inside = rayon::scope(|_| run(&mut a));
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(|| run(&mut net()));
+        let y = run(&mut b);
+        (x.join().unwrap(), y)
+    });
+    for (what, got) in [("inside the pool", inside), ("concurrent, spawned", x), ("concurrent, main", y)] {
+        assert_eq!(got, want, "{what}: the results differ from the main thread's");
+    }
+}
