@@ -96,9 +96,32 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["info", "resnet21"]), &["resnet21", "6n+2"]);
     assert_error(&resnet(&["info", "vgg16"]), &["unknown model 'vgg16'"]);
     assert_error(&resnet(&["bench", "--model", "nope"]), &["unknown model 'nope'"]);
+    assert_error(&resnet(&["train", "--model", "resnet20", "--conv", "fft"]), &["unknown --conv 'fft'"]);
     let bad_flag = resnet(&["train", "--model", "resnet20", "--lr", "fast"]);
     assert!(!bad_flag.status.success());
     assert!(!String::from_utf8_lossy(&bad_flag.stderr).contains("panicked"));
+}
+
+/// `--conv` sets the 3×3 algorithm of a training run, which its config records (so that a
+/// resumed run keeps it), and changes its rounding only: the first step's loss agrees.
+#[test]
+fn train_records_the_convolution_algorithm() {
+    let dir = common::temp_dir("cli_conv");
+    common::write_cifar_file(&dir.join("d.bin"), 20, 1);
+    let first_loss = |run: &Path| {
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        line["loss"].as_f64().unwrap()
+    };
+    let mut losses = vec![];
+    for conv in ["auto", "direct", "im2col"] {
+        let run = dir.join(conv);
+        train_tiny(&dir.join("d.bin"), &run, "1", &["--conv", conv, "--log-every", "1"]);
+        let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+        assert!(config.contains(&format!("\"conv\": \"{conv}\"")), "{config}");
+        losses.push(first_loss(&run));
+    }
+    assert!(losses.iter().all(|l| (l - losses[0]).abs() < 1e-5 * losses[0]), "{losses:?}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_parser = super::parse_shortcut)]
     shortcut: Option<Shortcut>,
     /// 3×3 stride-1 convolutions: auto (the fastest per layer), im2col, winograd or direct.
-    #[arg(long, default_value = "auto", value_parser = parse_algo)]
+    #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: ConvAlgo,
     /// Skip measuring the machine's f32 GEMM peak.
     #[arg(long)]
@@ -32,16 +32,6 @@ pub struct Args {
     /// Loader threads for --pipeline.
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
-}
-
-fn parse_algo(s: &str) -> Result<ConvAlgo, String> {
-    match s {
-        "auto" => Ok(ConvAlgo::Auto),
-        "im2col" => Ok(ConvAlgo::Im2col),
-        "winograd" => Ok(ConvAlgo::Winograd),
-        "direct" => Ok(ConvAlgo::Direct),
-        _ => Err(format!("unknown --conv '{s}' (expected auto, im2col, winograd or direct)")),
-    }
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {

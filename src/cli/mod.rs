@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Built once per process, so the size of the training variant's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Print a model's layer table, parameter count and mult-adds.
@@ -73,4 +75,15 @@ fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
 
 fn parse_shortcut(s: &str) -> Result<resnet::model::Shortcut, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+fn parse_conv(s: &str) -> Result<resnet::engine::ConvAlgo, String> {
+    use resnet::engine::ConvAlgo;
+    match s {
+        "auto" => Ok(ConvAlgo::Auto),
+        "im2col" => Ok(ConvAlgo::Im2col),
+        "winograd" => Ok(ConvAlgo::Winograd),
+        "direct" => Ok(ConvAlgo::Direct),
+        _ => Err(format!("unknown --conv '{s}' (expected auto, im2col, winograd or direct)")),
+    }
 }

@@ -95,6 +95,11 @@ pub struct Args {
     val_split: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// 3×3 stride-1 convolutions: auto (the fastest per layer: Winograd on every CIFAR
+    /// layer), im2col, winograd or direct (x86-64 AVX2 only; im2col elsewhere). im2col and
+    /// direct sum like PyTorch's f32 kernels; Winograd's gradients are less exact (BENCHMARKS.md).
+    #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
+    conv: resnet::engine::ConvAlgo,
     /// Threads assembling batches in the background (decoding, augmentation).
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
@@ -176,6 +181,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         norm: a.norm.clone(),
         val_split: a.val_split,
         seed: a.seed,
+        conv: a.conv,
         loader_threads: a.loader_threads,
         log_every: a.log_every,
         checkpoint_every: a.checkpoint_every,

@@ -43,7 +43,8 @@ pub struct Scratch {
 }
 
 /// How 3×3 stride-1 convolutions are computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConvAlgo {
     /// Per layer, what measured fastest: `winograd_small` for 16-128 channels in and
     /// out, `winograd` for more channels and enough tiles, the direct kernel for few

@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Training images held out for validation (evaluated instead of the test set).
     pub val_split: usize,
     pub seed: u64,
+    /// How 3×3 stride-1 convolutions are computed.
+    #[serde(default)]
+    pub conv: crate::engine::ConvAlgo,
     pub loader_threads: usize,
     pub log_every: usize,
     /// Also checkpoint every this many iterations (0: only at epoch ends).
