@@ -8,6 +8,11 @@ Recipe (= resnet train's defaults scaled to --epochs): batch 128, SGD lr 0.1, mo
 weight decay 1e-4 on every parameter, lr /10 at 50% and 75% of the iterations; input x/255
 minus the per-pixel mean of the training images; 4-pixel zero pad after normalization, random
 32x32 crop, random horizontal flip; conv weights He-normal (fan_out), fc PyTorch's default.
+
+With --replay INIT.safetensors (written by `cargo run --release --example initial_weights -- SEED
+INIT.safetensors`), PyTorch trains on resnet-rs's exact stream for --seed: its initial weights, its
+epoch orders and its crop and flip draws (our SplitMix64 generator, replayed below), so that only
+the arithmetic differs from `resnet train --seed SEED`.
 """
 import argparse
 import time
@@ -24,6 +29,55 @@ def load(files):
     raw = np.concatenate([np.fromfile(f, dtype=np.uint8).reshape(-1, 3073) for f in files])
     images = torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     return images, torch.from_numpy(raw[:, 0].astype(np.int64))
+
+
+MASK = (1 << 64) - 1
+
+
+class OurRng:
+    """resnet-rs's generator (src/rng.rs): SplitMix64 with streams derived from (seed, a, b)."""
+
+    def __init__(self, state):
+        self.state = state & MASK
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    def below(self, n):
+        return (self.next() * n) >> 64
+
+    @staticmethod
+    def derive(seed, a, b):
+        r = OurRng(seed ^ 0x5851F42D4C957F2D)
+        for k, mul in ((a, 0x9E3779B97F4A7C15), (b, 0xD1B54A32D192ED03)):
+            v = (r.next() + k * mul) & MASK  # Rust evaluates the right side of ^= first
+            r.state ^= v
+        return r
+
+
+def our_order(n, seed, epoch):
+    """`data::loader::epoch_order`: a Fisher-Yates shuffle."""
+    order, r = list(range(n)), OurRng.derive(seed, 0x53485546, epoch)
+    for i in range(n - 1, 0, -1):
+        j = r.below(i + 1)
+        order[i], order[j] = order[j], order[i]
+    return torch.tensor(order)
+
+
+def our_augment(x, seed, epoch, first):
+    """`data::transform::prepare`: sample k of the batch draws from stream (seed, epoch, first + k)."""
+    padded = F.pad(x, (4, 4, 4, 4))
+    out = torch.empty_like(x)
+    for k in range(x.shape[0]):
+        r = OurRng.derive(seed, epoch, first + k)
+        dy, dx, flip = r.below(9), r.below(9), r.below(2) == 1
+        crop = padded[k, :, dy : dy + 32, dx : dx + 32]
+        out[k] = crop.flip(-1) if flip else crop
+    return out
 
 
 def augment(x, gen):
@@ -59,6 +113,7 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--replay", type=Path, help="our initial weights: train on our exact stream")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -73,6 +128,10 @@ def main():
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if a.replay:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(a.replay))
     model = model.to(memory_format=torch.channels_last)
     batch = 128
     per_epoch = -(-len(train_y) // batch)
@@ -81,11 +140,12 @@ def main():
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total // 2, total * 3 // 4], gamma=0.1)
     start = time.time()
     for epoch in range(1, a.epochs + 1):
-        order = torch.randperm(len(train_y), generator=gen)
+        order = our_order(len(train_y), a.seed, epoch - 1) if a.replay else torch.randperm(len(train_y), generator=gen)
         seen, correct, loss_sum = 0, 0, 0.0
         for i in range(per_epoch):
             idx = order[i * batch : (i + 1) * batch]
-            x = augment(train_x[idx], gen).contiguous(memory_format=torch.channels_last)
+            x = our_augment(train_x[idx], a.seed, epoch - 1, i * batch) if a.replay else augment(train_x[idx], gen)
+            x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x)
             loss = F.cross_entropy(logits, train_y[idx])
             opt.zero_grad()
