@@ -97,7 +97,7 @@ pub struct Args {
     seed: u64,
     /// 3×3 stride-1 convolutions: auto (the fastest per layer: Winograd on every CIFAR
     /// layer), im2col, winograd or direct (x86-64 AVX2 only; im2col elsewhere). im2col and
-    /// direct sum like PyTorch's f32 kernels; Winograd's gradients are less exact (BENCHMARKS.md).
+    /// direct sum like PyTorch's f32 kernels; Winograd's gradients are less exact (README, Results).
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
     /// Threads assembling batches in the background (decoding, augmentation).
