@@ -68,29 +68,28 @@ def our_order(n, seed, epoch):
     return torch.tensor(order)
 
 
-def our_augment(x, seed, epoch, first):
-    """`data::transform::prepare`: sample k of the batch draws from stream (seed, epoch, first + k)."""
+def crop_and_flip(x, draws):
+    """Pads by 4, crops 32x32 at (dy, dx) and flips where told, image by image."""
     padded = F.pad(x, (4, 4, 4, 4))
     out = torch.empty_like(x)
-    for k in range(x.shape[0]):
-        r = OurRng.derive(seed, epoch, first + k)
-        dy, dx, flip = r.below(9), r.below(9), r.below(2) == 1
-        crop = padded[k, :, dy : dy + 32, dx : dx + 32]
-        out[k] = crop.flip(-1) if flip else crop
+    for i, (dy, dx, flip) in enumerate(draws):
+        crop = padded[i, :, dy : dy + 32, dx : dx + 32]
+        out[i] = crop.flip(-1) if flip else crop
     return out
+
+
+def our_augment(x, seed, epoch, first):
+    """`data::transform::prepare`: sample k of the batch draws from stream (seed, epoch, first + k)."""
+    streams = [OurRng.derive(seed, epoch, first + k) for k in range(x.shape[0])]
+    return crop_and_flip(x, [(r.below(9), r.below(9), r.below(2) == 1) for r in streams])
 
 
 def augment(x, gen):
     n = x.shape[0]
-    padded = F.pad(x, (4, 4, 4, 4))
     dy = torch.randint(0, 9, (n,), generator=gen)
     dx = torch.randint(0, 9, (n,), generator=gen)
     flip = torch.rand(n, generator=gen) < 0.5
-    out = torch.empty_like(x)
-    for i in range(n):
-        crop = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    return crop_and_flip(x, zip(dy.tolist(), dx.tolist(), flip.tolist()))
 
 
 def evaluate(model, x, y):

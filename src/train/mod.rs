@@ -36,56 +36,47 @@ pub fn step(
     cfg: sgd::SgdConfig,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
-    crate::engine::in_pool(|| step_in_pool(model, hw, images, labels, accumulate, cfg, scratch))
-}
-
-fn step_in_pool(
-    model: &mut ResNet,
-    hw: (usize, usize),
-    images: &[f32],
-    labels: &[u32],
-    accumulate: usize,
-    cfg: sgd::SgdConfig,
-    scratch: &mut StepScratch,
-) -> (f32, usize) {
-    let n = labels.len();
-    let parts = accumulate.clamp(1, n.max(1));
-    let classes = model.classes();
-    let image_len = hw.0 * hw.1 * 3;
-    let (mut loss, mut correct) = (0f32, 0);
-    for k in 0..parts {
-        let range = crate::engine::split_range(n, parts, k);
-        let m = range.len();
-        ensure_len(&mut scratch.dlogits, m * classes);
-        let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
-        let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
-        if !l.is_finite() {
-            return (l, correct);
+    // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
+    crate::engine::in_pool(|| {
+        let n = labels.len();
+        let parts = accumulate.clamp(1, n.max(1));
+        let classes = model.classes();
+        let image_len = hw.0 * hw.1 * 3;
+        let (mut loss, mut correct) = (0f32, 0);
+        for k in 0..parts {
+            let range = crate::engine::split_range(n, parts, k);
+            let m = range.len();
+            ensure_len(&mut scratch.dlogits, m * classes);
+            let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
+            let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
+            if !l.is_finite() {
+                return (l, correct);
+            }
+            model.backward(&scratch.dlogits);
+            let share = m as f32 / n as f32;
+            (loss, correct) = (loss + share * l, correct + ok);
+            if parts > 1 {
+                let mut off = 0;
+                let grads = &mut scratch.grads;
+                model.for_each_param(&mut |p| {
+                    ensure_len(grads, off + p.grad.len());
+                    for (a, g) in grads[off..off + p.grad.len()].iter_mut().zip(&p.grad) {
+                        *a = if k == 0 { share * g } else { *a + share * g };
+                    }
+                    off += p.grad.len();
+                });
+            }
         }
-        model.backward(&scratch.dlogits);
-        let share = m as f32 / n as f32;
-        (loss, correct) = (loss + share * l, correct + ok);
         if parts > 1 {
             let mut off = 0;
-            let grads = &mut scratch.grads;
+            let grads = &scratch.grads;
             model.for_each_param(&mut |p| {
-                ensure_len(grads, off + p.grad.len());
-                for (a, g) in grads[off..off + p.grad.len()].iter_mut().zip(&p.grad) {
-                    *a = if k == 0 { share * g } else { *a + share * g };
-                }
-                off += p.grad.len();
+                let len = p.grad.len();
+                p.grad.copy_from_slice(&grads[off..off + len]);
+                off += len;
             });
         }
-    }
-    if parts > 1 {
-        let mut off = 0;
-        let grads = &scratch.grads;
-        model.for_each_param(&mut |p| {
-            let len = p.grad.len();
-            p.grad.copy_from_slice(&grads[off..off + len]);
-            off += len;
-        });
-    }
-    model.for_each_param(&mut |p| sgd::step(cfg, &mut p.value, &p.grad, &mut p.momentum));
-    (loss, correct)
+        model.for_each_param(&mut |p| sgd::step(cfg, &mut p.value, &p.grad, &mut p.momentum));
+        (loss, correct)
+    })
 }
