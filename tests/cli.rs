@@ -97,6 +97,13 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["info", "vgg16"]), &["unknown model 'vgg16'"]);
     assert_error(&resnet(&["bench", "--model", "nope"]), &["unknown model 'nope'"]);
     assert_error(&resnet(&["train", "--model", "resnet20", "--conv", "fft"]), &["unknown --conv 'fft'"]);
+    // Values that parse but cannot make a run are refused before any data is read.
+    let train = |flag: &str| resnet(&["train", "--model", "resnet20", "--data", "/nonexistent", flag]);
+    assert_error(&train("--epochs=0"), &["--epochs", "at least 1"]);
+    assert_error(&train("--lr=-0.1"), &["--lr must be a positive number, not -0.1"]);
+    assert_error(&train("--momentum=1.5"), &["--momentum must be in [0, 1), not 1.5"]);
+    assert_error(&train("--weight-decay=NaN"), &["--weight-decay", "NaN"]);
+    assert_error(&resnet(&["bench", "--model", "resnet8", "--batch", "0"]), &["--batch", "at least 1"]);
     let bad_flag = resnet(&["train", "--model", "resnet20", "--lr", "fast"]);
     assert!(!bad_flag.status.success());
     assert!(!String::from_utf8_lossy(&bad_flag.stderr).contains("panicked"));

@@ -35,13 +35,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.batch == 0 || a.steps == 0 {
+        anyhow::bail!("--batch and --steps must be at least 1");
+    }
     // The pipeline goes first so that a bad folder fails before the long model benchmark.
     let images = (a.batch * 8).max(256);
     let pipeline_ips = match &a.pipeline {
-        Some(dir) => Some(bench::pipeline_ips(dir, 224, a.batch.max(1), images, a.loader_threads)?),
+        Some(dir) => Some(bench::pipeline_ips(dir, 224, a.batch, images, a.loader_threads)?),
         None => None,
     };
-    let r = bench::run(&a.model, a.shortcut, a.batch.max(1), a.steps.max(1), a.warmup, a.conv)?;
+    let r = bench::run(&a.model, a.shortcut, a.batch, a.steps, a.warmup, a.conv)?;
     let threads = rayon::current_num_threads();
     println!("model: {} batch {} threads {threads}", a.model, a.batch);
     println!("train: {:.1} img/s ({:.2} ms/step, {:.1} GFLOP/s)", r.train_ips, r.train_step_s * 1e3, r.train_gflops);

@@ -126,8 +126,32 @@ fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
     bail!("no {} data in {} (pass --data DIR, or fetch it with: resnet download {name})", kind.name(), dir.display())
 }
 
+/// Rejects a run length or hyperparameter that cannot make a sensible run, before any data
+/// is read: SGD with a negative rate or momentum ≥ 1 diverges, and zero epochs would write
+/// untrained "final" weights.
+fn check_hyperparameters(a: &Args) -> Result<()> {
+    if a.epochs == Some(0) || a.iterations == Some(0) {
+        bail!("--epochs and --iterations must be at least 1");
+    }
+    for (flag, v) in [("--lr", a.lr), ("--warmup-lr", a.warmup_lr)] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{flag} must be a positive number, not {v}");
+        }
+    }
+    if !(0.0..1.0).contains(&a.momentum) {
+        bail!("--momentum must be in [0, 1), not {}", a.momentum);
+    }
+    for (flag, v) in [("--weight-decay", a.weight_decay), ("--lighting", a.lighting)] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{flag} must be zero or positive, not {v}");
+        }
+    }
+    Ok(())
+}
+
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
+    check_hyperparameters(a)?;
     let folder = match a.dataset.as_deref() {
         Some("folder") => true,
         Some(name) => {
