@@ -14,7 +14,7 @@
 //! stored, so that C is written once and never read back.
 //!
 //! Where a block of A meets enough strips of B, its rows are first interleaved in groups of
-//! 6 ([`interleave`]), so that the kernel reads one stream of 24 bytes per step of k
+//! 6 (`interleave`), so that the kernel reads one stream of 24 bytes per step of k
 //! instead of 6 rows `lda` apart (at 1024 channels, 4 KB apart: the same sets of the L1
 //! cache). ResNet-50 at batch 16 ran 4% faster in inference (median of 20 alternating
 //! in-process pairs; 2–10% in shorter runs) and 3% in training; ResNet-20 ran level, so its
