@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
     #[arg(long)]
     model: String,
+    /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Timed steps (the median is reported).

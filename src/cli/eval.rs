@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
     #[arg(long)]
     model: String,
     /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
@@ -34,6 +35,7 @@ pub struct Args {
     /// Shorter side before cropping (center, 10crop).
     #[arg(long, default_value_t = 256)]
     resize: usize,
+    /// Side of the square crop (center, 10crop).
     #[arg(long, default_value_t = 224)]
     crop: usize,
     /// Shorter sides for --protocol multiscale.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
     #[arg(long)]
     model: String,
     /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
@@ -18,6 +19,7 @@ pub struct Args {
     /// Shorter side before the centre crop (torchvision: 256).
     #[arg(long, default_value_t = 256)]
     resize: usize,
+    /// Side of the square centre crop.
     #[arg(long, default_value_t = 224)]
     crop: usize,
     /// Class names: the 1000-class index JSON or one name per line (default: the names saved
@@ -27,6 +29,7 @@ pub struct Args {
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with, else imagenet).
     #[arg(long)]
     norm: Option<String>,
+    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
     #[arg(long, value_parser = super::parse_shortcut)]
     shortcut: Option<Shortcut>,
     /// Classes shown per image.

@@ -55,15 +55,20 @@ pub struct Args {
     /// per micro-batch, as the paper's 8 GPUs x 32 images).
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
+    /// Learning rate, divided by 10 at each of --milestones (CIFAR) or --schedule (image folders).
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
+    /// SGD momentum, PyTorch's form: buf = momentum·buf + grad + weight_decay·w; w -= lr·buf.
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
+    /// L2 weight decay, added to the gradient of every parameter, BatchNorm's and biases too (as
+    /// fb.resnet.torch and PyTorch's SGD; the paper does not say).
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f32,
     /// Warm-up at --warmup-lr until training error < 80%: auto (CIFAR depth >= 110), on, off.
     #[arg(long, default_value = "auto")]
     warmup: String,
+    /// Learning rate during the warm-up.
     #[arg(long, default_value_t = 0.01)]
     warmup_lr: f32,
     /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
@@ -93,6 +98,8 @@ pub struct Args {
     /// Hold out N training images and evaluate on them instead of the test set.
     #[arg(long, default_value_t = 0)]
     val_split: usize,
+    /// Seed of all randomness (initialization, shuffling, augmentation): the same seed gives
+    /// the same losses.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// 3×3 stride-1 convolutions: auto (the fastest per layer: Winograd on every CIFAR
