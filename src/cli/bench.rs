@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
-    #[arg(long)]
+    #[arg(long, help = super::MODEL_HELP)]
     model: String,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
@@ -18,8 +17,7 @@ pub struct Args {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
-    #[arg(long, value_parser = super::parse_shortcut)]
+    #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// 3×3 stride-1 convolutions: auto (the fastest per layer), im2col, winograd or direct.
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
-    #[arg(long)]
+    #[arg(long, help = super::MODEL_HELP)]
     model: String,
     /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
     #[arg(long)]
@@ -45,8 +44,7 @@ pub struct Args {
     /// ImageNet networks without a record, as torchvision's weights).
     #[arg(long)]
     norm: Option<String>,
-    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
-    #[arg(long, value_parser = super::parse_shortcut)]
+    #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Images per network call.
     #[arg(long, default_value_t = 100)]

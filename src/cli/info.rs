@@ -4,11 +4,9 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name, e.g. resnet20, plain56, resnet110, resnet50, resnet50-v1, plain34.
+    #[arg(help = super::MODEL_HELP)]
     model: String,
-    /// Shortcut option: A (zero-pad), B (projection when dimensions grow), C (all
-    /// projections). Default: A for CIFAR nets, B for ImageNet nets.
-    #[arg(long, value_parser = super::parse_shortcut)]
+    #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Classes of the classifier (default: 10 for CIFAR nets, 1000 for ImageNet nets).
     #[arg(long)]

@@ -65,6 +65,13 @@ pub fn run() -> Result<ExitCode> {
 }
 
 /// Parses a dataset name.
+/// Help for every subcommand's model flag.
+const MODEL_HELP: &str = "Model: resnet20/32/44/56/110/1202, plain20, ... (CIFAR, any 6n+2), or \
+    resnet18/34/50/101/152, resnet50-v1, plain18/34 (ImageNet); `resnet info MODEL` lists its layers";
+/// Help for every subcommand's --shortcut.
+const SHORTCUT_HELP: &str = "Shortcut option: A (zero-pad), B (projection when dimensions grow), C (all \
+    projections). Default: A for CIFAR nets, B for ImageNet nets";
+
 fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
     match s {
         "cifar10" => Ok(resnet::data::DatasetKind::Cifar10),

@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model name, e.g. resnet20, plain56, resnet50, resnet50-v1 (`resnet info` lists the layers).
-    #[arg(long)]
+    #[arg(long, help = super::MODEL_HELP)]
     model: String,
     /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
     #[arg(long)]
@@ -29,8 +28,7 @@ pub struct Args {
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with, else imagenet).
     #[arg(long)]
     norm: Option<String>,
-    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
-    #[arg(long, value_parser = super::parse_shortcut)]
+    #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Classes shown per image.
     #[arg(long, default_value_t = 5)]

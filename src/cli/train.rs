@@ -9,9 +9,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: resnet20/32/44/56/110/1202, plain20, ... (CIFAR, any 6n+2), or resnet18/34/50/101/152,
-    /// resnet50-v1, plain18/34 (ImageNet).
-    #[arg(long)]
+    #[arg(long, help = super::MODEL_HELP)]
     model: Option<String>,
     /// CIFAR binary batches (a directory, default: the downloaded copy), or an image folder
     /// (DIR/train/<class>/*, DIR/val/<class>/*).
@@ -71,8 +69,7 @@ pub struct Args {
     /// Learning rate during the warm-up.
     #[arg(long, default_value_t = 0.01)]
     warmup_lr: f32,
-    /// Shortcut option (default: A for CIFAR nets, B for ImageNet nets).
-    #[arg(long, value_parser = super::parse_shortcut)]
+    #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Input normalization: pixel-mean (the paper), imagenet or cifar (per-channel mean/std).
     #[arg(long, default_value = "pixel-mean")]
