@@ -131,6 +131,29 @@ fn train_records_the_convolution_algorithm() {
     assert!(losses.iter().all(|l| (l - losses[0]).abs() < 1e-5 * losses[0]), "{losses:?}");
 }
 
+/// `--bn-batch` (default 64 on CIFAR, the paper's 128 images over two GPUs) goes into the
+/// run's config, so that a resumed run keeps it, and changes what training computes.
+#[test]
+fn train_records_the_batchnorm_groups() {
+    let dir = common::temp_dir("cli_bn_batch");
+    common::write_cifar_file(&dir.join("d.bin"), 20, 1);
+    let mut losses = vec![];
+    for (flag, recorded) in [(None, "64"), (Some("5"), "5"), (Some("0"), "null")] {
+        let run = dir.join(recorded);
+        let extra = flag.map_or(vec![], |f| vec!["--bn-batch", f]);
+        train_tiny(&dir.join("d.bin"), &run, "3", &[&extra[..], &["--log-every", "1"]].concat());
+        let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+        assert!(config.contains(&format!("\"bn_batch\": {recorded}")), "{config}");
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let third = metrics.lines().find(|l| l.contains("\"iter\":3")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(third).unwrap();
+        losses.push(line["loss"].as_f64().unwrap());
+    }
+    // The third step's loss. Batches of 10: groups of 64 and the whole batch are the same; groups of 5 are not.
+    assert!((losses[0] - losses[2]).abs() < 1e-6 * losses[2], "{losses:?}");
+    assert!((losses[1] - losses[2]).abs() > 1e-4 * losses[2], "{losses:?}");
+}
+
 #[test]
 fn bad_data_files_are_reported_with_their_name() {
     let dir = common::temp_dir("cli_bad_data");

@@ -3,7 +3,8 @@
 //! (L(θ+εv) − L(θ−εv)) / 2ε along random directions v. CIFAR layout (basic blocks,
 //! every shortcut option, plain) and ImageNet layout (7×7 stem, max pool, bottlenecks
 //! with the stride on either conv); each with the default convolution algorithms, with
-//! Winograd for every 3×3 stride-1 layer, and with the direct kernel wherever it runs.
+//! Winograd for every 3×3 stride-1 layer, and with the direct kernel wherever it runs;
+//! and with BatchNorm's statistics taken over groups of the batch (`--bn-batch`).
 
 mod common;
 
@@ -63,12 +64,19 @@ fn whole_network_gradient_matches_finite_differences() {
         imagenet(Shortcut::A, StrideAt::First1x1),
     ];
     let algos = [ConvAlgo::Auto, ConvAlgo::Winograd, ConvAlgo::Direct];
-    let configs = configs.iter().flat_map(|c| algos.map(|a| (c.clone(), a)));
-    for (cfg, algo) in configs {
+    let mut runs: Vec<_> = configs.iter().flat_map(|c| algos.map(|a| (c.clone(), a, None))).collect();
+    // BatchNorm over groups of 2 images, as on two GPUs.
+    runs.push((configs[0].clone(), ConvAlgo::Auto, Some(2)));
+    runs.push((configs[4].clone(), ConvAlgo::Auto, Some(2)));
+    for (cfg, algo, group) in runs {
         let (shortcut, residual, s) = (cfg.shortcut, cfg.residual, cfg.image_size);
-        let label = format!("{:?} {shortcut:?} residual={residual} {:?} {algo:?}", cfg.family, cfg.stride_at);
+        let label = format!(
+            "{:?} {shortcut:?} residual={residual} {:?} {algo:?} bn group {group:?}",
+            cfg.family, cfg.stride_at
+        );
         let mut model = ResNet::new(cfg, 3);
         model.set_conv_algo(algo);
+        model.set_bn_group(group);
         let mut rng = Rng::new(11);
         let (n, hw) = (4, (s, s + 3));
         let x = common::random(&mut rng, n * hw.0 * hw.1 * 3);

@@ -8,8 +8,9 @@ seed to seed, in either engine.
     python tools/seed_study.py --data ../shared/data/cifar-10-batches-bin-jpeg-approx --seeds 0-9
 
 A finished run is read back instead of trained again (ours: runs/study/ours-seedN/metrics.jsonl;
-PyTorch: runs/study/pytorch-seedN.log), so an interrupted study continues where it stopped
-and more seeds can be added later. --sides ours or pytorch runs one side only.
+PyTorch: runs/study/pytorch-seedN.log; -bnK after seedN unless --bn-batch is 0, the whole batch),
+so an interrupted study continues where it stopped and more seeds can be added later.
+--sides ours or pytorch runs one side only. --bn-batch (default 64, the recipe's) goes to both.
 """
 import argparse
 import json
@@ -31,9 +32,14 @@ def seed_list(text):
     return seeds
 
 
+def suffix(a):
+    """Run names: the studies before --bn-batch existed normalized whole batches."""
+    return f"-bn{a.bn_batch}" if a.bn_batch else ""
+
+
 def ours(a, seed):
     """(test accuracy %, last-epoch train loss) of `resnet train`, training it if needed."""
-    out = a.runs / f"ours-seed{seed}"
+    out = a.runs / f"ours-seed{seed}{suffix(a)}"
     metrics = out / "metrics.jsonl"
 
     def finished():
@@ -45,7 +51,8 @@ def ours(a, seed):
 
     if finished() is None:
         cmd = [str(ROOT / "target/release/resnet"), "train", "--model", a.model, "--data", str(a.data),
-               "--epochs", str(a.epochs), "--seed", str(seed), "--out", str(out), "--quiet"]
+               "--epochs", str(a.epochs), "--seed", str(seed), "--bn-batch", str(a.bn_batch), "--out", str(out),
+               "--quiet"]
         print("running:", " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     last = finished()
@@ -54,12 +61,13 @@ def ours(a, seed):
 
 def pytorch(a, seed):
     """(test accuracy %, last-epoch train loss) of tools/train_pytorch.py, training it if needed."""
-    log = a.runs / f"pytorch-seed{seed}.log"
+    log = a.runs / f"pytorch-seed{seed}{suffix(a)}.log"
     pattern = rf"^epoch {a.epochs}: train loss ([0-9.]+) .* test loss [0-9.]+ acc ([0-9.]+)%"
     found = re.search(pattern, log.read_text(), re.M) if log.exists() else None
     if found is None:
         cmd = [sys.executable, str(ROOT / "tools/train_pytorch.py"), "--data", str(a.data), "--epochs", str(a.epochs),
-               "--seed", str(seed), "--depth", a.model.removeprefix("resnet").removeprefix("plain")]
+               "--seed", str(seed), "--bn-batch", str(a.bn_batch),
+               "--depth", a.model.removeprefix("resnet").removeprefix("plain")]
         cmd += ["--plain"] if a.model.startswith("plain") else []
         print("running:", " ".join(cmd), file=sys.stderr, flush=True)
         log.write_text(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -88,6 +96,7 @@ def main():
     p.add_argument("--model", default="resnet20")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--sides", default="ours,pytorch")
+    p.add_argument("--bn-batch", type=int, default=64)
     p.add_argument("--runs", type=Path, default=ROOT / "runs/study")
     a = p.parse_args()
     a.runs.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,7 @@ def main():
     chosen = [s for s in a.sides.split(",") if s in sides]
     results = {s: {seed: sides[s](a, seed) for seed in a.seeds} for s in chosen}
 
-    print(f"{a.model}, {a.epochs} epochs, test accuracy % (last-epoch train loss)\n")
+    print(f"{a.model}, {a.epochs} epochs, --bn-batch {a.bn_batch}, test accuracy % (last-epoch train loss)\n")
     print("| seed | " + " | ".join(chosen) + " |")
     print("|---|" + "---|" * len(chosen))
     for seed in a.seeds:

@@ -7,7 +7,10 @@ what PyTorch reaches on the same files with the same recipe.
 Recipe (= resnet train's defaults scaled to --epochs): batch 128, SGD lr 0.1, momentum 0.9,
 weight decay 1e-4 on every parameter, lr /10 at 50% and 75% of the iterations; input x/255
 minus the per-pixel mean of the training images; 4-pixel zero pad after normalization, random
-32x32 crop, random horizontal flip; conv weights He-normal (fan_out), fc PyTorch's default.
+32x32 crop, random horizontal flip; conv weights He-normal (fan_out), fc PyTorch's default;
+BatchNorm statistics over groups of at most 64 images, each half of a batch, as on the paper's
+two GPUs (--bn-batch 64; what torch.nn.DataParallel on two GPUs computes, emulated on one
+device by `forward`; 0 for the whole batch).
 
 With --replay INIT.safetensors (written by `cargo run --release --example initial_weights -- SEED
 INIT.safetensors`), PyTorch trains on resnet-rs's exact stream for --seed: its initial weights, its
@@ -92,6 +95,24 @@ def augment(x, gen):
     return crop_and_flip(x, zip(dy.tolist(), dx.tolist(), flip.tolist()))
 
 
+def forward(model, x, bn_batch):
+    """The batch in near-equal groups of at most `bn_batch` images, each through the network
+    on its own so that BatchNorm takes each group's statistics, as DataParallel on that many
+    GPUs; like DataParallel, the running averages follow the first group only."""
+    splits = -(-len(x) // bn_batch) if bn_batch else 1
+    if splits == 1:
+        return model(x)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    outs = []
+    for k, group in enumerate(torch.tensor_split(x, splits)):
+        for m in norms:
+            m.momentum = 0.1 if k == 0 else 0.0
+        outs.append(model(group))
+    for m in norms:
+        m.momentum = 0.1
+    return torch.cat(outs)
+
+
 def evaluate(model, x, y):
     model.eval()
     correct, loss = 0, 0.0
@@ -112,6 +133,7 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bn-batch", type=int, default=64, help="images per BatchNorm group (per GPU emulated)")
     p.add_argument("--replay", type=Path, help="our initial weights: train on our exact stream")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -145,7 +167,7 @@ def main():
             idx = order[i * batch : (i + 1) * batch]
             x = our_augment(train_x[idx], a.seed, epoch - 1, i * batch) if a.replay else augment(train_x[idx], gen)
             x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
+            logits = forward(model, x, a.bn_batch)
             loss = F.cross_entropy(logits, train_y[idx])
             opt.zero_grad()
             loss.backward()

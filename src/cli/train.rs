@@ -49,10 +49,17 @@ pub struct Args {
     /// Images per SGD step (default: 128 CIFAR, 256 image folders).
     #[arg(long)]
     batch: Option<usize>,
-    /// Compute each step as K micro-batches of batch/K images (less memory; BatchNorm statistics
-    /// per micro-batch, as the paper's 8 GPUs x 32 images).
+    /// Compute each step as K micro-batches of batch/K images, one after the other (less memory;
+    /// BatchNorm statistics per micro-batch, or per --bn-batch group of it).
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
+    /// BatchNorm takes its training statistics over groups of at most N images of a (micro-)batch,
+    /// as N images per GPU in data-parallel training without synchronized BatchNorm; the running
+    /// averages follow the first group, as DataParallel keeps the first GPU's. 0: the whole
+    /// (micro-)batch. Default: the paper's, 64 for CIFAR (128 on two GPUs), 32 for image folders
+    /// (256 on eight GPUs).
+    #[arg(long)]
+    bn_batch: Option<usize>,
     /// Learning rate, divided by 10 at each of --milestones (CIFAR) or --schedule (image folders).
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
@@ -186,6 +193,10 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     if batch == 0 || a.accumulate == 0 || a.accumulate > batch {
         bail!("--batch must be at least 1 and --accumulate between 1 and the batch ({batch})");
     }
+    let bn_batch = match a.bn_batch.unwrap_or(if folder { 32 } else { 64 }) {
+        0 => None,
+        n => Some(n),
+    };
     Ok(TrainConfig {
         model,
         shortcut: arch.shortcut,
@@ -196,6 +207,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
         batch,
         accumulate: a.accumulate,
+        bn_batch,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         // Set once the training set's size is known (see `set_schedule`).
@@ -265,6 +277,20 @@ fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) {
     };
 }
 
+/// How a step's batch is cut: micro-batches, and BatchNorm's groups.
+fn batch_note(cfg: &TrainConfig) -> String {
+    let mut note = String::new();
+    if cfg.accumulate > 1 {
+        note += &format!(" in {} micro-batches", cfg.accumulate);
+    }
+    let micro = cfg.batch.div_ceil(cfg.accumulate);
+    let group = cfg.bn_batch.map_or(micro, |g| micro.div_ceil(micro.div_ceil(g)));
+    if group < cfg.batch {
+        note += &format!(", BatchNorm over groups of {group}");
+    }
+    note
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let (mut cfg, saved_norm) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
@@ -293,7 +319,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg.classes(),
         cfg.iterations,
         cfg.batch,
-        if cfg.accumulate > 1 { format!(" in {} micro-batches", cfg.accumulate) } else { String::new() },
+        batch_note(&cfg),
         rayon::current_num_threads(),
         cfg.out.display()
     );

@@ -45,7 +45,7 @@ impl ConvBn {
         self.in_hw = hw;
         self.conv.forward(n, hw, x, pre, ws);
         let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        self.bn.forward(train, n * oh * ow, pre, residual, relu, post);
+        self.bn.forward(train, n, n * oh * ow, pre, residual, relu, post);
     }
 
     /// Training forward into the unit's own saved buffers.
@@ -75,10 +75,8 @@ impl ConvBn {
         dx: InputGrad,
         ws: &mut Workspace,
     ) {
-        let hw = self.in_hw;
-        let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        self.bn.backward(n * oh * ow, &self.pre, relu, g);
-        self.conv.backward(n, hw, x, g, dx, ws);
+        self.bn.backward(&self.pre, relu, g);
+        self.conv.backward(n, self.in_hw, x, g, dx, ws);
     }
 
     /// Sizes the saved activations for `len` outputs; `post` only where this unit's own
@@ -198,6 +196,16 @@ impl Block {
 
     pub fn out_hw(&self, hw: Hw) -> Hw {
         self.units.iter().fold(hw, |(h, w), u| u.conv.out_hw(h, w))
+    }
+
+    /// Every BatchNorm layer of the block, the projection shortcut's included.
+    pub fn for_each_bn(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        for u in &mut self.units {
+            f(&mut u.bn);
+        }
+        if let ShortcutPath::Projection(p) = &mut self.shortcut {
+            f(&mut p.bn);
+        }
     }
 
     /// Largest activation (elements) of the block for `n` images of size `hw`.

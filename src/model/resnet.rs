@@ -111,6 +111,16 @@ impl ResNet {
         self.ws.algo = algo;
     }
 
+    /// Training normalizes groups of at most `group` images of a batch, each by its own
+    /// BatchNorm statistics, as on that many GPUs (see `BatchNorm2d::forward`); None: the
+    /// whole batch.
+    pub fn set_bn_group(&mut self, group: Option<usize>) {
+        self.stem.bn.group = group;
+        for b in &mut self.blocks {
+            b.for_each_bn(&mut |bn| bn.group = group);
+        }
+    }
+
     pub fn classes(&self) -> usize {
         self.config.classes
     }

@@ -1,6 +1,7 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::batchnorm::{self as bn, BnParams};
-use crate::engine::conv;
+use crate::engine::{conv, ensure_len, split_range};
+use std::ops::Range;
 
 /// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1, γ=1, β=0).
 pub struct BatchNorm2d {
@@ -10,8 +11,14 @@ pub struct BatchNorm2d {
     pub running_var: Vec<f32>,
     pub momentum: f32,
     pub eps: f32,
-    /// The batch statistics of the last training forward.
-    saved: bn::Saved,
+    /// Training normalizes groups of at most this many images, each by its own statistics,
+    /// as data-parallel devices do (see [`BatchNorm2d::forward`]); None: the whole batch.
+    pub group: Option<usize>,
+    /// The statistics of each group of the last training forward, and its rows.
+    saved: Vec<(Range<usize>, bn::Saved)>,
+    /// Room for the groups after the first: their running averages (dropped) and their
+    /// gradients of γ and β (added to the first's).
+    spare: [Vec<f32>; 2],
     /// The inference transform `x·scale + shift` from the running statistics.
     eval_scale: Vec<f32>,
     eval_shift: Vec<f32>,
@@ -26,16 +33,27 @@ impl BatchNorm2d {
             running_var: vec![1.0; c],
             momentum: 0.1,
             eps: 1e-5,
-            saved: bn::Saved::new(c),
+            group: None,
+            saved: Vec::new(),
+            spare: Default::default(),
             eval_scale: vec![0.0; c],
             eval_shift: vec![0.0; c],
         }
     }
 
-    /// `y = [relu](bn(x) [+ residual])` over `rows` NHWC pixels.
+    /// `y = [relu](bn(x) [+ residual])` over the `rows` NHWC pixels of `images` images.
+    ///
+    /// In training, with `group` set, the images are cut into as few near-equal groups of
+    /// at most that many as will do (as `split_range` cuts them), each normalized by its
+    /// own statistics, as on data-parallel devices without synchronized BatchNorm: the
+    /// paper trained CIFAR on two GPUs, 64 images each, and ImageNet on eight, 32 each.
+    /// The running averages follow the first group only, as data-parallel training keeps
+    /// the first device's (PyTorch's DataParallel, DDP's buffer broadcast, fb.resnet.torch).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         train: bool,
+        images: usize,
         rows: usize,
         x: &[f32],
         residual: Option<&[f32]>,
@@ -43,21 +61,39 @@ impl BatchNorm2d {
         y: &mut [f32],
     ) {
         let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
-        if train {
+        if !train {
+            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
+            return;
+        }
+        let c = self.running_mean.len();
+        let groups = self.group.map_or(1, |g| images.div_ceil(g.max(1)).max(1));
+        let plane = rows / images.max(1);
+        self.saved.resize_with(groups, || (0..0, bn::Saved::new(c)));
+        let [spare_mean, spare_var] = &mut self.spare;
+        for (k, (range, saved)) in self.saved.iter_mut().enumerate() {
+            let images = split_range(images, groups, k);
+            *range = images.start * plane..images.end * plane;
+            let (mean, var) = match k {
+                0 => (&mut self.running_mean, &mut self.running_var),
+                _ => {
+                    spare_mean.clone_from(&self.running_mean);
+                    spare_var.clone_from(&self.running_var);
+                    (&mut *spare_mean, &mut *spare_var)
+                }
+            };
+            let values = range.start * c..range.end * c;
             bn::forward_train(
                 &p,
-                x,
-                rows,
+                &x[values.clone()],
+                range.len(),
                 self.momentum,
-                &mut self.running_mean,
-                &mut self.running_var,
-                &mut self.saved,
-                residual,
+                mean,
+                var,
+                saved,
+                residual.map(|r| &r[values.clone()]),
                 relu,
-                y,
+                &mut y[values],
             );
-        } else {
-            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
         }
     }
 
@@ -70,9 +106,24 @@ impl BatchNorm2d {
 
     /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
-    pub fn backward(&mut self, rows: usize, x: &[f32], relu: bool, g: &mut [f32]) {
+    /// The groups are those of the last training forward.
+    pub fn backward(&mut self, x: &[f32], relu: bool, g: &mut [f32]) {
         let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
-        bn::backward(&p, x, rows, &self.saved, relu, g, &mut self.weight.grad, &mut self.bias.grad);
+        let c = self.running_mean.len();
+        let [dgamma, dbeta] = &mut self.spare;
+        for (k, (range, saved)) in self.saved.iter().enumerate() {
+            let values = range.start * c..range.end * c;
+            let (x, g) = (&x[values.clone()], &mut g[values]);
+            if k == 0 {
+                bn::backward(&p, x, range.len(), saved, relu, g, &mut self.weight.grad, &mut self.bias.grad);
+            } else {
+                ensure_len(dgamma, c);
+                ensure_len(dbeta, c);
+                bn::backward(&p, x, range.len(), saved, relu, g, dgamma, dbeta);
+                self.weight.grad.iter_mut().zip(dgamma.iter()).for_each(|(a, b)| *a += b);
+                self.bias.grad.iter_mut().zip(dbeta.iter()).for_each(|(a, b)| *a += b);
+            }
+        }
     }
 
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {

@@ -24,6 +24,10 @@ pub struct TrainConfig {
     /// Micro-batches each step is computed in (BatchNorm statistics per micro-batch).
     #[serde(default = "one")]
     pub accumulate: usize,
+    /// Images per BatchNorm group in training, as per GPU in data-parallel training; None:
+    /// the whole (micro-)batch, as runs saved before this setting existed.
+    #[serde(default)]
+    pub bn_batch: Option<usize>,
     pub momentum: f32,
     pub weight_decay: f32,
     /// Total SGD iterations.

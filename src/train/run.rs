@@ -58,6 +58,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
     model.set_conv_algo(cfg.conv);
+    model.set_bn_group(cfg.bn_batch);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
     let mut state = TrainState { iteration: 0, warmup_done: false };
