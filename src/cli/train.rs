@@ -284,7 +284,7 @@ fn batch_note(cfg: &TrainConfig) -> String {
         note += &format!(" in {} micro-batches", cfg.accumulate);
     }
     let micro = cfg.batch.div_ceil(cfg.accumulate);
-    let group = cfg.bn_batch.map_or(micro, |g| micro.div_ceil(micro.div_ceil(g)));
+    let group = micro.div_ceil(resnet::nn::bn_group_count(micro, cfg.bn_batch));
     if group < cfg.batch {
         note += &format!(", BatchNorm over groups of {group}");
     }

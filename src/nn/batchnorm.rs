@@ -3,6 +3,12 @@ use crate::engine::batchnorm::{self as bn, BnParams};
 use crate::engine::{conv, ensure_len, split_range};
 use std::ops::Range;
 
+/// How many groups a training batch of `images` images is normalized in, for groups of at
+/// most `group` images (None: the whole batch).
+pub fn bn_group_count(images: usize, group: Option<usize>) -> usize {
+    group.map_or(1, |g| images.div_ceil(g.max(1)).max(1))
+}
+
 /// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1, γ=1, β=0).
 pub struct BatchNorm2d {
     pub weight: Param,
@@ -66,7 +72,7 @@ impl BatchNorm2d {
             return;
         }
         let c = self.running_mean.len();
-        let groups = self.group.map_or(1, |g| images.div_ceil(g.max(1)).max(1));
+        let groups = bn_group_count(images, self.group);
         let plane = rows / images.max(1);
         self.saved.resize_with(groups, || (0..0, bn::Saved::new(c)));
         let [spare_mean, spare_var] = &mut self.spare;

@@ -5,7 +5,7 @@ mod batchnorm;
 mod conv;
 mod linear;
 
-pub use batchnorm::BatchNorm2d;
+pub use batchnorm::{BatchNorm2d, bn_group_count};
 pub use conv::Conv2d;
 pub use linear::Linear;
 
