@@ -96,3 +96,67 @@ fn killed_run_resumes_to_the_same_result() {
         assert!(a.tensor(name).unwrap().data() == b.tensor(name).unwrap().data(), "{name} differs after resume");
     }
 }
+
+/// (iteration, lr) of every per-iteration metrics line.
+fn rates(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("loss")?;
+            Some((v["iter"].as_u64()?, v["lr"].as_f64()?))
+        })
+        .collect()
+}
+
+/// Warm-up ends when the training error over the last 20 steps falls below 80%. A run
+/// resumed a few steps before that point must end it at the same step, so the window of
+/// errors is part of the checkpoint.
+#[test]
+fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
+    let dir = common::temp_dir("resume_warmup");
+    common::write_cifar_file(&dir.join("train.bin"), 640, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 20, 2);
+    let flags = |iterations: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
+        c.args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--iterations", iterations])
+            .args(["--warmup", "on", "--warmup-lr", "0.05", "--milestones", "1000", "--log-every", "1"])
+            .args(["--quiet", "--seed", "3", "--data"])
+            .arg(dir.join("train.bin"))
+            .arg("--test-data")
+            .arg(dir.join("test.bin"));
+        c
+    };
+    let reference = dir.join("reference");
+    let out = flags("80").arg("--out").arg(&reference).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lrs = rates(&reference);
+    let end = lrs.iter().position(|&(_, lr)| lr > 0.05).expect("warm-up ends within 80 steps") as u64;
+    assert!(end >= 20, "warm-up needs a full window of 20 steps: ended at {end}");
+
+    // The first leg stops 10 steps before warm-up ends; its checkpoint is then made to
+    // describe the full run, and resumed.
+    let stop = end - 10;
+    let resumed = dir.join("resumed");
+    let out = flags(&stop.to_string()).arg("--out").arg(&resumed).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = resumed.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&metadata["checkpoint"]).unwrap();
+    assert_eq!(meta["state"]["warmup_window"].as_array().map(Vec::len), Some(stop.min(20) as usize));
+    meta["config"]["iterations"] = 80.into();
+    metadata.insert("checkpoint".into(), meta.to_string());
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    std::fs::write(&path, safetensors::serialize(file.tensors(), Some(metadata)).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["--threads", "2", "train", "--resume", "--quiet", "--out"])
+        .arg(&resumed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rates(&resumed), lrs, "the same rate at every step");
+    assert_eq!(losses(&resumed), losses(&reference));
+}

@@ -19,6 +19,10 @@ pub struct TrainState {
     /// SGD iterations completed.
     pub iteration: usize,
     pub warmup_done: bool,
+    /// The warm-up's window of recent training errors (empty once it is done). Checkpoints
+    /// written before it was saved have none: such a resume restarts the window.
+    #[serde(default)]
+    pub warmup_window: Vec<f32>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -61,13 +61,16 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     model.set_bn_group(cfg.bn_batch);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
-    let mut state = TrainState { iteration: 0, warmup_done: false };
+    let mut state = TrainState { iteration: 0, warmup_done: false, warmup_window: Vec::new() };
+    // The checkpoint a NaN loss would fall back to: none until this run writes or resumes one.
+    let mut last_good = None;
     if resume {
         let (_, saved, _) = checkpoint::read_meta(&ckpt_path)?;
         checkpoint::restore(&ckpt_path, &mut model)?;
         state = saved;
         truncate_metrics(&metrics_path, state.iteration)?;
         eprintln!("resumed from {} at iteration {}", ckpt_path.display(), state.iteration);
+        last_good = Some(state.iteration);
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
@@ -79,10 +82,10 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
-    let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done);
+    let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done, &state.warmup_window);
     let mut scratch = StepScratch::default();
     let mut skipped = std::collections::HashSet::new();
-    let mut test_acc = 0.0;
+    let mut test_acc = None;
     while state.iteration < cfg.iterations {
         let epoch = state.iteration / per_epoch;
         let start = state.iteration % per_epoch;
@@ -120,15 +123,17 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 step(&mut model, batch.hw, &batch.images, &batch.labels, cfg.accumulate, sgd, &mut scratch);
             if !loss.is_finite() {
                 bar.abandon();
-                bail!(
-                    "loss became {loss} at iteration {} (lr {lr}); stopping. The last good checkpoint is {}",
-                    state.iteration + 1,
-                    ckpt_path.display()
-                );
+                let fallback = match last_good {
+                    Some(i) => format!("the last good checkpoint is {} (iteration {i})", ckpt_path.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                bail!("loss became {loss} at iteration {} (lr {lr}); stopping: {fallback}", state.iteration + 1);
             }
             state.iteration += 1;
             warmup.record(1.0 - ok as f32 / n as f32, cfg.schedule.warmup_until_error);
             state.warmup_done = warmup.done;
+            state.warmup_window.clear();
+            state.warmup_window.extend(warmup.window());
             loss_sum += loss as f64 * n as f64;
             correct += ok;
             seen += n;
@@ -145,8 +150,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             bar.inc(1);
             if cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
                 let line = json!({
-                    "iter": state.iteration, "epoch": epoch, "loss": win_loss / win_seen as f64,
-                    "acc": win_correct as f64 / win_seen as f64, "lr": lr,
+                    "iter": state.iteration, "epoch": epoch + 1, "loss": win_loss / win_seen as f64,
+                    "acc": win_correct as f64 / win_seen as f64, "lr": json_f32(lr),
                     "images_per_s": win_seen as f64 / window_start.elapsed().as_secs_f64(),
                 });
                 writeln!(metrics, "{line}")?;
@@ -155,6 +160,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
                 checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+                last_good = Some(state.iteration);
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon();
@@ -170,12 +176,12 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 eprintln!("warning: skipped unreadable image: {e}");
             }
         }
-        test_acc = test.accuracy();
+        test_acc = Some(test.accuracy());
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
             "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
-            "lr": lr, "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
+            "lr": json_f32(lr), "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
             "test_acc5": test.accuracy5(), "skipped_images": skipped.len(),
             "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
         });
@@ -188,15 +194,26 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             loss_sum / seen.max(1) as f64,
             100.0 * correct as f64 / seen.max(1) as f64,
             test.loss,
-            100.0 * test_acc,
+            100.0 * test.accuracy(),
             lr,
             train_ips
         );
         checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+        last_good = Some(state.iteration);
     }
+    // A resumed run that had already finished trains nothing: its accuracy is measured again.
+    let test_acc = match test_acc {
+        Some(acc) => acc,
+        None => evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads).accuracy(),
+    };
     let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names);
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
     Ok(Outcome::Finished { test_acc })
+}
+
+/// An f32 as the JSON number it prints as (0.1, not 0.10000000149011612).
+fn json_f32(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
 }
 
 /// A memory figure of this process from /proc/self/status (Linux), in MiB.

@@ -35,8 +35,16 @@ pub struct Warmup {
 }
 
 impl Warmup {
-    pub fn new(enabled: bool, done: bool) -> Self {
-        Warmup { done: done || !enabled, recent: VecDeque::with_capacity(WARMUP_WINDOW) }
+    /// `recent`: the window as a checkpoint saved it (see [`Warmup::window`]).
+    pub fn new(enabled: bool, done: bool, recent: &[f32]) -> Self {
+        let mut window = VecDeque::with_capacity(WARMUP_WINDOW);
+        window.extend(recent.iter().rev().take(WARMUP_WINDOW).rev());
+        Warmup { done: done || !enabled, recent: window }
+    }
+    /// The training errors of the window's steps, oldest first: part of the run's state,
+    /// so that a run resumed during warm-up ends it at the same step.
+    pub fn window(&self) -> impl Iterator<Item = f32> + '_ {
+        self.recent.iter().copied()
     }
     /// Records one step's training error; returns true when warm-up just ended.
     pub fn record(&mut self, error: f32, threshold: f32) -> bool {
