@@ -3,6 +3,14 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so `resnet info resnet110 | head -1` would make println! panic
+    // on the closed pipe. Restore the default, as other command-line tools behave: the
+    // process ends quietly when its reader goes away.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match cli::run() {
         Ok(code) => code,
         Err(e) => {

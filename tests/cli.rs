@@ -192,6 +192,8 @@ fn bad_data_files_are_reported_with_their_name() {
     // Official names must hold the official record count.
     std::fs::copy(dir.join("good.bin"), empty.join("test_batch.bin")).unwrap();
     assert_error(&eval(&empty), &["test_batch.bin", "20 records, expected 10000"]);
+    // So must a single file under an official name.
+    assert_error(&eval(&empty.join("test_batch.bin")), &["test_batch.bin", "20 records, expected 10000"]);
 }
 
 #[test]

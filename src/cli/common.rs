@@ -15,9 +15,10 @@ pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Resul
     let probe = ModelConfig::from_name(model, shortcut, 1)?;
     let (_, classifier) = probe.naming();
     let key = format!("{classifier}.weight");
+    let features = probe.features();
     let classes = match file.find(&key) {
-        Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => t.shape[0],
-        Some(t) => bail!("{}: key '{key}': expected shape [classes, features], found {:?}", path.display(), t.shape),
+        Some(t) if t.shape.len() == 2 && t.shape[0] > 0 && t.shape[1] == features => t.shape[0],
+        Some(t) => bail!("{}: key '{key}': expected shape [classes, {features}], found {:?}", path.display(), t.shape),
         None => bail!("{}: missing key '{key}' (the classifier of a {model})", path.display()),
     };
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 0);

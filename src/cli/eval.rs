@@ -163,6 +163,9 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
     let classes = common::class_list(a.labels.as_deref(), file, model.classes())?;
     let dir = split_dir(&a.data, "val")?;
     let folder = ImageFolder::scan(&dir, classes.as_ref())?;
+    if let Some(note) = folder.ignored_note() {
+        eprintln!("{note}");
+    }
     if classes.is_none() && folder.folders.len() != model.classes() {
         bail!(
             "{}: {} class folders for a {}-class model; pass --labels FILE to map folder names to the model's classes",
@@ -184,6 +187,9 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
     let (folder, norm) = (Arc::new(folder), Arc::new(norm));
     let (protocol, result) = match a.protocol.as_str() {
         "center" | "10crop" => {
+            if a.resize == 0 || a.crop == 0 {
+                bail!("--resize and --crop must be positive");
+            }
             let views = if a.protocol == "center" {
                 EvalViews::Center { resize: a.resize, crop: a.crop }
             } else {

@@ -1,4 +1,4 @@
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use resnet::data::imagenet::{TrainCrop, TrainTransform};
 use resnet::data::{DatasetKind, cifar, download::default_data_dir};
 use resnet::model::{Family, ModelConfig, Shortcut};
@@ -255,18 +255,21 @@ fn image_training(a: &Args, data: &Path) -> Result<ImageTraining> {
 }
 
 /// Sets the run length and lr drops from the flags, now that an epoch's length is known.
-fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) {
+fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) -> Result<()> {
     let folder = cfg.images.is_some();
     let epochs = a.epochs.or((folder && a.iterations.is_none()).then_some(90));
+    let iterations = |e: usize| {
+        e.checked_mul(per_epoch).with_context(|| format!("{e} epochs of {per_epoch} iterations is too many"))
+    };
     cfg.iterations = match epochs {
-        Some(e) => e * per_epoch,
+        Some(e) => iterations(e)?,
         None => a.iterations.unwrap_or(64000),
     };
     let n = cfg.iterations;
     cfg.schedule.milestones = if let Some(m) = &a.milestones {
         m.clone()
     } else if let Some(s) = &a.schedule {
-        s.iter().map(|e| e * per_epoch).collect()
+        s.iter().map(|&e| iterations(e)).collect::<Result<_>>()?
     } else if folder {
         // ÷10 at epochs 30 and 60 of 90, scaled to the run's length.
         vec![n / 3, n * 2 / 3]
@@ -275,6 +278,7 @@ fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) {
     } else {
         vec![32000, 48000]
     };
+    Ok(())
 }
 
 /// How a step's batch is cut: micro-batches, and BatchNorm's groups.
@@ -307,7 +311,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let data = data::load(&cfg, saved_norm)?;
     if !a.resume {
         let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
-        set_schedule(&a, &mut cfg, per_epoch);
+        set_schedule(&a, &mut cfg, per_epoch)?;
     }
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst))?;
     eprintln!(

@@ -154,7 +154,12 @@ pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
         bail!("{}: no such file or directory", path.display());
     }
     if path.is_file() {
-        return read_batch_file(path, kind, None);
+        // A file under an official name must hold the official count (a cut-off copy would
+        // otherwise read as a smaller dataset); other names, such as partial copies, are
+        // read as they are.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let expected = [true, false].iter().map(|&t| kind.official_files(t)).find(|(names, _)| names.contains(&name));
+        return read_batch_file(path, kind, expected.map(|(_, count)| count));
     }
     let dir = batch_dir(path, kind);
     let (names, per_file) = kind.official_files(train);

@@ -23,20 +23,28 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// All files under `dir` (recursively, following links, hidden entries skipped), sorted.
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// `ancestors` holds the canonical paths of the directories above `dir`: a link back to one
+/// of them is a loop, and is not followed.
+fn files_under(dir: &Path, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let canonical = dir.canonicalize().with_context(|| format!("{}: cannot resolve directory", dir.display()))?;
+    if ancestors.contains(&canonical) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list directory", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();
     entries.sort();
+    ancestors.push(canonical);
     for p in entries {
         if p.is_dir() {
-            files_under(&p, out)?;
+            files_under(&p, ancestors, out)?;
         } else if p.is_file() {
             out.push(p);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
@@ -69,12 +77,10 @@ impl ImageFolder {
         for (i, name) in folders.iter().enumerate() {
             let label = match classes {
                 None => i,
-                Some(list) => list.index_of(name).with_context(|| {
-                    format!("{}: class folder '{name}' is not in the labels file (by synset or name)", dir.display())
-                })?,
+                Some(list) => list.index_of(name).with_context(|| dir.display().to_string())?,
             };
             let mut files = Vec::new();
-            files_under(&dir.join(name), &mut files)?;
+            files_under(&dir.join(name), &mut Vec::new(), &mut files)?;
             for f in files {
                 if is_image(&f) {
                     samples.push((f, label as u32));
@@ -92,7 +98,80 @@ impl ImageFolder {
     pub fn len(&self) -> usize {
         self.samples.len()
     }
+
+    /// The same images with the class indices of `reference`, matched by folder name, so
+    /// that a validation split with fewer (or differently sorted) folders than the training
+    /// split still scores each image against its own class. A folder that `reference` lacks
+    /// is an error.
+    pub fn relabel_as(mut self, reference: &ImageFolder) -> Result<Self> {
+        let mut index = Vec::with_capacity(self.folders.len());
+        for name in &self.folders {
+            match reference.folders.iter().position(|r| r == name) {
+                Some(i) => index.push(i as u32),
+                None => bail!(
+                    "{}: class folder '{name}' has no counterpart in {}",
+                    self.root.display(),
+                    reference.root.display()
+                ),
+            }
+        }
+        for sample in &mut self.samples {
+            sample.1 = index[sample.1 as usize];
+        }
+        Ok(self)
+    }
+
+    /// A note on the files left out for their names, if any, for the user to see.
+    pub fn ignored_note(&self) -> Option<String> {
+        self.ignored.first().map(|first| {
+            format!(
+                "note: ignoring {} files that are not .jpg/.jpeg/.png (e.g. {})",
+                self.ignored.len(),
+                first.display()
+            )
+        })
+    }
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory with `root/<class>/x.png` (empty files: scanning reads names only).
+    fn classes(name: &str, names: &[&str]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("resnet_folder_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for class in names {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            std::fs::write(root.join(class).join("x.png"), b"").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn validation_labels_follow_the_training_folders() {
+        let train = ImageFolder::scan(&classes("train", &["a", "b", "c"]), None).unwrap();
+        let val = ImageFolder::scan(&classes("val", &["a", "c"]), None).unwrap();
+        assert_eq!(val.samples.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 1]);
+        let val = val.relabel_as(&train).unwrap();
+        assert_eq!(val.samples.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 2]);
+        let stray = ImageFolder::scan(&classes("stray", &["a", "z"]), None).unwrap();
+        let err = stray.relabel_as(&train).err().unwrap().to_string();
+        assert!(err.contains("class folder 'z' has no counterpart"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn link_loops_are_not_followed() {
+        let root = classes("loop", &["a"]);
+        std::os::unix::fs::symlink(root.join("a"), root.join("a/again")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("a/up")).unwrap();
+        let folder = ImageFolder::scan(&root, None).unwrap();
+        // a/again and a/up/a lead back into a directory being listed: only a/x.png is found.
+        let names: Vec<_> = folder.samples.iter().map(|s| s.0.strip_prefix(&root).unwrap().to_owned()).collect();
+        assert_eq!(names, [Path::new("a/x.png")]);
     }
 }

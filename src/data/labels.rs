@@ -69,10 +69,15 @@ impl ClassList {
                     names.len() - 1
                 );
             }
+            // Keys such as "1" and "01" parse to the same index; with as many keys as
+            // classes, a repeat also leaves some index without a class.
+            if names[i].is_some() {
+                bail!("class index {i} is listed twice (key '{key}')");
+            }
             names[i] = Some(name);
             synsets[i] = Some(synset);
         }
-        Ok(ClassList { names: names.into_iter().map(|n| n.expect("every index filled")).collect(), synsets })
+        Ok(ClassList { names: names.into_iter().flatten().collect(), synsets })
     }
 
     /// One class per non-empty line, optionally starting with its synset ID.
@@ -99,14 +104,23 @@ impl ClassList {
 
     /// The index of a class folder's name: its synset ID, or its name (underscores and
     /// spaces treated alike, so `great_white_shark` finds `great white shark`; a name
-    /// list's `tench, Tinca tinca` is found as `tench`).
-    pub fn index_of(&self, folder: &str) -> Option<usize> {
+    /// list's `tench, Tinca tinca` is found as `tench`). A name that several classes share
+    /// (ImageNet has two `crane`s and two `maillot`s) is an error, not the first match.
+    pub fn index_of(&self, folder: &str) -> Result<usize> {
         if let Some(i) = self.synsets.iter().position(|s| s.as_deref() == Some(folder)) {
-            return Some(i);
+            return Ok(i);
         }
         let norm = |s: &str| s.replace('_', " ").to_lowercase();
         let want = norm(folder);
-        self.names.iter().position(|n| norm(n) == want || norm(n.split(',').next().unwrap_or(n)) == want)
+        let found: Vec<usize> = (self.names.iter().enumerate())
+            .filter(|(_, n)| norm(n) == want || norm(n.split(',').next().unwrap_or(n)) == want)
+            .map(|(i, _)| i)
+            .collect();
+        match found[..] {
+            [i] => Ok(i),
+            [] => bail!("class folder '{folder}' is not in the labels file (by synset or name)"),
+            _ => bail!("class folder '{folder}' names classes {found:?} of the labels file; name it by its synset"),
+        }
     }
 
     /// A short display name for class `i`.

@@ -43,6 +43,13 @@ const IMAGENET_DEPTHS: [(usize, bool, [usize; 4]); 5] = [
     (152, true, [3, 8, 36, 3]),
 ];
 
+/// The most classes a classifier may have: ImageNet-21k's 21,841 with room to spare. Its
+/// fc layer then holds 2048 × 100,000 floats (0.8 GB); a typo's billions would not fit.
+pub const MAX_CLASSES: usize = 100_000;
+/// The most basic blocks per stage of a CIFAR net: ten times resnet1202's 200, about 194
+/// million parameters.
+pub const MAX_CIFAR_BLOCKS: usize = 2000;
+
 impl ModelConfig {
     /// Parses a model name. `shortcut: None` takes the family's default: A for CIFAR (as
     /// the paper), B for ImageNet (as the paper's deeper nets and torchvision).
@@ -69,8 +76,8 @@ impl ModelConfig {
             return Err(unknown());
         };
         let depth: usize = digits.parse().map_err(|_| unknown())?;
-        if classes == 0 {
-            bail!("a model needs at least one class");
+        if classes == 0 || classes > MAX_CLASSES {
+            bail!("a model needs 1 to {MAX_CLASSES} classes, not {classes}");
         }
         let imagenet = IMAGENET_DEPTHS.iter().find(|d| d.0 == depth).filter(|_| !cifar_only);
         if let Some(&(_, bottleneck, stages)) = imagenet {
@@ -99,6 +106,9 @@ impl ModelConfig {
             );
         }
         let n = (depth - 2) / 6;
+        if n > MAX_CIFAR_BLOCKS {
+            bail!("model '{name}': CIFAR nets go up to n = {MAX_CIFAR_BLOCKS} blocks per stage (resnet1202 has 200)");
+        }
         Ok(ModelConfig {
             family: Family::Cifar,
             depth,

@@ -65,12 +65,8 @@ fn load_folder(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> 
         );
     }
     let mut train = ImageFolder::scan(&train_dir, classes.as_ref())?;
-    if !train.ignored.is_empty() {
-        eprintln!(
-            "note: ignoring {} files that are not .jpg/.jpeg/.png (e.g. {})",
-            train.ignored.len(),
-            train.ignored[0].display()
-        );
+    if let Some(note) = train.ignored_note() {
+        eprintln!("{note}");
     }
     let test = if cfg.val_split > 0 {
         if cfg.val_split >= train.len() {
@@ -87,7 +83,10 @@ fn load_folder(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> 
         held.reverse();
         ImageFolder { root: train.root.clone(), folders: train.folders.clone(), samples: held, ignored: Vec::new() }
     } else {
-        ImageFolder::scan(&val_dir, classes.as_ref())?
+        let val = ImageFolder::scan(&val_dir, classes.as_ref())?;
+        // Without a class list each split numbers its own folders; the training split's
+        // numbering is the model's.
+        if classes.is_some() { val } else { val.relabel_as(&train)? }
     };
     let largest = train.samples.iter().chain(&test.samples).map(|s| s.1 as usize + 1).max().unwrap_or(0);
     if largest > img.classes {

@@ -1,0 +1,152 @@
+//! Inputs at the edges, found by an audit of the command line: each gets one clear error
+//! line (or, for a closed output pipe, a quiet exit), never a panic or an attempt to
+//! allocate terabytes.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn resnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("run resnet")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Asserts a clean failure: one `error:` line containing every needle, no panic.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
+    }
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// `dir/<class>/a.png` for each class: a small real image.
+fn image_folder(dir: &Path, classes: &[&str]) {
+    for class in classes {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        std::fs::copy(repo("tests/golden/imagenet/wide.png"), dir.join(class).join("a.png")).unwrap();
+    }
+}
+
+#[test]
+fn a_closed_output_pipe_ends_the_process_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["info", "resnet1202"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away at once, as `head -1` does after its line.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(status.code(), Some(101), "{stderr}");
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let out = resnet(&["info", "resnet20", "--classes", "99999999999"]);
+    assert_error(&out, &["1 to 100000 classes", "99999999999"]);
+    let out = resnet(&["info", "resnet600002"]);
+    assert_error(&out, &["resnet600002", "n = 2000"]);
+
+    let dir = common::temp_dir("edge_epochs");
+    common::write_cifar_file(&dir.join("d.bin"), 20, 1);
+    let data = dir.join("d.bin");
+    let d = p(&data);
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        d,
+        "--test-data",
+        d,
+        "--batch",
+        "10",
+        "--out",
+        p(&dir.join("run")),
+        "--epochs",
+        "18446744073709551615",
+    ]);
+    assert_error(&out, &["18446744073709551615 epochs", "too many"]);
+    assert!(!dir.join("run/model.safetensors").exists());
+}
+
+#[test]
+fn bad_crop_sizes_and_class_lists_are_reported() {
+    let dir = common::temp_dir("edge_folders");
+    let weights = repo("tests/golden/imagenet/resnet18.pth");
+    let eval = |data: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--model", "resnet18", "--weights", p(&weights), "--data", p(data)];
+        args.extend_from_slice(extra);
+        resnet(&args)
+    };
+    image_folder(&dir.join("one"), &["n01440764"]);
+    for protocol in ["center", "10crop"] {
+        let out = eval(&dir.join("one"), &["--crop", "0", "--protocol", protocol]);
+        assert_error(&out, &["--resize and --crop must be positive"]);
+        let out = eval(&dir.join("one"), &["--resize", "0", "--protocol", protocol]);
+        assert_error(&out, &["--resize and --crop must be positive"]);
+    }
+
+    // "01" and "1" are the same class index.
+    let labels = dir.join("labels.json");
+    std::fs::write(&labels, r#"{"0": ["n0", "zero"], "1": ["n1", "one"], "01": ["n2", "two"]}"#).unwrap();
+    let out = eval(&dir.join("one"), &["--labels", p(&labels)]);
+    assert_error(&out, &["labels.json", "class index 1 is listed twice"]);
+
+    // ImageNet has two classes named "crane" (a bird and a machine): the folder is ambiguous.
+    image_folder(&dir.join("cranes"), &["crane"]);
+    assert_error(&eval(&dir.join("cranes"), &[]), &["'crane'", "134", "517", "synset"]);
+
+    // A classifier stored transposed is named as such, not as a wrong class count.
+    let fc = vec![0u8; 64 * 10 * 4];
+    let tensors =
+        [("linear.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 10], &fc).unwrap())];
+    let file = dir.join("transposed.safetensors");
+    std::fs::write(&file, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    common::write_cifar_file(&dir.join("d.bin"), 20, 1);
+    let out = resnet(&["eval", "--model", "resnet20", "--weights", p(&file), "--data", p(&dir.join("d.bin"))]);
+    assert_error(&out, &["transposed.safetensors", "'linear.weight'", "[classes, 64]", "[64, 10]"]);
+}
+
+#[test]
+fn a_validation_folder_is_numbered_by_the_training_folders() {
+    let dir = common::temp_dir("edge_splits");
+    image_folder(&dir.join("data/train"), &["a", "b", "c"]);
+    image_folder(&dir.join("data/val"), &["a", "d"]);
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet18",
+        "--data",
+        p(&dir.join("data")),
+        "--iterations",
+        "1",
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--scale",
+        "32,40",
+        "--out",
+        p(&dir.join("run")),
+        "--quiet",
+    ]);
+    assert_error(&out, &["val", "class folder 'd' has no counterpart in", "train"]);
+}
