@@ -247,3 +247,47 @@ fn bad_image_inputs_are_reported() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("a.png"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("labels.txt: not a JPEG or PNG image"));
 }
+
+/// A `w`×`h` PNG of a colour ramp: a few KB however long the strip.
+fn ramp_png(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])).save(path).unwrap();
+}
+
+#[test]
+fn elongated_and_tiny_images_are_predicted_or_skipped() {
+    let dir = common::temp_dir("imagenet_shapes");
+    let weights = golden_weights();
+    let class = dir.join("data/n01440764");
+    std::fs::create_dir_all(&class).unwrap();
+    // Resized whole to shorter side 256, the strip would be 10240000×256, 7.8 GB; only the crop is resized.
+    let (strip, tall, dot) = (class.join("strip.png"), class.join("tall.png"), class.join("dot.png"));
+    ramp_png(&strip, 40000, 1);
+    ramp_png(&tall, 2, 30000);
+    ramp_png(&dot, 1, 1);
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/imagenet/wide.png"), class.join("wide.png"))
+        .unwrap();
+    let text = ok(&resnet(&["predict", "--model", "resnet18", "--weights", p(&weights), p(&strip), p(&tall), p(&dot)]));
+    assert!(text.contains("strip.png") && text.contains("tall.png") && text.contains("dot.png"), "{text}");
+
+    let eval = |protocol: &str| {
+        let data = dir.join("data");
+        let args = ["eval", "--model", "resnet18", "--weights", p(&weights), "--data", p(&data)];
+        resnet(&[&args[..], &["--protocol", protocol, "--json"]].concat())
+    };
+    for protocol in ["center", "10crop"] {
+        let out = ok(&eval(protocol));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!((v["images"].as_u64(), v["skipped"].as_u64()), (Some(4), Some(0)), "{protocol}: {out}");
+    }
+    // Multi-scale testing needs the whole scaled image: the strips are reported and skipped, the rest evaluated.
+    let out = eval("multiscale");
+    let v: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!((v["images"].as_u64(), v["skipped"].as_u64()), (Some(2), Some(2)), "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let strip_line = format!(
+        "{}: 40000x1 is too elongated for multi-scale testing: shorter side 224 would make it 8960000x224",
+        strip.display()
+    );
+    assert!(stderr.contains(&strip_line), "{stderr}");
+    assert!(stderr.contains("tall.png: 2x30000 is too elongated"), "{stderr}");
+}

@@ -86,7 +86,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let r = &report.result;
     for e in &r.skipped {
-        eprintln!("warning: skipped unreadable image: {e}");
+        eprintln!("warning: skipped image: {e}");
     }
     if a.json {
         let line = json!({

@@ -82,11 +82,12 @@ impl TrainTransform {
         let cropped = match self.crop {
             TrainCrop::Scale { min, max } => {
                 let side = min + rng.below(max.saturating_sub(min) + 1);
-                let scaled = image::resize_shorter(img, side);
+                // Only the window is resized: a very elongated image would not fit in memory whole.
+                let (w, h) = image::shorter_side_size(img.width, img.height, side);
                 // When the image is smaller than the crop (min < size), the rest is zero.
-                let x = rng.below(scaled.width.saturating_sub(s) + 1);
-                let y = rng.below(scaled.height.saturating_sub(s) + 1);
-                image::crop(&scaled, x as isize, y as isize, s, s)
+                let x = rng.below(w.saturating_sub(s) + 1);
+                let y = rng.below(h.saturating_sub(s) + 1);
+                image::resize_crop(img, w, h, x as isize, y as isize, s, s)
             }
             TrainCrop::RandomResized => {
                 let (x, y, w, h) = random_resized_window(img.width, img.height, rng);
@@ -119,27 +120,23 @@ impl EvalViews {
             EvalViews::Center { crop, .. } | EvalViews::TenCrop { crop, .. } => crop,
         }
     }
-    /// The views, in torchvision's TenCrop order (tl, tr, bl, br, centre, then flipped).
+    /// The views, in torchvision's TenCrop order (tl, tr, bl, br, centre, then flipped). Each crop is resized
+    /// alone rather than cut from the whole resized image, which for a very elongated image (a 40000×1 strip
+    /// becomes 10240000×256) would not fit in memory; the pixels are the same.
     pub fn apply(&self, img: &RgbImage) -> Vec<RgbImage> {
+        let (EvalViews::Center { resize, crop } | EvalViews::TenCrop { resize, crop }) = *self;
+        let (w, h) = image::shorter_side_size(img.width, img.height, resize);
+        let view = |x: isize, y: isize| image::resize_crop(img, w, h, x, y, crop, crop);
+        let centre = (image::center_offset(w, crop), image::center_offset(h, crop));
         match *self {
-            EvalViews::Center { resize, crop } => {
-                vec![image::center_crop(&image::resize_shorter(img, resize), crop, crop)]
-            }
-            EvalViews::TenCrop { resize, crop } => {
-                let scaled = image::resize_shorter(img, resize);
-                let five = |im: &RgbImage| {
-                    let (w, h) = (im.width as isize, im.height as isize);
-                    let c = crop as isize;
-                    vec![
-                        image::crop(im, 0, 0, crop, crop),
-                        image::crop(im, w - c, 0, crop, crop),
-                        image::crop(im, 0, h - c, crop, crop),
-                        image::crop(im, w - c, h - c, crop, crop),
-                        image::center_crop(im, crop, crop),
-                    ]
-                };
-                let mut views = five(&scaled);
-                views.extend(five(&image::flip_horizontal(&scaled)));
+            EvalViews::Center { .. } => vec![view(centre.0, centre.1)],
+            EvalViews::TenCrop { .. } => {
+                let (right, bottom) = (w as isize - crop as isize, h as isize - crop as isize);
+                let windows = [(0, 0), (right, 0), (0, bottom), (right, bottom), centre];
+                let mut views: Vec<RgbImage> = windows.iter().map(|&(x, y)| view(x, y)).collect();
+                // The mirror image's crop at x is the mirror of the original's at `right - x`: the corners swap
+                // sides, and the centre shifts by one when the margin is odd (each image rounds its half to even).
+                views.extend(windows.iter().map(|&(x, y)| image::flip_horizontal(&view(right - x, y))));
                 views
             }
         }
@@ -226,4 +223,69 @@ pub fn pixel_mean(folder: &ImageFolder, view: EvalViews, limit: usize) -> Vec<f3
         );
     let n = sum.1.max(1) as f64;
     sum.0.iter().map(|v| (v / n / 255.0) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(width: usize, height: usize, rng: &mut Rng) -> RgbImage {
+        RgbImage { width, height, data: (0..width * height * 3).map(|_| rng.below(256) as u8).collect() }
+    }
+
+    /// The views cut from the whole resized image, as they were computed before the crops were resized alone.
+    fn views_of_the_whole(img: &RgbImage, views: EvalViews) -> Vec<RgbImage> {
+        let (EvalViews::Center { resize, crop } | EvalViews::TenCrop { resize, crop }) = views;
+        let scaled = image::resize_shorter(img, resize);
+        let five = |im: &RgbImage| {
+            let (w, h, c) = (im.width as isize, im.height as isize, crop as isize);
+            vec![
+                image::crop(im, 0, 0, crop, crop),
+                image::crop(im, w - c, 0, crop, crop),
+                image::crop(im, 0, h - c, crop, crop),
+                image::crop(im, w - c, h - c, crop, crop),
+                image::center_crop(im, crop, crop),
+            ]
+        };
+        match views {
+            EvalViews::Center { .. } => vec![image::center_crop(&scaled, crop, crop)],
+            EvalViews::TenCrop { .. } => [five(&scaled), five(&image::flip_horizontal(&scaled))].concat(),
+        }
+    }
+
+    #[test]
+    fn views_equal_crops_of_the_whole_resized_image() {
+        let mut rng = Rng::new(3);
+        // Odd and even margins on both axes, crops larger than the image (odd and even padding), strips.
+        for (w, h) in [(31, 24), (24, 31), (30, 23), (9, 9), (1, 17), (40, 1), (5, 6), (0, 4)] {
+            let img = noise(w, h, &mut rng);
+            for (resize, crop) in [(16, 12), (17, 12), (16, 13), (12, 16), (11, 14), (8, 8)] {
+                for views in [EvalViews::Center { resize, crop }, EvalViews::TenCrop { resize, crop }] {
+                    assert_eq!(views.apply(&img), views_of_the_whole(&img, views), "{w}x{h} {views:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scale_crops_draw_the_same_windows() {
+        let t = TrainTransform { crop: TrainCrop::Scale { min: 9, max: 20 }, size: 12, lighting: 0.1 };
+        let mut rng = Rng::new(5);
+        for (w, h) in [(31, 24), (7, 40), (12, 12), (3, 2)] {
+            let img = noise(w, h, &mut rng);
+            for seed in 0..20 {
+                let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+                // The former computation: the whole resized image, then the crop, with the same draws.
+                let side = 9 + b.below(12);
+                let scaled = image::resize_shorter(&img, side);
+                let x = b.below(scaled.width.saturating_sub(12) + 1);
+                let y = b.below(scaled.height.saturating_sub(12) + 1);
+                let cropped = image::crop(&scaled, x as isize, y as isize, 12, 12);
+                let want = if b.below(2) == 1 { image::flip_horizontal(&cropped) } else { cropped };
+                let (got, offset) = t.apply(&img, &mut a);
+                assert_eq!(got, want, "{w}x{h} seed {seed}");
+                assert_eq!(offset, lighting_offset(0.1, &mut b), "the draws after the crop are the same");
+            }
+        }
+    }
 }

@@ -14,11 +14,17 @@ use crate::data::folder::ImageFolder;
 use crate::data::image::{self, RgbImage};
 use crate::data::prefetch::Prefetch;
 use crate::model::ResNet;
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 
 /// Shorter sides of the paper's multi-scale testing.
 pub const PAPER_SCALES: [usize; 5] = [224, 256, 384, 480, 640];
+
+/// The largest scaled image that multi-scale testing runs the network on, in pixels. A 4:3 photo at shorter side
+/// 640 has 0.55 M and a 10:1 panorama 4.1 M; this admits 19.5:1 at 640. Memory grows with the pixels: at the
+/// limit, evaluating ResNet-18 or -50 on the image and its mirror peaks near 6 GB (measured), and a 40000×1
+/// strip, 25600000×640 at shorter side 640, would need thousands of times that; such images are refused.
+pub const MAX_SCALED_PIXELS: usize = 8_000_000;
 
 /// One scale of one image: the image and its mirror, normalized, `2 * h * w * 3` values.
 pub struct ScaleViews {
@@ -26,9 +32,20 @@ pub struct ScaleViews {
     pub images: Vec<f32>,
 }
 
-/// The views of every scale for one decoded image.
-pub fn scale_views(img: &RgbImage, scales: &[usize], norm: &Norm) -> Vec<ScaleViews> {
-    scales
+/// The views of every scale for one decoded image; an error when a scale would make the image larger than
+/// [`MAX_SCALED_PIXELS`] (the caller names the file).
+pub fn scale_views(img: &RgbImage, scales: &[usize], norm: &Norm) -> Result<Vec<ScaleViews>> {
+    for &s in scales {
+        let (w, h) = image::shorter_side_size(img.width, img.height, s);
+        if w.saturating_mul(h) > MAX_SCALED_PIXELS {
+            bail!(
+                "{}x{} is too elongated for multi-scale testing: shorter side {s} would make it {w}x{h}, more than {MAX_SCALED_PIXELS} pixels",
+                img.width,
+                img.height
+            );
+        }
+    }
+    Ok(scales
         .iter()
         .map(|&s| {
             let scaled = image::resize_shorter(img, s);
@@ -39,7 +56,7 @@ pub fn scale_views(img: &RgbImage, scales: &[usize], norm: &Norm) -> Vec<ScaleVi
             norm.normalize_hwc(&image::flip_horizontal(&scaled).data, hw, [0.0; 3], &mut images[len..]);
             ScaleViews { hw, images }
         })
-        .collect()
+        .collect())
 }
 
 /// Class probabilities of one image: the mean softmax over every scale and flip.
@@ -68,7 +85,9 @@ pub fn evaluate(
     let mut r = EvalResult::new(model.classes());
     let source = folder.clone();
     let prepared = Prefetch::new(0, folder.len(), workers, move |i| -> Result<Vec<ScaleViews>> {
-        Ok(scale_views(&image::decode_file(&source.samples[i].0)?, &scales, &norm))
+        let path = &source.samples[i].0;
+        // Reported as "PATH: REASON", as a file that does not decode is.
+        scale_views(&image::decode_file(path)?, &scales, &norm).with_context(|| path.display().to_string())
     });
     for (i, views) in prepared.enumerate() {
         match views {

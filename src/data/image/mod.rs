@@ -6,5 +6,5 @@ mod resize;
 mod rgb_image;
 
 pub use decode::{MAX_PIXELS, decode_bytes, decode_file};
-pub use resize::{resize, resize_shorter};
-pub use rgb_image::{RgbImage, center_crop, crop, flip_horizontal};
+pub use resize::{resize, resize_crop, resize_shorter, shorter_side_size};
+pub use rgb_image::{RgbImage, center_crop, center_offset, crop, flip_horizontal};

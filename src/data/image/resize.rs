@@ -26,19 +26,29 @@ pub fn resize(src: &RgbImage, width: usize, height: usize) -> RgbImage {
     if src.data.is_empty() || width == 0 || height == 0 {
         return RgbImage::new(width, height);
     }
-    // Like Pillow, skip the pass along an axis whose size does not change (it would be the identity anyway).
-    let vertical = (height != src.height).then(|| Weights::bilinear(src.height, height));
-    let rows = vertical.as_ref().map_or(0..src.height, Weights::span);
-    // The source rows that the vertical pass reads, resampled horizontally if the width changes.
-    let band: Cow<[u8]> = if width == src.width {
-        Cow::Borrowed(&src.data[rows.start * width * 3..rows.end * width * 3])
-    } else {
-        Cow::Owned(resample_horizontal(src, rows.clone(), &Weights::bilinear(src.width, width)))
-    };
-    match vertical {
-        Some(vertical) => resample_vertical(&band, width, rows.start, &vertical),
-        None => RgbImage { width, height, data: band.into_owned() },
+    resize_window(src, width, height, 0..width, 0..height)
+}
+
+/// `crop(&resize(src, width, height), x, y, w, h)`, bit for bit, computing only the resized pixels inside the
+/// window, so that its cost follows the window and not the resized image (a 40000×1 picture whose shorter side
+/// becomes 256 would be 7.8 GB whole).
+pub fn resize_crop(src: &RgbImage, width: usize, height: usize, x: isize, y: isize, w: usize, h: usize) -> RgbImage {
+    if src.data.is_empty() || width == 0 || height == 0 {
+        // `resize` gives a black image (or an empty one unchanged), so the crop is black.
+        return RgbImage::new(w, h);
     }
+    // The window clipped to the resized image, in its coordinates.
+    let clip = |start: isize, len: usize, size: usize| {
+        let end = start.saturating_add_unsigned(len).clamp(0, size as isize);
+        start.clamp(0, size as isize) as usize..end as usize
+    };
+    let (xs, ys) = (clip(x, w, width), clip(y, h, height));
+    if xs.is_empty() || ys.is_empty() {
+        return RgbImage::new(w, h);
+    }
+    let (dx, dy) = (xs.start as isize - x, ys.start as isize - y);
+    let inside = resize_window(src, width, height, xs, ys);
+    if (inside.width, inside.height) == (w, h) { inside } else { super::crop(&inside, -dx, -dy, w, h) }
 }
 
 /// torchvision's `Resize(size)` with an int size on a PIL image: the shorter side becomes `size` and the longer
@@ -47,19 +57,49 @@ pub fn resize(src: &RgbImage, width: usize, height: usize) -> RgbImage {
 ///
 /// An empty image is returned unchanged (torchvision would divide by zero).
 pub fn resize_shorter(src: &RgbImage, size: usize) -> RgbImage {
-    let (short, long) = (src.width.min(src.height), src.width.max(src.height));
-    if short == 0 {
+    let (width, height) = shorter_side_size(src.width, src.height, size);
+    if (width, height) == (src.width, src.height) {
         return src.clone();
     }
-    let new_long = (size.saturating_mul(long) as f64 / short as f64) as usize;
-    // As torchvision: `w <= h` makes the width the short side.
-    let (width, height) = if src.width <= src.height { (size, new_long) } else { (new_long, size) };
     resize(src, width, height)
 }
 
-/// For each output pixel along one axis, the source pixels it reads and their fixed-point weights.
+/// The `(width, height)` that [`resize_shorter`] resizes a `width`×`height` image to (an empty image keeps its
+/// size), for [`resize_crop`] to cut a window of that resize without making all of it.
+pub fn shorter_side_size(width: usize, height: usize, size: usize) -> (usize, usize) {
+    let (short, long) = (width.min(height), width.max(height));
+    if short == 0 {
+        return (width, height);
+    }
+    let new_long = (size.saturating_mul(long) as f64 / short as f64) as usize;
+    // As torchvision: `w <= h` makes the width the short side.
+    if width <= height { (size, new_long) } else { (new_long, size) }
+}
+
+/// Columns `xs` and rows `ys` of `resize(src, width, height)`, for a non-empty source and a non-empty window
+/// inside the output. Each output pixel of a pass depends only on its own weights, so evaluating the window's
+/// columns and rows alone gives exactly the pixels of the whole resize.
+fn resize_window(src: &RgbImage, width: usize, height: usize, xs: Range<usize>, ys: Range<usize>) -> RgbImage {
+    // Like Pillow, skip the pass along an axis whose size does not change (it would be the identity anyway).
+    let vertical = (height != src.height).then(|| Weights::bilinear(src.height, height, ys.clone()));
+    let rows = vertical.as_ref().map_or(ys.clone(), Weights::span);
+    // The source rows that the vertical pass reads, resampled horizontally if the width changes.
+    let band: Cow<[u8]> = if width != src.width {
+        Cow::Owned(resample_horizontal(src, rows.clone(), &Weights::bilinear(src.width, width, xs.clone())))
+    } else if xs.len() == width {
+        Cow::Borrowed(&src.data[rows.start * width * 3..rows.end * width * 3])
+    } else {
+        Cow::Owned(super::crop(src, xs.start as isize, rows.start as isize, xs.len(), rows.len()).data)
+    };
+    match vertical {
+        Some(vertical) => resample_vertical(&band, xs.len(), rows.start, &vertical),
+        None => RgbImage { width: xs.len(), height: ys.len(), data: band.into_owned() },
+    }
+}
+
+/// For each output pixel of a range along one axis, the source pixels it reads and their fixed-point weights.
 struct Weights {
-    /// First source index of each output pixel.
+    /// First source index of each output pixel of the range.
     starts: Vec<usize>,
     /// `stride` weights per output pixel; only the first `len` of them are used.
     weights: Vec<i32>,
@@ -68,10 +108,10 @@ struct Weights {
 }
 
 impl Weights {
-    /// Pillow's `precompute_coeffs` for the bilinear filter over the whole source, then `normalize_coeffs_8bpc`.
-    /// The float expressions are evaluated in Pillow's order, in f64, since a different rounding of a weight
-    /// changes the fixed-point value.
-    fn bilinear(in_size: usize, out_size: usize) -> Weights {
+    /// Pillow's `precompute_coeffs` for the bilinear filter over the whole source, then `normalize_coeffs_8bpc`,
+    /// for the output pixels `outs` of `out_size` (indexed from 0 here). The float expressions are evaluated in
+    /// Pillow's order, in f64, since a different rounding of a weight changes the fixed-point value.
+    fn bilinear(in_size: usize, out_size: usize, outs: Range<usize>) -> Weights {
         // Pillow takes the size from a float box; sizes below 2^24 convert exactly.
         let scale = in_size as f32 as f64 / out_size as f64;
         // Downscaling widens the triangle (support 1) by the scale factor: that is the antialiasing.
@@ -81,13 +121,13 @@ impl Weights {
         let inv_filter_scale = 1.0 / filter_scale;
         let stride = support.ceil() as usize * 2 + 1;
         let mut w = Weights {
-            starts: Vec::with_capacity(out_size),
-            weights: vec![0; out_size * stride],
-            lens: Vec::with_capacity(out_size),
+            starts: Vec::with_capacity(outs.len()),
+            weights: vec![0; outs.len() * stride],
+            lens: Vec::with_capacity(outs.len()),
             stride,
         };
         let mut taps = vec![0.0; stride];
-        for (out, fixed) in w.weights.chunks_exact_mut(stride).enumerate() {
+        for (out, fixed) in outs.zip(w.weights.chunks_exact_mut(stride)) {
             let center = (out as f64 + 0.5) * scale;
             // C's `(int)` truncates toward zero; negative values are clamped to 0 either way.
             let start = ((center - support + 0.5) as i64).max(0) as usize;
@@ -182,7 +222,7 @@ mod tests {
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (from, to) in [(500, 256), (375, 224), (7, 3), (3, 7), (1, 5), (5, 1)] {
-            let w = Weights::bilinear(from, to);
+            let w = Weights::bilinear(from, to, 0..to);
             for out in 0..to {
                 let (start, taps) = w.taps(out);
                 assert!(start + taps.len() <= from);
@@ -199,6 +239,37 @@ mod tests {
             let out = resize(&src, w, h);
             assert_eq!(out.data, [10, 200, 255].repeat(w * h), "{w}x{h}");
         }
+    }
+
+    #[test]
+    fn resize_crop_is_the_crop_of_the_resize() {
+        let mut rng = crate::rng::Rng::new(7);
+        for case in 0..2000 {
+            // Sizes from 0 (empty) up, 1×N strips included; outputs up to 4× larger or smaller.
+            let (sw, sh) = (rng.below(13), rng.below(13));
+            let src =
+                RgbImage { width: sw, height: sh, data: (0..sw * sh * 3).map(|_| rng.below(256) as u8).collect() };
+            let (width, height) = (rng.below(4 * sw + 2), rng.below(4 * sh + 2));
+            // Windows anywhere from wholly left/above to wholly right/below, sometimes larger than the image.
+            let (w, h) = (rng.below(width + 6), rng.below(height + 6));
+            let x = rng.below(width + w + 7) as isize - w as isize - 3;
+            let y = rng.below(height + h + 7) as isize - h as isize - 3;
+            let want = super::super::crop(&resize(&src, width, height), x, y, w, h);
+            let got = resize_crop(&src, width, height, x, y, w, h);
+            assert_eq!(got, want, "case {case}: {sw}x{sh} -> {width}x{height}, window {w}x{h} at ({x}, {y})");
+        }
+    }
+
+    #[test]
+    fn resize_crop_of_an_elongated_image_stays_small() {
+        // Whole, this resize would be 43520000×256 (33 GB); the window costs only its own pixels.
+        let src = RgbImage { width: 170_000, height: 1, data: (0..170_000 * 3).map(|i| (i % 251) as u8).collect() };
+        let (width, height) = shorter_side_size(src.width, src.height, 256);
+        assert_eq!((width, height), (43_520_000, 256));
+        let out = resize_crop(&src, width, height, 21_759_888, 16, 224, 224);
+        assert_eq!((out.width, out.height), (224, 224));
+        // Every row of a 1-pixel-high source resized is that row resampled.
+        assert_eq!(out.row(0), out.row(223));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn center_crop(src: &RgbImage, width: usize, height: usize) -> RgbImage {
 /// larger than the image first pads `(crop - size) // 2` on the left/top, so the window starts that far before
 /// the image; otherwise it starts at `int(round((size - crop) / 2.0))`, and Python's `round` takes an exact half
 /// to the even neighbour (an odd margin of 5 starts at 2, of 3 at 2).
-fn center_offset(size: usize, crop: usize) -> isize {
+pub fn center_offset(size: usize, crop: usize) -> isize {
     if crop > size { -(((crop - size) / 2) as isize) } else { ((size - crop) as f64 / 2.0).round_ties_even() as isize }
 }
 
