@@ -180,6 +180,8 @@ fn bn_ref(
 #[test]
 fn batchnorm_train_forward_backward_match_naive_reference() {
     let mut rng = Rng::new(2);
+    // One scratch for every shape, as the layers of a network share one.
+    let mut scr = batchnorm::Scratch::default();
     for (rows, c, residual, relu) in [
         (37, 5, false, false),
         (200, 16, true, true),
@@ -198,7 +200,7 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
         let mut saved = batchnorm::Saved::new(c);
         let mut y = vec![f32::NAN; rows * c];
-        batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut saved, r, relu, &mut y);
+        batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut saved, r, relu, &mut y, &mut scr);
         assert!(rel_err(&y, &y_ref) < TOL, "bn forward rows={rows} c={c}");
         // Running averages with PyTorch's momentum and unbiased variance.
         let unbiased = rows as f64 / (rows as f64 - 1.0);
@@ -211,13 +213,13 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         if relu {
             ops::relu_backward(&mut g, &y, None);
         }
-        batchnorm::backward(&p, &x, rows, &saved, false, &mut g, &mut dg, &mut db);
+        batchnorm::backward(&p, &x, rows, &saved, false, &mut g, &mut dg, &mut db, &mut scr);
         assert!(rel_err(&g, &dx_ref) < 1e-4, "bn backward dx rows={rows} c={c}: {}", rel_err(&g, &dx_ref));
         assert!(rel_err(&dg, &dg_ref) < TOL && rel_err(&db, &db_ref) < TOL, "bn dgamma/dbeta");
         if relu && !residual {
             // The layer's own ReLU, masked inside the backward, gives the same result.
             let mut g2 = dy.clone();
-            batchnorm::backward(&p, &x, rows, &saved, true, &mut g2, &mut dg, &mut db);
+            batchnorm::backward(&p, &x, rows, &saved, true, &mut g2, &mut dg, &mut db, &mut scr);
             assert!(rel_err(&g2, &dx_ref) < 1e-4, "bn fused relu backward");
         }
     }
@@ -234,7 +236,7 @@ fn batchnorm_eval_uses_running_statistics() {
     let rv: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.1).collect();
     let mut y = vec![0f32; rows * c];
     let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
-    batchnorm::forward_eval(&p, &x, rows, &rm, &rv, None, true, &mut y);
+    batchnorm::forward_eval(&p, &x, rows, &rm, &rv, None, true, &mut y, &mut Default::default());
     let y_ref: Vec<f64> = (0..rows * c)
         .map(|i| {
             let j = i % c;

@@ -4,9 +4,30 @@
 //! Loops run over blocks of whole rows (at least 512 floats) against per-channel values
 //! repeated to the block's length, so each is one long vectorized loop. Statistics are
 //! accumulated per block position and task, then combined: in the forward pass in f32 over
-//! runs of 32 blocks and then in f64, in the backward pass in f64.
+//! runs of 32 blocks and then in f64, in the backward pass in f64. Each task folds its own
+//! sums per channel, and the tasks' totals are added in task order, so the statistics do
+//! not depend on which thread ran what.
 
+use super::ensure_len;
 use rayon::prelude::*;
+
+/// Room a BatchNorm call works in, reused from call to call (it lives in the
+/// [`Workspace`](super::Workspace)). Allocated per call, these vectors had been about 4,000
+/// allocations per ResNet-20 training step.
+#[derive(Default)]
+pub struct Scratch {
+    /// Per-channel values repeated to a block's length (up to 7 blocks).
+    repeated: Vec<f32>,
+    /// Each task's two runs of per-position sums, kept in f32 over runs of blocks.
+    runs: Vec<f32>,
+    /// Each task's two runs of per-position sums in f64; the first `c` of each run end up
+    /// holding the task's per-channel totals.
+    partials: Vec<f64>,
+    /// The call's two per-channel totals (2c).
+    channels: Vec<f64>,
+    /// Per-channel f32 values: scale and shift, or the backward's k, a and b.
+    affine: Vec<f32>,
+}
 
 /// Rows per parallel task: large enough to amortise the per-task partial sums.
 fn chunk_rows(rows: usize) -> usize {
@@ -14,34 +35,43 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(64)
 }
 
-/// Per-channel sums of `a - k` and `(a - k)²`, with `k` the first row: shifting by a
-/// sample of the data keeps `E[(a-k)²] - E[a-k]²` accurate when the mean is large
-/// against the spread.
-fn channel_sums(a: &[f32], c: usize, rows: usize) -> (Vec<f64>, Vec<f64>) {
+/// Per-channel sums of `a - k` and `(a - k)²`, with `k` the first row, in
+/// `scr.channels[..c]` and `[c..2c]`: shifting by a sample of the data keeps
+/// `E[(a-k)²] - E[a-k]²` accurate when the mean is large against the spread. Each task's
+/// sums are added in task order, so the result does not depend on the threads' timing.
+fn channel_sums(a: &[f32], c: usize, rows: usize, scr: &mut Scratch) {
     let chunk = chunk_rows(rows) * c;
     let len = block_len(c);
-    let k = a[..c].repeat(len / c);
-    a[..rows * c]
-        .par_chunks(chunk)
-        .map(|part| {
-            let (mut s, mut q) = (vec![0f64; len], vec![0f64; len]);
-            let (mut sf, mut qf) = (vec![0f32; len], vec![0f32; len]);
+    let tasks = (rows * c).div_ceil(chunk);
+    ensure_len(&mut scr.repeated, len);
+    ensure_len(&mut scr.runs, tasks * 2 * len);
+    ensure_len(&mut scr.partials, tasks * 2 * len);
+    let k = &mut scr.repeated[..len];
+    repeat_into(k, &a[..c]);
+    let k = &*k;
+    (a[..rows * c].par_chunks(chunk))
+        .zip(scr.partials.par_chunks_mut(2 * len))
+        .zip(scr.runs.par_chunks_mut(2 * len))
+        .for_each(|((part, sums), runs)| {
+            sums.fill(0.0);
+            let ((s, q), (sf, qf)) = (sums.split_at_mut(len), runs.split_at_mut(len));
             for run in part.chunks(len * F32_RUN) {
                 sf.fill(0.0);
                 qf.fill(0.0);
                 for block in run.chunks(len) {
-                    for ((v, k), (s, q)) in block.iter().zip(&k).zip(sf.iter_mut().zip(qf.iter_mut())) {
+                    for ((v, k), (s, q)) in block.iter().zip(k).zip(sf.iter_mut().zip(qf.iter_mut())) {
                         let d = v - k;
                         *s += d;
                         *q += d * d;
                     }
                 }
-                add_into(&mut s, &sf);
-                add_into(&mut q, &qf);
+                add_into(s, sf);
+                add_into(q, qf);
             }
-            (fold(&s, c), fold(&q, c))
-        })
-        .reduce(|| (vec![0f64; c], vec![0f64; c]), add_pair)
+            fold_in_place(s, c);
+            fold_in_place(q, c);
+        });
+    sum_tasks(&scr.partials[..tasks * 2 * len], c, &mut scr.channels);
 }
 
 /// Blocks whose per-position sums are kept in f32 before they go into the f64 totals.
@@ -52,16 +82,6 @@ const F32_RUN: usize = 32;
 
 fn add_into(total: &mut [f64], run: &[f32]) {
     total.iter_mut().zip(run).for_each(|(t, r)| *t += *r as f64);
-}
-
-fn add_pair(mut a: (Vec<f64>, Vec<f64>), b: (Vec<f64>, Vec<f64>)) -> (Vec<f64>, Vec<f64>) {
-    for (x, y) in a.0.iter_mut().zip(&b.0) {
-        *x += y;
-    }
-    for (x, y) in a.1.iter_mut().zip(&b.1) {
-        *x += y;
-    }
-    a
 }
 
 /// Parameters and running statistics of one BatchNorm layer.
@@ -78,21 +98,53 @@ fn block_len(c: usize) -> usize {
     (512 / c).max(1) * c
 }
 
-/// Per-channel totals of per-position sums over a block of rows.
-fn fold(part: &[f64], c: usize) -> Vec<f64> {
-    let mut total = vec![0f64; c];
-    for row in part.chunks_exact(c) {
+/// Fills a block with per-channel `values` repeated.
+fn repeat_into(block: &mut [f32], values: &[f32]) {
+    block.iter_mut().zip(values.iter().cycle()).for_each(|(b, v)| *b = *v);
+}
+
+/// Folds a run of per-position sums (a block's length) into its first `c` entries, the
+/// per-channel totals, row by row.
+fn fold_in_place(run: &mut [f64], c: usize) {
+    let (total, rest) = run.split_at_mut(c);
+    for row in rest.chunks_exact(c) {
         total.iter_mut().zip(row).for_each(|(t, p)| *t += p);
     }
-    total
+}
+
+/// Adds up the tasks' per-channel totals (the first `c` values of each of their two runs
+/// of a block's length), task by task, into `totals[..c]` and `[c..2c]`.
+fn sum_tasks(partials: &[f64], c: usize, totals: &mut Vec<f64>) {
+    ensure_len(totals, 2 * c);
+    let totals = &mut totals[..2 * c];
+    totals.fill(0.0);
+    let len = block_len(c);
+    for task in partials.chunks_exact(2 * len) {
+        for (run, total) in task.chunks_exact(len).zip(totals.chunks_exact_mut(c)) {
+            total.iter_mut().zip(&run[..c]).for_each(|(t, p)| *t += p);
+        }
+    }
 }
 
 /// `y = [relu](scale*x + shift [+ residual])`, the shared elementwise tail.
-fn apply(x: &[f32], c: usize, scale: &[f32], shift: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    x: &[f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    repeated: &mut Vec<f32>,
+) {
     let chunk = chunk_rows(x.len() / c) * c;
     let len = block_len(c);
-    let (scale, shift) = (scale[..c].repeat(len / c), shift[..c].repeat(len / c));
-    let affine = Affine { scale: &scale, shift: &shift };
+    ensure_len(repeated, 2 * len);
+    let (scale_rep, shift_rep) = repeated[..2 * len].split_at_mut(len);
+    repeat_into(scale_rep, &scale[..c]);
+    repeat_into(shift_rep, &shift[..c]);
+    let affine = Affine { scale: scale_rep, shift: shift_rep };
     y.par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| {
         let start = i * chunk;
         let xc = &x[start..start + yc.len()];
@@ -172,9 +224,11 @@ pub fn forward_train(
     residual: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
+    scr: &mut Scratch,
 ) {
     let c = p.gamma.len();
-    let (s, q) = channel_sums(x, c, rows);
+    channel_sums(x, c, rows, scr);
+    let (s, q) = scr.channels[..2 * c].split_at(c);
     let m = rows as f64;
     for j in 0..c {
         let shifted_mean = s[j] / m;
@@ -189,7 +243,7 @@ pub fn forward_train(
         running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mu as f32;
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * unbiased as f32;
     }
-    apply(&x[..rows * c], c, &saved.scale, &saved.shift, residual, relu, &mut y[..rows * c]);
+    apply(&x[..rows * c], c, &saved.scale, &saved.shift, residual, relu, &mut y[..rows * c], &mut scr.repeated);
 }
 
 /// Inference-mode forward with the running statistics.
@@ -203,11 +257,13 @@ pub fn forward_eval(
     residual: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
+    scr: &mut Scratch,
 ) {
     let c = p.gamma.len();
-    let (mut scale, mut shift) = (vec![0f32; c], vec![0f32; c]);
-    eval_affine(p, running_mean, running_var, &mut scale, &mut shift);
-    apply(&x[..rows * c], c, &scale, &shift, residual, relu, &mut y[..rows * c]);
+    ensure_len(&mut scr.affine, 2 * c);
+    let (scale, shift) = scr.affine[..2 * c].split_at_mut(c);
+    eval_affine(p, running_mean, running_var, scale, shift);
+    apply(&x[..rows * c], c, scale, shift, residual, relu, &mut y[..rows * c], &mut scr.repeated);
 }
 
 /// Inference-mode BatchNorm as `x·scale + shift`, from the running statistics.
@@ -237,36 +293,41 @@ pub fn backward(
     g: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
+    scr: &mut Scratch,
 ) {
     let c = p.gamma.len();
     let chunk = chunk_rows(rows) * c;
     let len = block_len(c);
-    let per_position = |v: &[f32]| v[..c].repeat(len / c);
-    let (mu, is) = (per_position(&saved.mean), per_position(&saved.invstd));
-    let (scale, shift) = (per_position(&saved.scale), per_position(&saved.shift));
-    let forward = Forward { mu: &mu, is: &is, scale: &scale, shift: &shift };
+    let tasks = (rows * c).div_ceil(chunk);
+    ensure_len(&mut scr.repeated, 7 * len);
+    ensure_len(&mut scr.partials, tasks * 2 * len);
+    let (forward_values, grad_values) = scr.repeated[..7 * len].split_at_mut(4 * len);
+    let [mu, is, scale, shift] = blocks(forward_values, len, [&saved.mean, &saved.invstd, &saved.scale, &saved.shift]);
+    let forward = Forward { mu, is, scale, shift };
     // Σ dy and Σ dy·x̂ per channel, per block position in f64. (Not in f32 over runs of
     // blocks, as `channel_sums`: these sums nearly cancel, and that rounding moved
     // ResNet-20's weights after 3 steps of `tests/golden.rs` by 3e-4 from PyTorch's.)
     let (g, x) = (&mut g[..rows * c], &x[..rows * c]);
-    let (sum_dy, sum_dy_xhat) = g
-        .par_chunks(chunk)
-        .zip(x.par_chunks(chunk))
-        .map(|(gc, xc)| {
-            let (mut s, mut t) = (vec![0f64; len], vec![0f64; len]);
+    (g.par_chunks(chunk)).zip(x.par_chunks(chunk)).zip(scr.partials.par_chunks_mut(2 * len)).for_each(
+        |((gc, xc), sums)| {
+            sums.fill(0.0);
+            let (s, t) = sums.split_at_mut(len);
             for (gb, xb) in gc.chunks(len).zip(xc.chunks(len)) {
                 match relu {
-                    true => forward.add_sums::<true>(gb, xb, &mut s, &mut t),
-                    false => forward.add_sums::<false>(gb, xb, &mut s, &mut t),
+                    true => forward.add_sums::<true>(gb, xb, s, t),
+                    false => forward.add_sums::<false>(gb, xb, s, t),
                 }
             }
-            (fold(&s, c), fold(&t, c))
-        })
-        .reduce(|| (vec![0f64; c], vec![0f64; c]), add_pair);
+            fold_in_place(s, c);
+            fold_in_place(t, c);
+        },
+    );
+    sum_tasks(&scr.partials[..tasks * 2 * len], c, &mut scr.channels);
+    let (sum_dy, sum_dy_xhat) = scr.channels[..2 * c].split_at(c);
     let m = rows as f64;
-    let mut k = vec![0f32; c]; // gamma * invstd
-    let mut a = vec![0f32; c]; // mean of dy
-    let mut b = vec![0f32; c]; // mean of dy*xhat
+    ensure_len(&mut scr.affine, 3 * c);
+    let (k, rest) = scr.affine[..3 * c].split_at_mut(c); // gamma * invstd
+    let (a, b) = rest.split_at_mut(c); // means of dy and of dy*xhat
     for j in 0..c {
         dbeta[j] = sum_dy[j] as f32;
         dgamma[j] = sum_dy_xhat[j] as f32;
@@ -274,8 +335,8 @@ pub fn backward(
         a[j] = (sum_dy[j] / m) as f32;
         b[j] = (sum_dy_xhat[j] / m) as f32;
     }
-    let (k, a, b) = (per_position(&k), per_position(&a), per_position(&b));
-    let input_grad = InputGrad { k: &k, a: &a, b: &b };
+    let [k, a, b] = blocks(grad_values, len, [&*k, &*a, &*b]);
+    let input_grad = InputGrad { k, a, b };
     g.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(gc, xc)| {
         for (gb, xb) in gc.chunks_mut(len).zip(xc.chunks(len)) {
             match relu {
@@ -284,6 +345,15 @@ pub fn backward(
             }
         }
     });
+}
+
+/// Consecutive blocks of `room`, each filled with one of `values` (per channel) repeated.
+fn blocks<'a, const N: usize>(room: &'a mut [f32], len: usize, values: [&[f32]; N]) -> [&'a [f32]; N] {
+    for (block, v) in room.chunks_exact_mut(len).zip(values) {
+        repeat_into(block, &v[..v.len().min(len)]);
+    }
+    let room = &*room;
+    std::array::from_fn(|i| &room[i * len..(i + 1) * len])
 }
 
 /// The forward's per-channel values repeated over a block: batch mean and 1/std, and

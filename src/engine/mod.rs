@@ -1,9 +1,12 @@
 //! The compute engine: every floating-point kernel of the library lives here.
 //!
 //! Layers (`crate::nn`) and models (`crate::model`) only orchestrate; they call the
-//! functions of this module on plain `f32` slices with explicit shapes. That is the
-//! backend boundary: a CUDA backend supplies the same functions over device buffers
-//! without touching models or training.
+//! functions of this module on plain `f32` slices with explicit shapes, and reach no
+//! kernel any other way. That is the backend boundary. A CUDA backend would supply these
+//! functions over device memory; what it would change above them is the buffers: the
+//! layers' parameters and the models' activations are `Vec<f32>` in host memory today,
+//! and would take the backend's buffer type. The passes, the blocks and training would
+//! stay as they are.
 //!
 //! Conventions:
 //! - activations are channels-last (NHWC), contiguous;
@@ -13,8 +16,8 @@
 //!   pool take one at a time ([`for_each_item`]); sums over items are added in a fixed
 //!   order ([`sum_groups`]), so results do not depend on which thread did what;
 //! - each thread owns its scratch in a [`Workspace`], so after the first training step
-//!   no activation-sized buffer is allocated (BatchNorm still makes small per-channel
-//!   vectors per call).
+//!   nothing is allocated but the `gemm` crate's small packing buffers for the weight
+//!   gradients (`tests/allocations.rs`).
 
 pub mod batchnorm;
 pub mod conv;
@@ -65,6 +68,8 @@ pub enum ConvAlgo {
 pub struct Workspace {
     pub threads: Vec<Scratch>,
     pub winograd_u: Vec<f32>,
+    /// Room for the tasks of Winograd's weight transform (see `winograd::weight_transform`).
+    pub weight_transform_bufs: Vec<f32>,
     /// The kernel of a stride-1 convolution's input gradient (see `conv::flip_kernel`).
     pub flipped_weights: Vec<f32>,
     /// The weights of a direct convolution, repacked (see `direct::forward`).
@@ -73,6 +78,8 @@ pub struct Workspace {
     pub packed_weights: Vec<f32>,
     /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
     pub partials: Vec<f32>,
+    /// BatchNorm's room.
+    pub bn: batchnorm::Scratch,
     pub algo: ConvAlgo,
 }
 
@@ -82,10 +89,12 @@ impl Workspace {
         Workspace {
             threads: (0..n).map(|_| Scratch::default()).collect(),
             winograd_u: Vec::new(),
+            weight_transform_bufs: Vec::new(),
             flipped_weights: Vec::new(),
             direct_weights: Vec::new(),
             packed_weights: Vec::new(),
             partials: Vec::new(),
+            bn: batchnorm::Scratch::default(),
             algo: ConvAlgo::Auto,
         }
     }
@@ -115,9 +124,9 @@ impl SharedOut {
 }
 
 /// Grows `v` to at least `len` elements (never shrinks, so steady state allocates nothing).
-pub fn ensure_len(v: &mut Vec<f32>, len: usize) {
+pub fn ensure_len<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
     }
 }
 

@@ -14,7 +14,7 @@
 use super::conv::{self, ConvShape, Epilogue};
 use super::matmul::{Mat, matmul};
 use super::panel;
-use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
+use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, split_range, sum_groups};
 use rayon::prelude::*;
 
 /// Input tile side, output tile side.
@@ -80,7 +80,7 @@ pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo, prepared
 /// The transformed weights `forward` reads, for a caller that keeps them across calls.
 pub fn transform_weights(s: &ConvShape, w: &[f32]) -> Vec<f32> {
     let mut u = vec![0f32; POS * s.c_in * s.c_out];
-    weight_transform(s, w, &mut u);
+    weight_transform(s, w, &mut u, &mut Vec::new());
     u
 }
 
@@ -230,13 +230,27 @@ fn gradient_1d(q: &[f32], step: usize, out: &mut [f32], ostep: usize, c: usize) 
 /// fell into 2-4 sets of the L1 cache and were read from L3 by every group of 6 tiles: the
 /// GEMMs of ResNet-50's 256- and 512-channel layers ran at 55 GFLOP/s.) Vectorized over
 /// output channels, parallel over input channels.
-pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
+pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32], bufs: &mut Vec<f32>) {
     let (ci_n, co) = (s.c_in, s.c_out);
     let out = SharedOut(u[..POS * ci_n * co].as_mut_ptr());
-    // Two buffers per rayon task, not per input channel: allocating them per channel took
-    // 3% of a ResNet-20 training step, which transforms its weights twice per layer.
-    let buffers = || (vec![0f32; 9 * co], vec![0f32; 6 * 3 * co]);
-    (0..ci_n).into_par_iter().for_each_init(buffers, |(g, gg), ci| {
+    // Each task transforms a run of input channels in its own part of `bufs`, which the
+    // caller keeps from call to call: a training step transforms every layer's weights
+    // twice, and buffers allocated per input channel had taken 3% of a ResNet-20 step.
+    let tasks = (4 * rayon::current_num_threads()).clamp(1, ci_n.max(1));
+    ensure_len(bufs, tasks * 27 * co);
+    bufs[..tasks * 27 * co].par_chunks_mut(27 * co).enumerate().for_each(|(task, buf)| {
+        let (g, gg) = buf.split_at_mut(9 * co);
+        for ci in split_range(ci_n, tasks, task) {
+            transform_input_channel(s, w, ci, g, gg, out);
+        }
+    });
+}
+
+/// [`weight_transform`] of input channel `ci`, with `g` (9·c_out floats) and `gg`
+/// (18·c_out) to work in.
+fn transform_input_channel(s: &ConvShape, w: &[f32], ci: usize, g: &mut [f32], gg: &mut [f32], out: SharedOut) {
+    let (ci_n, co) = (s.c_in, s.c_out);
+    {
         // g[tap][co] for this input channel, then G g (6×3) per output channel.
         for (tap, g) in g.chunks_exact_mut(co).enumerate() {
             g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
@@ -273,23 +287,24 @@ pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32]) {
                 }
             }
         }
-    });
+    }
 }
 
 /// `u` (the weights already transformed, kept by the caller), else `w` transformed into
-/// `scratch`.
+/// `scratch`, with `bufs` to work in.
 pub(super) fn weights_or_transform<'a>(
     s: &ConvShape,
     w: &[f32],
     u: Option<&'a [f32]>,
     scratch: &'a mut Vec<f32>,
+    bufs: &mut Vec<f32>,
 ) -> &'a [f32] {
     let len = POS * s.c_in * s.c_out;
     match u {
         Some(u) => &u[..len],
         None => {
             ensure_len(scratch, len);
-            weight_transform(s, w, scratch);
+            weight_transform(s, w, scratch, bufs);
             &scratch[..len]
         }
     }
@@ -344,7 +359,7 @@ pub fn forward(
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let (ci, co) = (s.c_in, s.c_out);
-    let u = weights_or_transform(s, w, u, &mut ws.winograd_u);
+    let u = weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
     let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
     let tiles = n * grid.0 * grid.1;
     let block = forward_block(tiles, ws.threads.len(), ci, co);

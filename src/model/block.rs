@@ -45,7 +45,7 @@ impl ConvBn {
         self.in_hw = hw;
         self.conv.forward(n, hw, x, pre, ws);
         let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        self.bn.forward(train, n, n * oh * ow, pre, residual, relu, post);
+        self.bn.forward(train, n, n * oh * ow, pre, residual, relu, post, &mut ws.bn);
     }
 
     /// Training forward into the unit's own saved buffers.
@@ -75,7 +75,7 @@ impl ConvBn {
         dx: InputGrad,
         ws: &mut Workspace,
     ) {
-        self.bn.backward(&self.pre, relu, g);
+        self.bn.backward(&self.pre, relu, g, &mut ws.bn);
         self.conv.backward(n, self.in_hw, x, g, dx, ws);
     }
 

@@ -65,10 +65,11 @@ impl BatchNorm2d {
         residual: Option<&[f32]>,
         relu: bool,
         y: &mut [f32],
+        scr: &mut bn::Scratch,
     ) {
         let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
         if !train {
-            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y);
+            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y, scr);
             return;
         }
         let c = self.running_mean.len();
@@ -99,6 +100,7 @@ impl BatchNorm2d {
                 residual.map(|r| &r[values.clone()]),
                 relu,
                 &mut y[values],
+                scr,
             );
         }
     }
@@ -113,7 +115,7 @@ impl BatchNorm2d {
     /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
     /// The groups are those of the last training forward.
-    pub fn backward(&mut self, x: &[f32], relu: bool, g: &mut [f32]) {
+    pub fn backward(&mut self, x: &[f32], relu: bool, g: &mut [f32], scr: &mut bn::Scratch) {
         let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
         let c = self.running_mean.len();
         let [dgamma, dbeta] = &mut self.spare;
@@ -121,11 +123,11 @@ impl BatchNorm2d {
             let values = range.start * c..range.end * c;
             let (x, g) = (&x[values.clone()], &mut g[values]);
             if k == 0 {
-                bn::backward(&p, x, range.len(), saved, relu, g, &mut self.weight.grad, &mut self.bias.grad);
+                bn::backward(&p, x, range.len(), saved, relu, g, &mut self.weight.grad, &mut self.bias.grad, scr);
             } else {
                 ensure_len(dgamma, c);
                 ensure_len(dbeta, c);
-                bn::backward(&p, x, range.len(), saved, relu, g, dgamma, dbeta);
+                bn::backward(&p, x, range.len(), saved, relu, g, dgamma, dbeta, scr);
                 self.weight.grad.iter_mut().zip(dgamma.iter()).for_each(|(a, b)| *a += b);
                 self.bias.grad.iter_mut().zip(dbeta.iter()).for_each(|(a, b)| *a += b);
             }

@@ -82,7 +82,7 @@ pub fn forward(
     assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     assert!(epi.is_none_or(|e| e.residual.is_none_or(|r| r.len() >= n * s.out_len())));
-    let u = winograd::weights_or_transform(s, w, u, &mut ws.winograd_u);
+    let u = winograd::weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
     let y = &mut y[..n * s.out_len()];
     match s.c_in {
         16 => forward_c::<16>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
