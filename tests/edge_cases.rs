@@ -150,3 +150,36 @@ fn a_validation_folder_is_numbered_by_the_training_folders() {
     ]);
     assert_error(&out, &["val", "class folder 'd' has no counterpart in", "train"]);
 }
+
+#[test]
+fn predict_asks_for_the_normalization_and_names_cifar_classes() {
+    let Some(weights) = common::shared_data("resnet-cifar10-pretrained/resnet20-12fca82f.safetensors") else {
+        return;
+    };
+    let photo = repo("tests/golden/imagenet/wide.png");
+    // The published weights record no normalization (they expect ImageNet's): no guess.
+    let out = resnet(&["predict", "--model", "resnet20", "--weights", p(&weights), p(&photo)]);
+    assert_error(&out, &["resnet20-12fca82f.safetensors", "pass --norm"]);
+    let out = resnet(&[
+        "predict",
+        "--model",
+        "resnet20",
+        "--weights",
+        p(&weights),
+        "--norm",
+        "imagenet",
+        "--resize",
+        "32",
+        "--crop",
+        "32",
+        "--json",
+        p(&photo),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+    for top in v["top5"].as_array().unwrap() {
+        let i = top["index"].as_u64().unwrap() as usize;
+        assert_eq!(top["label"].as_str(), Some(names[i]), "{top}");
+    }
+}

@@ -155,6 +155,7 @@ fn training_on_an_image_folder_lowers_the_loss() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("finished: test accuracy"), "{stdout}");
     assert!(stderr.contains("broken.jpg") && stderr.contains("not a JPEG or PNG"), "{stderr}");
+    assert!(stderr.contains("skipped 1 unreadable images in all"), "{stderr}");
     let losses = metric_losses(&run);
     let n = losses.len();
     assert!(n >= 30, "{n} logged steps");

@@ -2,7 +2,7 @@
 //! its input normalization and class names.
 
 use anyhow::{Context, Result, bail};
-use resnet::data::{ClassList, Norm};
+use resnet::data::{ClassList, DatasetKind, Norm};
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
 use resnet::weights::{self, StateDict};
@@ -68,4 +68,15 @@ pub fn class_list(labels: Option<&Path>, file: &StateDict, classes: usize) -> Re
         }
     }
     Ok((classes == 1000).then(ClassList::imagenet))
+}
+
+/// CIFAR-10's or CIFAR-100's class names for a CIFAR network of 10 or 100 classes, to show
+/// its predictions by (not to map folders: those keep their sorted order).
+pub fn cifar_names(net: &ResNet) -> Option<ClassList> {
+    let kind = match (net.config.family, net.classes()) {
+        (Family::Cifar, 10) => DatasetKind::Cifar10,
+        (Family::Cifar, 100) => DatasetKind::Cifar100,
+        _ => return None,
+    };
+    Some(ClassList { names: kind.class_names(), synsets: vec![None; kind.classes()] })
 }

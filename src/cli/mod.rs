@@ -49,7 +49,14 @@ enum Command {
 }
 
 pub fn run() -> Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help and --version
+        Err(e) => {
+            eprintln!("{}", usage_error_line(&e.render().to_string()));
+            return Ok(ExitCode::from(2));
+        }
+    };
     if let Some(t) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
     }
@@ -62,6 +69,14 @@ pub fn run() -> Result<ExitCode> {
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
     }
+}
+
+/// clap's usage error as one line: its message and tips, without the usage block (a bad
+/// flag, like a bad file, gets one line naming what is wrong).
+fn usage_error_line(rendered: &str) -> String {
+    let message: Vec<&str> =
+        rendered.lines().take_while(|l| !l.starts_with("Usage:")).map(str::trim).filter(|l| !l.is_empty()).collect();
+    format!("{} (see --help)", message.join(" "))
 }
 
 /// Parses a dataset name.

@@ -46,16 +46,19 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
-    let Some(norm) = common::default_norm(&model, &file, a.norm.as_deref())?.or(
-        // A CIFAR net without recorded normalization: the per-channel statistics are the best guess.
-        resnet::data::Norm::from_name("cifar", None).ok(),
-    ) else {
-        bail!("{}: no input normalization; pass --norm", a.weights.display());
+    // A CIFAR net's weights that do not record their normalization could expect any of
+    // three (the published ResNet-20 uses ImageNet's statistics): no guess, as in eval.
+    let Some(norm) = common::default_norm(&model, &file, a.norm.as_deref())? else {
+        bail!(
+            "{}: the weights do not record their input normalization; pass --norm imagenet|cifar",
+            a.weights.display()
+        );
     };
     if a.resize == 0 || a.crop == 0 {
         bail!("--resize and --crop must be positive");
     }
-    let classes = common::class_list(a.labels.as_deref(), &file, model.classes())?;
+    let classes =
+        common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
     let view = EvalViews::Center { resize: a.resize, crop: a.crop };
     let threads = rayon::current_num_threads().clamp(1, 4);

@@ -201,6 +201,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
         last_good = Some(state.iteration);
     }
+    if !skipped.is_empty() {
+        eprintln!("skipped {} unreadable images in all (each named above)", skipped.len());
+    }
     // A resumed run that had already finished trains nothing: its accuracy is measured again.
     let test_acc = match test_acc {
         Some(acc) => acc,
