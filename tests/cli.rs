@@ -108,6 +108,8 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["train", "--model", "resnet20", "--lr", "fast"]), &["'fast'", "--lr"]);
     assert_error(&resnet(&["train", "--model", "resnet20", "--epoch", "3"]), &["'--epoch'", "'--epochs'"]);
     assert_error(&resnet(&["eval", "--model", "resnet20"]), &["required", "--weights", "--data"]);
+    let bare = resnet(&[]);
+    assert!(!bare.status.success() && String::from_utf8_lossy(&bare.stderr).contains("Commands:"));
     let help = resnet(&["eval", "--help"]);
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage:"));
 }

@@ -188,6 +188,10 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         (3, 7, false, true),
         (1000, 3, true, false),
         (5000, 16, false, true),
+        // More channels than a block's 512 floats (a block is one row), and a block of
+        // five rows of 100 over several tasks.
+        (70, 600, true, true),
+        (300, 100, false, false),
     ] {
         let x: Vec<f32> = random(&mut rng, rows * c).iter().map(|v| v * 2.0 + 0.5).collect();
         let gamma: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.5).collect();

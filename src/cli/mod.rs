@@ -10,6 +10,7 @@ mod predict;
 mod train;
 
 use anyhow::Result;
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -51,7 +52,8 @@ enum Command {
 pub fn run() -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(), // --help and --version
+        // --help, --version, and `resnet` alone (which shows the help).
+        Err(e) if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
             eprintln!("{}", usage_error_line(&e.render().to_string()));
             return Ok(ExitCode::from(2));

@@ -272,13 +272,18 @@ fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) -> Result<()>
         s.iter().map(|&e| iterations(e)).collect::<Result<_>>()?
     } else if folder {
         // ÷10 at epochs 30 and 60 of 90, scaled to the run's length.
-        vec![n / 3, n * 2 / 3]
+        vec![fraction(n, 1, 3), fraction(n, 2, 3)]
     } else if a.epochs.is_some() || a.iterations.is_some() {
-        vec![n / 2, n * 3 / 4]
+        vec![fraction(n, 1, 2), fraction(n, 3, 4)]
     } else {
         vec![32000, 48000]
     };
     Ok(())
+}
+
+/// `n · num / den` rounded down, without overflow for any `n`.
+fn fraction(n: usize, num: u128, den: u128) -> usize {
+    (n as u128 * num / den) as usize
 }
 
 /// How a step's batch is cut: micro-batches, and BatchNorm's groups.

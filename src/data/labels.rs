@@ -102,29 +102,66 @@ impl ClassList {
         Ok(ClassList { names, synsets })
     }
 
-    /// The index of a class folder's name: its synset ID, or its name (underscores and
-    /// spaces treated alike, so `great_white_shark` finds `great white shark`; a name
-    /// list's `tench, Tinca tinca` is found as `tench`). A name that several classes share
-    /// (ImageNet has two `crane`s and two `maillot`s) is an error, not the first match.
+    /// The index of a class folder's name: its synset ID, or its name, exactly or else
+    /// loosely (underscores and spaces treated alike, so `great_white_shark` finds `great
+    /// white shark`; a name list's `tench, Tinca tinca` is found as `tench`). A name that
+    /// several classes share (ImageNet has two `crane`s and two `maillot`s) is an error, not
+    /// the first match.
     pub fn index_of(&self, folder: &str) -> Result<usize> {
         if let Some(i) = self.synsets.iter().position(|s| s.as_deref() == Some(folder)) {
             return Ok(i);
         }
+        let matching = |matches: &dyn Fn(&str) -> bool| -> Vec<usize> {
+            (self.names.iter().enumerate()).filter(|(_, n)| matches(n)).map(|(i, _)| i).collect()
+        };
         let norm = |s: &str| s.replace('_', " ").to_lowercase();
         let want = norm(folder);
-        let found: Vec<usize> = (self.names.iter().enumerate())
-            .filter(|(_, n)| norm(n) == want || norm(n.split(',').next().unwrap_or(n)) == want)
-            .map(|(i, _)| i)
-            .collect();
+        let mut found = matching(&|n| n == folder);
+        if found.is_empty() {
+            found = matching(&|n| norm(n) == want || norm(n.split(',').next().unwrap_or(n)) == want);
+        }
         match found[..] {
             [i] => Ok(i),
             [] => bail!("class folder '{folder}' is not in the labels file (by synset or name)"),
-            _ => bail!("class folder '{folder}' names classes {found:?} of the labels file; name it by its synset"),
+            _ if self.synsets.iter().any(Option::is_some) => {
+                bail!("class folder '{folder}' names classes {found:?} of the class list; name it by its synset")
+            }
+            _ => bail!("class folder '{folder}' names classes {found:?} of the class list; name it exactly as one"),
         }
     }
 
     /// A short display name for class `i`.
     pub fn name(&self, i: usize) -> String {
         self.names.get(i).cloned().unwrap_or_else(|| format!("class {i}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(names: &[&str]) -> ClassList {
+        ClassList { names: names.iter().map(|n| n.to_string()).collect(), synsets: vec![None; names.len()] }
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_loose_matches() {
+        let l = list(&["Cat", "cat", "great white", "great_white", "dog, big"]);
+        assert_eq!(l.index_of("cat").unwrap(), 1);
+        assert_eq!(l.index_of("Cat").unwrap(), 0);
+        assert_eq!(l.index_of("great_white").unwrap(), 3);
+        assert_eq!(l.index_of("dog").unwrap(), 4);
+        let err = l.index_of("CAT").unwrap_err().to_string();
+        assert!(err.contains("[0, 1]") && err.contains("exactly"), "{err}");
+        let imagenet = ClassList::imagenet();
+        let err = imagenet.index_of("crane").unwrap_err().to_string();
+        assert!(err.contains("[134, 517]") && err.contains("synset"), "{err}");
+        assert_eq!(imagenet.index_of("n02012849").unwrap(), 134);
+    }
+
+    #[test]
+    fn repeated_class_indices_are_refused() {
+        let err = ClassList::from_json(r#"{"0": ["n0", "a"], "00": ["n1", "b"]}"#).unwrap_err().to_string();
+        assert!(err.contains("class index 0 is listed twice"), "{err}");
     }
 }

@@ -302,7 +302,7 @@ pub fn backward(
     ensure_len(&mut scr.repeated, 7 * len);
     ensure_len(&mut scr.partials, tasks * 2 * len);
     let (forward_values, grad_values) = scr.repeated[..7 * len].split_at_mut(4 * len);
-    let [mu, is, scale, shift] = blocks(forward_values, len, [&saved.mean, &saved.invstd, &saved.scale, &saved.shift]);
+    let [mu, is, scale, shift] = blocks(forward_values, c, [&saved.mean, &saved.invstd, &saved.scale, &saved.shift]);
     let forward = Forward { mu, is, scale, shift };
     // Σ dy and Σ dy·x̂ per channel, per block position in f64. (Not in f32 over runs of
     // blocks, as `channel_sums`: these sums nearly cancel, and that rounding moved
@@ -335,7 +335,7 @@ pub fn backward(
         a[j] = (sum_dy[j] / m) as f32;
         b[j] = (sum_dy_xhat[j] / m) as f32;
     }
-    let [k, a, b] = blocks(grad_values, len, [&*k, &*a, &*b]);
+    let [k, a, b] = blocks(grad_values, c, [&*k, &*a, &*b]);
     let input_grad = InputGrad { k, a, b };
     g.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(gc, xc)| {
         for (gb, xb) in gc.chunks_mut(len).zip(xc.chunks(len)) {
@@ -347,10 +347,12 @@ pub fn backward(
     });
 }
 
-/// Consecutive blocks of `room`, each filled with one of `values` (per channel) repeated.
-fn blocks<'a, const N: usize>(room: &'a mut [f32], len: usize, values: [&[f32]; N]) -> [&'a [f32]; N] {
+/// Consecutive blocks of `room`, each filled with the first `c` of one of `values` (per
+/// channel) repeated.
+fn blocks<'a, const N: usize>(room: &'a mut [f32], c: usize, values: [&[f32]; N]) -> [&'a [f32]; N] {
+    let len = block_len(c);
     for (block, v) in room.chunks_exact_mut(len).zip(values) {
-        repeat_into(block, &v[..v.len().min(len)]);
+        repeat_into(block, &v[..c]);
     }
     let room = &*room;
     std::array::from_fn(|i| &room[i * len..(i + 1) * len])

@@ -58,6 +58,7 @@ impl Warmup {
         let mean = self.recent.iter().sum::<f32>() / self.recent.len() as f32;
         if self.recent.len() == WARMUP_WINDOW && mean < threshold {
             self.done = true;
+            self.recent.clear();
         }
         self.done
     }
