@@ -195,3 +195,35 @@ fn predict_asks_for_the_normalization_and_names_cifar_classes() {
         assert_eq!(t["label"].as_str(), Some(names[t["index"].as_u64().unwrap() as usize]), "{t}");
     }
 }
+
+#[test]
+fn resume_names_the_flags_it_ignores() {
+    let dir = common::temp_dir("edge_resume_flags");
+    let data = dir.join("d.bin");
+    common::write_cifar_file(&data, 20, 1);
+    let run = dir.join("run");
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        p(&data),
+        "--test-data",
+        p(&data),
+        "--iterations",
+        "2",
+        "--batch",
+        "10",
+        "--out",
+        p(&run),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The run's settings come from its checkpoint; flags that would change them are named.
+    let out = resnet(&["train", "--resume", "--out", p(&run), "--epochs", "9", "--lr", "0.5", "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ignoring --epochs, --lr"), "{stderr}");
+    let out = resnet(&["train", "--resume", "--out", p(&run), "--quiet"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("ignoring"));
+}

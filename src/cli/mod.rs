@@ -11,7 +11,7 @@ mod train;
 
 use anyhow::Result;
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -50,8 +50,9 @@ enum Command {
 }
 
 pub fn run() -> Result<ExitCode> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         // --help, --version, and `resnet` alone (which shows the help).
         Err(e) if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
@@ -64,13 +65,24 @@ pub fn run() -> Result<ExitCode> {
     }
     match cli.command {
         Command::Info(a) => info::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => {
+            let command = Cli::command();
+            let train = command.find_subcommand("train").expect("train is a subcommand");
+            let given = matches.subcommand_matches("train").map(|m| given_flags(train, m)).unwrap_or_default();
+            train::run(a, &given)
+        }
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
     }
+}
+
+/// The arguments of `command` given on its command line (not left at their defaults), by id.
+fn given_flags(command: &clap::Command, matches: &clap::ArgMatches) -> Vec<String> {
+    let given = |id: &&clap::Id| matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine);
+    command.get_arguments().map(clap::Arg::get_id).filter(given).map(|id| id.to_string()).collect()
 }
 
 /// clap's usage error as one line: its message and tips, without the usage block (a bad

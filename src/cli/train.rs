@@ -300,7 +300,23 @@ fn batch_note(cfg: &TrainConfig) -> String {
     note
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+/// What `--resume` reads from the command line; the run's own settings come from its
+/// checkpoint, so that it continues exactly as it began.
+const RESUME_FLAGS: [&str; 6] = ["resume", "out", "model", "data", "quiet", "threads"];
+
+/// `given`: the ids of the arguments given on the command line.
+pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
+    let ignored: Vec<String> = given
+        .iter()
+        .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if a.resume && !ignored.is_empty() {
+        eprintln!(
+            "note: --resume continues the run with the settings in its checkpoint; ignoring {}",
+            ignored.join(", ")
+        );
+    }
     let (mut cfg, saved_norm) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
         let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
