@@ -3,28 +3,9 @@
 
 mod common;
 
+use common::cli::{assert_error, p, resnet};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("run resnet")
-}
-
-/// Asserts a clean failure: exit code 1, one `error:` line containing every `needle`.
-fn assert_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use std::process::Command;
 
 /// A short resnet8 run on one batch file (used for both training and evaluation),
 /// giving real weights and checkpoints to feed the error cases.

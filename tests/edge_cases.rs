@@ -4,29 +4,10 @@
 
 mod common;
 
+use common::cli::{assert_error, p, resnet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("run resnet")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// Asserts a clean failure: one `error:` line containing every needle, no panic.
-fn assert_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
-    }
-}
+use std::process::{Command, Stdio};
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -38,6 +19,16 @@ fn image_folder(dir: &Path, classes: &[&str]) {
         std::fs::create_dir_all(dir.join(class)).unwrap();
         std::fs::copy(repo("tests/golden/imagenet/wide.png"), dir.join(class).join("a.png")).unwrap();
     }
+}
+
+/// A two-step resnet8 run in `dir/run` on 20 CIFAR-like records (`dir/d.bin`).
+fn tiny_run(dir: &Path) -> PathBuf {
+    let (data, run) = (dir.join("d.bin"), dir.join("run"));
+    common::write_cifar_file(&data, 20, 1);
+    let d = p(&data);
+    let args = ["--data", d, "--test-data", d, "--iterations", "2", "--batch", "10", "--out", p(&run), "--quiet"];
+    common::cli::ok(&resnet(&[&["train", "--model", "resnet8"], &args[..]].concat()));
+    run
 }
 
 #[test]
@@ -156,26 +147,7 @@ fn predict_asks_for_the_normalization_and_names_cifar_classes() {
     // Weights without the normalization and class names our runs record, as published
     // CIFAR weights come: a one-step run's, with the metadata dropped.
     let dir = common::temp_dir("edge_predict");
-    let data = dir.join("d.bin");
-    common::write_cifar_file(&data, 20, 1);
-    let run = dir.join("run");
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&data),
-        "--test-data",
-        p(&data),
-        "--iterations",
-        "1",
-        "--batch",
-        "10",
-        "--out",
-        p(&run),
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = tiny_run(&dir);
     let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let weights = dir.join("bare.safetensors");
@@ -199,26 +171,7 @@ fn predict_asks_for_the_normalization_and_names_cifar_classes() {
 #[test]
 fn resume_names_the_flags_it_ignores() {
     let dir = common::temp_dir("edge_resume_flags");
-    let data = dir.join("d.bin");
-    common::write_cifar_file(&data, 20, 1);
-    let run = dir.join("run");
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&data),
-        "--test-data",
-        p(&data),
-        "--iterations",
-        "2",
-        "--batch",
-        "10",
-        "--out",
-        p(&run),
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = tiny_run(&dir);
     // The run's settings come from its checkpoint; flags that would change them are named.
     let out = resnet(&["train", "--resume", "--out", p(&run), "--epochs", "9", "--lr", "0.5", "--quiet"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -4,21 +4,8 @@
 
 mod common;
 
+use common::cli::{assert_error, ok, p, resnet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("run resnet")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn golden_weights() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/imagenet/resnet18.pth")
@@ -178,18 +165,6 @@ fn training_on_an_image_folder_lowers_the_loss() {
         p(&img),
     ]));
     assert!(text.contains("class2") || text.contains("class0") || text.contains("class1"), "{text}");
-}
-
-/// Asserts a clean failure: one `error:` line containing every needle, no panic.
-fn assert_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
-    }
 }
 
 #[test]

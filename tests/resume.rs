@@ -23,16 +23,22 @@ fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// (iteration, loss) of every per-iteration metrics line.
-fn losses(out: &Path) -> Vec<(u64, f64)> {
+/// (iteration, `key`) of every per-iteration metrics line (those with a `loss`).
+fn column(out: &Path, key: &str) -> Vec<(u64, f64)> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Some((v["iter"].as_u64()?, v.get("loss")?.as_f64()?))
+            v.get("loss")?;
+            Some((v["iter"].as_u64()?, v.get(key)?.as_f64()?))
         })
         .collect()
+}
+
+/// (iteration, loss) of every per-iteration metrics line.
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    column(out, "loss")
 }
 
 #[test]
@@ -97,19 +103,6 @@ fn killed_run_resumes_to_the_same_result() {
     }
 }
 
-/// (iteration, lr) of every per-iteration metrics line.
-fn rates(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.get("loss")?;
-            Some((v["iter"].as_u64()?, v["lr"].as_f64()?))
-        })
-        .collect()
-}
-
 /// Warm-up ends when the training error over the last 20 steps falls below 80%. A run
 /// resumed a few steps before that point must end it at the same step, so the window of
 /// errors is part of the checkpoint.
@@ -131,7 +124,7 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
     let reference = dir.join("reference");
     let out = flags("80").arg("--out").arg(&reference).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lrs = rates(&reference);
+    let lrs = column(&reference, "lr");
     let end = lrs.iter().position(|&(_, lr)| lr > 0.05).expect("warm-up ends within 80 steps") as u64;
     assert!(end >= 20, "warm-up needs a full window of 20 steps: ended at {end}");
 
@@ -157,6 +150,6 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(rates(&resumed), lrs, "the same rate at every step");
+    assert_eq!(column(&resumed, "lr"), lrs, "the same rate at every step");
     assert_eq!(losses(&resumed), losses(&reference));
 }
