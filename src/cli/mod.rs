@@ -93,7 +93,6 @@ fn usage_error_line(rendered: &str) -> String {
     format!("{} (see --help)", message.join(" "))
 }
 
-/// Parses a dataset name.
 /// Help for every subcommand's model flag.
 const MODEL_HELP: &str = "Model: resnet20/32/44/56/110/1202, plain20, ... (CIFAR, any 6n+2), or \
     resnet18/34/50/101/152, resnet50-v1, plain18/34 (ImageNet); `resnet info MODEL` lists its layers";
@@ -101,6 +100,7 @@ const MODEL_HELP: &str = "Model: resnet20/32/44/56/110/1202, plain20, ... (CIFAR
 const SHORTCUT_HELP: &str = "Shortcut option: A (zero-pad), B (projection when dimensions grow), C (all \
     projections). Default: A for CIFAR nets, B for ImageNet nets";
 
+/// Parses a dataset name.
 fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
     match s {
         "cifar10" => Ok(resnet::data::DatasetKind::Cifar10),
