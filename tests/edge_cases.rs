@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::cli::{assert_error, p, resnet};
+use common::cli::{assert_error, ok, p, resnet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -172,11 +172,31 @@ fn predict_asks_for_the_normalization_and_names_cifar_classes() {
 fn resume_names_the_flags_it_ignores() {
     let dir = common::temp_dir("edge_resume_flags");
     let run = tiny_run(&dir);
+    let finished = |out: &Output| ok(out).lines().find(|l| l.starts_with("finished:")).map(str::to_string);
+    let first = resnet(&["train", "--resume", "--out", p(&run), "--quiet"]);
+    // The run had finished: resuming it trains nothing, and reports its accuracy again (it
+    // printed 0.00% before), without a note.
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("ignoring"));
+    let accuracy = finished(&first).expect("a finished line");
     // The run's settings come from its checkpoint; flags that would change them are named.
     let out = resnet(&["train", "--resume", "--out", p(&run), "--epochs", "9", "--lr", "0.5", "--quiet"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(stderr.contains("ignoring --epochs, --lr"), "{stderr}");
-    let out = resnet(&["train", "--resume", "--out", p(&run), "--quiet"]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("ignoring"));
+    assert_eq!(finished(&out), Some(accuracy));
+}
+
+#[test]
+fn a_diverging_run_names_its_last_checkpoint_only_if_there_is_one() {
+    let dir = common::temp_dir("edge_nan");
+    let data = dir.join("d.bin");
+    common::write_cifar_file(&data, 20, 1);
+    let d = p(&data);
+    let train = |extra: &[&str]| {
+        let args = ["--data", d, "--test-data", d, "--batch", "10", "--lr", "1e30", "--quiet"];
+        resnet(&[&["train", "--model", "resnet8"], &args[..], extra].concat())
+    };
+    let out = train(&["--iterations", "20", "--out", p(&dir.join("fresh"))]);
+    assert_error(&out, &["loss became", "no checkpoint was written yet"]);
+    let out = train(&["--iterations", "20", "--checkpoint-every", "1", "--out", p(&dir.join("saved"))]);
+    assert_error(&out, &["loss became", "the last good checkpoint is", "checkpoint.safetensors (iteration"]);
 }
