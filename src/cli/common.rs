@@ -26,6 +26,14 @@ pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Resul
     Ok((net, file))
 }
 
+/// Refuses a zero `--resize` or `--crop` (an empty view) before any image is read.
+pub fn check_view(resize: usize, crop: usize) -> Result<()> {
+    if resize == 0 || crop == 0 {
+        bail!("--resize and --crop must be positive");
+    }
+    Ok(())
+}
+
 /// The normalization recorded in a weights file we wrote, if any.
 pub fn saved_norm(file: &StateDict) -> Result<Option<Norm>> {
     file.metadata

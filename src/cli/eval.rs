@@ -187,9 +187,7 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
     let (folder, norm) = (Arc::new(folder), Arc::new(norm));
     let (protocol, result) = match a.protocol.as_str() {
         "center" | "10crop" => {
-            if a.resize == 0 || a.crop == 0 {
-                bail!("--resize and --crop must be positive");
-            }
+            common::check_view(a.resize, a.crop)?;
             let views = if a.protocol == "center" {
                 EvalViews::Center { resize: a.resize, crop: a.crop }
             } else {

@@ -54,9 +54,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.weights.display()
         );
     };
-    if a.resize == 0 || a.crop == 0 {
-        bail!("--resize and --crop must be positive");
-    }
+    common::check_view(a.resize, a.crop)?;
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));

@@ -250,39 +250,37 @@ pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32], bufs: &m
 /// (18·c_out) to work in.
 fn transform_input_channel(s: &ConvShape, w: &[f32], ci: usize, g: &mut [f32], gg: &mut [f32], out: SharedOut) {
     let (ci_n, co) = (s.c_in, s.c_out);
-    {
-        // g[tap][co] for this input channel, then G g (6×3) per output channel.
-        for (tap, g) in g.chunks_exact_mut(co).enumerate() {
-            g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
-        }
-        gg.fill(0.0);
-        for (i, row) in G.iter().enumerate() {
-            for kx in 0..3 {
-                let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
-                for (ky, &f) in row.iter().enumerate() {
-                    if f != 0.0 {
-                        let src = &g[(ky * 3 + kx) * co..(ky * 3 + kx + 1) * co];
-                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
-                    }
+    // g[tap][co] for this input channel, then G g (6×3) per output channel.
+    for (tap, g) in g.chunks_exact_mut(co).enumerate() {
+        g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
+    }
+    gg.fill(0.0);
+    for (i, row) in G.iter().enumerate() {
+        for kx in 0..3 {
+            let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
+            for (ky, &f) in row.iter().enumerate() {
+                if f != 0.0 {
+                    let src = &g[(ky * 3 + kx) * co..(ky * 3 + kx + 1) * co];
+                    dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
                 }
             }
         }
-        let strip = if panel::applies(co) { panel::STRIP } else { co };
-        for i in 0..T_IN {
-            for (j, row) in G.iter().enumerate() {
-                // Row ci of U[p], strip by strip (one strip when row-major).
-                let p = i * T_IN + j;
-                for k in 0..co / strip {
-                    let at = p * ci_n * co + (k * ci_n + ci) * strip;
-                    // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
-                    // ci, written only by the task of input channel ci.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) };
-                    dst.fill(0.0);
-                    for (kx, &f) in row.iter().enumerate() {
-                        if f != 0.0 {
-                            let src = &gg[(i * 3 + kx) * co + k * strip..][..strip];
-                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
-                        }
+    }
+    let strip = if panel::applies(co) { panel::STRIP } else { co };
+    for i in 0..T_IN {
+        for (j, row) in G.iter().enumerate() {
+            // Row ci of U[p], strip by strip (one strip when row-major).
+            let p = i * T_IN + j;
+            for k in 0..co / strip {
+                let at = p * ci_n * co + (k * ci_n + ci) * strip;
+                // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
+                // ci, written only by the task of input channel ci.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) };
+                dst.fill(0.0);
+                for (kx, &f) in row.iter().enumerate() {
+                    if f != 0.0 {
+                        let src = &gg[(i * 3 + kx) * co + k * strip..][..strip];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
                     }
                 }
             }
