@@ -119,7 +119,7 @@ pub fn pipeline_ips(
 ) -> anyhow::Result<f64> {
     use crate::data::folder::{ImageFolder, split_dir};
     use crate::data::imagenet::{FolderSamples, FolderTransform, TrainTransform};
-    use crate::data::{BatchLoader, Norm};
+    use crate::data::{BatchLoader, Norm, Spare};
     use std::sync::Arc;
     let mut folder = ImageFolder::scan(&split_dir(dir, "train")?, None)?;
     let originals = folder.samples.clone();
@@ -135,8 +135,11 @@ pub fn pipeline_ips(
     let order = Arc::new((0..samples.folder.len() as u32).collect::<Vec<_>>());
     let t = Instant::now();
     let mut seen = 0;
-    for b in BatchLoader::new(samples, order, batch, 0, Some((0, 0)), threads) {
+    // Batches handed back, as training does, so that their buffers are reused.
+    let spare = Spare::default();
+    for b in BatchLoader::new(samples, order, batch, 0, Some((0, 0)), threads, spare.clone()) {
         seen += b.len();
+        spare.put(b);
     }
     Ok(seen as f64 / t.elapsed().as_secs_f64())
 }

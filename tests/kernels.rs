@@ -415,6 +415,56 @@ fn panel_packed_product_matches_naive_reference() {
 }
 
 #[test]
+fn panel_product_of_transposed_a_matches_naive_reference() {
+    if !panel::applies(16) {
+        println!("skipped: the panel product needs AVX2 and FMA");
+        return;
+    }
+    // A given as its transpose (k rows of m floats, further apart than m), as the weight
+    // gradients use it: every remainder of rows (m mod 6), more rows than a row panel
+    // (96), k past one k-block (1024), a range of strips, and accumulation onto C.
+    let mut rng = Rng::new(17);
+    let mut a_panel = vec![f32::NAN; 1 << 10];
+    let cases = [(7, 48, 5, 0..3), (13, 64, 1500, 1..3), (1, 32, 3, 1..2), (100, 16, 9, 0..1), (203, 96, 256, 2..6)];
+    for ((m, n, k, strips), accumulate) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
+        let ldat = m + 3;
+        let at = random(&mut rng, (k - 1) * ldat + m);
+        let b = random(&mut rng, k * n);
+        let ldc = n + 5;
+        let c0 = random(&mut rng, m * ldc);
+        let cols = strips.start * 16..strips.end * 16;
+        let mut packed = vec![f32::NAN; n * k];
+        panel::pack(Mat::rows(&b, n), k, n, &mut packed);
+        let mut c = c0.clone();
+        panel::product_packed_transposed(
+            &mut c,
+            ldc,
+            m,
+            strips.clone(),
+            k,
+            &at,
+            ldat,
+            &packed,
+            accumulate,
+            &mut a_panel,
+        );
+        for i in 0..m {
+            for (col, j) in cols.clone().enumerate() {
+                let sum: f64 = (0..k).map(|p| at[p * ldat + i] as f64 * b[p * n + j] as f64).sum();
+                let want = sum + if accumulate { c0[i * ldc + col] as f64 } else { 0.0 };
+                let got = c[i * ldc + col] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "m={m} n={n} k={k} at ({i}, {j}): {got} vs {want}"
+                );
+            }
+            let beyond = cols.len()..ldc;
+            assert!(beyond.clone().all(|j| c[i * ldc + j] == c0[i * ldc + j]), "wrote past the strips");
+        }
+    }
+}
+
+#[test]
 fn winograd_matches_naive_reference() {
     // Called directly, whatever `applies` would choose on this machine's core count.
     let mut rng = Rng::new(9);

@@ -8,7 +8,7 @@
 use super::prefetch::Prefetch;
 use crate::rng::Rng;
 use anyhow::Result;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A collection the loader draws from: sample `i` is written as `views()` normalized
 /// HWC f32 images of `hw()` pixels (one, or e.g. the ten crops of 10-crop testing), and
@@ -41,6 +41,9 @@ pub struct Batch {
 }
 
 impl Batch {
+    fn empty() -> Self {
+        Batch { images: Vec::new(), views: 1, hw: (0, 0), labels: Vec::new(), errors: Vec::new() }
+    }
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -58,15 +61,24 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<u32>
     order
 }
 
-/// Builds batch `b` of `order` (the last batch may be short). `augment`:
-/// `Some((seed, epoch))` for training-time augmentation.
-pub fn build_batch(data: &dyn Samples, order: &[u32], batch: usize, b: usize, augment: Option<(u64, u64)>) -> Batch {
+/// Builds batch `b` of `order` (the last batch may be short), in the memory of `reuse` if
+/// given. `augment`: `Some((seed, epoch))` for training-time augmentation.
+pub fn build_batch(
+    data: &dyn Samples,
+    order: &[u32],
+    batch: usize,
+    b: usize,
+    augment: Option<(u64, u64)>,
+    reuse: Option<Batch>,
+) -> Batch {
     let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
     let (h, w) = data.hw();
     let len = data.views() * h * w * 3;
-    let mut images = vec![0f32; idx.len() * len];
-    let mut labels = Vec::with_capacity(idx.len());
-    let mut errors = Vec::new();
+    let Batch { mut images, mut labels, mut errors, .. } = reuse.unwrap_or(Batch::empty());
+    images.clear();
+    images.resize(idx.len() * len, 0.0);
+    labels.clear();
+    errors.clear();
     for (k, &i) in idx.iter().enumerate() {
         let out = &mut images[labels.len() * len..(labels.len() + 1) * len];
         let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (b * batch + k) as u64));
@@ -79,10 +91,34 @@ pub fn build_batch(data: &dyn Samples, order: &[u32], batch: usize, b: usize, au
     Batch { images, views: data.views(), hw: (h, w), labels, errors }
 }
 
-/// Streams the batches `start..` of one epoch, built in background threads.
+/// Batches handed back after use, for the loader's workers to fill again: a training
+/// run's batches are then made in the same few buffers from its first steps to its last.
+#[derive(Clone, Default)]
+pub struct Spare(Arc<Mutex<Vec<Batch>>>);
+
+/// Spare batches kept at most: the workers' queues hold `AHEAD` each, so more would wait
+/// unused.
+const MAX_SPARE: usize = 8;
+
+impl Spare {
+    /// Gives a used batch back.
+    pub fn put(&self, batch: Batch) {
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < MAX_SPARE {
+            spare.push(batch);
+        }
+    }
+    fn take(&self) -> Option<Batch> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+}
+
+/// Streams the batches `start..` of one epoch, built in background threads in the
+/// batches that `spare` holds, where it holds any.
 pub struct BatchLoader(Prefetch<Batch>);
 
 impl BatchLoader {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         data: Arc<dyn Samples>,
         order: Arc<Vec<u32>>,
@@ -90,9 +126,12 @@ impl BatchLoader {
         start: usize,
         augment: Option<(u64, u64)>,
         workers: usize,
+        spare: Spare,
     ) -> Self {
         let end = order.len().div_ceil(batch);
-        BatchLoader(Prefetch::new(start, end, workers, move |b| build_batch(data.as_ref(), &order, batch, b, augment)))
+        BatchLoader(Prefetch::new(start, end, workers, move |b| {
+            build_batch(data.as_ref(), &order, batch, b, augment, spare.take())
+        }))
     }
 
     /// Index (within the epoch) of the batch the next call returns.
@@ -105,5 +144,66 @@ impl Iterator for BatchLoader {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
         self.0.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sample i: 2×2 pixels of `i + a random draw`, label i % 3; sample 5 is unreadable.
+    struct Fake;
+    impl Samples for Fake {
+        fn len(&self) -> usize {
+            11
+        }
+        fn hw(&self) -> (usize, usize) {
+            (2, 2)
+        }
+        fn write(&self, i: usize, rng: Option<&mut Rng>, out: &mut [f32]) -> Result<u32> {
+            anyhow::ensure!(i != 5, "sample 5 is corrupt");
+            let noise = rng.map_or(0.0, |r| r.uniform() as f32);
+            out.iter_mut().enumerate().for_each(|(k, v)| *v = i as f32 + k as f32 / 100.0 + noise);
+            Ok(i as u32 % 3)
+        }
+    }
+
+    fn contents(b: &Batch) -> (Vec<f32>, Vec<u32>, Vec<String>) {
+        (b.images.clone(), b.labels.clone(), b.errors.clone())
+    }
+
+    #[test]
+    fn batches_built_in_used_memory_equal_fresh_ones() {
+        let order = epoch_order(Fake.len(), 7, 1, true);
+        let augment = Some((7, 1));
+        // A used batch, longer than any of these and full of NaN, with labels and errors.
+        let used = || Batch {
+            images: vec![f32::NAN; 1000],
+            views: 1,
+            hw: (9, 9),
+            labels: vec![9; 40],
+            errors: vec!["old".into()],
+        };
+        for b in 0..3 {
+            let fresh = build_batch(&Fake, &order, 4, b, augment, None);
+            let reused = build_batch(&Fake, &order, 4, b, augment, Some(used()));
+            assert_eq!(contents(&fresh), contents(&reused), "batch {b}");
+            assert_eq!(reused.hw, (2, 2));
+        }
+        // Through the loader: batches handed back give the same epoch.
+        let data: Arc<dyn Samples> = Arc::new(Fake);
+        let order = Arc::new(order);
+        let fresh: Vec<_> = BatchLoader::new(data.clone(), order.clone(), 4, 0, augment, 2, Spare::default())
+            .map(|b| contents(&b))
+            .collect();
+        let spare = Spare::default();
+        spare.put(used());
+        let mut recycled = Vec::new();
+        for b in BatchLoader::new(data, order, 4, 0, augment, 2, spare.clone()) {
+            recycled.push(contents(&b));
+            spare.put(b);
+        }
+        assert_eq!(fresh, recycled);
+        assert!(fresh.iter().any(|(_, _, errors)| errors.len() == 1), "sample 5 reported");
     }
 }

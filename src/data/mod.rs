@@ -13,5 +13,5 @@ pub mod transform;
 
 pub use cifar::{Dataset, DatasetKind};
 pub use labels::ClassList;
-pub use loader::{Batch, BatchLoader, Samples};
+pub use loader::{Batch, BatchLoader, Samples, Spare};
 pub use transform::{CifarSamples, Norm};

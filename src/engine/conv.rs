@@ -487,6 +487,11 @@ fn weights_and_scatter(
         panel::pack(Mat::rows(w, s.patch()), s.c_out, s.patch(), &mut own);
         &own[..s.weight_len()]
     });
+    // The weight gradient by our panel kernel where the output channels come in 16s, as
+    // its transpose (the panel kernel's B is then the output gradient, packed per tile:
+    // smaller than the column matrix, which the `gemm` crate packed, into memory it
+    // allocated on every call).
+    let transposed_dw = panel::applies(s.c_out);
     // Each group of images scatters into its own images of dx.
     let (dx, add) = match dx {
         Some((dx, add)) => (Some(SharedOut(dx[..n * s.in_len()].as_mut_ptr())), add),
@@ -514,9 +519,18 @@ fn weights_and_scatter(
                 im2col(s, x, start..end, &mut scr.col);
                 &scr.col[..m * s.patch()]
             };
-            // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
-            let dyt = Mat::transposed(dyg, s.c_out);
-            matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
+            if transposed_dw {
+                // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], col read in place.
+                ensure_len(&mut scr.b_panel, m * s.c_out);
+                panel::pack(Mat::rows(dyg, s.c_out), m, s.c_out, &mut scr.b_panel);
+                let strips = 0..s.c_out / panel::STRIP;
+                let (b, a_panel) = (&scr.b_panel, &mut scr.a_panel);
+                panel::product_packed_transposed(dwt, s.c_out, s.patch(), strips, m, col, s.patch(), b, true, a_panel);
+            } else {
+                // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
+                let dyt = Mat::transposed(dyg, s.c_out);
+                matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
+            }
             if let Some(dxt) = dxt.as_deref_mut() {
                 // dx rows (+)= dy rows · w, straight into dx for 1×1 (rows are pixels),
                 // else into column gradients that col2im adds up.
@@ -546,6 +560,14 @@ fn weights_and_scatter(
             start = end;
         }
     });
-    dw.copy_from_slice(sum);
+    if transposed_dw {
+        for (q, row) in sum.chunks_exact(s.c_out).enumerate() {
+            for (o, &v) in row.iter().enumerate() {
+                dw[o * s.patch() + q] = v;
+            }
+        }
+    } else {
+        dw.copy_from_slice(sum);
+    }
     ws.packed_weights = own;
 }

@@ -16,8 +16,8 @@
 //!   pool take one at a time ([`for_each_item`]); sums over items are added in a fixed
 //!   order ([`sum_groups`]), so results do not depend on which thread did what;
 //! - each thread owns its scratch in a [`Workspace`], so after the first training step
-//!   nothing is allocated but the `gemm` crate's small packing buffers for the weight
-//!   gradients (`tests/allocations.rs`).
+//!   nothing is allocated (`tests/allocations.rs`; where the panel kernel does not apply,
+//!   the `gemm` crate still allocates its packing room on every call).
 
 pub mod batchnorm;
 pub mod conv;
@@ -41,6 +41,8 @@ pub struct Scratch {
     pub dcol: Vec<f32>,
     /// Rows of a GEMM's A, interleaved for `panel::product_packed`.
     pub a_panel: Vec<f32>,
+    /// A tile of the output gradient, packed as B for `panel::product_packed_transposed`.
+    pub b_panel: Vec<f32>,
     pub winograd: winograd::Bufs,
     pub winograd_small: winograd_small::Bufs,
 }

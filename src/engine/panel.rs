@@ -148,6 +148,63 @@ pub fn product_packed(
     }
 }
 
+/// `C (+)= A · B` as [`product_packed`], with A given by its transpose: `A[r][p]` at
+/// `at[p*ldat + r]`, k rows of m floats `ldat` apart. For the weight gradients
+/// `dwᵀ = colᵀ · dy`, whose A is the column matrix as im2col leaves it. Each block of A is
+/// first copied into `a_panel` in groups of 6 rows, as `product_packed` interleaves them: read
+/// in place, a step of k goes `ldat` floats further, and at ResNet-50's 1024 or 2048
+/// channels every step of a block falls into the same few sets of the L1 cache (ResNet-50
+/// trained 8–12% slower).
+#[allow(clippy::too_many_arguments)]
+pub fn product_packed_transposed(
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    strips: std::ops::Range<usize>,
+    k: usize,
+    at: &[f32],
+    ldat: usize,
+    packed: &[f32],
+    accumulate: bool,
+    a_panel: &mut Vec<f32>,
+) {
+    let width = strips.len() * STRIP;
+    assert!(applies(STRIP) && k > 0 && ldat >= m && ldc >= width);
+    assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && at.len() >= (k - 1) * ldat + m));
+    assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
+    for i0 in (0..m).step_by(MC) {
+        let mc = MC.min(m - i0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
+            group_columns(&at[k0 * ldat + i0..], ldat, mc, kc, a_panel);
+            for (col, j) in strips.clone().enumerate() {
+                // SAFETY: the grouped copy of A's rows i0..i0+mc (rounded up to groups of
+                // 6, kc steps), rows i0..i0+mc of C from column 16·col (16 floats each)
+                // and the kc rows of strip j from row k0 are in bounds (asserts above).
+                unsafe {
+                    let b = packed.as_ptr().add((j * k + k0) * STRIP);
+                    let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
+                    let accumulate = accumulate || k0 > 0;
+                    row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, accumulate, None);
+                }
+            }
+        }
+    }
+}
+
+/// Copies m rows of kc steps of A, given by its transpose (step p of row r at
+/// `at[p*ldat + r]`), into `out` as [`interleave`] does: row r of group g, step p at
+/// `out[g·6·kc + 6p + r]`. A last, short group's missing rows are left as they were.
+fn group_columns(at: &[f32], ldat: usize, m: usize, kc: usize, out: &mut [f32]) {
+    for p in 0..kc {
+        let step = &at[p * ldat..][..m];
+        for (g, rows) in step.chunks(MR).enumerate() {
+            out[g * MR * kc + MR * p..][..rows.len()].copy_from_slice(rows);
+        }
+    }
+}
+
 /// Copies m rows of kc floats of A (`lda` apart) into `out` in groups of 6 rows, each
 /// group step by step: row r of group g, step p at `out[g·6·kc + 6p + r]`. The rows of a
 /// last, short group keep their places; the rest of it is left as it was.

@@ -5,7 +5,7 @@
 pub mod multiscale;
 pub mod predict;
 
-use crate::data::{BatchLoader, Samples};
+use crate::data::{BatchLoader, Samples, Spare};
 use crate::model::ResNet;
 use std::sync::Arc;
 
@@ -86,16 +86,17 @@ pub fn evaluate(model: &mut ResNet, data: Arc<dyn Samples>, batch: usize, worker
     let per_batch = (batch / views).max(1);
     let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
     let mut r = EvalResult::new(classes);
-    for b in BatchLoader::new(data, order, per_batch, 0, None, workers) {
+    let spare = Spare::default();
+    for b in BatchLoader::new(data, order, per_batch, 0, None, workers, spare.clone()) {
         r.skipped.extend(b.errors.iter().cloned());
-        if b.is_empty() {
-            continue;
+        if !b.is_empty() {
+            let logits = model.forward(false, b.len() * views, b.hw, &b.images);
+            let probs = average_views(&softmax(logits, classes), classes, views);
+            for (p, &label) in probs.chunks_exact(classes).zip(&b.labels) {
+                r.add(p, label);
+            }
         }
-        let logits = model.forward(false, b.len() * views, b.hw, &b.images);
-        let probs = average_views(&softmax(logits, classes), classes, views);
-        for (p, &label) in probs.chunks_exact(classes).zip(&b.labels) {
-            r.add(p, label);
-        }
+        spare.put(b);
     }
     r.finish()
 }

@@ -132,10 +132,10 @@ impl ModelConfig {
     }
 
     /// Stem output channels and the planes of each stage.
-    pub fn widths(&self) -> (usize, Vec<usize>) {
+    pub fn widths(&self) -> (usize, &'static [usize]) {
         match self.family {
-            Family::Cifar => (16, vec![16, 32, 64]),
-            Family::ImageNet => (64, vec![64, 128, 256, 512]),
+            Family::Cifar => (16, &[16, 32, 64]),
+            Family::ImageNet => (64, &[64, 128, 256, 512]),
         }
     }
 

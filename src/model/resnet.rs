@@ -74,7 +74,7 @@ impl ResNet {
         let shortcut = config.residual.then_some(config.shortcut);
         let mut blocks = Vec::new();
         let mut c = stem_c;
-        for (stage, (&count, &planes)) in config.stages.iter().zip(&widths).enumerate() {
+        for (stage, (&count, &planes)) in config.stages.iter().zip(widths).enumerate() {
             for i in 0..count {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let block = if config.bottleneck {

@@ -5,7 +5,7 @@ use super::checkpoint::{self, TrainState};
 use super::data::Datasets;
 use super::schedule::Warmup;
 use super::{StepScratch, TrainConfig, step};
-use crate::data::{BatchLoader, loader::epoch_order};
+use crate::data::{BatchLoader, Spare, loader::epoch_order};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
 use crate::model::{ModelConfig, ResNet};
@@ -86,6 +86,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let mut scratch = StepScratch::default();
     let mut skipped = std::collections::HashSet::new();
     let mut test_acc = None;
+    // The batches' memory, handed back after each step and filled again by the loader.
+    let spare = Spare::default();
     while state.iteration < cfg.iterations {
         let epoch = state.iteration / per_epoch;
         let start = state.iteration % per_epoch;
@@ -97,6 +99,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             start,
             Some((cfg.seed, epoch as u64)),
             cfg.loader_threads,
+            spare.clone(),
         );
         let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
         let bar = progress_bar(progress, steps_this_epoch, epoch);
@@ -121,6 +124,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             }
             let (loss, ok) =
                 step(&mut model, batch.hw, &batch.images, &batch.labels, cfg.accumulate, sgd, &mut scratch);
+            spare.put(batch);
             if !loss.is_finite() {
                 bar.abandon();
                 let fallback = match last_good {
