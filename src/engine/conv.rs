@@ -488,9 +488,8 @@ fn weights_and_scatter(
         &own[..s.weight_len()]
     });
     // The weight gradient by our panel kernel where the output channels come in 16s, as
-    // its transpose (the panel kernel's B is then the output gradient, packed per tile:
-    // smaller than the column matrix, which the `gemm` crate packed, into memory it
-    // allocated on every call).
+    // its transpose, so that the kernel's 16 columns are output channels (the `gemm`
+    // crate, which ran it before, allocated its packing room on every call).
     let transposed_dw = panel::applies(s.c_out);
     // Each group of images scatters into its own images of dx.
     let (dx, add) = match dx {
@@ -520,7 +519,8 @@ fn weights_and_scatter(
                 &scr.col[..m * s.patch()]
             };
             if transposed_dw {
-                // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], col read in place.
+                // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], the tile of dy
+                // packed in strips.
                 ensure_len(&mut scr.b_panel, m * s.c_out);
                 panel::pack(Mat::rows(dyg, s.c_out), m, s.c_out, &mut scr.b_panel);
                 let strips = 0..s.c_out / panel::STRIP;

@@ -150,11 +150,11 @@ pub fn product_packed(
 
 /// `C (+)= A · B` as [`product_packed`], with A given by its transpose: `A[r][p]` at
 /// `at[p*ldat + r]`, k rows of m floats `ldat` apart. For the weight gradients
-/// `dwᵀ = colᵀ · dy`, whose A is the column matrix as im2col leaves it. Each block of A is
-/// first copied into `a_panel` in groups of 6 rows, as `product_packed` interleaves them: read
-/// in place, a step of k goes `ldat` floats further, and at ResNet-50's 1024 or 2048
-/// channels every step of a block falls into the same few sets of the L1 cache (ResNet-50
-/// trained 8–12% slower).
+/// `dwᵀ = colᵀ · dy`, whose A is the column matrix as im2col leaves it. Each block of A
+/// is first copied into `a_panel` in groups of 6 rows, as `product_packed` interleaves
+/// them. Read in place, each step of k is `ldat` floats further on, and at ResNet-50's
+/// 1024 or 2048 channels every step of a block falls into the same few sets of the L1
+/// cache (ResNet-50 trained 8–12% slower).
 #[allow(clippy::too_many_arguments)]
 pub fn product_packed_transposed(
     c: &mut [f32],
