@@ -54,6 +54,21 @@ fn killed_run_resumes_to_the_same_result() {
     let out = train_cmd(&dir, &reference, &[]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // `--epochs 4` scales the paper's schedule: ÷10 after half the steps and again after
+    // three quarters (the lr logged with a step is the one it used).
+    let lr_want = |iter: u64| {
+        if iter <= total / 2 {
+            0.1
+        } else if iter <= total * 3 / 4 {
+            0.01
+        } else {
+            0.001
+        }
+    };
+    let lrs = column(&reference, "lr");
+    assert_eq!(lrs.len() as u64, total);
+    assert!(lrs.iter().all(|&(iter, lr)| (lr - lr_want(iter)).abs() < 1e-9), "lr schedule: {lrs:?}");
+
     // Same seed, other loader thread count: identical losses.
     let other = dir.join("other_loader");
     let out = train_cmd(&dir, &other, &["--loader-threads", "3"]).output().unwrap();
@@ -152,4 +167,26 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(column(&resumed, "lr"), lrs, "the same rate at every step");
     assert_eq!(losses(&resumed), losses(&reference));
+}
+
+/// The scaled schedule's drops never come before the first step: a one-step run trains
+/// at the rate it was given, not a hundredth of it.
+#[test]
+fn a_one_step_run_uses_the_given_rate() {
+    let dir = common::temp_dir("one_step");
+    common::write_cifar_file(&dir.join("train.bin"), 16, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 4, 2);
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--epochs", "1", "--lr", "0.05"])
+        .args(["--log-every", "1", "--quiet", "--data"])
+        .arg(dir.join("train.bin"))
+        .arg("--test-data")
+        .arg(dir.join("test.bin"))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(column(&run, "lr"), vec![(1, 0.05)]);
 }

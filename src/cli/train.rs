@@ -271,10 +271,11 @@ fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) -> Result<()>
     } else if let Some(s) = &a.schedule {
         s.iter().map(|&e| iterations(e)).collect::<Result<_>>()?
     } else if folder {
-        // ÷10 at epochs 30 and 60 of 90, scaled to the run's length.
-        vec![fraction(n, 1, 3), fraction(n, 2, 3)]
+        // ÷10 at epochs 30 and 60 of 90, scaled to the run's length; never before the
+        // first step, so that a one-step run trains at the rate it was given.
+        vec![fraction(n, 1, 3).max(1), fraction(n, 2, 3).max(1)]
     } else if a.epochs.is_some() || a.iterations.is_some() {
-        vec![fraction(n, 1, 2), fraction(n, 3, 4)]
+        vec![fraction(n, 1, 2).max(1), fraction(n, 3, 4).max(1)]
     } else {
         vec![32000, 48000]
     };
