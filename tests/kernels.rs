@@ -69,6 +69,10 @@ fn conv_forward_and_backward_match_naive_reference() {
         // Fewer output rows than threads have tiles: the channels are split, unevenly.
         (1, ConvShape { c_in: 8, c_out: 52, kernel: 3, stride: 1, pad: 1, h: 4, w: 5 }),
         (1, ConvShape { c_in: 64, c_out: 40, kernel: 1, stride: 1, pad: 0, h: 3, w: 3 }),
+        // 1×1 layers whose weight gradient runs on the panel kernel (16s of output
+        // channels), the second over several row tiles.
+        (2, ConvShape { c_in: 40, c_out: 64, kernel: 1, stride: 1, pad: 0, h: 9, w: 7 }),
+        (3, ConvShape { c_in: 24, c_out: 32, kernel: 1, stride: 1, pad: 0, h: 13, w: 17 }),
         // Several row tiles (256 rows each) with a partial last one, across images.
         (3, ConvShape { c_in: 4, c_out: 8, kernel: 3, stride: 1, pad: 1, h: 13, w: 17 }),
         // Winograd F(4x4, 3x3): partial edge tiles, and channel counts past its 64-wide chunks.
