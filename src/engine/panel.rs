@@ -2,8 +2,9 @@
 //! multiple of 16, with B packed by [`pack`] into contiguous 16-column strips. For the
 //! convolutions' GEMMs with the weights as B (packed once per call in training, once for
 //! all calls in inference; the `gemm` crate repacked them for every tile of rows: 6% of
-//! ResNet-50's inference at batch 16, 12% at batch 1), and for Winograd's per-position
-//! GEMMs, whose transformed weights are written in this layout.
+//! ResNet-50's inference at batch 16, 12% at batch 1), for their weight gradients, with a
+//! tile of the output gradient as B ([`product_packed_transposed`]), and for Winograd's
+//! per-position GEMMs, whose transformed weights are written in this layout.
 //!
 //! Strips must be contiguous: read in place with rows `n` floats apart, a strip's rows fall
 //! into a few sets of the L1 cache once `n` is a power of two of 256 or more (see
