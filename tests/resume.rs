@@ -9,10 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `resnet train` of resnet8 at batch 16 on `data`'s train.bin and test.bin into `out`,
+/// logging every step, with `extra` flags.
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    c.args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--epochs", "4"])
-        .args(["--log-every", "1", "--checkpoint-every", "7", "--quiet", "--seed", "5"])
+    c.args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--log-every", "1", "--quiet"])
         .arg("--data")
         .arg(data.join("train.bin"))
         .arg("--test-data")
@@ -21,6 +22,23 @@ fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(out)
         .args(extra);
     c
+}
+
+/// The killed-run test's schedule: 4 epochs, a checkpoint every 7 steps, seed 5.
+fn four_epochs(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = train_cmd(data, out, &["--epochs", "4", "--checkpoint-every", "7", "--seed", "5"]);
+    c.args(extra);
+    c
+}
+
+/// `resnet train --resume` of the run in `out`, which must succeed.
+fn resume(out: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["--threads", "2", "train", "--resume", "--quiet", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// (iteration, `key`) of every per-iteration metrics line (those with a `loss`).
@@ -51,7 +69,7 @@ fn killed_run_resumes_to_the_same_result() {
 
     // Reference: uninterrupted.
     let reference = dir.join("reference");
-    let out = train_cmd(&dir, &reference, &[]).output().unwrap();
+    let out = four_epochs(&dir, &reference, &[]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `--epochs 4` scales the paper's schedule: ÷10 after half the steps and again after
@@ -71,13 +89,13 @@ fn killed_run_resumes_to_the_same_result() {
 
     // Same seed, other loader thread count: identical losses.
     let other = dir.join("other_loader");
-    let out = train_cmd(&dir, &other, &["--loader-threads", "3"]).output().unwrap();
+    let out = four_epochs(&dir, &other, &["--loader-threads", "3"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(losses(&reference), losses(&other), "same seed must give the same losses");
 
     // Killed mid-epoch 2 with SIGKILL, then resumed.
     let killed = dir.join("killed");
-    let mut child = train_cmd(&dir, &killed, &[]).spawn().unwrap();
+    let mut child = four_epochs(&dir, &killed, &[]).spawn().unwrap();
     let start = Instant::now();
     loop {
         let done = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
@@ -93,12 +111,7 @@ fn killed_run_resumes_to_the_same_result() {
     assert!(!status.success(), "the run was killed, not finished");
     let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
     assert!(state.iteration > 0 && (state.iteration as u64) < total, "checkpoint from mid-run: {}", state.iteration);
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(["--threads", "2", "train", "--resume", "--quiet", "--out"])
-        .arg(&killed)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    resume(&killed);
 
     let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
     assert_eq!(state.iteration as u64, total, "full schedule completed");
@@ -126,18 +139,12 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
     let dir = common::temp_dir("resume_warmup");
     common::write_cifar_file(&dir.join("train.bin"), 640, 1);
     common::write_cifar_file(&dir.join("test.bin"), 20, 2);
-    let flags = |iterations: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
-        c.args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--iterations", iterations])
-            .args(["--warmup", "on", "--warmup-lr", "0.05", "--milestones", "1000", "--log-every", "1"])
-            .args(["--quiet", "--seed", "3", "--data"])
-            .arg(dir.join("train.bin"))
-            .arg("--test-data")
-            .arg(dir.join("test.bin"));
-        c
+    let flags = |iterations: &str, out: &Path| {
+        let warmup = ["--warmup", "on", "--warmup-lr", "0.05", "--milestones", "1000", "--seed", "3"];
+        train_cmd(&dir, out, &[&["--iterations", iterations][..], &warmup].concat())
     };
     let reference = dir.join("reference");
-    let out = flags("80").arg("--out").arg(&reference).output().unwrap();
+    let out = flags("80", &reference).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lrs = column(&reference, "lr");
     let end = lrs.iter().position(|&(_, lr)| lr > 0.05).expect("warm-up ends within 80 steps") as u64;
@@ -147,7 +154,7 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
     // describe the full run, and resumed.
     let stop = end - 10;
     let resumed = dir.join("resumed");
-    let out = flags(&stop.to_string()).arg("--out").arg(&resumed).output().unwrap();
+    let out = flags(&stop.to_string(), &resumed).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let path = resumed.join("checkpoint.safetensors");
     let bytes = std::fs::read(&path).unwrap();
@@ -159,12 +166,7 @@ fn a_run_resumed_during_warm_up_ends_it_at_the_same_step() {
     metadata.insert("checkpoint".into(), meta.to_string());
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     std::fs::write(&path, safetensors::serialize(file.tensors(), Some(metadata)).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(["--threads", "2", "train", "--resume", "--quiet", "--out"])
-        .arg(&resumed)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    resume(&resumed);
     assert_eq!(column(&resumed, "lr"), lrs, "the same rate at every step");
     assert_eq!(losses(&resumed), losses(&reference));
 }
@@ -177,16 +179,7 @@ fn a_one_step_run_uses_the_given_rate() {
     common::write_cifar_file(&dir.join("train.bin"), 16, 1);
     common::write_cifar_file(&dir.join("test.bin"), 4, 2);
     let run = dir.join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(["--threads", "2", "train", "--model", "resnet8", "--batch", "16", "--epochs", "1", "--lr", "0.05"])
-        .args(["--log-every", "1", "--quiet", "--data"])
-        .arg(dir.join("train.bin"))
-        .arg("--test-data")
-        .arg(dir.join("test.bin"))
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = train_cmd(&dir, &run, &["--epochs", "1", "--lr", "0.05"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(column(&run, "lr"), vec![(1, 0.05)]);
 }

@@ -29,6 +29,7 @@ pub trait Samples: Send + Sync {
     fn write(&self, i: usize, rng: Option<&mut Rng>, out: &mut [f32]) -> Result<u32>;
 }
 
+#[derive(Default)]
 pub struct Batch {
     /// NHWC images, `len() * views * h * w * 3` values (a sample's views are consecutive).
     pub images: Vec<f32>,
@@ -41,9 +42,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn empty() -> Self {
-        Batch { images: Vec::new(), views: 1, hw: (0, 0), labels: Vec::new(), errors: Vec::new() }
-    }
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -74,7 +72,7 @@ pub fn build_batch(
     let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
     let (h, w) = data.hw();
     let len = data.views() * h * w * 3;
-    let Batch { mut images, mut labels, mut errors, .. } = reuse.unwrap_or(Batch::empty());
+    let Batch { mut images, mut labels, mut errors, .. } = reuse.unwrap_or_default();
     images.clear();
     images.resize(idx.len() * len, 0.0);
     labels.clear();
