@@ -41,7 +41,7 @@ fn main() {
         let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);
         model.set_conv_algo(algo);
         for t in model.named().iter_mut() {
-            *t.value_mut() = from_torch(t.layout, &t.shape, weights.get(&t.name, &t.shape).unwrap().to_vec());
+            t.set_from_host(from_torch(t.layout, &t.shape, weights.get(&t.name, &t.shape).unwrap().to_vec()));
         }
         let logits = model.forward(true, n, (32, 32), &input).to_vec();
         let mut dlogits = vec![0f32; n * 10];
@@ -51,7 +51,7 @@ fn main() {
         for t in model.named() {
             if let Slot::Param(p) = &t.slot {
                 let want = reference.get(&format!("f64.{}", t.name), &t.shape).unwrap();
-                let e = rel_err(&to_torch(t.layout, &t.shape, &p.grad), want);
+                let e = rel_err(&to_torch(t.layout, &t.shape, &p.grad.to_host()), want);
                 if e > ours {
                     (ours, at) = (e, t.name.clone());
                 }

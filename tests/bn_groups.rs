@@ -27,8 +27,8 @@ fn state(m: &mut ResNet) -> (Vec<f32>, Vec<f32>) {
     let (mut params, mut running) = (Vec::new(), Vec::new());
     for t in m.named() {
         match t.slot {
-            Slot::Param(_) => params.extend_from_slice(t.value()),
-            _ => running.extend_from_slice(t.value()),
+            Slot::Param(_) => params.extend(t.to_host()),
+            _ => running.extend(t.to_host()),
         }
     }
     (params, running)

@@ -62,7 +62,7 @@ fn check(algo: ConvAlgo) {
     model.set_conv_algo(algo);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
-        *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
+        t.set_from_host(from_torch(t.layout, &t.shape, v.to_vec()));
     }
     let n = 2;
     let input = nchw_to_nhwc(g.get("input", &[n, 3, 32, 32]).unwrap(), n, 3, 1024);
@@ -79,7 +79,7 @@ fn check(algo: ConvAlgo) {
     let mut checked = 0;
     for t in model.named() {
         if let Slot::Param(p) = &t.slot {
-            let got = to_torch(t.layout, &t.shape, &p.grad);
+            let got = to_torch(t.layout, &t.shape, &p.grad.to_host());
             let e = rel_err32(&got, g.get(&format!("grad.{}", t.name), &t.shape).unwrap());
             assert!(e < TOL, "gradient of {} rel err {e}", t.name);
             checked += 1;
@@ -92,7 +92,7 @@ fn check(algo: ConvAlgo) {
     model.set_conv_algo(algo);
     for t in model.named().iter_mut() {
         let v = g.get(&format!("init.{}", t.name), &t.shape).unwrap();
-        *t.value_mut() = from_torch(t.layout, &t.shape, v.to_vec());
+        t.set_from_host(from_torch(t.layout, &t.shape, v.to_vec()));
     }
     let sgd = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     let mut scratch = resnet::train::StepScratch::default();
@@ -100,7 +100,7 @@ fn check(algo: ConvAlgo) {
         resnet::train::step(&mut model, (32, 32), &input, &labels, 1, sgd, &mut scratch);
     }
     for t in model.named() {
-        let got = to_torch(t.layout, &t.shape, t.value());
+        let got = to_torch(t.layout, &t.shape, &t.to_host());
         let e = rel_err32(&got, g.get(&format!("step3.{}", t.name), &t.shape).unwrap());
         assert!(e < step3_tol, "{} after 3 steps: rel err {e}", t.name);
     }

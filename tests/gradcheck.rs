@@ -24,10 +24,12 @@ fn loss(model: &mut ResNet, hw: (usize, usize), x: &[f32], labels: &[u32]) -> f6
 fn shift(model: &mut ResNet, v: &[f32], eps: f32) {
     let mut off = 0;
     model.for_each_param(&mut |p| {
-        for x in p.value.iter_mut() {
+        let mut values = p.value.to_host();
+        for x in values.iter_mut() {
             *x += eps * v[off];
             off += 1;
         }
+        p.value.copy_from_host(&values);
     });
 }
 
@@ -86,7 +88,7 @@ fn whole_network_gradient_matches_finite_differences() {
         softmax_cross_entropy(n, 10, &logits, &labels, &mut dlogits);
         model.backward(&dlogits);
         let mut grad = Vec::new();
-        model.for_each_param(&mut |p| grad.extend_from_slice(&p.grad));
+        model.for_each_param(&mut |p| grad.extend(p.grad.to_host()));
         for trial in 0..3 {
             // Direction: the gradient plus a random part of equal norm, scaled to unit
             // length. A purely random direction is nearly orthogonal to the gradient, so

@@ -6,9 +6,10 @@ mod common;
 use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape, InputGrad};
+use resnet::engine::device::Epilogue;
 use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{self, ConvAlgo, Workspace, ops, panel, sgd, winograd};
+use resnet::engine::{self, ConvAlgo, DeviceVec, Workspace, ops, panel, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -685,16 +686,19 @@ fn conv_layer_drops_prepared_weights_when_they_change() {
     let mut ws = Workspace::new();
     let mut layer = resnet::nn::Conv2d::new(8, 32, 1, 1, &mut rng);
     let (n, hw) = (2, (3, 3));
-    let x = random(&mut rng, n * 9 * 8);
-    let ones = vec![1.0; 32];
-    let zeros = vec![0.0; 32];
-    let epi = conv::Epilogue { scale: &ones, shift: &zeros, residual: None, relu: false };
-    let mut before = vec![0f32; n * 9 * 32];
-    layer.forward_fused(n, hw, &x, &mut before, &epi, &mut ws);
-    layer.for_each_param(&mut |p| p.value.iter_mut().for_each(|v| *v *= -2.0));
-    let mut after = vec![0f32; n * 9 * 32];
-    layer.forward_fused(n, hw, &x, &mut after, &epi, &mut ws);
-    let want: Vec<f64> = before.iter().map(|&v| -2.0 * v as f64).collect();
+    let x = DeviceVec::from_host(random(&mut rng, n * 9 * 8));
+    let (ones, zeros) = (DeviceVec::filled(32, 1.0), DeviceVec::zeros(32));
+    let epi = Epilogue { scale: ones.view(), shift: zeros.view(), residual: None, relu: false };
+    let mut before = DeviceVec::zeros(n * 9 * 32);
+    layer.forward_fused(n, hw, x.view(), before.view_mut(), epi, &mut ws);
+    layer.for_each_param(&mut |p| {
+        let doubled: Vec<f32> = p.value.to_host().iter().map(|v| v * -2.0).collect();
+        p.value.copy_from_host(&doubled);
+    });
+    let mut after = DeviceVec::zeros(n * 9 * 32);
+    layer.forward_fused(n, hw, x.view(), after.view_mut(), epi, &mut ws);
+    let after = after.to_host();
+    let want: Vec<f64> = before.to_host().iter().map(|&v| -2.0 * v as f64).collect();
     assert!(rel_err(&after, &want) < TOL, "stale prepared weights: {}", rel_err(&after, &want));
 }
 

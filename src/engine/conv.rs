@@ -191,17 +191,18 @@ fn col2im_add(
     });
 }
 
-/// Where a backward pass puts the input gradient.
-pub enum InputGrad<'a> {
+/// Where a backward pass puts the input gradient: in a slice for the kernels here, in a
+/// `device::ViewMut` for the layers.
+pub enum InputGrad<D> {
     /// Not wanted (the network's first layer).
     Skip,
-    /// Overwrites the slice.
-    Set(&'a mut [f32]),
-    /// Adds to the slice, so that a caller can sum branches.
-    Add(&'a mut [f32]),
+    /// Overwrites it.
+    Set(D),
+    /// Adds to it, so that a caller can sum branches.
+    Add(D),
 }
 
-impl InputGrad<'_> {
+impl InputGrad<&mut [f32]> {
     /// The slice and whether to add to it, if a gradient is wanted.
     fn target(&mut self) -> Option<(&mut [f32], bool)> {
         match self {
@@ -385,7 +386,7 @@ pub fn backward(
     w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    mut dx: InputGrad,
+    mut dx: InputGrad<&mut [f32]>,
     ws: &mut Workspace,
 ) {
     let threads = ws.threads.len();
@@ -418,7 +419,7 @@ pub fn backward_im2col(
     w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    mut dx: InputGrad,
+    mut dx: InputGrad<&mut [f32]>,
     ws: &mut Workspace,
 ) {
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() == s.weight_len());

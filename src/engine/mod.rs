@@ -1,12 +1,11 @@
 //! The compute engine: every floating-point kernel of the library lives here.
 //!
-//! Layers (`crate::nn`) and models (`crate::model`) only orchestrate; they call the
-//! functions of this module on plain `f32` slices with explicit shapes, and reach no
-//! kernel any other way. That is the backend boundary. A CUDA backend would supply these
-//! functions over device memory; what it would change above them is the buffers: the
-//! layers' parameters and the models' activations are `Vec<f32>` in host memory today,
-//! and would take the backend's buffer type. The passes, the blocks and training would
-//! stay as they are.
+//! [`device`] is the backend boundary. Layers (`crate::nn`), models (`crate::model`) and
+//! training hold their tensors in its [`DeviceVec`]s and compute on them only through its
+//! functions; the compiler holds them to that, since the floats of a `DeviceVec` are
+//! private to this module. The other modules are the CPU backend's kernels, on host
+//! slices with explicit shapes. A CUDA backend would supply `device`'s memory and
+//! functions over GPU memory, and nothing above this module would change.
 //!
 //! Conventions:
 //! - activations are channels-last (NHWC), contiguous;
@@ -21,6 +20,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod device;
 pub mod direct;
 pub mod matmul;
 pub mod ops;
@@ -30,6 +30,8 @@ pub mod sgd;
 pub(crate) mod simd;
 pub mod winograd;
 pub mod winograd_small;
+
+pub use device::{DeviceVec, View, ViewMut};
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};

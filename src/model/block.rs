@@ -4,7 +4,8 @@
 //! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
 use super::Shortcut;
-use crate::engine::{Workspace, conv::InputGrad, ensure_len, ops, ops::ShortcutA};
+use crate::engine::device::{self, DeviceVec, View, ViewMut};
+use crate::engine::{Workspace, conv::InputGrad, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
 
@@ -17,15 +18,21 @@ pub struct ConvBn {
     pub bn: BatchNorm2d,
     /// Conv output (BN input) and BN(+ReLU) output, saved in training mode, and the
     /// input size they were computed for.
-    pre: Vec<f32>,
-    post: Vec<f32>,
+    pre: DeviceVec,
+    post: DeviceVec,
     in_hw: Hw,
 }
 
 impl ConvBn {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, rng: &mut Rng) -> Self {
         let conv = Conv2d::new(c_in, c_out, kernel, stride, rng);
-        ConvBn { conv, bn: BatchNorm2d::new(c_out), pre: Vec::new(), post: Vec::new(), in_hw: (0, 0) }
+        ConvBn {
+            conv,
+            bn: BatchNorm2d::new(c_out),
+            pre: DeviceVec::default(),
+            post: DeviceVec::default(),
+            in_hw: (0, 0),
+        }
     }
 
     /// `post = [relu](bn(conv(x)) [+ residual])`, the conv output going to `pre`.
@@ -35,17 +42,17 @@ impl ConvBn {
         train: bool,
         n: usize,
         hw: Hw,
-        x: &[f32],
-        pre: &mut [f32],
-        residual: Option<&[f32]>,
+        x: View,
+        pre: &mut DeviceVec,
+        residual: Option<View>,
         relu: bool,
-        post: &mut [f32],
+        post: ViewMut,
         ws: &mut Workspace,
     ) {
         self.in_hw = hw;
-        self.conv.forward(n, hw, x, pre, ws);
+        self.conv.forward(n, hw, x, pre.view_mut(), ws);
         let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        self.bn.forward(train, n, n * oh * ow, pre, residual, relu, post, &mut ws.bn);
+        self.bn.forward(train, n, n * oh * ow, pre.view(), residual, relu, post, &mut ws.bn);
     }
 
     /// Training forward into the unit's own saved buffers.
@@ -53,13 +60,13 @@ impl ConvBn {
         &mut self,
         n: usize,
         hw: Hw,
-        x: &[f32],
-        residual: Option<&[f32]>,
+        x: View,
+        residual: Option<View>,
         relu: bool,
         ws: &mut Workspace,
     ) {
         let (mut pre, mut post) = (std::mem::take(&mut self.pre), std::mem::take(&mut self.post));
-        self.run(true, n, hw, x, &mut pre, residual, relu, &mut post, ws);
+        self.run(true, n, hw, x, &mut pre, residual, relu, post.view_mut(), ws);
         (self.pre, self.post) = (pre, post);
     }
 
@@ -69,28 +76,28 @@ impl ConvBn {
     pub(super) fn backward(
         &mut self,
         n: usize,
-        x: &[f32],
+        x: View,
         relu: bool,
-        g: &mut [f32],
-        dx: InputGrad,
+        mut g: ViewMut,
+        dx: InputGrad<ViewMut>,
         ws: &mut Workspace,
     ) {
-        self.bn.backward(&self.pre, relu, g, &mut ws.bn);
-        self.conv.backward(n, self.in_hw, x, g, dx, ws);
+        self.bn.backward(self.pre.view(), relu, g.reborrow(), &mut ws.bn);
+        self.conv.backward(n, self.in_hw, x, g.view(), dx, ws);
     }
 
     /// Sizes the saved activations for `len` outputs; `post` only where this unit's own
     /// output is kept (a block's last unit writes the block output instead).
     pub(super) fn reserve(&mut self, len: usize, post: bool) {
-        ensure_len(&mut self.pre, len);
+        self.pre.ensure_len(len);
         if post {
-            ensure_len(&mut self.post, len);
+            self.post.ensure_len(len);
         }
     }
 
     /// The saved BN(+ReLU) output of the last training forward.
-    pub fn post(&self) -> &[f32] {
-        &self.post
+    pub fn post(&self) -> View<'_> {
+        self.post.view()
     }
 
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -114,7 +121,7 @@ enum ShortcutPath {
     ZeroPad {
         stride: usize,
         pad: usize,
-        out: Vec<f32>,
+        out: DeviceVec,
     },
     /// Options B/C: 1×1 conv (strided where the map shrinks) + BN.
     Projection(ConvBn),
@@ -134,7 +141,7 @@ pub struct Block {
     shortcut: ShortcutPath,
     c_in: usize,
     /// The block output, saved in training mode (the next block's input).
-    pub out: Vec<f32>,
+    pub out: DeviceVec,
 }
 
 impl Block {
@@ -180,11 +187,11 @@ impl Block {
             Some(Shortcut::B) if grows => ShortcutPath::Projection(ConvBn::new(c_in, c_out, 1, stride, rng)),
             Some(Shortcut::A) if grows => {
                 assert!(c_out >= c_in && (c_out - c_in).is_multiple_of(2), "option A needs an even channel increase");
-                ShortcutPath::ZeroPad { stride, pad: (c_out - c_in) / 2, out: Vec::new() }
+                ShortcutPath::ZeroPad { stride, pad: (c_out - c_in) / 2, out: DeviceVec::default() }
             }
             Some(_) => ShortcutPath::Identity,
         };
-        Block { units, shortcut, c_in, out: Vec::new() }
+        Block { units, shortcut, c_in, out: DeviceVec::default() }
     }
 
     pub fn c_out(&self) -> usize {
@@ -227,40 +234,41 @@ impl Block {
             cur = u.conv.out_hw(cur.0, cur.1);
         }
         let out_len = n * cur.0 * cur.1 * self.c_out();
-        ensure_len(&mut self.out, out_len);
+        self.out.ensure_len(out_len);
         match &mut self.shortcut {
-            ShortcutPath::ZeroPad { out, .. } => ensure_len(out, out_len),
+            ShortcutPath::ZeroPad { out, .. } => out.ensure_len(out_len),
             ShortcutPath::Projection(p) => p.reserve(out_len, true),
             _ => {}
         }
     }
 
     /// Training forward: saves every activation; the output goes to `self.out`.
-    pub fn forward_train(&mut self, n: usize, hw: Hw, x: &[f32], ws: &mut Workspace) {
+    pub fn forward_train(&mut self, n: usize, hw: Hw, x: View, ws: &mut Workspace) {
         self.reserve(n, hw);
-        let residual: Option<&[f32]> = match &mut self.shortcut {
+        let residual: Option<View> = match &mut self.shortcut {
             ShortcutPath::None => None,
             ShortcutPath::Identity => Some(x),
             ShortcutPath::ZeroPad { stride, pad, out } => {
-                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.forward(n, x, out);
-                Some(out.as_slice())
+                let s = ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad };
+                device::shortcut_a_forward(&s, n, x, out.view_mut());
+                Some(out.view())
             }
             ShortcutPath::Projection(p) => {
                 p.forward_saved(n, hw, x, None, false, ws);
-                Some(p.post.as_slice())
+                Some(p.post.view())
             }
         };
         let last = self.units.len() - 1;
         let mut cur = hw;
         for i in 0..=last {
             let (before, rest) = self.units.split_at_mut(i);
-            let (input, u) = (before.last().map_or(x, |u| u.post.as_slice()), &mut rest[0]);
+            let (input, u) = (before.last().map_or(x, |u| u.post.view()), &mut rest[0]);
             if i < last {
                 u.forward_saved(n, cur, input, None, true, ws);
             } else {
                 // The last BN adds the shortcut, applies the ReLU and writes the block output.
                 let (mut pre, mut out) = (std::mem::take(&mut u.pre), std::mem::take(&mut self.out));
-                u.run(true, n, cur, input, &mut pre, residual, true, &mut out, ws);
+                u.run(true, n, cur, input, &mut pre, residual, true, out.view_mut(), ws);
                 (u.pre, self.out) = (pre, out);
             }
             cur = u.conv.out_hw(cur.0, cur.1);
@@ -274,40 +282,41 @@ impl Block {
         &mut self,
         n: usize,
         hw: Hw,
-        x: &[f32],
-        out: &mut [f32],
-        t: &mut [Vec<f32>; 3],
+        x: View,
+        mut out: ViewMut,
+        t: &mut [DeviceVec; 3],
         ws: &mut Workspace,
     ) {
         let [a, b, s] = t;
-        let residual: Option<&[f32]> = match &mut self.shortcut {
+        let residual: Option<View> = match &mut self.shortcut {
             ShortcutPath::None => None,
             ShortcutPath::Identity => Some(x),
             ShortcutPath::ZeroPad { stride, pad, .. } => {
-                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.forward(n, x, s);
-                Some(s.as_slice())
+                let shape = ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad };
+                device::shortcut_a_forward(&shape, n, x, s.view_mut());
+                Some(s.view())
             }
             ShortcutPath::Projection(p) => {
                 let epi = p.bn.epilogue(None, false);
-                p.conv.forward_fused(n, hw, x, s, &epi, ws);
-                Some(s.as_slice())
+                p.conv.forward_fused(n, hw, x, s.view_mut(), epi, ws);
+                Some(s.view())
             }
         };
         // Unit i writes `a` (even i) or `b` (odd i) and the next reads it; the last writes `out`.
         let last = self.units.len() - 1;
         let mut cur = hw;
         for (i, u) in self.units.iter_mut().enumerate() {
-            let (src, dst): (&[f32], &mut [f32]) = match (i, i % 2) {
-                (0, _) => (x, a.as_mut_slice()),
-                (_, 1) => (a.as_slice(), b.as_mut_slice()),
-                _ => (b.as_slice(), a.as_mut_slice()),
+            let (src, dst): (View, ViewMut) = match (i, i % 2) {
+                (0, _) => (x, a.view_mut()),
+                (_, 1) => (a.view(), b.view_mut()),
+                _ => (b.view(), a.view_mut()),
             };
             if i < last {
                 let epi = u.bn.epilogue(None, true);
-                u.conv.forward_fused(n, cur, src, dst, &epi, ws);
+                u.conv.forward_fused(n, cur, src, dst, epi, ws);
             } else {
                 let epi = u.bn.epilogue(residual, true);
-                u.conv.forward_fused(n, cur, src, out, &epi, ws);
+                u.conv.forward_fused(n, cur, src, out.reborrow(), epi, ws);
             }
             cur = u.conv.out_hw(cur.0, cur.1);
         }
@@ -320,49 +329,51 @@ impl Block {
         &mut self,
         n: usize,
         hw: Hw,
-        x: &[f32],
-        g: &mut [f32],
-        dx: &mut [f32],
-        t1: &mut [f32],
-        t2: &mut [f32],
+        x: View,
+        g: ViewMut,
+        dx: ViewMut,
+        t1: ViewMut,
+        t2: ViewMut,
         ws: &mut Workspace,
     ) {
         let (oh, ow) = self.out_hw(hw);
         let out_len = n * oh * ow * self.c_out();
         let in_len = n * hw.0 * hw.1 * self.c_in;
-        let (g, dx) = (&mut g[..out_len], &mut dx[..in_len]);
+        let (mut g, mut dx) = (g.slice_mut(..out_len), dx.slice_mut(..in_len));
         // The ReLU after the addition, and the shortcut's gradient into dx; the first unit
         // then adds its own, except in a plain network.
-        let out = &self.out[..out_len];
+        let out = self.out.slice(..out_len);
         match &mut self.shortcut {
-            ShortcutPath::None => ops::relu_backward(g, out, None),
-            ShortcutPath::Identity => ops::relu_backward(g, out, Some(dx)),
+            ShortcutPath::None => device::relu_backward(g.reborrow(), out, None),
+            ShortcutPath::Identity => device::relu_backward(g.reborrow(), out, Some(dx.reborrow())),
             ShortcutPath::ZeroPad { stride, pad, .. } => {
-                ops::relu_backward(g, out, None);
-                ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad }.backward(n, g, dx)
+                device::relu_backward(g.reborrow(), out, None);
+                let s = ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad };
+                device::shortcut_a_backward(&s, n, g.view(), dx.reborrow());
             }
             ShortcutPath::Projection(p) => {
                 // The projection's BN backward works in place: on a copy of g.
-                let t2 = &mut t2[..out_len];
-                ops::relu_backward(g, out, Some(t2));
-                p.backward(n, x, false, t2, InputGrad::Set(dx), ws);
+                let mut t2 = t2.slice_mut(..out_len);
+                device::relu_backward(g.reborrow(), out, Some(t2.reborrow()));
+                p.backward(n, x, false, t2, InputGrad::Set(dx.reborrow()), ws);
             }
         }
         let plain = matches!(self.shortcut, ShortcutPath::None);
         // Walk the units backwards, the gradient alternating between `g` and `t1`. The last
         // unit's ReLU came after the addition (masked above); the others' are their own.
-        let (mut cur, mut next): (&mut [f32], &mut [f32]) = (g, t1);
+        let (mut cur, mut next) = (g, t1);
         let last = self.units.len() - 1;
         for i in (0..=last).rev() {
             let (before, rest) = self.units.split_at_mut(i);
             let (u, relu) = (&mut rest[0], i < last);
             if i == 0 {
-                let dx = if plain { InputGrad::Set(&mut *dx) } else { InputGrad::Add(&mut *dx) };
-                u.backward(n, x, relu, cur, dx, ws);
+                let dx = if plain { InputGrad::Set(dx.reborrow()) } else { InputGrad::Add(dx.reborrow()) };
+                u.backward(n, x, relu, cur.reborrow(), dx, ws);
             } else {
                 let (h, w) = u.in_hw;
                 let len = n * h * w * u.conv.c_in;
-                u.backward(n, &before[i - 1].post, relu, cur, InputGrad::Set(&mut next[..len]), ws);
+                let dx = InputGrad::Set(next.reborrow().slice_mut(..len));
+                u.backward(n, before[i - 1].post.view(), relu, cur.reborrow(), dx, ws);
                 std::mem::swap(&mut cur, &mut next);
             }
         }

@@ -5,15 +5,16 @@
 
 use super::block::{Block, ConvBn, Hw};
 use super::config::{Family, ModelConfig};
-use crate::engine::pool::{self, PoolShape};
+use crate::engine::device::{self, DeviceVec};
+use crate::engine::pool::PoolShape;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
 use crate::nn::{Linear, Named, Param, Slot};
 use crate::rng::Rng;
 
 /// The ImageNet stem's 3×3, stride-2, pad-1 max pool (torchvision's form).
 struct MaxPool {
-    out: Vec<f32>,
-    argmax: Vec<u32>,
+    out: DeviceVec,
+    argmax: DeviceVec<u32>,
 }
 
 impl MaxPool {
@@ -50,15 +51,18 @@ pub struct ResNet {
     /// Batch size and input size of the last training forward, and each block's input size.
     trace: Option<(usize, Hw)>,
     block_inputs: Vec<Hw>,
-    input: Vec<f32>,
-    pooled: Vec<f32>,
-    logits: Vec<f32>,
-    dpooled: Vec<f32>,
+    input: DeviceVec,
+    pooled: DeviceVec,
+    logits: DeviceVec,
+    dlogits: DeviceVec,
+    dpooled: DeviceVec,
     // Gradient buffers shared by all blocks (ping-pong plus two scratch).
-    grads: [Vec<f32>; 4],
+    grads: [DeviceVec; 4],
     // Inference buffers: input/output ping-pong and scratch.
-    eval_io: [Vec<f32>; 2],
-    eval_tmp: [Vec<f32>; 3],
+    eval_io: [DeviceVec; 2],
+    eval_tmp: [DeviceVec; 3],
+    /// The logits of the last forward, copied to the host.
+    host_logits: Vec<f32>,
 }
 
 impl ResNet {
@@ -67,9 +71,10 @@ impl ResNet {
         let (stem_c, widths) = config.widths();
         let (stem, pool) = match config.family {
             Family::Cifar => (ConvBn::new(3, stem_c, 3, 1, &mut rng), None),
-            Family::ImageNet => {
-                (ConvBn::new(3, stem_c, 7, 2, &mut rng), Some(MaxPool { out: Vec::new(), argmax: Vec::new() }))
-            }
+            Family::ImageNet => (
+                ConvBn::new(3, stem_c, 7, 2, &mut rng),
+                Some(MaxPool { out: DeviceVec::default(), argmax: DeviceVec::default() }),
+            ),
         };
         let shortcut = config.residual.then_some(config.shortcut);
         let mut blocks = Vec::new();
@@ -96,13 +101,15 @@ impl ResNet {
             ws: Workspace::new(),
             trace: None,
             block_inputs: Vec::new(),
-            input: Vec::new(),
-            pooled: Vec::new(),
-            logits: Vec::new(),
-            dpooled: Vec::new(),
+            input: DeviceVec::default(),
+            pooled: DeviceVec::default(),
+            logits: DeviceVec::default(),
+            dlogits: DeviceVec::default(),
+            dpooled: DeviceVec::default(),
             grads: Default::default(),
             eval_io: Default::default(),
             eval_tmp: Default::default(),
+            host_logits: Vec::new(),
         }
     }
 
@@ -149,8 +156,9 @@ impl ResNet {
         largest
     }
 
-    /// Runs `n` NHWC images of `h`×`w` pixels; returns the logits `[n, classes]`.
-    /// `train` selects BatchNorm's batch statistics (updating its running averages) and
+    /// Runs `n` NHWC images of `h`×`w` pixels; returns the logits `[n, classes]`. The
+    /// images and logits are on the host (a copy each way; everything between stays in
+    /// the engine's memory). `train` selects BatchNorm's batch statistics (updating its running averages) and
     /// saves the activations for `backward`.
     pub fn forward(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
         crate::engine::in_pool(move || self.forward_in_pool(train, n, hw, images))
@@ -159,45 +167,44 @@ impl ResNet {
     fn forward_in_pool(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
         let len = n * hw.0 * hw.1 * 3;
         assert!(images.len() >= len, "forward: {} values for {n} images of {hw:?}", images.len());
-        let features = if train { self.forward_train(n, hw, &images[..len]) } else { self.forward_eval(n, hw, images) };
+        self.input.copy_from_host(&images[..len]);
+        let features = if train { self.forward_train(n, hw) } else { self.forward_eval(n, hw) };
         let (h, w) = features;
         let c = self.config.features();
         let classes = self.config.classes;
-        ensure_len(&mut self.pooled, n * c);
-        ensure_len(&mut self.logits, n * classes);
-        let last: &[f32] = if train {
-            &self.blocks.last().expect("at least one block").out
+        self.pooled.ensure_len(n * c);
+        self.logits.ensure_len(n * classes);
+        let last = if train {
+            self.blocks.last().expect("at least one block").out.view()
         } else {
-            &self.eval_io[self.blocks.len() % 2]
+            self.eval_io[self.blocks.len() % 2].view()
         };
-        pool::avgpool_forward(n, h * w, c, last, &mut self.pooled);
-        self.fc.forward(n, &self.pooled, &mut self.logits);
-        &self.logits[..n * classes]
+        device::avgpool_forward(n, h * w, c, last, self.pooled.view_mut());
+        self.fc.forward(n, self.pooled.view(), self.logits.view_mut());
+        ensure_len(&mut self.host_logits, n * classes);
+        self.logits.slice(..n * classes).copy_to_host(&mut self.host_logits);
+        &self.host_logits[..n * classes]
     }
 
     /// Returns the size of the last feature map; activations stay in the layers.
-    fn forward_train(&mut self, n: usize, hw: Hw, images: &[f32]) -> Hw {
-        ensure_len(&mut self.input, images.len());
-        self.input[..images.len()].copy_from_slice(images);
+    fn forward_train(&mut self, n: usize, hw: Hw) -> Hw {
         let conv1 = self.stem.conv.out_hw(hw.0, hw.1);
         self.stem.reserve(n * conv1.0 * conv1.1 * self.stem.conv.c_out, true);
-        self.stem.forward_saved(n, hw, &self.input, None, true, &mut self.ws);
+        self.stem.forward_saved(n, hw, self.input.view(), None, true, &mut self.ws);
         let mut cur = conv1;
         if let Some(p) = &mut self.pool {
             let s = MaxPool::shape(self.stem.conv.c_out, cur);
-            ensure_len(&mut p.out, n * s.out_len());
-            if p.argmax.len() < n * s.out_len() {
-                p.argmax.resize(n * s.out_len(), 0);
-            }
-            pool::maxpool_forward(&s, n, self.stem.post(), &mut p.out, &mut p.argmax);
+            p.out.ensure_len(n * s.out_len());
+            p.argmax.ensure_len(n * s.out_len());
+            device::maxpool_forward(&s, n, self.stem.post(), p.out.view_mut(), p.argmax.view_mut());
             cur = (s.out_h(), s.out_w());
         }
         self.block_inputs.clear();
         for i in 0..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let x = match (before.last(), &self.pool) {
-                (Some(b), _) => b.out.as_slice(),
-                (None, Some(p)) => p.out.as_slice(),
+                (Some(b), _) => b.out.view(),
+                (None, Some(p)) => p.out.view(),
                 (None, None) => self.stem.post(),
             };
             self.block_inputs.push(cur);
@@ -209,34 +216,35 @@ impl ResNet {
     }
 
     /// Inference: nothing is saved; the last block's output ends in `eval_io[blocks % 2]`.
-    fn forward_eval(&mut self, n: usize, hw: Hw, images: &[f32]) -> Hw {
+    fn forward_eval(&mut self, n: usize, hw: Hw) -> Hw {
         let largest = self.max_activation(n, hw);
         for v in self.eval_io.iter_mut().chain(self.eval_tmp.iter_mut()) {
-            ensure_len(v, largest);
+            v.ensure_len(largest);
         }
+        let images = self.input.view();
         let [io0, io1] = &mut self.eval_io;
         let [t0, _, _] = &mut self.eval_tmp;
         let mut cur = self.stem.conv.out_hw(hw.0, hw.1);
         let epi = self.stem.bn.epilogue(None, true);
         // Inference needs no argmax, so the pool layer's own buffers stay unused here.
         if self.pool.is_some() {
-            self.stem.conv.forward_fused(n, hw, images, t0, &epi, &mut self.ws);
+            self.stem.conv.forward_fused(n, hw, images, t0.view_mut(), epi, &mut self.ws);
             let s = MaxPool::shape(self.stem.conv.c_out, cur);
-            pool::maxpool_eval(&s, n, t0, io0);
+            device::maxpool_eval(&s, n, t0.view(), io0.view_mut());
             cur = (s.out_h(), s.out_w());
         } else {
-            self.stem.conv.forward_fused(n, hw, images, io0, &epi, &mut self.ws);
+            self.stem.conv.forward_fused(n, hw, images, io0.view_mut(), epi, &mut self.ws);
         }
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let (x, out) = if i % 2 == 0 { (&*io0, &mut *io1) } else { (&*io1, &mut *io0) };
+            let (x, out) = if i % 2 == 0 { (io0.view(), io1.view_mut()) } else { (io1.view(), io0.view_mut()) };
             b.forward_eval(n, cur, x, out, &mut self.eval_tmp, &mut self.ws);
             cur = b.out_hw(cur);
         }
         cur
     }
 
-    /// Backpropagates dL/dlogits through the network run by the last training forward,
-    /// writing every parameter's gradient.
+    /// Backpropagates dL/dlogits (on the host) through the network run by the last
+    /// training forward, writing every parameter's gradient.
     pub fn backward(&mut self, dlogits: &[f32]) {
         crate::engine::in_pool(|| self.backward_in_pool(dlogits))
     }
@@ -245,31 +253,33 @@ impl ResNet {
         let (n, hw) = self.trace.expect("backward needs a training forward first");
         let largest = self.max_activation(n, hw);
         for g in &mut self.grads {
-            ensure_len(g, largest);
+            g.ensure_len(largest);
         }
-        ensure_len(&mut self.dpooled, n * self.config.features());
+        self.dpooled.ensure_len(n * self.config.features());
+        self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
         let [ga, gb, t1, t2] = &mut self.grads;
-        self.fc.backward(n, &self.pooled, dlogits, &mut self.dpooled);
+        self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut());
         let last = self.blocks.last().expect("at least one block");
         let (h, w) = last.out_hw(*self.block_inputs.last().expect("traced"));
-        pool::avgpool_backward(n, h * w, self.config.features(), &self.dpooled, ga);
+        device::avgpool_backward(n, h * w, self.config.features(), self.dpooled.view(), ga.view_mut());
         let (mut g, mut dx) = (ga, gb);
         for i in (0..self.blocks.len()).rev() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let x = match (before.last(), &self.pool) {
-                (Some(b), _) => b.out.as_slice(),
-                (None, Some(p)) => p.out.as_slice(),
+                (Some(b), _) => b.out.view(),
+                (None, Some(p)) => p.out.view(),
                 (None, None) => self.stem.post(),
             };
-            rest[0].backward(n, self.block_inputs[i], x, g, dx, t1, t2, &mut self.ws);
+            let hw = self.block_inputs[i];
+            rest[0].backward(n, hw, x, g.view_mut(), dx.view_mut(), t1.view_mut(), t2.view_mut(), &mut self.ws);
             std::mem::swap(&mut g, &mut dx);
         }
         if let Some(p) = &self.pool {
             let s = MaxPool::shape(self.stem.conv.c_out, self.stem.conv.out_hw(hw.0, hw.1));
-            pool::maxpool_backward(&s, n, g, &p.argmax, dx);
+            device::maxpool_backward(&s, n, g.view(), p.argmax.view(), dx.view_mut());
             std::mem::swap(&mut g, &mut dx);
         }
-        self.stem.backward(n, &self.input, true, g, InputGrad::Skip, &mut self.ws);
+        self.stem.backward(n, self.input.view(), true, g.view_mut(), InputGrad::Skip, &mut self.ws);
     }
 
     /// The state dict, in PyTorch's order and naming (`conv1.weight`, `layer1.0.bn2.bias`,
@@ -296,7 +306,7 @@ impl ResNet {
 
     /// Number of trainable parameters.
     pub fn param_count(&mut self) -> usize {
-        self.named().iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum()
+        self.named().iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.len()).sum()
     }
 
     /// Multiply-adds of one forward pass of one image at the design size.
@@ -331,7 +341,7 @@ impl ResNet {
             let mult_adds = b.mult_adds(cur);
             let mut named = Vec::new();
             b.named("", projection, &mut named);
-            let params = named.iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.value().len()).sum();
+            let params = named.iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.len()).sum();
             rows.push(LayerRow { name, output: format!("{oh}x{ow}x{}", b.c_out()), detail, params, mult_adds });
             cur = (oh, ow);
         }

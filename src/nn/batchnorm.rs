@@ -1,6 +1,7 @@
 use super::{Layout, Named, Param, Slot};
-use crate::engine::batchnorm::{self as bn, BnParams};
-use crate::engine::{conv, ensure_len, split_range};
+use crate::engine::batchnorm as bn;
+use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, View, ViewMut};
+use crate::engine::split_range;
 use std::ops::Range;
 
 /// How many groups a training batch of `images` images is normalized in, for groups of at
@@ -13,8 +14,8 @@ pub fn bn_group_count(images: usize, group: Option<usize>) -> usize {
 pub struct BatchNorm2d {
     pub weight: Param,
     pub bias: Param,
-    pub running_mean: Vec<f32>,
-    pub running_var: Vec<f32>,
+    pub running_mean: DeviceVec,
+    pub running_var: DeviceVec,
     pub momentum: f32,
     pub eps: f32,
     /// Training normalizes groups of at most this many images, each by its own statistics,
@@ -24,10 +25,10 @@ pub struct BatchNorm2d {
     saved: Vec<(Range<usize>, bn::Saved)>,
     /// Room for the groups after the first: their running averages (dropped) and their
     /// gradients of γ and β (added to the first's).
-    spare: [Vec<f32>; 2],
+    spare: [DeviceVec; 2],
     /// The inference transform `x·scale + shift` from the running statistics.
-    eval_scale: Vec<f32>,
-    eval_shift: Vec<f32>,
+    eval_scale: DeviceVec,
+    eval_shift: DeviceVec,
 }
 
 impl BatchNorm2d {
@@ -35,15 +36,15 @@ impl BatchNorm2d {
         BatchNorm2d {
             weight: Param::filled(c, 1.0),
             bias: Param::filled(c, 0.0),
-            running_mean: vec![0.0; c],
-            running_var: vec![1.0; c],
+            running_mean: DeviceVec::zeros(c),
+            running_var: DeviceVec::filled(c, 1.0),
             momentum: 0.1,
             eps: 1e-5,
             group: None,
             saved: Vec::new(),
             spare: Default::default(),
-            eval_scale: vec![0.0; c],
-            eval_shift: vec![0.0; c],
+            eval_scale: DeviceVec::zeros(c),
+            eval_shift: DeviceVec::zeros(c),
         }
     }
 
@@ -61,15 +62,16 @@ impl BatchNorm2d {
         train: bool,
         images: usize,
         rows: usize,
-        x: &[f32],
-        residual: Option<&[f32]>,
+        x: View,
+        residual: Option<View>,
         relu: bool,
-        y: &mut [f32],
+        mut y: ViewMut,
         scr: &mut bn::Scratch,
     ) {
-        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
         if !train {
-            bn::forward_eval(&p, x, rows, &self.running_mean, &self.running_var, residual, relu, y, scr);
+            let (mean, var) = (self.running_mean.view(), self.running_var.view());
+            device::bn_forward_eval(p, x, rows, mean, var, residual, relu, y, scr);
             return;
         }
         let c = self.running_mean.len();
@@ -89,47 +91,59 @@ impl BatchNorm2d {
                 }
             };
             let values = range.start * c..range.end * c;
-            bn::forward_train(
-                &p,
-                &x[values.clone()],
+            device::bn_forward_train(
+                p,
+                x.slice(values.clone()),
                 range.len(),
                 self.momentum,
-                mean,
-                var,
+                mean.view_mut(),
+                var.view_mut(),
                 saved,
-                residual.map(|r| &r[values.clone()]),
+                residual.map(|r| r.slice(values.clone())),
                 relu,
-                &mut y[values],
+                y.reborrow().slice_mut(values),
                 scr,
             );
         }
     }
 
     /// The inference-mode transform as a convolution epilogue: `relu(x·scale + shift + residual)`.
-    pub fn epilogue<'a>(&'a mut self, residual: Option<&'a [f32]>, relu: bool) -> conv::Epilogue<'a> {
-        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
-        bn::eval_affine(&p, &self.running_mean, &self.running_var, &mut self.eval_scale, &mut self.eval_shift);
-        conv::Epilogue { scale: &self.eval_scale, shift: &self.eval_shift, residual, relu }
+    pub fn epilogue<'a>(&'a mut self, residual: Option<View<'a>>, relu: bool) -> Epilogue<'a> {
+        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
+        let (mean, var) = (self.running_mean.view(), self.running_var.view());
+        device::bn_eval_affine(p, mean, var, self.eval_scale.view_mut(), self.eval_shift.view_mut());
+        Epilogue { scale: self.eval_scale.view(), shift: self.eval_shift.view(), residual, relu }
     }
 
     /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
     /// The groups are those of the last training forward.
-    pub fn backward(&mut self, x: &[f32], relu: bool, g: &mut [f32], scr: &mut bn::Scratch) {
-        let p = BnParams { gamma: &self.weight.value, beta: &self.bias.value, eps: self.eps };
+    pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, scr: &mut bn::Scratch) {
+        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
         let c = self.running_mean.len();
         let [dgamma, dbeta] = &mut self.spare;
+        let (gamma_grad, beta_grad) = (&mut self.weight.grad, &mut self.bias.grad);
         for (k, (range, saved)) in self.saved.iter().enumerate() {
             let values = range.start * c..range.end * c;
-            let (x, g) = (&x[values.clone()], &mut g[values]);
+            let (x, g) = (x.slice(values.clone()), g.reborrow().slice_mut(values));
             if k == 0 {
-                bn::backward(&p, x, range.len(), saved, relu, g, &mut self.weight.grad, &mut self.bias.grad, scr);
+                device::bn_backward(
+                    p,
+                    x,
+                    range.len(),
+                    saved,
+                    relu,
+                    g,
+                    gamma_grad.view_mut(),
+                    beta_grad.view_mut(),
+                    scr,
+                );
             } else {
-                ensure_len(dgamma, c);
-                ensure_len(dbeta, c);
-                bn::backward(&p, x, range.len(), saved, relu, g, dgamma, dbeta, scr);
-                self.weight.grad.iter_mut().zip(dgamma.iter()).for_each(|(a, b)| *a += b);
-                self.bias.grad.iter_mut().zip(dbeta.iter()).for_each(|(a, b)| *a += b);
+                dgamma.ensure_len(c);
+                dbeta.ensure_len(c);
+                device::bn_backward(p, x, range.len(), saved, relu, g, dgamma.view_mut(), dbeta.view_mut(), scr);
+                device::add_scaled(gamma_grad.view_mut(), 1.0, dgamma.view());
+                device::add_scaled(beta_grad.view_mut(), 1.0, dbeta.view());
             }
         }
     }

@@ -1,4 +1,5 @@
 use super::{Layout, Named, Param, Slot};
+use crate::engine::device::{self, Epilogue, View, ViewMut};
 use crate::engine::{Workspace, conv, conv::ConvShape, conv::InputGrad};
 use crate::rng::Rng;
 
@@ -36,8 +37,8 @@ impl Conv2d {
         let s = self.shape(h, w);
         (s.out_h(), s.out_w())
     }
-    pub fn forward(&self, n: usize, (h, w): (usize, usize), x: &[f32], y: &mut [f32], ws: &mut Workspace) {
-        conv::forward(&self.shape(h, w), n, x, &self.weight.value, y, ws);
+    pub fn forward(&self, n: usize, (h, w): (usize, usize), x: View, y: ViewMut, ws: &mut Workspace) {
+        device::conv_forward(&self.shape(h, w), n, x, self.weight.value.view(), y, ws);
     }
     /// `y = epilogue(conv(x))`: inference with BatchNorm, residual and ReLU fused in, on
     /// weights prepared for it on the first call.
@@ -45,25 +46,26 @@ impl Conv2d {
         &mut self,
         n: usize,
         (h, w): (usize, usize),
-        x: &[f32],
-        y: &mut [f32],
-        epi: &conv::Epilogue,
+        x: View,
+        y: ViewMut,
+        epi: Epilogue,
         ws: &mut Workspace,
     ) {
         let s = self.shape(h, w);
-        conv::forward_with(&s, n, x, &self.weight.value, y, Some(epi), Some(&mut self.prepared), ws);
+        device::conv_forward_fused(&s, n, x, self.weight.value.view(), y, epi, &mut self.prepared, ws);
     }
     /// Writes the weight gradient, and the input gradient as `dx` says.
     pub fn backward(
         &mut self,
         n: usize,
         (h, w): (usize, usize),
-        x: &[f32],
-        dy: &[f32],
-        dx: InputGrad,
+        x: View,
+        dy: View,
+        dx: InputGrad<ViewMut>,
         ws: &mut Workspace,
     ) {
-        conv::backward(&self.shape(h, w), n, x, &self.weight.value, dy, &mut self.weight.grad, dx, ws);
+        let (s, w) = (self.shape(h, w), &mut self.weight);
+        device::conv_backward(&s, n, x, w.value.view(), dy, w.grad.view_mut(), dx, ws);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         self.prepared = Default::default();

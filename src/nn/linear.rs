@@ -1,5 +1,5 @@
 use super::{Layout, Named, Param, Slot};
-use crate::engine::ops;
+use crate::engine::device::{self, View, ViewMut};
 use crate::rng::Rng;
 
 /// Fully connected layer, weight `[out, in]` as PyTorch.
@@ -20,12 +20,13 @@ impl Linear {
         let bias = uniform(outputs);
         Linear { inputs, outputs, weight, bias }
     }
-    pub fn forward(&self, n: usize, x: &[f32], y: &mut [f32]) {
-        ops::linear_forward(n, self.inputs, self.outputs, x, &self.weight.value, &self.bias.value, y);
+    pub fn forward(&self, n: usize, x: View, y: ViewMut) {
+        let (w, b) = (self.weight.value.view(), self.bias.value.view());
+        device::linear_forward(n, self.inputs, self.outputs, x, w, b, y);
     }
-    pub fn backward(&mut self, n: usize, x: &[f32], g: &[f32], dx: &mut [f32]) {
-        let (i, o) = (self.inputs, self.outputs);
-        ops::linear_backward(n, i, o, x, &self.weight.value, g, &mut self.weight.grad, &mut self.bias.grad, dx);
+    pub fn backward(&mut self, n: usize, x: View, g: View, dx: ViewMut) {
+        let (i, o, w) = (self.inputs, self.outputs, self.weight.value.view());
+        device::linear_backward(n, i, o, x, w, g, self.weight.grad.view_mut(), self.bias.grad.view_mut(), dx);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);

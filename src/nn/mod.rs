@@ -9,19 +9,21 @@ pub use batchnorm::{BatchNorm2d, bn_group_count};
 pub use conv::Conv2d;
 pub use linear::Linear;
 
+use crate::engine::DeviceVec;
 use crate::rng::Rng;
 
-/// A trainable tensor with its gradient and its SGD momentum buffer.
+/// A trainable tensor with its gradient and its SGD momentum buffer, in the engine's memory.
 pub struct Param {
-    pub value: Vec<f32>,
-    pub grad: Vec<f32>,
-    pub momentum: Vec<f32>,
+    pub value: DeviceVec,
+    pub grad: DeviceVec,
+    pub momentum: DeviceVec,
 }
 
 impl Param {
+    /// A parameter made on the host (its initialization) and moved to the engine.
     pub fn new(value: Vec<f32>) -> Self {
         let n = value.len();
-        Param { value, grad: vec![0.0; n], momentum: vec![0.0; n] }
+        Param { value: DeviceVec::from_host(value), grad: DeviceVec::zeros(n), momentum: DeviceVec::zeros(n) }
     }
     pub fn filled(len: usize, v: f32) -> Self {
         Self::new(vec![v; len])
@@ -45,7 +47,7 @@ pub enum Layout {
 /// What a named tensor is: a trained parameter or a running statistic.
 pub enum Slot<'a> {
     Param(&'a mut Param),
-    Buffer(&'a mut Vec<f32>),
+    Buffer(&'a mut DeviceVec),
 }
 
 /// One entry of a model's state dict, named and shaped as PyTorch would.
@@ -57,16 +59,29 @@ pub struct Named<'a> {
 }
 
 impl Named<'_> {
-    pub fn value(&self) -> &[f32] {
+    fn value(&self) -> &DeviceVec {
         match &self.slot {
             Slot::Param(p) => &p.value,
             Slot::Buffer(b) => b,
         }
     }
-    pub fn value_mut(&mut self) -> &mut Vec<f32> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.value().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.value().is_empty()
+    }
+    /// The values, copied to the host in the internal layout.
+    pub fn to_host(&self) -> Vec<f32> {
+        self.value().to_host()
+    }
+    /// Replaces the values with host ones in the internal layout.
+    pub fn set_from_host(&mut self, values: Vec<f32>) {
+        let v = DeviceVec::from_host(values);
         match &mut self.slot {
-            Slot::Param(p) => &mut p.value,
-            Slot::Buffer(b) => b,
+            Slot::Param(p) => p.value = v,
+            Slot::Buffer(b) => **b = v,
         }
     }
 }

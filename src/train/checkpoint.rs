@@ -5,6 +5,7 @@
 
 use super::TrainConfig;
 use crate::data::Norm;
+use crate::engine::DeviceVec;
 use crate::model::ResNet;
 use crate::nn::Slot;
 use crate::weights::{self, Entry, StateDict};
@@ -65,7 +66,7 @@ pub fn save(
     let mut tensors = weights::state_dict(&named);
     for t in &named {
         if let Slot::Param(p) = &t.slot {
-            let values = weights::to_torch(t.layout, &t.shape, &p.momentum);
+            let values = weights::to_torch(t.layout, &t.shape, &p.momentum.to_host());
             tensors.push(Entry::f32(momentum_key(&t.name), t.shape.clone(), values));
         }
     }
@@ -92,7 +93,7 @@ pub fn restore(path: &Path, model: &mut ResNet) -> Result<()> {
     for t in named.iter_mut() {
         if let Slot::Param(p) = &mut t.slot {
             let v = file.get(&momentum_key(&t.name), &t.shape)?;
-            p.momentum = weights::from_torch(t.layout, &t.shape, v.to_vec());
+            p.momentum = DeviceVec::from_host(weights::from_torch(t.layout, &t.shape, v.to_vec()));
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod schedule;
 pub use config::{ImageTraining, TrainConfig};
 pub use run::{Outcome, train};
 
+use crate::engine::device::{self, DeviceVec};
 use crate::engine::{ensure_len, ops, sgd};
 use crate::model::ResNet;
 
@@ -18,7 +19,7 @@ use crate::model::ResNet;
 pub struct StepScratch {
     dlogits: Vec<f32>,
     /// Gradients summed over micro-batches, all parameters in visiting order.
-    grads: Vec<f32>,
+    grads: DeviceVec,
 }
 
 /// One SGD step on a batch of `labels.len()` images of size `hw`: forward in training
@@ -59,11 +60,14 @@ pub fn step(
                 let mut off = 0;
                 let grads = &mut scratch.grads;
                 model.for_each_param(&mut |p| {
-                    ensure_len(grads, off + p.grad.len());
-                    for (a, g) in grads[off..off + p.grad.len()].iter_mut().zip(&p.grad) {
-                        *a = if k == 0 { share * g } else { *a + share * g };
+                    let len = p.grad.len();
+                    grads.ensure_len(off + len);
+                    let sum = grads.slice_mut(off..off + len);
+                    match k {
+                        0 => device::scaled_copy(sum, share, p.grad.view()),
+                        _ => device::add_scaled(sum, share, p.grad.view()),
                     }
-                    off += p.grad.len();
+                    off += len;
                 });
             }
         }
@@ -72,11 +76,11 @@ pub fn step(
             let grads = &scratch.grads;
             model.for_each_param(&mut |p| {
                 let len = p.grad.len();
-                p.grad.copy_from_slice(&grads[off..off + len]);
+                device::copy(p.grad.view_mut(), grads.slice(off..off + len));
                 off += len;
             });
         }
-        model.for_each_param(&mut |p| sgd::step(cfg, &mut p.value, &p.grad, &mut p.momentum));
+        model.for_each_param(&mut |p| device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut()));
         (loss, correct)
     })
 }

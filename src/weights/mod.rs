@@ -91,7 +91,10 @@ pub fn serialize(tensors: &[Entry], metadata: HashMap<String, String>) -> Result
 
 /// The model's state dict in PyTorch's order, shapes and layout.
 pub fn state_dict(named: &[Named]) -> Vec<Entry> {
-    named.iter().map(|t| Entry::f32(t.name.clone(), t.shape.clone(), to_torch(t.layout, &t.shape, t.value()))).collect()
+    named
+        .iter()
+        .map(|t| Entry::f32(t.name.clone(), t.shape.clone(), to_torch(t.layout, &t.shape, &t.to_host())))
+        .collect()
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
@@ -211,7 +214,7 @@ pub fn load_into(file: &StateDict, named: &mut [Named], ignore_prefix: Option<&s
     }
     for t in named.iter_mut() {
         let values = file.get(&t.name, &t.shape)?.to_vec();
-        *t.value_mut() = from_torch(t.layout, &t.shape, values);
+        t.set_from_host(from_torch(t.layout, &t.shape, values));
     }
     Ok(())
 }
