@@ -158,8 +158,8 @@ impl ResNet {
 
     /// Runs `n` NHWC images of `h`×`w` pixels; returns the logits `[n, classes]`. The
     /// images and logits are on the host (a copy each way; everything between stays in
-    /// the engine's memory). `train` selects BatchNorm's batch statistics (updating its running averages) and
-    /// saves the activations for `backward`.
+    /// the engine's memory). `train` selects BatchNorm's batch statistics (updating its
+    /// running averages) and saves the activations for `backward`.
     pub fn forward(&mut self, train: bool, n: usize, hw: Hw, images: &[f32]) -> &[f32] {
         crate::engine::in_pool(move || self.forward_in_pool(train, n, hw, images))
     }
