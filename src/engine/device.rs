@@ -112,9 +112,6 @@ impl<'a, T: Copy> View<'a, T> {
     pub fn copy_to_host(self, out: &mut [T]) {
         out[..self.0.len()].copy_from_slice(self.0);
     }
-    pub fn to_host(self) -> Vec<T> {
-        self.0.to_vec()
-    }
     pub(in crate::engine) fn host(self) -> &'a [T] {
         self.0
     }
@@ -295,7 +292,7 @@ pub fn scaled_copy(y: ViewMut, a: f32, x: View) {
 
 /// `y += a·x`.
 pub fn add_scaled(y: ViewMut, a: f32, x: View) {
-    y.host().iter_mut().zip(x.host()).for_each(|(y, x)| *y += a * x);
+    ops::axpy(a, x.host(), y.host());
 }
 
 /// `y = x`, over the shorter of the two.

@@ -142,7 +142,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += alpha·x`.
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += alpha * x;
     }
