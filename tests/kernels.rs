@@ -6,7 +6,7 @@ mod common;
 use common::{random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape, InputGrad};
-use resnet::engine::device::Epilogue;
+use resnet::engine::device::{Epilogue, Residual};
 use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::{self, ConvAlgo, DeviceVec, Workspace, ops, panel, sgd, winograd};
@@ -351,7 +351,7 @@ fn panel_packed_product_matches_naive_reference() {
     // strips, A and C rows further apart than needed, every remainder of rows (m mod 6),
     // more rows than a row panel (96), k past one k-block (1024), so that later blocks add
     // to C, accumulation onto C, and the epilogue (which must wait for the last k-block),
-    // with and without a residual. The last two cases meet enough strips for A's rows to
+    // with a residual of its own, one in C, or none. The last two cases meet enough strips for A's rows to
     // be interleaved first (8 strips; 4 on rows of 256 floats or more), with a short last
     // group of rows and k not a multiple of the interleaving's 8 steps; the room for the
     // interleaved rows starts as NaN and is reused from case to case.
@@ -370,7 +370,14 @@ fn panel_packed_product_matches_naive_reference() {
         (103, 128, 300, 0..8, 301),
         (17, 80, 1100, 1..5, 1100),
     ];
-    let modes = [(false, None), (true, None), (false, Some(true)), (true, Some(false))];
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Res {
+        No,
+        Separate,
+        InC,
+    }
+    let modes =
+        [(false, None), (true, None), (false, Some(Res::Separate)), (true, Some(Res::No)), (false, Some(Res::InC))];
     for ((m, n, k, strips, lda), (accumulate, finish)) in
         cases.into_iter().flat_map(|c| modes.map(|mode| (c.clone(), mode)))
     {
@@ -378,10 +385,10 @@ fn panel_packed_product_matches_naive_reference() {
         let b_rows: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
         let a = random(&mut rng, (m - 1) * lda + k);
         let ldc = n + 5;
-        let c0 = random(&mut rng, m * ldc);
+        let residual = random(&mut rng, m * ldc);
+        let c0 = if finish == Some(Res::InC) { residual.clone() } else { random(&mut rng, m * ldc) };
         let cols = strips.start * 16..strips.end * 16;
         let (scale, shift) = (random(&mut rng, cols.len()), random(&mut rng, cols.len()));
-        let residual = random(&mut rng, m * ldc);
         let want: Vec<f64> = (0..m)
             .flat_map(|i| cols.clone().map(move |j| (i, j)))
             .map(|(i, j)| {
@@ -390,17 +397,21 @@ fn panel_packed_product_matches_naive_reference() {
                 let v = sum + if accumulate { c0[at] as f64 } else { 0.0 };
                 match finish {
                     None => v,
-                    Some(with_residual) => {
-                        let r = if with_residual { residual[at] as f64 } else { 0.0 };
+                    Some(res) => {
+                        let r = if res == Res::No { 0.0 } else { residual[at] as f64 };
                         (v * scale[col] as f64 + shift[col] as f64 + r).max(0.0)
                     }
                 }
             })
             .collect();
-        let finish = finish.map(|with_residual| panel::Finish {
+        let finish = finish.map(|res| panel::Finish {
             scale: &scale,
             shift: &shift,
-            residual: with_residual.then_some(&residual[..]),
+            residual: match res {
+                Res::No => conv::Residual::None,
+                Res::Separate => conv::Residual::Separate(&residual),
+                Res::InC => conv::Residual::InOutput,
+            },
             relu: true,
         });
         let store = panel::Store { accumulate, finish };
@@ -411,8 +422,14 @@ fn panel_packed_product_matches_naive_reference() {
             panel::product_packed(&mut c, ldc, m, strips.clone(), k, &a, lda, &packed, store, &mut a_panel);
             let got: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + cols.len()].to_vec()).collect();
             let e = rel_err(&got, &want);
-            let epilogue = finish.is_some();
-            assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate} epilogue {epilogue}: {e}");
+            let epilogue = finish.map(|f| f.residual);
+            let residual = match epilogue {
+                None => "no epilogue",
+                Some(conv::Residual::None) => "epilogue",
+                Some(conv::Residual::Separate(_)) => "epilogue, residual",
+                Some(conv::Residual::InOutput) => "epilogue, residual in C",
+            };
+            assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate} {residual}: {e}");
             let beyond = (0..m).flat_map(|i| (cols.len()..ldc).map(move |j| i * ldc + j));
             assert!(beyond.clone().all(|i| c[i] == c0[i]), "wrote past the strips");
         }
@@ -527,8 +544,9 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
             let shift = random(&mut rng, s.c_out);
             let residual = random(&mut rng, n * s.out_len());
             let (y_ref, _, _) = conv_ref(&s, n, &x, &w, &vec![0.0; n * s.out_len()]);
-            // With residual and ReLU (a block's last unit), and with neither.
-            for full in [true, false] {
+            // With residual and ReLU (a block's last unit), the residual in its own buffer
+            // or in the output (which then holds it on entry); and with neither.
+            for (full, in_output) in [(true, false), (true, true), (false, false)] {
                 let want: Vec<f64> = y_ref
                     .iter()
                     .enumerate()
@@ -536,15 +554,22 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
                     .enumerate()
                     .map(|(i, v)| if full { (v + residual[i] as f64).max(0.0) } else { v })
                     .collect();
-                let epi =
-                    conv::Epilogue { scale: &scale, shift: &shift, residual: full.then_some(&residual), relu: full };
+                let res = match (full, in_output) {
+                    (false, _) => conv::Residual::None,
+                    (true, false) => conv::Residual::Separate(&residual),
+                    (true, true) => conv::Residual::InOutput,
+                };
+                let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: res, relu: full };
                 let mut prepared = conv::Prepared::default();
                 for prepare in [false, true, true] {
-                    let mut y = vec![f32::NAN; n * s.out_len()];
+                    let mut y = if in_output { residual.clone() } else { vec![f32::NAN; n * s.out_len()] };
                     let p = prepare.then_some(&mut prepared);
                     conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), p, &mut ws);
                     let e = rel_err(&y, &want);
-                    assert!(e < TOL, "{algo:?} {s:?} prepared {prepare} residual+ReLU {full}: {e}");
+                    assert!(
+                        e < TOL,
+                        "{algo:?} {s:?} prepared {prepare} residual+ReLU {full} in output {in_output}: {e}"
+                    );
                 }
             }
         }
@@ -688,7 +713,7 @@ fn conv_layer_drops_prepared_weights_when_they_change() {
     let (n, hw) = (2, (3, 3));
     let x = DeviceVec::from_host(random(&mut rng, n * 9 * 8));
     let (ones, zeros) = (DeviceVec::filled(32, 1.0), DeviceVec::zeros(32));
-    let epi = Epilogue { scale: ones.view(), shift: zeros.view(), residual: None, relu: false };
+    let epi = Epilogue { scale: ones.view(), shift: zeros.view(), residual: Residual::None, relu: false };
     let mut before = DeviceVec::zeros(n * 9 * 32);
     layer.forward_fused(n, hw, x.view(), before.view_mut(), epi, &mut ws);
     layer.for_each_param(&mut |p| {

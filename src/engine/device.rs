@@ -158,8 +158,18 @@ impl<'a> BnWeights<'a> {
 pub struct Epilogue<'a> {
     pub scale: View<'a>,
     pub shift: View<'a>,
-    pub residual: Option<View<'a>>,
+    pub residual: Residual<'a>,
     pub relu: bool,
+}
+
+/// The residual an [`Epilogue`] adds (see [`conv::Residual`]).
+#[derive(Clone, Copy)]
+pub enum Residual<'a> {
+    None,
+    /// Its own buffer, laid out as the output.
+    Separate(View<'a>),
+    /// The output buffer holds it on entry; the result replaces it.
+    InOutput,
 }
 
 impl<'a> Epilogue<'a> {
@@ -167,7 +177,11 @@ impl<'a> Epilogue<'a> {
         conv::Epilogue {
             scale: self.scale.host(),
             shift: self.shift.host(),
-            residual: self.residual.map(View::host),
+            residual: match self.residual {
+                Residual::None => conv::Residual::None,
+                Residual::Separate(r) => conv::Residual::Separate(r.host()),
+                Residual::InOutput => conv::Residual::InOutput,
+            },
             relu: self.relu,
         }
     }

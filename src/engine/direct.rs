@@ -15,7 +15,7 @@
 //! The input gradient of a stride-1 convolution is the forward kernel on `dy` with the
 //! flipped kernel (`conv::with_flipped_kernel`), accumulated into `dx`.
 
-use super::conv::{ConvShape, Epilogue};
+use super::conv::{ConvShape, Epilogue, Residual};
 use super::panel::Finish;
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
 
@@ -97,8 +97,7 @@ pub fn forward(
 ) {
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     debug_assert!(applies(s, n, 1, ConvAlgo::Direct));
-    let residual = epi.and_then(|e| e.residual);
-    assert!(residual.is_none_or(|r| r.len() >= n * s.out_len()), "direct conv: residual too short");
+    assert!(epi.is_none_or(|e| e.residual.covers(n * s.out_len())), "direct conv: residual too short");
     let p = Padded::new(s);
     // Weights as [block of 16 outputs][tap][c_in][16], so each microkernel step loads
     // one contiguous 16-float row.
@@ -132,8 +131,13 @@ pub fn forward(
                         // SAFETY: this pixel's channels lie in image `img` (oy < h,
                         // ox < w), which only the worker that took it writes.
                         let dst = unsafe { out.base().add(first_pixel * co + at + c0) };
-                        tile.dst[i] = Some(unsafe { &mut *(dst as *mut [f32; CHANNELS]) });
-                        tile.residual[i] = finish.and_then(|f| f.residual).and_then(|r| r[at..].first_chunk());
+                        tile.dst[i] = Some(dst);
+                        tile.residual[i] = match finish.map(|f| f.residual) {
+                            Some(Residual::Separate(r)) => r[at..].first_chunk::<CHANNELS>().map(|r| r.as_ptr()),
+                            // Read from the output just before the result replaces it.
+                            Some(Residual::InOutput) => Some(dst.cast_const()),
+                            _ => None,
+                        };
                     }
                     ox += 1;
                     if ox == p.row {
@@ -156,12 +160,14 @@ pub fn forward(
 /// or stores its sums there and applies the epilogue in registers. (Writing the sums to
 /// a tile on the stack, then copying them out and applying the epilogue in a second loop,
 /// made ResNet-20's inference 2–4% slower: in-process A/B, median ratios 1.036, 0.994,
-/// 1.040.)
+/// 1.040.) Whoever builds one guarantees that each pointer reaches 16 floats, and that
+/// no other thread touches a pixel's outputs.
 struct TileOut<'a> {
-    /// Each pixel's outputs; None for a pad column, whose sums are dropped.
-    dst: [Option<&'a mut [f32; CHANNELS]>; PIXELS],
-    /// Each pixel's residual, where the epilogue has one.
-    residual: [Option<&'a [f32; CHANNELS]>; PIXELS],
+    /// Each pixel's 16 outputs; None for a pad column, whose sums are dropped.
+    dst: [Option<*mut f32>; PIXELS],
+    /// Each pixel's 16 residual values, where the epilogue has one (its outputs' own for
+    /// a residual in the output).
+    residual: [Option<*const f32>; PIXELS],
     accumulate: bool,
     /// The epilogue at these 16 channels (its residual is read through `residual`).
     finish: Option<Finish<'a>>,
@@ -262,24 +268,24 @@ mod kernels {
                 }
             }
         }
-        let mut out = out;
         for i in 0..PIXELS {
-            let Some(dst) = out.dst[i].as_deref_mut() else { continue };
+            let Some(dst) = out.dst[i] else { continue };
             for h in 0..2 {
-                // SAFETY: 8 floats at 8·h lie inside each 16-float array (dst, residual,
-                // and the epilogue's scale and shift, asserted above).
+                // SAFETY: 8 floats at 8·h lie inside each pixel's 16 (dst and residual, as
+                // `TileOut` promises; the epilogue's scale and shift, asserted above). The
+                // residual, which may be dst itself, is read before the store.
                 unsafe {
                     let mut v = acc[2 * i + h];
                     if out.accumulate {
-                        v = V8::read(dst.as_ptr().add(8 * h)) + v;
+                        v = V8::read(dst.add(8 * h)) + v;
                     }
                     if let Some(f) = out.finish {
                         let (scale, shift) =
                             (V8::read(f.scale.as_ptr().add(8 * h)), V8::read(f.shift.as_ptr().add(8 * h)));
-                        let residual = out.residual[i].map(|r| V8::read(r.as_ptr().add(8 * h)));
+                        let residual = out.residual[i].map(|r| V8::read(r.add(8 * h)));
                         v = v.finish(scale, shift, residual, f.relu);
                     }
-                    v.write(dst.as_mut_ptr().add(8 * h));
+                    v.write(dst.add(8 * h));
                 }
             }
         }

@@ -21,6 +21,7 @@
 //! in-process pairs; 2–10% in shorter runs) and 3% in training; ResNet-20 ran level, so its
 //! few-strip GEMMs read A in place.
 
+use super::conv::Residual;
 use super::matmul::Mat;
 use super::simd::{V8, prefetch};
 
@@ -76,15 +77,16 @@ pub struct Finish<'a> {
     /// One per column of C.
     pub scale: &'a [f32],
     pub shift: &'a [f32],
-    /// Laid out as C: the same first element and row stride.
-    pub residual: Option<&'a [f32]>,
+    /// A separate residual is laid out as C: the same first element and row stride.
+    pub residual: Residual<'a>,
     pub relu: bool,
 }
 
 /// `C (+)= A · B` on the columns of strips `strips` of B packed by [`pack`] (k rows): A's
 /// m rows of k floats lie `lda` apart, and `c[i*ldc + col]` receives column
 /// `16·strips.start + col`, as `store` says. `a_panel` is the calling thread's room for
-/// interleaved rows of A (it grows to at most `MC`·`KC` floats). Requires `applies(16)` and k ≥ 1.
+/// interleaved rows of A (it grows to at most `MC`·`KC` floats, or `MC`·k for a residual
+/// in C). Requires `applies(16)` and k ≥ 1.
 #[allow(clippy::too_many_arguments)]
 pub fn product_packed(
     c: &mut [f32],
@@ -104,18 +106,21 @@ pub fn product_packed(
     assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
     if let Some(f) = store.finish {
         assert!(f.scale.len() >= width && f.shift.len() >= width, "panel product: epilogue too short");
-        assert!(
-            m == 0 || f.residual.is_none_or(|r| r.len() >= (m - 1) * ldc + width),
-            "panel product: residual too short"
-        );
+        assert!(m == 0 || f.residual.covers((m - 1) * ldc + width), "panel product: residual too short");
     }
     // Interleaving copies the block once for all strips: with 2 strips, or with 4 on short
     // rows, the copy costs what it saves (ResNet-20's stride-2 layers, ResNet-50's 64→64).
-    let interleaved = strips.len() >= 8 || (strips.len() >= 4 && k.min(KC) >= 256);
+    // A residual in C must be read before a first k-block's sums overwrite it, so then
+    // the product runs as one k-block (4096 ran as fast as 1024, see `KC`).
+    let k_block = match store.finish.map(|f| f.residual) {
+        Some(Residual::InOutput) => k,
+        _ => KC,
+    };
+    let interleaved = strips.len() >= 8 || (strips.len() >= 4 && k.min(k_block) >= 256);
     for i0 in (0..m).step_by(MC) {
         let mc = MC.min(m - i0);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        for k0 in (0..k).step_by(k_block) {
+            let kc = k_block.min(k - k0);
             let last = k0 + kc == k;
             let block = &a[i0 * lda + k0..];
             if interleaved {
@@ -131,13 +136,18 @@ pub fn product_packed(
                 unsafe {
                     let b = packed.as_ptr().add((j * k + k0) * STRIP);
                     let offset = i0 * ldc + col * STRIP;
+                    let c = c.as_mut_ptr().add(offset);
                     let tail = store.finish.filter(|_| last).map(|f| Tail {
                         scale: f.scale.as_ptr().add(col * STRIP),
                         shift: f.shift.as_ptr().add(col * STRIP),
-                        residual: f.residual.map_or(std::ptr::null(), |r| r.as_ptr().add(offset)),
+                        residual: match f.residual {
+                            Residual::None => std::ptr::null(),
+                            Residual::Separate(r) => r.as_ptr().add(offset),
+                            // Each value is read before its result is stored (`strip`).
+                            Residual::InOutput => c,
+                        },
                         relu: f.relu,
                     });
-                    let c = c.as_mut_ptr().add(offset);
                     let accumulate = store.accumulate || k0 > 0;
                     match interleaved {
                         true => row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, accumulate, tail),
@@ -271,7 +281,8 @@ unsafe fn row_groups<const INTERLEAVED: bool>(
 }
 
 /// A [`Finish`] at one 16-column strip: pointers to its 16 scales and shifts, and to the
-/// residual's rows at the strip's first row (`ldc` apart, as C's), or null.
+/// residual's rows at the strip's first row (`ldc` apart, as C's; C's own for a residual
+/// in the output), or null.
 #[derive(Clone, Copy)]
 struct Tail {
     scale: *const f32,
@@ -321,7 +332,7 @@ unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool>(
         for r in 0..R {
             prefetch(c.add(r * ldc));
             prefetch(c.add(r * ldc + 15));
-            if let Some(t) = tail.filter(|t| !t.residual.is_null()) {
+            if let Some(t) = tail.filter(|t| !t.residual.is_null() && t.residual != c.cast_const()) {
                 prefetch(t.residual.add(r * ldc));
                 prefetch(t.residual.add(r * ldc + 15));
             }

@@ -11,7 +11,7 @@
 //! The backward-data pass of such a layer is the same convolution on the output gradient
 //! with the kernel rotated by 180° and its channel roles swapped.
 
-use super::conv::{self, ConvShape, Epilogue};
+use super::conv::{self, ConvShape, Epilogue, Residual};
 use super::matmul::{Mat, matmul};
 use super::panel;
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, split_range, sum_groups};
@@ -460,24 +460,30 @@ fn transform_output(
     }
     let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
     let full_row = ox0 + T_OUT <= s.w;
+    // A residual in the output must be read before the products overwrite it.
+    let in_output = epi.is_some_and(|e| matches!(e.residual, Residual::InOutput));
     for r in 0..T_OUT.min(s.h - oy0) {
         let at = ((img * s.h + oy0 + r) * s.w + ox0) * c;
         let width = T_OUT.min(s.w - ox0);
+        let pixel = (img * s.h + oy0 + r) * s.w + ox0;
         // SAFETY: these pixels lie in this tile, which only this block writes.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), width * c) };
-        if full_row && !accumulate {
+        if full_row && !accumulate && !in_output {
             output_1d(&b.tmp[r * T_IN * c..], c, dst, c, c);
         } else {
             let row = &mut b.tile[..T_OUT * c];
             output_1d(&b.tmp[r * T_IN * c..], c, row, c, c);
-            if accumulate {
-                dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v);
-            } else {
-                dst.copy_from_slice(&row[..width * c]);
+            match epi {
+                _ if accumulate => dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v),
+                Some(epi) if in_output => {
+                    for (q, (px, values)) in dst.chunks_exact_mut(c).zip(row.chunks_exact(c)).enumerate() {
+                        epi.apply_over(values, px, pixel + q, c, 0..c);
+                    }
+                }
+                _ => dst.copy_from_slice(&row[..width * c]),
             }
         }
-        if let Some(epi) = epi {
-            let pixel = (img * s.h + oy0 + r) * s.w + ox0;
+        if let Some(epi) = epi.filter(|_| !in_output) {
             for (q, px) in dst.chunks_exact_mut(c).enumerate() {
                 epi.apply(px, pixel + q, c, 0..c);
             }

@@ -4,7 +4,7 @@
 //! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
 use super::Shortcut;
-use crate::engine::device::{self, DeviceVec, View, ViewMut};
+use crate::engine::device::{self, DeviceVec, Residual, View, ViewMut};
 use crate::engine::{Workspace, conv::InputGrad, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
@@ -275,50 +275,52 @@ impl Block {
         }
     }
 
-    /// Inference forward with borrowed scratch (nothing saved): `out = block(x)`. Each
-    /// conv applies its BatchNorm (and the residual and ReLU) as it writes its output.
-    /// `t` are three scratch buffers of at least `max_len(n, hw)` elements.
-    pub fn forward_eval(
-        &mut self,
-        n: usize,
-        hw: Hw,
-        x: View,
-        mut out: ViewMut,
-        t: &mut [DeviceVec; 3],
-        ws: &mut Workspace,
-    ) {
+    /// Inference forward with borrowed scratch (nothing saved): `io` holds the block's
+    /// input on entry and its output on return. Each conv applies its BatchNorm (and the
+    /// residual and ReLU) as it writes its output. The last writes over the shortcut's
+    /// values (`Residual::InOutput`): over the input itself for an identity shortcut, so
+    /// the block needs no output buffer of its own, and the residual's lines are already
+    /// in cache when the output is stored. `io` and the three scratch buffers `t` hold at
+    /// least `max_len(n, hw)` elements each.
+    pub fn forward_eval(&mut self, n: usize, hw: Hw, io: &mut DeviceVec, t: &mut [DeviceVec; 3], ws: &mut Workspace) {
         let [a, b, s] = t;
-        let residual: Option<View> = match &mut self.shortcut {
-            ShortcutPath::None => None,
-            ShortcutPath::Identity => Some(x),
+        // The shortcut's values, and so the output, end in `io` or in `s`.
+        let (residual, output_in_s) = match &mut self.shortcut {
+            ShortcutPath::None => (Residual::None, false),
+            ShortcutPath::Identity => (Residual::InOutput, false),
             ShortcutPath::ZeroPad { stride, pad, .. } => {
                 let shape = ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad };
-                device::shortcut_a_forward(&shape, n, x, s.view_mut());
-                Some(s.view())
+                device::shortcut_a_forward(&shape, n, io.view(), s.view_mut());
+                (Residual::InOutput, true)
             }
             ShortcutPath::Projection(p) => {
-                let epi = p.bn.epilogue(None, false);
-                p.conv.forward_fused(n, hw, x, s.view_mut(), epi, ws);
-                Some(s.view())
+                let epi = p.bn.epilogue(Residual::None, false);
+                p.conv.forward_fused(n, hw, io.view(), s.view_mut(), epi, ws);
+                (Residual::InOutput, true)
             }
         };
-        // Unit i writes `a` (even i) or `b` (odd i) and the next reads it; the last writes `out`.
+        // Unit i writes `a` (even i) or `b` (odd i) and the next reads it; the last writes
+        // the output. Only the first unit reads the input, so a plain block's last unit
+        // may write over it too.
         let last = self.units.len() - 1;
+        assert!(last > 0, "a block has at least two units");
         let mut cur = hw;
         for (i, u) in self.units.iter_mut().enumerate() {
-            let (src, dst): (View, ViewMut) = match (i, i % 2) {
-                (0, _) => (x, a.view_mut()),
-                (_, 1) => (a.view(), b.view_mut()),
-                _ => (b.view(), a.view_mut()),
+            let (src, dst, residual) = match (i, i == last) {
+                (0, _) => (io.view(), a.view_mut(), Residual::None),
+                (_, false) if i % 2 == 1 => (a.view(), b.view_mut(), Residual::None),
+                (_, false) => (b.view(), a.view_mut(), Residual::None),
+                (_, true) => {
+                    let src = if i % 2 == 1 { a.view() } else { b.view() };
+                    (src, if output_in_s { s.view_mut() } else { io.view_mut() }, residual)
+                }
             };
-            if i < last {
-                let epi = u.bn.epilogue(None, true);
-                u.conv.forward_fused(n, cur, src, dst, epi, ws);
-            } else {
-                let epi = u.bn.epilogue(residual, true);
-                u.conv.forward_fused(n, cur, src, out.reborrow(), epi, ws);
-            }
+            let epi = u.bn.epilogue(residual, true);
+            u.conv.forward_fused(n, cur, src, dst, epi, ws);
             cur = u.conv.out_hw(cur.0, cur.1);
+        }
+        if output_in_s {
+            std::mem::swap(io, s);
         }
     }
 

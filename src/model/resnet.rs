@@ -5,7 +5,7 @@
 
 use super::block::{Block, ConvBn, Hw};
 use super::config::{Family, ModelConfig};
-use crate::engine::device::{self, DeviceVec};
+use crate::engine::device::{self, DeviceVec, Residual};
 use crate::engine::pool::PoolShape;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
 use crate::nn::{Linear, Named, Param, Slot};
@@ -58,8 +58,9 @@ pub struct ResNet {
     dpooled: DeviceVec,
     // Gradient buffers shared by all blocks (ping-pong plus two scratch).
     grads: [DeviceVec; 4],
-    // Inference buffers: input/output ping-pong and scratch.
-    eval_io: [DeviceVec; 2],
+    // Inference buffers: the activation between blocks (each block's output replaces its
+    // input) and scratch.
+    eval_io: DeviceVec,
     eval_tmp: [DeviceVec; 3],
     /// The logits of the last forward, copied to the host.
     host_logits: Vec<f32>,
@@ -174,11 +175,7 @@ impl ResNet {
         let classes = self.config.classes;
         self.pooled.ensure_len(n * c);
         self.logits.ensure_len(n * classes);
-        let last = if train {
-            self.blocks.last().expect("at least one block").out.view()
-        } else {
-            self.eval_io[self.blocks.len() % 2].view()
-        };
+        let last = if train { self.blocks.last().expect("at least one block").out.view() } else { self.eval_io.view() };
         device::avgpool_forward(n, h * w, c, last, self.pooled.view_mut());
         self.fc.forward(n, self.pooled.view(), self.logits.view_mut());
         ensure_len(&mut self.host_logits, n * classes);
@@ -215,29 +212,28 @@ impl ResNet {
         cur
     }
 
-    /// Inference: nothing is saved; the last block's output ends in `eval_io[blocks % 2]`.
+    /// Inference: nothing is saved; each block's output replaces its input in `eval_io`.
     fn forward_eval(&mut self, n: usize, hw: Hw) -> Hw {
         let largest = self.max_activation(n, hw);
-        for v in self.eval_io.iter_mut().chain(self.eval_tmp.iter_mut()) {
+        for v in std::iter::once(&mut self.eval_io).chain(self.eval_tmp.iter_mut()) {
             v.ensure_len(largest);
         }
         let images = self.input.view();
-        let [io0, io1] = &mut self.eval_io;
+        let io = &mut self.eval_io;
         let [t0, _, _] = &mut self.eval_tmp;
         let mut cur = self.stem.conv.out_hw(hw.0, hw.1);
-        let epi = self.stem.bn.epilogue(None, true);
+        let epi = self.stem.bn.epilogue(Residual::None, true);
         // Inference needs no argmax, so the pool layer's own buffers stay unused here.
         if self.pool.is_some() {
             self.stem.conv.forward_fused(n, hw, images, t0.view_mut(), epi, &mut self.ws);
             let s = MaxPool::shape(self.stem.conv.c_out, cur);
-            device::maxpool_eval(&s, n, t0.view(), io0.view_mut());
+            device::maxpool_eval(&s, n, t0.view(), io.view_mut());
             cur = (s.out_h(), s.out_w());
         } else {
-            self.stem.conv.forward_fused(n, hw, images, io0.view_mut(), epi, &mut self.ws);
+            self.stem.conv.forward_fused(n, hw, images, io.view_mut(), epi, &mut self.ws);
         }
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let (x, out) = if i % 2 == 0 { (io0.view(), io1.view_mut()) } else { (io1.view(), io0.view_mut()) };
-            b.forward_eval(n, cur, x, out, &mut self.eval_tmp, &mut self.ws);
+        for b in &mut self.blocks {
+            b.forward_eval(n, cur, io, &mut self.eval_tmp, &mut self.ws);
             cur = b.out_hw(cur);
         }
         cur

@@ -1,6 +1,6 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::batchnorm as bn;
-use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, View, ViewMut};
+use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, Residual, View, ViewMut};
 use crate::engine::split_range;
 use std::ops::Range;
 
@@ -108,7 +108,7 @@ impl BatchNorm2d {
     }
 
     /// The inference-mode transform as a convolution epilogue: `relu(x·scale + shift + residual)`.
-    pub fn epilogue<'a>(&'a mut self, residual: Option<View<'a>>, relu: bool) -> Epilogue<'a> {
+    pub fn epilogue<'a>(&'a mut self, residual: Residual<'a>, relu: bool) -> Epilogue<'a> {
         let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
         let (mean, var) = (self.running_mean.view(), self.running_var.view());
         device::bn_eval_affine(p, mean, var, self.eval_scale.view_mut(), self.eval_shift.view_mut());

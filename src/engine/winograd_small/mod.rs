@@ -20,7 +20,7 @@
 //! ResNet-20 at batch 128, in-process against the direct kernel (16 channels) and
 //! `winograd` (32 and 64) alternating: inference 1.49× the images/s, training 1.34×.
 
-use super::conv::{ConvShape, Epilogue};
+use super::conv::{ConvShape, Epilogue, Residual};
 use super::simd::V8;
 use super::winograd::{self, InputTaps, LANES, OutputTaps, POS, T_IN, T_OUT, Taps};
 use super::{ConvAlgo, Scratch, SharedOut, Workspace, ensure_len, for_each_item};
@@ -81,7 +81,7 @@ pub fn forward(
     assert!(applies(s, ConvAlgo::Winograd), "winograd_small: unsupported shape {s:?}");
     assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
-    assert!(epi.is_none_or(|e| e.residual.is_none_or(|r| r.len() >= n * s.out_len())));
+    assert!(epi.is_none_or(|e| e.residual.covers(n * s.out_len())));
     let u = winograd::weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
     let y = &mut y[..n * s.out_len()];
     match s.c_in {
@@ -293,7 +293,11 @@ fn transform_output<const C: usize>(
                     let value = match (accumulate, epi, affine) {
                         (true, _, _) => V8::read(dst) + o,
                         (false, Some(e), Some((scale, shift))) => {
-                            let residual = e.residual.map(|res| V8::read(res.as_ptr().add(offset + q * C)));
+                            let residual = match e.residual {
+                                Residual::None => None,
+                                Residual::Separate(res) => Some(V8::read(res.as_ptr().add(offset + q * C))),
+                                Residual::InOutput => Some(V8::read(dst)),
+                            };
                             o.finish(scale, shift, residual, e.relu)
                         }
                         _ => o,
