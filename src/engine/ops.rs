@@ -87,16 +87,20 @@ impl ShortcutA {
 ///
 /// The classifier is a small share of any network's work (ResNet-50's is 0.05% of its
 /// mult-adds), so it runs on one thread in plain loops the compiler vectorizes; the
-/// `gemm` crate it used to run on allocated its packing room on every call.
+/// `gemm` crate it used to run on allocated its packing room on every call. Each row of
+/// `w` meets every image in turn, so `w` (8 MB in ResNet-50) is read once, not once per
+/// image: ResNet-50's classifier at batch 16 took 4.9 ms the other way round.
 pub fn linear_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
-    for (xr, yr) in x[..n * i].chunks_exact(i).zip(y[..n * o].chunks_exact_mut(o)) {
-        for ((y, wr), b) in yr.iter_mut().zip(w[..o * i].chunks_exact(i)).zip(b) {
-            *y = b + dot(xr, wr);
+    let y = &mut y[..n * o];
+    for (col, (wr, b)) in w[..o * i].chunks_exact(i).zip(b).enumerate() {
+        for (row, xr) in x[..n * i].chunks_exact(i).enumerate() {
+            y[row * o + col] = b + dot(xr, wr);
         }
     }
 }
 
-/// Backward of the fully connected layer: overwrites `dw`, `db` and `dx`.
+/// Backward of the fully connected layer: overwrites `dw`, `db` and `dx`. Row by row of
+/// `w`, as the forward, so that `w` and `dw` are each passed over once.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     n: usize,
@@ -109,20 +113,16 @@ pub fn linear_backward(
     db: &mut [f32],
     dx: &mut [f32],
 ) {
-    let (x, w, g) = (&x[..n * i], &w[..o * i], &g[..n * o]);
-    // dw[o, i] = Σ over rows of g[r, o]·x[r, i]; db[o] = Σ g[r, o]
-    dw[..o * i].fill(0.0);
-    db[..o].fill(0.0);
-    for (xr, gr) in x.chunks_exact(i).zip(g.chunks_exact(o)) {
-        for ((dwr, &gv), d) in dw.chunks_exact_mut(i).zip(gr).zip(db.iter_mut()) {
+    let (x, w, g, dx) = (&x[..n * i], &w[..o * i], &g[..n * o], &mut dx[..n * i]);
+    // dw[o, i] = Σ_r g[r, o]·x[r, i]; db[o] = Σ_r g[r, o]; dx[r, i] = Σ_o g[r, o]·w[o, i]
+    dx.fill(0.0);
+    for (col, ((dwr, db), wr)) in dw[..o * i].chunks_exact_mut(i).zip(&mut db[..o]).zip(w.chunks_exact(i)).enumerate() {
+        dwr.fill(0.0);
+        *db = 0.0;
+        for (row, (xr, dxr)) in x.chunks_exact(i).zip(dx.chunks_exact_mut(i)).enumerate() {
+            let gv = g[row * o + col];
             axpy(gv, xr, dwr);
-            *d += gv;
-        }
-    }
-    // dx[r, i] = Σ_o g[r, o]·w[o, i]
-    for (dxr, gr) in dx[..n * i].chunks_exact_mut(i).zip(g.chunks_exact(o)) {
-        dxr.fill(0.0);
-        for (wr, &gv) in w.chunks_exact(i).zip(gr) {
+            *db += gv;
             axpy(gv, wr, dxr);
         }
     }
