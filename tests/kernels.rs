@@ -486,26 +486,46 @@ fn panel_product_of_transposed_a_matches_naive_reference() {
     }
 }
 
+/// The signature of `winograd::forward` and its two ways.
+type Forward =
+    fn(&ConvShape, usize, &[f32], &[f32], Option<&[f32]>, &mut [f32], bool, Option<&conv::Epilogue>, &mut Workspace);
+
 #[test]
 fn winograd_matches_naive_reference() {
     // Called directly, whatever `applies` would choose on this machine's core count.
     let mut rng = Rng::new(9);
     let mut ws = Workspace::new();
-    // Channel counts not multiples of 8 exercise the transforms' partial lane group.
-    let cases = [(1, 8, 8, 4, 4), (3, 16, 24, 13, 11), (2, 72, 80, 9, 18), (5, 8, 16, 1, 7), (2, 5, 13, 6, 9)];
+    // Channel counts not multiples of 8 exercise the transforms' partial lane group. The
+    // forward runs in blocks of tiles and, where the output channels come in 16s, by
+    // position (both on the panel kernel), whichever `forward` would choose.
+    let cases = [
+        (1, 8, 8, 4, 4),
+        (3, 16, 24, 13, 11),
+        (2, 72, 80, 9, 18),
+        (5, 8, 16, 1, 7),
+        (2, 5, 13, 6, 9),
+        (6, 32, 48, 16, 16),
+    ];
     for (n, c_in, c_out, h, w) in cases {
         let s = ConvShape { c_in, c_out, kernel: 3, stride: 1, pad: 1, h, w };
         let x = random(&mut rng, n * s.in_len());
         let wt = random(&mut rng, s.weight_len());
         let dy = random(&mut rng, n * s.out_len());
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &wt, &dy);
-        let mut y = vec![f32::NAN; n * s.out_len()];
-        winograd::forward(&s, n, &x, &wt, None, &mut y, false, None, &mut ws);
-        assert!(rel_err(&y, &y_ref) < TOL, "winograd forward {s:?} n={n}: {}", rel_err(&y, &y_ref));
-        // Accumulating forward: y + conv(x) = 2·conv(x).
-        winograd::forward(&s, n, &x, &wt, None, &mut y, true, None, &mut ws);
-        let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
-        assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {s:?}");
+        let by_position = panel::applies(c_out).then_some(winograd::forward_by_position as Forward);
+        for (name, forward) in
+            [("in blocks", Some(winograd::forward_in_blocks as Forward)), ("by position", by_position)]
+        {
+            let Some(forward) = forward else { continue };
+            let mut y = vec![f32::NAN; n * s.out_len()];
+            forward(&s, n, &x, &wt, None, &mut y, false, None, &mut ws);
+            let e = rel_err(&y, &y_ref);
+            assert!(e < TOL, "winograd forward {name} {s:?} n={n}: {e}");
+            // Accumulating forward: y + conv(x) = 2·conv(x).
+            forward(&s, n, &x, &wt, None, &mut y, true, None, &mut ws);
+            let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
+            assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {name} {s:?}");
+        }
         let base = random(&mut rng, n * s.in_len());
         let mut dx = base.clone();
         winograd::backward_data(&s, n, &dy, &wt, &mut dx, true, &mut ws);

@@ -72,6 +72,9 @@ pub enum ConvAlgo {
 pub struct Workspace {
     pub threads: Vec<Scratch>,
     pub winograd_u: Vec<f32>,
+    /// Every tile's transformed inputs and products, for `winograd`'s passes by position.
+    pub winograd_v: Vec<f32>,
+    pub winograd_m: Vec<f32>,
     /// Room for the tasks of Winograd's weight transform (see `winograd::weight_transform`).
     pub weight_transform_bufs: Vec<f32>,
     /// The kernel of a stride-1 convolution's input gradient (see `conv::flip_kernel`).
@@ -93,6 +96,8 @@ impl Workspace {
         Workspace {
             threads: (0..n).map(|_| Scratch::default()).collect(),
             winograd_u: Vec::new(),
+            winograd_v: Vec::new(),
+            winograd_m: Vec::new(),
             weight_transform_bufs: Vec::new(),
             flipped_weights: Vec::new(),
             direct_weights: Vec::new(),

@@ -340,9 +340,36 @@ impl Bufs {
 /// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it. An
 /// epilogue (inference BatchNorm, residual, ReLU) is applied to each tile as it is
 /// written (not with `accumulate`). `u`: the weights already transformed by
-/// `transform_weights`, if the caller keeps them.
+/// `transform_weights`, if the caller keeps them. By position where every tile's
+/// transformed inputs and products fit `BY_POSITION_FLOATS`, else in blocks of tiles.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    u: Option<&[f32]>,
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    let tiles = n * s.h.div_ceil(T_OUT) * s.w.div_ceil(T_OUT);
+    match panel::applies(s.c_out) && tiles * POS * (s.c_in + s.c_out) <= BY_POSITION_FLOATS {
+        true => forward_by_position(s, n, x, w, u, y, accumulate, epi, ws),
+        false => forward_in_blocks(s, n, x, w, u, y, accumulate, epi, ws),
+    }
+}
+
+/// Most floats of transformed inputs and products (32 MB) that `forward` keeps for all the
+/// tiles at once, to run by position: ResNet-50's third and last stages up to batch 16.
+/// Larger batches run in blocks of tiles.
+const BY_POSITION_FLOATS: usize = 1 << 23;
+
+/// `forward` in blocks of tiles, each block through the input transforms, the 36 products
+/// and the output transforms on one thread.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_in_blocks(
     s: &ConvShape,
     n: usize,
     x: &[f32],
@@ -369,10 +396,10 @@ pub fn forward(
         b.reserve(block.min(tiles), ci, co);
         let first = index * block;
         let count = block.min(tiles - first);
-        for k in 0..count {
-            transform_input(s, x, first + k, grid, b, count, k);
-        }
         let (vs, ms) = (stride(count, ci), stride(count, co));
+        for k in 0..count {
+            transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
+        }
         for p in 0..POS {
             let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
             if panel::applies(co) {
@@ -384,8 +411,78 @@ pub fn forward(
             }
         }
         for k in 0..count {
-            transform_output(s, b, count, k, first + k, grid, out, accumulate, epi);
+            transform_output(s, (&mut b.tile, &mut b.tmp), &b.m, ms, k, first + k, grid, out, accumulate, epi);
         }
+    });
+}
+
+/// `forward` in three passes over all the tiles: the input transforms, tile by tile; the 36
+/// products, position by position; the output transforms. In blocks of tiles, each thread
+/// reads all of the transformed weights (36·c_in·c_out floats, 38 MB at 512 channels) for
+/// each of its blocks: at batch 16, for 32 tiles of a 512-channel layer, 64 of a 256-channel
+/// one. By position, each thread reads its positions' weights only, once. Against blocks,
+/// in one process, alternating: median pair ratios 1.00–1.09 for ResNet-50's inference at
+/// batch 16 (median times 2–4% lower), 1.01–1.03 at batch 1, 1.03 for its training step;
+/// ResNet-18 at batch 16 0.99–1.06 (BENCHMARKS.md).
+/// Each tile's transformed inputs and products lie together (`[tile][position][channel]`),
+/// so that a tile's pass reads and writes one run. Requires `panel::applies(c_out)`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_by_position(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    u: Option<&[f32]>,
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    ws: &mut Workspace,
+) {
+    assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
+    assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1 && panel::applies(s.c_out));
+    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
+    let (ci, co) = (s.c_in, s.c_out);
+    let u = weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
+    let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
+    let tiles = n * grid.0 * grid.1;
+    if tiles == 0 {
+        return;
+    }
+    let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
+    // Floats from one tile's run to the next: skewed, as `stride`, so that the rows of a
+    // position's product do not all fall into the same sets of the L1 cache.
+    let (tv, tm) = (POS * ci + SKEW, POS * co + SKEW);
+    let (v, m) = (&mut ws.winograd_v, &mut ws.winograd_m);
+    ensure_len(v, tiles * tv);
+    ensure_len(m, tiles * tm);
+    let (vp, mp) = (SharedOut(v.as_mut_ptr()), SharedOut(m.as_mut_ptr()));
+    for_each_item(&mut ws.threads, tiles, |scr, tile| {
+        let b = &mut scr.winograd;
+        b.reserve(1, ci, co);
+        // SAFETY: tile `tile`'s run of v, written by this item alone.
+        let v = unsafe { std::slice::from_raw_parts_mut(vp.base().add(tile * tv), POS * ci) };
+        transform_input(s, x, tile, grid, (&mut b.tile, &mut b.tmp), v, ci, 0);
+    });
+    for_each_item(&mut ws.threads, POS, |scr, p| {
+        // Position p's rows are every tile's p-th run of c_in floats (c_out for the
+        // products).
+        // SAFETY: rows `tv` (`tm`) apart from `p·c` on lie inside v (m); this item alone
+        // writes position p's columns of m, and v is only read in this pass.
+        let (v, m) = unsafe {
+            (
+                std::slice::from_raw_parts(vp.base().add(p * ci), (tiles - 1) * tv + ci),
+                std::slice::from_raw_parts_mut(mp.base().add(p * co), (tiles - 1) * tm + co),
+            )
+        };
+        let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
+        panel::product_packed(m, tm, tiles, strips, ci, v, tv, &u[p * ci * co..], store, &mut scr.a_panel);
+    });
+    for_each_item(&mut ws.threads, tiles, |scr, tile| {
+        let b = &mut scr.winograd;
+        b.reserve(1, ci, co);
+        // SAFETY: m is only read in this pass.
+        let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
+        transform_output(s, (&mut b.tile, &mut b.tmp), m, co, 0, tile, grid, out, accumulate, epi);
     });
 }
 
@@ -414,8 +511,20 @@ fn tile_position(tile: usize, (th, tw): (usize, usize)) -> (usize, usize, usize)
     (tile / (th * tw), tile / tw % th, tile % tw)
 }
 
-/// The 6×6 input tile of `tile` (zero outside the image), transformed: `Bᵀ d B` → `v[p][k][·]`.
-fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), b: &mut Bufs, count: usize, k: usize) {
+/// The 6×6 input tile of `tile` (zero outside the image), transformed: `Bᵀ d B` →
+/// `v[p·vs + k·c_in..]` for each position p. `scratch`: a tile's room (`Bufs::tile`,
+/// `Bufs::tmp`).
+#[allow(clippy::too_many_arguments)]
+fn transform_input(
+    s: &ConvShape,
+    x: &[f32],
+    tile: usize,
+    grid: (usize, usize),
+    (gathered, tmp): (&mut [f32], &mut [f32]),
+    v: &mut [f32],
+    vs: usize,
+    k: usize,
+) {
     let c = s.c_in;
     let (img, ty, tx) = tile_position(tile, grid);
     let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
@@ -425,25 +534,26 @@ fn transform_input(s: &ConvShape, x: &[f32], tile: usize, grid: (usize, usize), 
     let (src, base, row_step): (&[f32], usize, usize) = if inside {
         (xi, (iy0 as usize * s.w + ix0 as usize) * c, s.w * c)
     } else {
-        gather(xi, (s.h, s.w), c, (iy0, ix0), T_IN, &mut b.tile);
-        (&b.tile, 0, T_IN * c)
+        gather(xi, (s.h, s.w), c, (iy0, ix0), T_IN, gathered);
+        (gathered, 0, T_IN * c)
     };
-    // Bᵀ down each column, then along each row straight into the block's v.
+    // Bᵀ down each column, then along each row straight into v.
     for q in 0..T_IN {
-        input_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_IN * c, c);
+        input_1d(&src[base + q * c..], row_step, &mut tmp[q * c..], T_IN * c, c);
     }
-    let vs = stride(count, c);
     for r in 0..T_IN {
-        input_1d(&b.tmp[r * T_IN * c..], c, &mut b.v[r * T_IN * vs + k * c..], vs, c);
+        input_1d(&tmp[r * T_IN * c..], c, &mut v[r * T_IN * vs + k * c..], vs, c);
     }
 }
 
-/// Products `m[p][k][·]` of tile `tile` → its 4×4 output pixels (clipped at the edges).
+/// Products `m[p·ms + k·c_out..]` of tile `tile` → its 4×4 output pixels (clipped at the
+/// edges). `scratch`: a tile's room (`Bufs::tile`, `Bufs::tmp`).
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     s: &ConvShape,
-    b: &mut Bufs,
-    count: usize,
+    (row_buf, tmp): (&mut [f32], &mut [f32]),
+    m: &[f32],
+    ms: usize,
     k: usize,
     tile: usize,
     grid: (usize, usize),
@@ -454,9 +564,8 @@ fn transform_output(
     let c = s.c_out;
     let (img, ty, tx) = tile_position(tile, grid);
     // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
-    let ms = stride(count, c);
     for q in 0..T_IN {
-        output_1d(&b.m[q * ms + k * c..], T_IN * ms, &mut b.tmp[q * c..], T_IN * c, c);
+        output_1d(&m[q * ms + k * c..], T_IN * ms, &mut tmp[q * c..], T_IN * c, c);
     }
     let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
     let full_row = ox0 + T_OUT <= s.w;
@@ -469,10 +578,10 @@ fn transform_output(
         // SAFETY: these pixels lie in this tile, which only this block writes.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), width * c) };
         if full_row && !accumulate && !in_output {
-            output_1d(&b.tmp[r * T_IN * c..], c, dst, c, c);
+            output_1d(&tmp[r * T_IN * c..], c, dst, c, c);
         } else {
-            let row = &mut b.tile[..T_OUT * c];
-            output_1d(&b.tmp[r * T_IN * c..], c, row, c, c);
+            let row = &mut row_buf[..T_OUT * c];
+            output_1d(&tmp[r * T_IN * c..], c, row, c, c);
             match epi {
                 _ if accumulate => dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v),
                 Some(epi) if in_output => {
@@ -537,12 +646,12 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
         for index in indices {
             let first = index * block;
             let count = block.min(tiles - first);
+            let (vs, ms) = (stride(count, ci), stride(count, co));
             for k in 0..count {
-                transform_input(s, x, first + k, grid, b, count, k);
+                transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
                 transform_gradient(s, dy, first + k, grid, b, count, k);
             }
             // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
-            let (vs, ms) = (stride(count, ci), stride(count, co));
             for p in 0..POS {
                 // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
                 let yt = Mat::transposed(&b.m[p * ms..][..count * co], co);
