@@ -486,10 +486,6 @@ fn panel_product_of_transposed_a_matches_naive_reference() {
     }
 }
 
-/// The signature of `winograd::forward` and its two ways.
-type Forward =
-    fn(&ConvShape, usize, &[f32], &[f32], Option<&[f32]>, &mut [f32], bool, Option<&conv::Epilogue>, &mut Workspace);
-
 #[test]
 fn winograd_matches_naive_reference() {
     // Called directly, whatever `applies` would choose on this machine's core count.
@@ -512,19 +508,16 @@ fn winograd_matches_naive_reference() {
         let wt = random(&mut rng, s.weight_len());
         let dy = random(&mut rng, n * s.out_len());
         let (y_ref, dx_ref, dw_ref) = conv_ref(&s, n, &x, &wt, &dy);
-        let by_position = panel::applies(c_out).then_some(winograd::forward_by_position as Forward);
-        for (name, forward) in
-            [("in blocks", Some(winograd::forward_in_blocks as Forward)), ("by position", by_position)]
-        {
-            let Some(forward) = forward else { continue };
+        let ways = [winograd::Way::InBlocks, winograd::Way::ByPosition];
+        for way in ways.into_iter().filter(|&w| w == winograd::Way::InBlocks || panel::applies(c_out)) {
             let mut y = vec![f32::NAN; n * s.out_len()];
-            forward(&s, n, &x, &wt, None, &mut y, false, None, &mut ws);
+            winograd::forward(way, &s, n, &x, &wt, None, &mut y, false, None, &mut ws);
             let e = rel_err(&y, &y_ref);
-            assert!(e < TOL, "winograd forward {name} {s:?} n={n}: {e}");
+            assert!(e < TOL, "winograd forward {way:?} {s:?} n={n}: {e}");
             // Accumulating forward: y + conv(x) = 2·conv(x).
-            forward(&s, n, &x, &wt, None, &mut y, true, None, &mut ws);
+            winograd::forward(way, &s, n, &x, &wt, None, &mut y, true, None, &mut ws);
             let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
-            assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {name} {s:?}");
+            assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {way:?} {s:?}");
         }
         let base = random(&mut rng, n * s.in_len());
         let mut dx = base.clone();

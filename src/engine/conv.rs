@@ -325,7 +325,7 @@ fn convolve(
         let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
         return match small {
             true => winograd_small::forward(s, n, x, w, u, y, accumulate, epi, ws),
-            false => winograd::forward(s, n, x, w, u, y, accumulate, epi, ws),
+            false => winograd::forward(winograd::way_for(s, n), s, n, x, w, u, y, accumulate, epi, ws),
         };
     }
     if direct::applies(s, n, ws.threads.len(), ws.algo) {

@@ -337,39 +337,46 @@ impl Bufs {
     }
 }
 
-/// `y (+)= conv3x3(x, w)`; `accumulate` adds to `y` instead of overwriting it. An
-/// epilogue (inference BatchNorm, residual, ReLU) is applied to each tile as it is
-/// written (not with `accumulate`). `u`: the weights already transformed by
-/// `transform_weights`, if the caller keeps them. By position where every tile's
-/// transformed inputs and products fit `BY_POSITION_FLOATS`, else in blocks of tiles.
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    u: Option<&[f32]>,
-    y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
-    ws: &mut Workspace,
-) {
+/// How `forward` should order its work for `n` images of shape `s`: by position where
+/// every tile's transformed inputs and products fit `BY_POSITION_FLOATS`, else in blocks.
+pub fn way_for(s: &ConvShape, n: usize) -> Way {
     let tiles = n * s.h.div_ceil(T_OUT) * s.w.div_ceil(T_OUT);
     match panel::applies(s.c_out) && tiles * POS * (s.c_in + s.c_out) <= BY_POSITION_FLOATS {
-        true => forward_by_position(s, n, x, w, u, y, accumulate, epi, ws),
-        false => forward_in_blocks(s, n, x, w, u, y, accumulate, epi, ws),
+        true => Way::ByPosition,
+        false => Way::InBlocks,
     }
 }
 
-/// Most floats of transformed inputs and products (32 MB) that `forward` keeps for all the
-/// tiles at once, to run by position: ResNet-50's third and last stages up to batch 16.
-/// Larger batches run in blocks of tiles.
+/// How [`forward`] orders its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// Block of tiles by block, each block through the input transforms, the 36 products
+    /// and the output transforms on one thread.
+    InBlocks,
+    /// Three passes over all the tiles: the input transforms, tile by tile; the 36
+    /// products, position by position; the output transforms, tile by tile. In blocks,
+    /// each thread reads all of the transformed weights (36·c_in·c_out floats, 38 MB at 512
+    /// channels) for each of its blocks: at batch 16, for 32 tiles of a 512-channel layer,
+    /// 64 of a 256-channel one. By position, each thread reads its positions' weights only,
+    /// once. Against blocks, in one process, alternating: median pair ratios 1.00–1.09 for
+    /// ResNet-50's inference at batch 16 (median times 2–4% lower), 1.01–1.03 at batch 1,
+    /// 1.03 for its training step; ResNet-18 at batch 16 0.99–1.06 (BENCHMARKS.md).
+    /// Requires `panel::applies(c_out)`.
+    ByPosition,
+}
+
+/// Most floats of transformed inputs and products (32 MB) that [`way_for`] lets a layer
+/// keep for all its tiles at once, to run by position: ResNet-50's third and last stages
+/// up to batch 16. Larger batches run in blocks of tiles.
 const BY_POSITION_FLOATS: usize = 1 << 23;
 
-/// `forward` in blocks of tiles, each block through the input transforms, the 36 products
-/// and the output transforms on one thread.
+/// `y (+)= conv3x3(x, w)`, its work ordered `way` (see [`way_for`]); `accumulate` adds to
+/// `y` instead of overwriting it. An epilogue (inference BatchNorm, residual, ReLU) is
+/// applied to each tile as it is written (not with `accumulate`). `u`: the weights
+/// already transformed by `transform_weights`, if the caller keeps them.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_in_blocks(
+pub fn forward(
+    way: Way,
     s: &ConvShape,
     n: usize,
     x: &[f32],
@@ -383,15 +390,46 @@ pub fn forward_in_blocks(
     assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
-    let (ci, co) = (s.c_in, s.c_out);
+    assert!(way == Way::InBlocks || panel::applies(s.c_out), "winograd by position: c_out must come in 16s");
     let u = weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
     let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
     let tiles = n * grid.0 * grid.1;
-    let block = forward_block(tiles, ws.threads.len(), ci, co);
-    let blocks = tiles.div_ceil(block);
-    // Tiles are disjoint rectangles of the output, each written by the one block holding it.
+    // Tiles are disjoint rectangles of the output, each written by the one block or pass
+    // item holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
-    for_each_item(&mut ws.threads, blocks, |scr, index| {
+    let tile_outputs = TileOutputs { out, accumulate, epi };
+    match way {
+        Way::InBlocks => in_blocks(s, x, u, grid, tiles, tile_outputs, &mut ws.threads),
+        Way::ByPosition => {
+            let room = (&mut ws.winograd_v, &mut ws.winograd_m);
+            by_position(s, x, u, grid, tiles, tile_outputs, &mut ws.threads, room)
+        }
+    }
+}
+
+/// Where and how the output transforms write: the output, whether they add to it, and
+/// the epilogue.
+#[derive(Clone, Copy)]
+struct TileOutputs<'a> {
+    out: SharedOut,
+    accumulate: bool,
+    epi: Option<&'a Epilogue<'a>>,
+}
+
+/// [`Way::InBlocks`].
+fn in_blocks(
+    s: &ConvShape,
+    x: &[f32],
+    u: &[f32],
+    grid: (usize, usize),
+    tiles: usize,
+    to: TileOutputs,
+    threads: &mut [super::Scratch],
+) {
+    let (ci, co) = (s.c_in, s.c_out);
+    let block = forward_block(tiles, threads.len(), ci, co);
+    let blocks = tiles.div_ceil(block);
+    for_each_item(threads, blocks, |scr, index| {
         let b = &mut scr.winograd;
         b.reserve(block.min(tiles), ci, co);
         let first = index * block;
@@ -411,59 +449,44 @@ pub fn forward_in_blocks(
             }
         }
         for k in 0..count {
-            transform_output(s, (&mut b.tile, &mut b.tmp), &b.m, ms, k, first + k, grid, out, accumulate, epi);
+            let (m, scratch) = (&b.m[..], (&mut b.tile[..], &mut b.tmp[..]));
+            transform_output(s, scratch, m, ms, k, first + k, grid, to.out, to.accumulate, to.epi);
         }
     });
 }
 
-/// `forward` in three passes over all the tiles: the input transforms, tile by tile; the 36
-/// products, position by position; the output transforms. In blocks of tiles, each thread
-/// reads all of the transformed weights (36·c_in·c_out floats, 38 MB at 512 channels) for
-/// each of its blocks: at batch 16, for 32 tiles of a 512-channel layer, 64 of a 256-channel
-/// one. By position, each thread reads its positions' weights only, once. Against blocks,
-/// in one process, alternating: median pair ratios 1.00–1.09 for ResNet-50's inference at
-/// batch 16 (median times 2–4% lower), 1.01–1.03 at batch 1, 1.03 for its training step;
-/// ResNet-18 at batch 16 0.99–1.06 (BENCHMARKS.md).
-/// Each tile's transformed inputs and products lie together (`[tile][position][channel]`),
-/// so that a tile's pass reads and writes one run. Requires `panel::applies(c_out)`.
+/// [`Way::ByPosition`]: `room` holds every tile's transformed inputs and products, each
+/// tile's together (`[tile][position][channel]`), so that a tile's pass reads and writes
+/// one run.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_by_position(
+fn by_position(
     s: &ConvShape,
-    n: usize,
     x: &[f32],
-    w: &[f32],
-    u: Option<&[f32]>,
-    y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
-    ws: &mut Workspace,
+    u: &[f32],
+    grid: (usize, usize),
+    tiles: usize,
+    to: TileOutputs,
+    threads: &mut [super::Scratch],
+    (v, m): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
-    assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
-    assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1 && panel::applies(s.c_out));
-    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
-    let (ci, co) = (s.c_in, s.c_out);
-    let u = weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
-    let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
-    let tiles = n * grid.0 * grid.1;
     if tiles == 0 {
         return;
     }
-    let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
+    let (ci, co) = (s.c_in, s.c_out);
     // Floats from one tile's run to the next: skewed, as `stride`, so that the rows of a
     // position's product do not all fall into the same sets of the L1 cache.
     let (tv, tm) = (POS * ci + SKEW, POS * co + SKEW);
-    let (v, m) = (&mut ws.winograd_v, &mut ws.winograd_m);
     ensure_len(v, tiles * tv);
     ensure_len(m, tiles * tm);
     let (vp, mp) = (SharedOut(v.as_mut_ptr()), SharedOut(m.as_mut_ptr()));
-    for_each_item(&mut ws.threads, tiles, |scr, tile| {
+    for_each_item(threads, tiles, |scr, tile| {
         let b = &mut scr.winograd;
         b.reserve(1, ci, co);
         // SAFETY: tile `tile`'s run of v, written by this item alone.
         let v = unsafe { std::slice::from_raw_parts_mut(vp.base().add(tile * tv), POS * ci) };
         transform_input(s, x, tile, grid, (&mut b.tile, &mut b.tmp), v, ci, 0);
     });
-    for_each_item(&mut ws.threads, POS, |scr, p| {
+    for_each_item(threads, POS, |scr, p| {
         // Position p's rows are every tile's p-th run of c_in floats (c_out for the
         // products).
         // SAFETY: rows `tv` (`tm`) apart from `p·c` on lie inside v (m); this item alone
@@ -477,12 +500,13 @@ pub fn forward_by_position(
         let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
         panel::product_packed(m, tm, tiles, strips, ci, v, tv, &u[p * ci * co..], store, &mut scr.a_panel);
     });
-    for_each_item(&mut ws.threads, tiles, |scr, tile| {
+    for_each_item(threads, tiles, |scr, tile| {
         let b = &mut scr.winograd;
         b.reserve(1, ci, co);
         // SAFETY: m is only read in this pass.
         let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
-        transform_output(s, (&mut b.tile, &mut b.tmp), m, co, 0, tile, grid, out, accumulate, epi);
+        let scratch = (&mut b.tile[..], &mut b.tmp[..]);
+        transform_output(s, scratch, m, co, 0, tile, grid, to.out, to.accumulate, to.epi);
     });
 }
 
@@ -689,5 +713,7 @@ pub(super) fn weights_from_transformed(s: &ConvShape, du: &[f32], dw: &mut [f32]
 /// `dx (+)= conv3x3ᵀ(dy, w)`: the input gradient, as a forward pass on `dy` with the
 /// kernel rotated by 180° and input/output channels swapped; `add` adds it to `dx`.
 pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], add: bool, ws: &mut Workspace) {
-    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| forward(t, n, dy, flipped, None, dx, add, None, ws));
+    conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| {
+        forward(way_for(t, n), t, n, dy, flipped, None, dx, add, None, ws)
+    });
 }
