@@ -397,35 +397,29 @@ pub fn forward(
     // Tiles are disjoint rectangles of the output, each written by the one block or pass
     // item holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
-    let tile_outputs = TileOutputs { out, accumulate, epi };
+    let layer = Layer { s, x, u, grid, tiles, out, accumulate, epi };
     match way {
-        Way::InBlocks => in_blocks(s, x, u, grid, tiles, tile_outputs, &mut ws.threads),
-        Way::ByPosition => {
-            let room = (&mut ws.winograd_v, &mut ws.winograd_m);
-            by_position(s, x, u, grid, tiles, tile_outputs, &mut ws.threads, room)
-        }
+        Way::InBlocks => in_blocks(&layer, &mut ws.threads),
+        Way::ByPosition => by_position(&layer, &mut ws.threads, (&mut ws.winograd_v, &mut ws.winograd_m)),
     }
 }
 
-/// Where and how the output transforms write: the output, whether they add to it, and
-/// the epilogue.
-#[derive(Clone, Copy)]
-struct TileOutputs<'a> {
+/// What both orders of `forward`'s work share: the layer, its input and transformed
+/// weights, its tiles, and where and how the output transforms write.
+struct Layer<'a> {
+    s: &'a ConvShape,
+    x: &'a [f32],
+    u: &'a [f32],
+    grid: (usize, usize),
+    tiles: usize,
     out: SharedOut,
     accumulate: bool,
     epi: Option<&'a Epilogue<'a>>,
 }
 
 /// [`Way::InBlocks`].
-fn in_blocks(
-    s: &ConvShape,
-    x: &[f32],
-    u: &[f32],
-    grid: (usize, usize),
-    tiles: usize,
-    to: TileOutputs,
-    threads: &mut [super::Scratch],
-) {
+fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
+    let Layer { s, x, u, grid, tiles, out, accumulate, epi } = *layer;
     let (ci, co) = (s.c_in, s.c_out);
     let block = forward_block(tiles, threads.len(), ci, co);
     let blocks = tiles.div_ceil(block);
@@ -450,7 +444,7 @@ fn in_blocks(
         }
         for k in 0..count {
             let (m, scratch) = (&b.m[..], (&mut b.tile[..], &mut b.tmp[..]));
-            transform_output(s, scratch, m, ms, k, first + k, grid, to.out, to.accumulate, to.epi);
+            transform_output(s, scratch, m, ms, k, first + k, grid, out, accumulate, epi);
         }
     });
 }
@@ -458,17 +452,8 @@ fn in_blocks(
 /// [`Way::ByPosition`]: `room` holds every tile's transformed inputs and products, each
 /// tile's together (`[tile][position][channel]`), so that a tile's pass reads and writes
 /// one run.
-#[allow(clippy::too_many_arguments)]
-fn by_position(
-    s: &ConvShape,
-    x: &[f32],
-    u: &[f32],
-    grid: (usize, usize),
-    tiles: usize,
-    to: TileOutputs,
-    threads: &mut [super::Scratch],
-    (v, m): (&mut Vec<f32>, &mut Vec<f32>),
-) {
+fn by_position(layer: &Layer, threads: &mut [super::Scratch], (v, m): (&mut Vec<f32>, &mut Vec<f32>)) {
+    let Layer { s, x, u, grid, tiles, out, accumulate, epi } = *layer;
     if tiles == 0 {
         return;
     }
@@ -506,7 +491,7 @@ fn by_position(
         // SAFETY: m is only read in this pass.
         let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
         let scratch = (&mut b.tile[..], &mut b.tmp[..]);
-        transform_output(s, scratch, m, co, 0, tile, grid, to.out, to.accumulate, to.epi);
+        transform_output(s, scratch, m, co, 0, tile, grid, out, accumulate, epi);
     });
 }
 
