@@ -140,25 +140,34 @@ impl ImageFolder {
 mod tests {
     use super::*;
 
+    /// A directory removed when the test is done with it.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A fresh directory with `root/<class>/x.png` (empty files: scanning reads names only).
-    fn classes(name: &str, names: &[&str]) -> PathBuf {
+    fn classes(name: &str, names: &[&str]) -> Scratch {
         let root = std::env::temp_dir().join(format!("resnet_folder_{name}_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for class in names {
             std::fs::create_dir_all(root.join(class)).unwrap();
             std::fs::write(root.join(class).join("x.png"), b"").unwrap();
         }
-        root
+        Scratch(root)
     }
 
     #[test]
     fn validation_labels_follow_the_training_folders() {
-        let train = ImageFolder::scan(&classes("train", &["a", "b", "c"]), None).unwrap();
-        let val = ImageFolder::scan(&classes("val", &["a", "c"]), None).unwrap();
+        let train = ImageFolder::scan(&classes("train", &["a", "b", "c"]).0, None).unwrap();
+        let val = ImageFolder::scan(&classes("val", &["a", "c"]).0, None).unwrap();
         assert_eq!(val.samples.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 1]);
         let val = val.relabel_as(&train).unwrap();
         assert_eq!(val.samples.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 2]);
-        let stray = ImageFolder::scan(&classes("stray", &["a", "z"]), None).unwrap();
+        let stray = ImageFolder::scan(&classes("stray", &["a", "z"]).0, None).unwrap();
         let err = stray.relabel_as(&train).err().unwrap().to_string();
         assert!(err.contains("class folder 'z' has no counterpart"), "{err}");
     }
@@ -166,12 +175,13 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn link_loops_are_not_followed() {
-        let root = classes("loop", &["a"]);
+        let scratch = classes("loop", &["a"]);
+        let root = &scratch.0;
         std::os::unix::fs::symlink(root.join("a"), root.join("a/again")).unwrap();
-        std::os::unix::fs::symlink(&root, root.join("a/up")).unwrap();
-        let folder = ImageFolder::scan(&root, None).unwrap();
+        std::os::unix::fs::symlink(root, root.join("a/up")).unwrap();
+        let folder = ImageFolder::scan(root, None).unwrap();
         // a/again and a/up/a lead back into a directory being listed: only a/x.png is found.
-        let names: Vec<_> = folder.samples.iter().map(|s| s.0.strip_prefix(&root).unwrap().to_owned()).collect();
+        let names: Vec<_> = folder.samples.iter().map(|s| s.0.strip_prefix(root).unwrap().to_owned()).collect();
         assert_eq!(names, [Path::new("a/x.png")]);
     }
 }
