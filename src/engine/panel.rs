@@ -39,6 +39,13 @@ pub const MC: usize = 96;
 const KC: usize = 1024;
 /// Rows of C the kernel holds in registers, and so rows of A per interleaved group.
 const MR: usize = 6;
+/// How many groups of rows ahead `interleave` asks for A's lines. Interleaving is where a
+/// 1×1 layer first touches its input, which at batch 16 comes from memory, and the
+/// hardware prefetchers lose time ramping up on each short row. Asking 3 groups ahead,
+/// ResNet-50's inference at batch 16 ran 2.4–3.3% faster (median ratios of 30 alternating
+/// in-process pairs; 1 group ahead 1.3%, 6–8 groups 0–2.4%); its stage-1 1×1 layers ran
+/// 15–20% faster. Batch 1 and training ran level.
+const PREFETCH_GROUPS: usize = 3;
 
 /// Whether `product_packed` handles `n` columns on this build.
 pub fn applies(n: usize) -> bool {
@@ -218,14 +225,16 @@ fn group_columns(at: &[f32], ldat: usize, m: usize, kc: usize, out: &mut [f32]) 
 
 /// Copies m rows of kc floats of A (`lda` apart) into `out` in groups of 6 rows, each
 /// group step by step: row r of group g, step p at `out[g·6·kc + 6p + r]`. The rows of a
-/// last, short group keep their places; the rest of it is left as it was.
+/// last, short group keep their places; the rest of it is left as it was. Asks for the
+/// lines of the rows `PREFETCH_GROUPS` groups further on as it goes (past the block's
+/// end, those of the rows after it: the next block's, likely).
 fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     for (g, group) in out[..m.next_multiple_of(MR) * kc].chunks_exact_mut(MR * kc).enumerate() {
         let count = (m - g * MR).min(MR);
         // A short group's missing rows repeat its last one, and are not copied.
         let rows: [&[f32]; MR] = std::array::from_fn(|r| &a[(g * MR + r.min(count - 1)) * lda..][..kc]);
         match count {
-            MR => interleave6(rows, group),
+            MR => interleave6(rows, group, PREFETCH_GROUPS * MR * lda),
             _ => interleave_rows(&rows[..count], 0, group),
         }
     }
@@ -363,15 +372,16 @@ unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool>(
 
 /// `out[6p + r] = rows[r][p]` for the 6 rows and every p.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
+fn interleave6(rows: [&[f32]; 6], out: &mut [f32], _ahead: usize) {
     interleave_rows(&rows, 0, out);
 }
 
 /// `out[6p + r] = rows[r][p]` for the 6 rows and every p: 8 steps at a time by a transpose
 /// of 8 registers (6 rows and 2 of zeros), each step's 6 floats stored as 8, the last 2
-/// overwritten by the next step (or, for the block's last step, left out).
+/// overwritten by the next step (or, for the block's last step, left out). Asks for the
+/// line `ahead` floats after each row's line it reads (once per 16 floats).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
+fn interleave6(rows: [&[f32]; 6], out: &mut [f32], ahead: usize) {
     use std::arch::x86_64::*;
     let kc = rows[0].len();
     assert!(rows.iter().all(|r| r.len() == kc) && out.len() >= 6 * kc);
@@ -380,6 +390,13 @@ fn interleave6(rows: [&[f32]; 6], out: &mut [f32]) {
     // stores write floats 6p..6p+48 ≤ 6·kc of `out` (assert above).
     unsafe {
         while p + 8 <= kc {
+            if p.is_multiple_of(16) {
+                for row in rows {
+                    // Past the end of A the address may lie outside any allocation:
+                    // `wrapping_add` makes no claim on it, and a prefetch never faults.
+                    prefetch(row.as_ptr().wrapping_add(p + ahead));
+                }
+            }
             let r: [__m256; 6] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].as_ptr().add(p)));
             let zeros = _mm256_setzero_ps();
             // Pairs of rows, then quads, then the 128-bit halves: the usual 8×8 transpose.
