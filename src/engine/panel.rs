@@ -42,9 +42,9 @@ const MR: usize = 6;
 /// How many groups of rows ahead `interleave` asks for A's lines. Interleaving is where a
 /// 1×1 layer first touches its input, which at batch 16 comes from memory, and the
 /// hardware prefetchers lose time ramping up on each short row. Asking 3 groups ahead,
-/// ResNet-50's inference at batch 16 ran 2.4–3.3% faster (median ratios of 30 alternating
-/// in-process pairs; 1 group ahead 1.3%, 6–8 groups 0–2.4%); its stage-1 1×1 layers ran
-/// 15–20% faster. Batch 1 and training ran level.
+/// ResNet-50's inference at batch 16 ran 1.8–3.3% faster (median ratios of 30–40
+/// alternating in-process pairs; 1 group ahead 1.3%, 6–8 groups 0–2.4%); its stage-1 1×1
+/// layers ran 15–20% faster. Batch 1 and training ran level.
 const PREFETCH_GROUPS: usize = 3;
 
 /// Whether `product_packed` handles `n` columns on this build.
