@@ -162,10 +162,9 @@ pub fn product_packed(
                         (false, true) => packed.as_ptr().add((strips.start * k + k0 + kc) * STRIP),
                         (false, false) => std::ptr::null(),
                     };
-                    let b = StripB { b, next_b };
                     match interleaved {
-                        true => row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, accumulate, tail),
-                        false => row_groups::<false>(c, ldc, mc, block.as_ptr(), lda, kc, b, accumulate, tail),
+                        true => row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, next_b, accumulate, tail),
+                        false => row_groups::<false>(c, ldc, mc, block.as_ptr(), lda, kc, b, next_b, accumulate, tail),
                     }
                 }
             }
@@ -211,8 +210,7 @@ pub fn product_packed_transposed(
                     let b = packed.as_ptr().add((j * k + k0) * STRIP);
                     let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
                     let accumulate = accumulate || k0 > 0;
-                    let b = StripB { b, next_b: std::ptr::null() };
-                    row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, accumulate, None);
+                    row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, std::ptr::null(), accumulate, None);
                 }
             }
         }
@@ -248,18 +246,12 @@ fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     }
 }
 
-/// A strip's rows of B, and where the rows of B the product needs next begin (or null).
-#[derive(Clone, Copy)]
-struct StripB {
-    b: *const f32,
-    next_b: *const f32,
-}
-
 /// One 16-column strip of C (`ldc` apart) for all m rows, in groups of up to 6 rows;
 /// adds to C when `accumulate`, then applies `tail`. A's rows lie `lda` apart, or, when
 /// `INTERLEAVED`, as [`interleave`] leaves them.
 ///
-/// One group asks for the kc rows of B at `next_b` as it goes, one line per step: the
+/// One group asks for the kc rows of B at `next_b` (those the product needs next, or null)
+/// as it goes, one line per step: the
 /// second group, so that the first has brought this strip's own rows in, or the first if
 /// there is only one full group. B is a layer's weights, read from memory by the first
 /// group of each strip where the caches cannot hold a network's weights, and at batch 1
@@ -268,7 +260,7 @@ struct StripB {
 /// training step at batch 16 2.4% (8 pairs); inference at batch 16 ran level.
 ///
 /// # Safety
-/// `a` holds m rows of `kc` floats as that says, `b.b` kc rows of 16 floats, `c` (and the
+/// `a` holds m rows of `kc` floats as that says, `b` kc rows of 16 floats, `c` (and the
 /// tail's residual, if any) m rows of 16 floats `ldc` apart, the tail's scale and shift 16
 /// floats.
 #[allow(clippy::too_many_arguments)]
@@ -280,18 +272,18 @@ unsafe fn row_groups<const INTERLEAVED: bool>(
     a: *const f32,
     lda: usize,
     kc: usize,
-    b: StripB,
+    b: *const f32,
+    next_b: *const f32,
     accumulate: bool,
     tail: Option<Tail>,
 ) {
-    let ahead_row = if b.next_b.is_null() || m < MR {
+    let ahead_row = if next_b.is_null() || m < MR {
         usize::MAX
     } else if m < 2 * MR {
         0
     } else {
         MR
     };
-    let (next_b, b) = (b.next_b, b.b);
     let mut i = 0;
     while i < m {
         let rows = (m - i).min(MR);
