@@ -2,6 +2,10 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// Large buffers start on a cache line (see `resnet::engine::alloc`).
+#[global_allocator]
+static ALLOCATOR: resnet::engine::alloc::CacheLineAlloc = resnet::engine::alloc::CacheLineAlloc;
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so `resnet info resnet110 | head -1` would make println! panic
     // on the closed pipe. Restore the default, as other command-line tools behave: the

@@ -18,6 +18,7 @@
 //!   nothing is allocated (`tests/allocations.rs`; where the panel kernel does not apply,
 //!   the `gemm` crate still allocates its packing room on every call).
 
+pub mod alloc;
 pub mod batchnorm;
 pub mod conv;
 pub mod device;
