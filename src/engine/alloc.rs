@@ -34,9 +34,9 @@ pub struct CacheLineAlloc;
 /// `dealloc` and `realloc` agree on every block.
 fn served(layout: Layout) -> Layout {
     if layout.size() >= LARGE && layout.align() < LINE {
-        // A power of two above the requested alignment, and the size is unchanged, so
-        // the layout stays valid.
-        Layout::from_size_align(layout.size(), LINE).expect("size valid for its own alignment")
+        // Only a size within 64 bytes of `isize::MAX` cannot be aligned: it is served as
+        // asked (and fails there), since an allocator must not panic.
+        Layout::from_size_align(layout.size(), LINE).unwrap_or(layout)
     } else {
         layout
     }
