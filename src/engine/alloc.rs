@@ -25,7 +25,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// would waste more than it could save.
 const LARGE: usize = 4096;
 /// A cache line of x86-64 and most ARM cores.
-pub const LINE: usize = 64;
+const LINE: usize = 64;
 
 /// The system allocator, with blocks of 4 KB or more aligned to a cache line.
 pub struct CacheLineAlloc;
