@@ -236,7 +236,7 @@ fn bad_weights_and_checkpoints_are_reported() {
     );
     assert_error(
         &resnet(&["train", "--resume", "--out", p(&dir.join("nothing")), "--quiet"]),
-        &["checkpoint.safetensors", "cannot read"],
+        &["nothing", "no such run directory to resume"],
     );
 }
 

@@ -90,9 +90,9 @@ fn bad_crop_sizes_and_class_lists_are_reported() {
     image_folder(&dir.join("one"), &["n01440764"]);
     for protocol in ["center", "10crop"] {
         let out = eval(&dir.join("one"), &["--crop", "0", "--protocol", protocol]);
-        assert_error(&out, &["--resize and --crop must be positive"]);
+        assert_error(&out, &["--crop", "must be at least 1"]);
         let out = eval(&dir.join("one"), &["--resize", "0", "--protocol", protocol]);
-        assert_error(&out, &["--resize and --crop must be positive"]);
+        assert_error(&out, &["--resize", "must be at least 1"]);
     }
 
     // "01" and "1" are the same class index.

@@ -109,11 +109,11 @@ fn killed_run_resumes_to_the_same_result() {
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was killed, not finished");
-    let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
+    let state = checkpoint::Checkpoint::read(&killed.join("checkpoint.safetensors")).unwrap().state;
     assert!(state.iteration > 0 && (state.iteration as u64) < total, "checkpoint from mid-run: {}", state.iteration);
     resume(&killed);
 
-    let (_, state, _) = checkpoint::read_meta(&killed.join("checkpoint.safetensors")).unwrap();
+    let state = checkpoint::Checkpoint::read(&killed.join("checkpoint.safetensors")).unwrap().state;
     assert_eq!(state.iteration as u64, total, "full schedule completed");
     let resumed_losses = losses(&killed);
     assert_eq!(resumed_losses.len() as u64, total, "one line per iteration, none duplicated");

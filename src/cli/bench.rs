@@ -9,7 +9,7 @@ pub struct Args {
     #[arg(long, help = super::MODEL_HELP)]
     model: String,
     /// Images per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = super::parse_batch, default_value_t = 128)]
     batch: usize,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     pipeline: Option<std::path::PathBuf>,
     /// Loader threads for --pipeline.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
 }
 

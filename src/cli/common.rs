@@ -36,10 +36,11 @@ pub fn check_view(resize: usize, crop: usize) -> Result<()> {
 
 /// The normalization recorded in a weights file we wrote, if any.
 pub fn saved_norm(file: &StateDict) -> Result<Option<Norm>> {
-    file.metadata
-        .get("norm")
-        .map(|s| serde_json::from_str(s).with_context(|| format!("{}: corrupt 'norm' metadata", file.path.display())))
-        .transpose()
+    let Some(raw) = file.metadata.get("norm") else { return Ok(None) };
+    let what = || format!("{}: corrupt 'norm' metadata", file.path.display());
+    let norm: Norm = serde_json::from_str(raw).with_context(what)?;
+    norm.validate().with_context(what)?;
+    Ok(Some(norm))
 }
 
 /// Normalization for a model without recorded normalization: torchvision's for ImageNet

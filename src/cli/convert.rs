@@ -10,11 +10,17 @@ pub struct Args {
     /// The safetensors file to write: every tensor, same names and shapes, floats as f32
     /// and integers (BatchNorm's num_batches_tracked) as i64.
     output: PathBuf,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if a.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("{}: the output must be a .safetensors file", a.output.display());
+    }
+    if a.output.exists() && !a.overwrite {
+        bail!("{}: already exists; pass --overwrite to replace it", a.output.display());
     }
     let file = StateDict::read(&a.input)?;
     let integer = |d: TorchDType| !matches!(d, TorchDType::F32 | TorchDType::F64 | TorchDType::F16 | TorchDType::BF16);
@@ -30,8 +36,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .collect();
     let mut metadata = file.metadata.clone();
     metadata.insert("converted_from".into(), a.input.display().to_string());
-    weights::write_atomic(&a.output, &weights::serialize(&entries, metadata)?)?;
+    resnet::files::write_atomic(&a.output, &weights::serialize(&entries, metadata)?)?;
     let values: usize = entries.iter().map(|e| e.values.len()).sum();
-    println!("wrote {} tensors ({values} values) to {}", entries.len(), a.output.display());
+    println!(
+        "wrote {} tensors ({} values) to {}",
+        entries.len(),
+        resnet::text::grouped(values as u64),
+        a.output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -32,13 +32,13 @@ pub struct Args {
     #[arg(long, default_value = "center")]
     protocol: String,
     /// Shorter side before cropping (center, 10crop).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = super::parse_side, default_value_t = 256)]
     resize: usize,
     /// Side of the square crop (center, 10crop).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
     crop: usize,
     /// Shorter sides for --protocol multiscale.
-    #[arg(long, value_delimiter = ',', default_values_t = multiscale::PAPER_SCALES)]
+    #[arg(long, value_parser = super::parse_side, value_delimiter = ',', default_values_t = multiscale::PAPER_SCALES)]
     scales: Vec<usize>,
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with; imagenet for
     /// ImageNet networks without a record, as torchvision's weights).
@@ -47,10 +47,10 @@ pub struct Args {
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Images per network call.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = super::parse_batch, default_value_t = 100)]
     batch: usize,
     /// Threads decoding and preparing images.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -105,6 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("loss: {:.4}", r.loss);
         for (name, (ok, total)) in report.per_class.iter().flatten().zip(&r.per_class) {
             if *total > 0 {
+                let name = resnet::text::printable(name);
                 println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
             }
         }

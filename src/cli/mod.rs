@@ -22,7 +22,7 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Worker threads for the compute engine (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -61,7 +61,7 @@ pub fn run() -> Result<ExitCode> {
         }
     };
     if let Some(t) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -122,4 +122,36 @@ fn parse_conv(s: &str) -> Result<resnet::engine::ConvAlgo, String> {
         "direct" => Ok(ConvAlgo::Direct),
         _ => Err(format!("unknown --conv '{s}' (expected auto, im2col, winograd or direct)")),
     }
+}
+
+/// A count within `min..=max`, or a message that names the limit and why it is there.
+fn parse_bounded(s: &str, min: usize, max: usize, why: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    if n > max {
+        return Err(format!("must be at most {max} ({why})"));
+    }
+    Ok(n)
+}
+
+/// The largest image side accepted by --crop, --resize, --scale(s): 4096 (16.8 M pixels;
+/// ImageNet networks are trained at 224 and tested at up to 640).
+const MAX_SIDE: usize = 4096;
+
+fn parse_side(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 1, MAX_SIDE, "the largest image side this tool works at")
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 1, 8192, "images per batch")
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 1, 1024, "threads in one process")
+}
+
+fn parse_loader_threads(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 1, 256, "threads decoding images")
 }

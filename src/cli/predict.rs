@@ -16,10 +16,10 @@ pub struct Args {
     #[arg(long)]
     weights: PathBuf,
     /// Shorter side before the centre crop (torchvision: 256).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = super::parse_side, default_value_t = 256)]
     resize: usize,
     /// Side of the square centre crop.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
     crop: usize,
     /// Class names: the 1000-class index JSON or one name per line (default: the names saved
     /// with the weights, or ImageNet's for 1000 classes).
@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     top: usize,
     /// Images per network call.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = super::parse_batch, default_value_t = 16)]
     batch: usize,
     /// One JSON object per image: file, top5 and all logits.
     #[arg(long)]

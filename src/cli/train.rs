@@ -2,8 +2,10 @@ use anyhow::{Context, Result, bail};
 use resnet::data::imagenet::{TrainCrop, TrainTransform};
 use resnet::data::{DatasetKind, cifar, download::default_data_dir};
 use resnet::model::{Family, ModelConfig, Shortcut};
+use resnet::train::checkpoint::Checkpoint;
 use resnet::train::run::{INTERRUPTED, iterations_per_epoch};
-use resnet::train::{ImageTraining, Outcome, TrainConfig, checkpoint, data, schedule::Schedule};
+use resnet::train::run_dir::{Claim, RunDir};
+use resnet::train::{ImageTraining, Outcome, TrainConfig, data, schedule::Schedule};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -43,11 +45,14 @@ pub struct Args {
     /// Run directory: config.json, metrics.jsonl, checkpoints, final weights.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
+    /// Continue the run in --out from its checkpoint (the one before it if the last is damaged).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
-    /// Images per SGD step (default: 128 CIFAR, 256 image folders).
+    /// Replace the run that --out holds (its checkpoints, weights, metrics and config).
     #[arg(long)]
+    overwrite: bool,
+    /// Images per SGD step (default: 128 CIFAR, 256 image folders).
+    #[arg(long, value_parser = super::parse_batch)]
     batch: Option<usize>,
     /// Compute each step as K micro-batches of batch/K images, one after the other (less memory;
     /// BatchNorm statistics per micro-batch, or per --bn-batch group of it).
@@ -82,10 +87,10 @@ pub struct Args {
     #[arg(long, default_value = "pixel-mean")]
     norm: String,
     /// Image folders: training crop size.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
     crop: usize,
     /// Image folders: range MIN,MAX of the shorter side before the random crop (the paper: 256,480).
-    #[arg(long, value_delimiter = ',', default_values_t = [256, 480])]
+    #[arg(long, value_parser = super::parse_side, value_delimiter = ',', default_values_t = [256, 480])]
     scale: Vec<usize>,
     /// Image folders: torchvision's RandomResizedCrop instead of the paper's scale augmentation.
     #[arg(long)]
@@ -94,7 +99,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1)]
     lighting: f32,
     /// Image folders: shorter side before the centre crop when evaluating (default: crop * 8/7, 256).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_side)]
     eval_resize: Option<usize>,
     /// Image folders: training images averaged for --norm pixel-mean.
     #[arg(long, default_value_t = 5000)]
@@ -112,7 +117,7 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
     /// Threads assembling batches in the background (decoding, augmentation).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
     /// Write a metrics line every N iterations.
     #[arg(long, default_value_t = 50)]
@@ -307,28 +312,36 @@ const RESUME_FLAGS: [&str; 6] = ["resume", "out", "model", "data", "quiet", "thr
 
 /// `given`: the ids of the arguments given on the command line.
 pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
-    let ignored: Vec<String> = given
-        .iter()
-        .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
-        .map(|id| format!("--{}", id.replace('_', "-")))
-        .collect();
-    if a.resume && !ignored.is_empty() {
-        eprintln!(
-            "note: --resume continues the run with the settings in its checkpoint; ignoring {}",
-            ignored.join(", ")
-        );
-    }
-    let (mut cfg, saved_norm) = if a.resume {
+    let (mut cfg, saved_norm, run_dir) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
         let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
-        let (mut cfg, _, norm) = checkpoint::read_meta(&out.join(resnet::train::run::CHECKPOINT))?;
+        if !out.is_dir() {
+            bail!("--out {}: no such run directory to resume", out.display());
+        }
+        let run_dir = RunDir::claim(&out, Claim::Resume)?;
+        let saved = Checkpoint::latest(&out)?;
+        let mut cfg = saved.config;
         cfg.out = out;
         if let Some(d) = &a.data {
             cfg.data = d.clone();
         }
-        (cfg, Some(norm))
+        let ignored: Vec<String> = given
+            .iter()
+            .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "note: --resume continues the run with the settings in its checkpoint; ignoring {}",
+                ignored.join(", ")
+            );
+        }
+        (cfg, Some(saved.norm), run_dir)
     } else {
-        (config_from_args(&a)?, None)
+        let cfg = config_from_args(&a)?;
+        let claim = if a.overwrite { Claim::Overwrite } else { Claim::Fresh };
+        let run_dir = RunDir::claim(&cfg.out, claim)?;
+        (cfg, None, run_dir)
     };
     let data = data::load(&cfg, saved_norm)?;
     if !a.resume {
@@ -349,7 +362,9 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         rayon::current_num_threads(),
         cfg.out.display()
     );
-    match resnet::train::train(&cfg, data, a.resume, !a.quiet)? {
+    let outcome = resnet::train::train(&cfg, data, a.resume, !a.quiet)?;
+    drop(run_dir);
+    match outcome {
         Outcome::Finished { test_acc } => {
             println!(
                 "finished: test accuracy {:.2}%, weights in {}",

@@ -101,18 +101,28 @@ impl Dataset {
     }
 }
 
-/// Reads one batch file. `expected_records`, when known, is checked exactly.
+/// The most records a batch file without an official name is read with: the whole of
+/// CIFAR-100's training and test sets in one file.
+const MAX_RECORDS: usize = 60_000;
+
+/// Reads one batch file. `expected_records`, when known, is checked exactly, and the file
+/// is refused before reading when its size is not that of those records.
 pub fn read_batch_file(path: &Path, kind: DatasetKind, expected_records: Option<usize>) -> Result<Dataset> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("{}: cannot read {} batch file", path.display(), kind.name()))?;
+    let limit = (expected_records.unwrap_or(MAX_RECORDS) * kind.record_bytes()) as u64;
+    let what = format!("{} batch file", kind.name());
+    let bytes = crate::files::read_limited(path, limit, &what)?;
+    parse_batch(&bytes, kind, expected_records).with_context(|| path.display().to_string())
+}
+
+/// The records of a batch file's bytes; errors are to be prefixed with the file's name.
+pub fn parse_batch(bytes: &[u8], kind: DatasetKind, expected_records: Option<usize>) -> Result<Dataset> {
     let rec = kind.record_bytes();
     if bytes.is_empty() {
-        bail!("{}: empty file, not a {} batch file", path.display(), kind.name());
+        bail!("empty file, not a {} batch file", kind.name());
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         bail!(
-            "{}: size {} bytes is not a whole number of {}-byte {} records (truncated, or not a {} batch file)",
-            path.display(),
+            "size {} bytes is not a whole number of {}-byte {} records (truncated, or not a {} batch file)",
             bytes.len(),
             rec,
             kind.name(),
@@ -121,18 +131,13 @@ pub fn read_batch_file(path: &Path, kind: DatasetKind, expected_records: Option<
     }
     let count = bytes.len() / rec;
     if let Some(expected) = expected_records.filter(|&e| e != count) {
-        bail!("{}: {count} records, expected {expected} (truncated or foreign file)", path.display());
+        bail!("{count} records, expected {expected} (truncated or foreign file)");
     }
     let mut data = Dataset { images: Vec::with_capacity(count * IMAGE_BYTES), labels: Vec::with_capacity(count) };
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let label = r[kind.label_bytes() - 1];
         if label as usize >= kind.classes() {
-            bail!(
-                "{}: record {i} has label {label}, outside 0..{} ({})",
-                path.display(),
-                kind.classes() - 1,
-                kind.name()
-            );
+            bail!("record {i} has label {label}, outside 0..{} ({})", kind.classes() - 1, kind.name());
         }
         data.labels.push(label);
         data.images.extend_from_slice(&r[kind.label_bytes()..]);
@@ -153,7 +158,7 @@ pub fn load(path: &Path, kind: DatasetKind, train: bool) -> Result<Dataset> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
     }
-    if path.is_file() {
+    if !path.is_dir() {
         // A file under an official name must hold the official count (a cut-off copy would
         // otherwise read as a smaller dataset); other names, such as partial copies, are
         // read as they are.

@@ -35,7 +35,6 @@ pub fn default_data_dir() -> PathBuf {
 pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
     let archive = dir.join(url.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive.tar.gz"));
-    let partial = archive.with_extension("part");
     let mut response = ureq::get(url).call().with_context(|| format!("{url}: download failed"))?;
     let total = response.body().content_length();
     let bar = if progress { indicatif::ProgressBar::new(total.unwrap_or(0)) } else { indicatif::ProgressBar::hidden() };
@@ -46,7 +45,8 @@ pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progres
     );
     bar.set_message(format!("downloading {}", kind.name()));
     let mut reader = response.body_mut().with_config().limit(1 << 31).reader();
-    let mut file = std::fs::File::create(&partial).with_context(|| format!("{}: cannot create", partial.display()))?;
+    // Removed on every error path; renamed to `archive` once complete and checked.
+    let mut partial = crate::files::TempFile::beside(&archive)?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -55,18 +55,17 @@ pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progres
             break;
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).with_context(|| format!("{}: write failed", partial.display()))?;
+        partial.file().write_all(&buf[..n]).with_context(|| format!("{}: write failed", partial.path().display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    file.sync_all()?;
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if digest != md5_hex {
-        let _ = std::fs::remove_file(&partial);
         bail!("{url}: md5 mismatch (got {digest}, expected {md5_hex}); the download is corrupt, nothing was unpacked");
     }
-    std::fs::rename(&partial, &archive)?;
-    let tar = flate2::read::GzDecoder::new(std::fs::File::open(&archive)?);
+    partial.persist(&archive)?;
+    let opened = std::fs::File::open(&archive).with_context(|| format!("{}: cannot open", archive.display()))?;
+    let tar = flate2::read::GzDecoder::new(opened);
     tar::Archive::new(tar).unpack(dir).with_context(|| format!("{}: cannot unpack archive", archive.display()))?;
     let out = dir.join(kind.archive_dir());
     if !super::cifar::is_present(dir, kind) {

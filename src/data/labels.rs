@@ -43,13 +43,19 @@ impl ClassList {
         self.names.is_empty()
     }
 
+    /// The largest labels file read: ImageNet-21k's names fit in a few MB.
+    const MAX_FILE: u64 = 64 << 20;
+
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read labels file", path.display()))?;
-        let list = if text.trim_start().starts_with('{') { Self::from_json(&text) } else { Self::from_lines(&text) }
-            .with_context(|| format!("{}: not a usable labels file", path.display()))?;
+        let text = crate::files::read_text_limited(path, Self::MAX_FILE, "labels file")?;
+        Self::parse(&text).with_context(|| format!("{}: not a usable labels file", path.display()))
+    }
+
+    /// A labels file's text: the class index JSON, or one name per line.
+    pub fn parse(text: &str) -> Result<Self> {
+        let list = if text.trim_start().starts_with('{') { Self::from_json(text) } else { Self::from_lines(text) }?;
         if list.is_empty() {
-            bail!("{}: labels file lists no classes", path.display());
+            bail!("it lists no classes");
         }
         Ok(list)
     }
@@ -130,9 +136,9 @@ impl ClassList {
         }
     }
 
-    /// A short display name for class `i`.
+    /// A short display name for class `i`, safe to print (names come from files).
     pub fn name(&self, i: usize) -> String {
-        self.names.get(i).cloned().unwrap_or_else(|| format!("class {i}"))
+        self.names.get(i).map_or_else(|| format!("class {i}"), |n| crate::text::printable(n).into_owned())
     }
 }
 

@@ -37,6 +37,28 @@ impl Norm {
             _ => bail!("unknown --norm '{name}' (expected pixel-mean, imagenet or cifar)"),
         }
     }
+    /// Checks a normalization read from a file: a per-pixel mean is a square RGB image of
+    /// finite values, per-channel statistics are finite with positive deviations.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Norm::PixelMean(m) => {
+                let side = (m.len() / 3).isqrt();
+                if m.is_empty() || side * side * 3 != m.len() {
+                    bail!("per-pixel mean of {} values is not a square RGB image", m.len());
+                }
+                if !m.iter().all(|v| v.is_finite()) {
+                    bail!("per-pixel mean holds a value that is not finite");
+                }
+            }
+            Norm::Channel { mean, std } => {
+                if !mean.iter().all(|v| v.is_finite()) || !std.iter().all(|v| v.is_finite() && *v > 0.0) {
+                    bail!("per-channel normalization {mean:?} / {std:?} is not finite with positive deviations");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Norm::PixelMean(_) => "pixel-mean",

@@ -1,15 +1,18 @@
 //! Checkpoints: one safetensors file holding the model's state dict, the SGD momentum
 //! buffers (`optimizer.<name>.momentum_buffer`) and, in its metadata, the run config,
 //! the position in the schedule and the normalization. Randomness is derived from
-//! (seed, epoch, position), so the position is the whole RNG state. Written atomically.
+//! (seed, epoch, position), so the position is the whole RNG state. Written atomically,
+//! with the previous checkpoint kept until the next is complete.
 
 use super::TrainConfig;
+use super::run::{CHECKPOINT, PREVIOUS_CHECKPOINT};
 use crate::data::Norm;
 use crate::engine::DeviceVec;
+use crate::files::TempFile;
 use crate::model::ResNet;
 use crate::nn::Slot;
 use crate::weights::{self, Entry, StateDict};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -24,6 +27,9 @@ pub struct TrainState {
     /// written before it was saved have none: such a resume restarts the window.
     #[serde(default)]
     pub warmup_window: Vec<f32>,
+    /// The best test (or validation) accuracy of an epoch so far, kept as best.safetensors.
+    #[serde(default)]
+    pub best_acc: Option<f64>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -51,8 +57,12 @@ pub fn weights_metadata(model: &ResNet, norm: &Norm, class_names: &[String]) -> 
     ])
 }
 
+/// Writes a checkpoint of the run to `dir` and keeps the one before it: the new file is
+/// written beside the last, read back and checked whole, and only then does the last
+/// become the previous one (`checkpoint.prev.safetensors`) and the new one the last. At
+/// every moment at least one complete checkpoint is on disk.
 pub fn save(
-    path: &Path,
+    dir: &Path,
     model: &mut ResNet,
     config: &TrainConfig,
     state: &TrainState,
@@ -70,31 +80,80 @@ pub fn save(
             tensors.push(Entry::f32(momentum_key(&t.name), t.shape.clone(), values));
         }
     }
-    weights::write_atomic(path, &weights::serialize(&tensors, metadata)?)
-}
-
-/// Reads a checkpoint's run config, position and normalization.
-pub fn read_meta(path: &Path) -> Result<(TrainConfig, TrainState, Norm)> {
-    let file = StateDict::read(path)?;
-    let raw = file
-        .metadata
-        .get("checkpoint")
-        .ok_or_else(|| anyhow!("{}: not a resnet-rs checkpoint (no run state)", path.display()))?;
-    let meta: Meta =
-        serde_json::from_str(raw).with_context(|| format!("{}: corrupt checkpoint metadata", path.display()))?;
-    Ok((meta.config, meta.state, meta.norm))
-}
-
-/// Loads model weights, running statistics and momentum buffers from a checkpoint.
-pub fn restore(path: &Path, model: &mut ResNet) -> Result<()> {
-    let file = StateDict::read(path)?;
-    let mut named = model.named();
-    weights::load_into(&file, &mut named, Some(OPTIMIZER_PREFIX))?;
-    for t in named.iter_mut() {
-        if let Slot::Param(p) = &mut t.slot {
-            let v = file.get(&momentum_key(&t.name), &t.shape)?;
-            p.momentum = DeviceVec::from_host(weights::from_torch(t.layout, &t.shape, v.to_vec()));
-        }
+    let bytes = weights::serialize(&tensors, metadata)?;
+    let last = dir.join(CHECKPOINT);
+    let mut tmp = TempFile::beside(&last)?;
+    tmp.write_all(&bytes)?;
+    Checkpoint::read(tmp.path())
+        .with_context(|| format!("{}: the checkpoint just written reads back wrong", last.display()))?;
+    if last.exists() {
+        let previous = dir.join(PREVIOUS_CHECKPOINT);
+        std::fs::rename(&last, &previous)
+            .with_context(|| format!("{}: cannot keep it as {}", last.display(), previous.display()))?;
     }
-    Ok(())
+    tmp.persist(&last)
+}
+
+/// A checkpoint read whole: its tensors, run config, position and normalization.
+pub struct Checkpoint {
+    pub file: StateDict,
+    pub config: TrainConfig,
+    pub state: TrainState,
+    pub norm: Norm,
+}
+
+impl Checkpoint {
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        Self::from_file(StateDict::read(path)?)
+    }
+
+    /// The run state in a weights file's metadata.
+    pub fn from_file(file: StateDict) -> Result<Checkpoint> {
+        let raw = file
+            .metadata
+            .get("checkpoint")
+            .ok_or_else(|| anyhow!("{}: not a resnet-rs checkpoint (no run state)", file.path.display()))?;
+        let meta: Meta = serde_json::from_str(raw)
+            .with_context(|| format!("{}: corrupt checkpoint metadata", file.path.display()))?;
+        meta.norm.validate().with_context(|| format!("{}: checkpoint metadata", file.path.display()))?;
+        Ok(Checkpoint { config: meta.config, state: meta.state, norm: meta.norm, file })
+    }
+
+    /// The checkpoint to resume the run in `dir` from: the last one, or the one before it
+    /// when the last is missing or unreadable (saying so).
+    pub fn latest(dir: &Path) -> Result<Checkpoint> {
+        let (last, previous) = (dir.join(CHECKPOINT), dir.join(PREVIOUS_CHECKPOINT));
+        let error = match Self::read(&last) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        if !previous.exists() {
+            if !last.exists() {
+                bail!("{}: no checkpoint to resume from (is it the --out of a run?)", dir.display());
+            }
+            return Err(error);
+        }
+        let c =
+            Self::read(&previous).with_context(|| format!("{:#}; the previous checkpoint is unreadable too", error))?;
+        eprintln!(
+            "warning: {:#}\nresuming from the previous checkpoint, {} (iteration {})",
+            error,
+            previous.display(),
+            c.state.iteration
+        );
+        Ok(c)
+    }
+
+    /// Loads model weights, running statistics and momentum buffers.
+    pub fn restore(&self, model: &mut ResNet) -> Result<()> {
+        let mut named = model.named();
+        weights::load_into(&self.file, &mut named, Some(OPTIMIZER_PREFIX))?;
+        for t in named.iter_mut() {
+            if let Slot::Param(p) = &mut t.slot {
+                let v = self.file.get(&momentum_key(&t.name), &t.shape)?;
+                p.momentum = DeviceVec::from_host(weights::from_torch(t.layout, &t.shape, v.to_vec()));
+            }
+        }
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod run;
+pub mod run_dir;
 pub mod schedule;
 
 pub use config::{ImageTraining, TrainConfig};

@@ -1,7 +1,7 @@
 //! The training loop: epochs of background-loaded batches, progress bar, metrics
 //! lines, evaluation after each epoch, checkpoints, Ctrl-C and NaN handling, resume.
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::{self, Checkpoint, TrainState};
 use super::data::Datasets;
 use super::schedule::Warmup;
 use super::{StepScratch, TrainConfig, step};
@@ -26,7 +26,11 @@ pub enum Outcome {
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The checkpoint before the last, kept in case the last is damaged.
+pub const PREVIOUS_CHECKPOINT: &str = "checkpoint.prev.safetensors";
 pub const FINAL_WEIGHTS: &str = "model.safetensors";
+/// The weights of the epoch with the best test (or validation) accuracy.
+pub const BEST_WEIGHTS: &str = "best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 
 pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
@@ -49,32 +53,34 @@ fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept).with_context(|| format!("{}: cannot rewrite", path.display()))
+    crate::files::write_atomic(path, kept.as_bytes())
 }
 
 pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
     let out = &cfg.out;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run directory", out.display()))?;
     let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
     model.set_conv_algo(cfg.conv);
     model.set_bn_group(cfg.bn_batch);
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
-    let mut state = TrainState { iteration: 0, warmup_done: false, warmup_window: Vec::new() };
+    let mut state = TrainState { iteration: 0, warmup_done: false, warmup_window: Vec::new(), best_acc: None };
     // The checkpoint a NaN loss would fall back to: none until this run writes or resumes one.
     let mut last_good = None;
     if resume {
-        let (_, saved, _) = checkpoint::read_meta(&ckpt_path)?;
-        checkpoint::restore(&ckpt_path, &mut model)?;
-        state = saved;
+        let saved = Checkpoint::latest(out)?;
+        saved.restore(&mut model)?;
+        state = saved.state;
         truncate_metrics(&metrics_path, state.iteration)?;
-        eprintln!("resumed from {} at iteration {}", ckpt_path.display(), state.iteration);
+        eprintln!("resumed from {} at iteration {}", saved.file.path.display(), state.iteration);
         last_good = Some(state.iteration);
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(cfg)?)?;
+    let config_path = out.join("config.json");
+    let config_json =
+        serde_json::to_string_pretty(cfg).with_context(|| format!("{}: cannot record", config_path.display()))?;
+    crate::files::write_atomic(&config_path, config_json.as_bytes())?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -158,17 +164,17 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                     "acc": win_correct as f64 / win_seen as f64, "lr": json_f32(lr),
                     "images_per_s": win_seen as f64 / window_start.elapsed().as_secs_f64(),
                 });
-                writeln!(metrics, "{line}")?;
+                writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
                 (win_loss, win_correct, win_seen) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
-                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+                checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 last_good = Some(state.iteration);
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon();
-                checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+                checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 return Ok(Outcome::Interrupted { iteration: state.iteration });
             }
         }
@@ -181,6 +187,11 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             }
         }
         test_acc = Some(test.accuracy());
+        if state.best_acc.is_none_or(|best| test.accuracy() > best) {
+            state.best_acc = Some(test.accuracy());
+            let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names);
+            crate::weights::save(&out.join(BEST_WEIGHTS), &model.named(), metadata)?;
+        }
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
         let line = json!({
             "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
@@ -189,7 +200,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             "test_acc5": test.accuracy5(), "skipped_images": skipped.len(),
             "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
         });
-        writeln!(metrics, "{line}")?;
+        writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
         eprintln!(
             "epoch {} iter {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {} | {:.0} img/s",
             epoch + 1,
@@ -202,7 +213,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             lr,
             train_ips
         );
-        checkpoint::save(&ckpt_path, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+        checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
         last_good = Some(state.iteration);
     }
     if !skipped.is_empty() {

@@ -11,7 +11,7 @@ mod pth;
 pub use pth::{TorchDType, TorchTensor, read_state_dict_bytes as read_torch_bytes};
 
 use crate::nn::{Layout, Named};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,21 +97,9 @@ pub fn state_dict(named: &[Named]) -> Vec<Entry> {
         .collect()
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
-/// flushed to disk, then renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: write failed", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
-}
-
 /// Saves the model's state dict to `path` as safetensors.
 pub fn save(path: &Path, named: &[Named], metadata: HashMap<String, String>) -> Result<()> {
-    write_atomic(path, &serialize(&state_dict(named), metadata)?)
+    crate::files::write_atomic(path, &serialize(&state_dict(named), metadata)?)
 }
 
 /// The safetensors dtypes we read, as the equivalent PyTorch dtype.
@@ -131,6 +119,37 @@ fn torch_dtype(d: Dtype) -> Option<TorchDType> {
     })
 }
 
+/// The largest weights file read: a ResNet-1202 or -152 checkpoint with its momentum
+/// buffers is under 1 GiB.
+const MAX_WEIGHTS_FILE: u64 = 8 << 30;
+
+/// A weights file's format, told by its whole signature, never by one byte: a
+/// safetensors header length can begin with any byte, 0x80 (a pickle's first) included.
+#[derive(Debug, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    Torch,
+    Unknown,
+}
+
+impl Format {
+    fn of(bytes: &[u8]) -> Format {
+        // safetensors: an 8-byte little-endian header length that fits the file, then a
+        // JSON object.
+        if let Some((len, rest)) = bytes.split_first_chunk::<8>() {
+            let len = u64::from_le_bytes(*len);
+            if len >= 2 && len <= rest.len() as u64 && rest[0] == b'{' {
+                return Format::Safetensors;
+            }
+        }
+        match bytes {
+            // torch.save's zip archive, or a pickle: PROTO (0x80) and protocol 2 to 5.
+            [b'P', b'K', 3, 4, ..] | [0x80, 2..=5, ..] => Format::Torch,
+            _ => Format::Unknown,
+        }
+    }
+}
+
 /// Named tensors in file order.
 type Tensors = Vec<(String, TorchTensor)>;
 
@@ -146,12 +165,19 @@ pub struct StateDict {
 impl StateDict {
     /// Reads a weights file, telling the format by its content.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        // A zip archive, or a pickle (protocol 2+ starts with 0x80): torch.save's formats.
-        let (tensors, metadata) = if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
-            (pth::read_state_dict_bytes(&bytes, &path.display().to_string())?, HashMap::new())
-        } else {
-            Self::parse_safetensors(path, &bytes)?
+        let bytes = crate::files::read_limited(path, MAX_WEIGHTS_FILE, "weights file")?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a weights file; `path` names it in messages.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (tensors, metadata) = match Format::of(bytes) {
+            Format::Safetensors => Self::parse_safetensors(path, bytes)?,
+            Format::Torch => (pth::read_state_dict_bytes(bytes, &path.display().to_string())?, HashMap::new()),
+            Format::Unknown => bail!(
+                "{}: not a weights file (neither safetensors, nor a PyTorch zip archive or pickle)",
+                path.display()
+            ),
         };
         let index = tensors.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
         Ok(StateDict { path: path.to_path_buf(), tensors, metadata, index })
@@ -159,7 +185,7 @@ impl StateDict {
 
     fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Tensors, HashMap<String, String>)> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file ({e}), nor a PyTorch checkpoint", path.display()))?;
+            .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         let metadata = SafeTensors::read_metadata(bytes)
             .map(|(_, m)| m.metadata().clone().unwrap_or_default())
             .unwrap_or_default();

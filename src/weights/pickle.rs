@@ -55,6 +55,15 @@ impl Value {
         }
     }
 
+    /// The kind with its article, for messages: "an int", "a dict", "None".
+    pub(crate) fn a_kind(&self) -> String {
+        match self {
+            Value::None => "None".to_string(),
+            Value::Int(_) | Value::BigInt(_) => "an int".to_string(),
+            other => format!("a {}", other.kind()),
+        }
+    }
+
     pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -374,7 +383,7 @@ impl<'a> Machine<'a> {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 let (Some(module), Some(name)) = (module.as_str(), name.as_str()) else {
-                    bail!("STACK_GLOBAL of a {} and a {}, not two strings", module.kind(), name.kind());
+                    bail!("STACK_GLOBAL of {} and {}, not two strings", module.a_kind(), name.a_kind());
                 };
                 self.stack.push(Value::Global(resolve_global(module, name)?));
             }
@@ -388,10 +397,10 @@ impl<'a> Machine<'a> {
                 // cls.__new__(cls, *args); OrderedDict.__new__ ignores its arguments.
                 let args = self.pop()?;
                 let class = self.pop()?;
-                ensure!(matches!(args, Value::Tuple(_)), "NEWOBJ arguments are a {}, not a tuple", args.kind());
+                ensure!(matches!(args, Value::Tuple(_)), "NEWOBJ arguments are {}, not a tuple", args.a_kind());
                 match class {
                     Value::Global(Global::OrderedDict) => self.push_dict(Vec::new()),
-                    other => bail!("NEWOBJ of a {}, not a class this reader knows", other.kind()),
+                    other => bail!("NEWOBJ of {}, not a class this reader knows", other.a_kind()),
                 }
             }
             BUILD => {
@@ -399,7 +408,7 @@ impl<'a> Machine<'a> {
                 // entries are all a state dict needs, so the state is dropped.
                 let state = self.pop()?;
                 let target = self.top()?;
-                ensure!(matches!(target, Value::Dict(_)), "BUILD of a {} with a {}", target.kind(), state.kind());
+                ensure!(matches!(target, Value::Dict(_)), "BUILD of {} with {}", target.a_kind(), state.a_kind());
             }
             BINPERSID => {
                 // How torch refers to the storages of tensors.
@@ -526,14 +535,14 @@ impl<'a> Machine<'a> {
     fn list_on_top(&mut self) -> Result<&mut Vec<Value>> {
         match *self.top()? {
             Value::List(id) => self.heap.seqs.get_mut(id).context("dangling list"),
-            ref other => bail!("APPEND to a {}, not a list", other.kind()),
+            ref other => bail!("APPEND to {}, not a list", other.a_kind()),
         }
     }
 
     fn dict_on_top(&mut self) -> Result<&mut Vec<(Value, Value)>> {
         match *self.top()? {
             Value::Dict(id) => self.heap.dicts.get_mut(id).context("dangling dict"),
-            ref other => bail!("SETITEM on a {}, not a dict", other.kind()),
+            ref other => bail!("SETITEM on {}, not a dict", other.a_kind()),
         }
     }
 
@@ -551,8 +560,8 @@ impl<'a> Machine<'a> {
 
     /// REDUCE, for the only callables allowed: nothing runs, the result is built here.
     fn call(&mut self, callable: &Value, args: &Value) -> Result<Value> {
-        let Value::Global(global) = *callable else { bail!("REDUCE calls a {}, not a global", callable.kind()) };
-        ensure!(matches!(args, Value::Tuple(_)), "REDUCE arguments are a {}, not a tuple", args.kind());
+        let Value::Global(global) = *callable else { bail!("REDUCE calls {}, not a global", callable.a_kind()) };
+        ensure!(matches!(args, Value::Tuple(_)), "REDUCE arguments are {}, not a tuple", args.a_kind());
         let args = self.heap.seq(args).unwrap_or_default();
         match (global, args) {
             (Global::OrderedDict, []) => Ok(self.new_dict(Vec::new())),
@@ -578,7 +587,7 @@ impl<'a> Machine<'a> {
         stride: &Value,
         metadata: Option<&Value>,
     ) -> Result<Value> {
-        let Value::Storage(storage) = storage else { bail!("tensor storage is a {}", storage.kind()) };
+        let Value::Storage(storage) = storage else { bail!("tensor storage is {}", storage.a_kind()) };
         let offset = usize_of(offset).context("tensor storage offset")?;
         let shape = self.usizes(size).context("tensor size")?;
         let stride = self.usizes(stride).context("tensor stride")?;
@@ -589,7 +598,7 @@ impl<'a> Machine<'a> {
     }
 
     fn usizes(&self, value: &Value) -> Result<Vec<usize>> {
-        let items = self.heap.seq(value).with_context(|| format!("a {}, not a tuple", value.kind()))?;
+        let items = self.heap.seq(value).with_context(|| format!("{}, not a tuple", value.a_kind()))?;
         items.iter().map(usize_of).collect()
     }
 
@@ -602,7 +611,7 @@ impl<'a> Machine<'a> {
     /// Resolves `('storage', storage_type, key, location, numel)`; legacy files add a sixth item,
     /// None or a storage view `(view_key, offset, size)`.
     fn persistent_storage(&self, pid: &Value) -> Result<StorageRef> {
-        let items = self.heap.seq(pid).with_context(|| format!("persistent id is a {}, not a tuple", pid.kind()))?;
+        let items = self.heap.seq(pid).with_context(|| format!("persistent id is {}, not a tuple", pid.a_kind()))?;
         let (dtype, key, numel, view) = match items {
             [Value::Str(tag), Value::Global(Global::StorageType(dtype)), key, _location, numel, view @ ..]
                 if &**tag == "storage" && view.len() <= 1 =>
@@ -614,13 +623,13 @@ impl<'a> Machine<'a> {
             }
             _ => bail!("unsupported persistent id (expected ('storage', storage type, key, location, numel))"),
         };
-        let key = key.as_str().with_context(|| format!("storage key is a {}, not a str", key.kind()))?.to_owned();
+        let key = key.as_str().with_context(|| format!("storage key is {}, not a str", key.a_kind()))?.to_owned();
         let numel = u64_of(numel).context("storage size")?;
         let (start, len) = match view {
             Value::None => (0, numel),
             view => match self.heap.seq(view) {
                 Some([_view_key, start, len]) => (u64_of(start)?, u64_of(len)?),
-                _ => bail!("storage view is a {}, not (key, offset, size)", view.kind()),
+                _ => bail!("storage view is {}, not (key, offset, size)", view.a_kind()),
             },
         };
         ensure!(
@@ -653,7 +662,8 @@ fn long(bytes: &[u8]) -> Value {
 fn u64_of(value: &Value) -> Result<u64> {
     match *value {
         Value::Int(v) => u64::try_from(v).ok().with_context(|| format!("negative value {v}")),
-        ref other => bail!("a {}, not an int", other.kind()),
+        Value::BigInt(_) => bail!("an integer too large for 64 bits"),
+        ref other => bail!("{}, not an int", other.a_kind()),
     }
 }
 
@@ -750,7 +760,7 @@ mod tests {
 
     #[test]
     fn marks_fence_off_the_stack_below() {
-        assert_eq!(error(b"NNa."), "test byte 2: APPEND to a None, not a list");
+        assert_eq!(error(b"NNa."), "test byte 2: APPEND to None, not a list");
         // The list is below the mark: as in Python, APPEND cannot reach it.
         assert_eq!(error(b"](Na."), "test byte 3: pickle stack underflow");
         assert_eq!(error(b"N(a."), "test byte 2: pickle stack underflow");

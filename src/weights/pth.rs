@@ -145,7 +145,7 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
     let (prefix, _) = first.split_once('/').context("zip archive without torch's folder layout")?;
     let prefix = prefix.to_owned();
 
-    let pickle = read_entry(&mut archive, &format!("{prefix}/data.pkl"), u64::MAX)?
+    let pickle = read_entry(&mut archive, &format!("{prefix}/data.pkl"), MAX_PICKLE_BYTES)?
         .context("not a PyTorch checkpoint (a zip archive without data.pkl)")?;
     let big_endian = match read_entry(&mut archive, &format!("{prefix}/byteorder"), 16)?.as_deref() {
         None | Some(b"little") => false,
@@ -171,15 +171,35 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
     materialize(entries, &Records { data: records, label: "data/", big_endian })
 }
 
-/// Up to `limit` bytes of the entry `name`, or None when the archive has no such entry.
+/// The largest `data.pkl` read. A state dict's pickle holds names, shapes and strides, not
+/// values: a ResNet-152's is under 100 KB.
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// How much larger than its compressed size an entry may expand. torch.save stores entries
+/// uncompressed; an archive recompressed by another tool shrinks weights by a few percent,
+/// while a zip bomb expands a thousandfold.
+const MAX_EXPANSION: u64 = 64;
+
+/// The entry `name`, or None when the archive has no such entry. It must hold at most
+/// `limit` bytes; the sizes its header declares are checked before anything is allocated,
+/// and the reading stops at `limit` whatever the header said.
 fn read_entry(archive: &mut ZipArchive<Cursor<&[u8]>>, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
     let entry = match archive.by_name(name) {
         Ok(entry) => entry,
         Err(ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", quoted(name))),
     };
+    let (size, packed) = (entry.size(), entry.compressed_size());
+    ensure!(size <= limit, "{} holds {size} bytes, more than the {limit} expected", quoted(name));
+    ensure!(
+        size <= packed.saturating_mul(MAX_EXPANSION).saturating_add(1 << 20),
+        "{} expands from {packed} to {size} bytes: refused as a likely zip bomb",
+        quoted(name)
+    );
     let mut data = Vec::new();
-    entry.take(limit).read_to_end(&mut data).with_context(|| format!("cannot read {}", quoted(name)))?;
+    data.try_reserve_exact(size as usize)
+        .with_context(|| format!("cannot allocate {size} bytes for {}", quoted(name)))?;
+    entry.take(size).read_to_end(&mut data).with_context(|| format!("cannot read {}", quoted(name)))?;
     Ok(Some(data))
 }
 
@@ -197,7 +217,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
     match version.root {
         Value::Int(LEGACY_PROTOCOL_VERSION) => {}
         ref other => {
-            bail!("unsupported legacy protocol version (a {}, expected {LEGACY_PROTOCOL_VERSION})", other.kind())
+            bail!("unsupported legacy protocol version ({}, expected {LEGACY_PROTOCOL_VERSION})", other.a_kind())
         }
     }
     // The system info records the writer's byte order, but storages are always written little-endian.
@@ -214,7 +234,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
     }
     let mut records = HashMap::new();
     for key in keys {
-        let key = key.as_str().with_context(|| format!("storage key is a {}, not a str", key.kind()))?;
+        let key = key.as_str().with_context(|| format!("storage key is {}, not a str", key.a_kind()))?;
         let storage = declared.get(key).with_context(|| format!("storage {} is never referenced", quoted(key)))?;
         let count = bytes.get(pos..).and_then(|rest| rest.first_chunk::<8>()).map(|&n| u64::from_le_bytes(n));
         let count = count.with_context(|| format!("truncated: no size for storage {}", quoted(key)))?;
@@ -240,7 +260,7 @@ const STATE_DICT_KEYS: [&str; 5] = ["state_dict", "model_state_dict", "model", "
 
 fn find_state_dict(pickle: &Pickle) -> Result<&[(Value, Value)]> {
     let Some(top) = pickle.dict(&pickle.root) else {
-        bail!("no state dict: the file holds a {}, not a dict", pickle.root.kind());
+        bail!("no state dict: the file holds {}, not a dict", pickle.root.a_kind());
     };
     let holds_tensors = |entries: &&[(Value, Value)]| entries.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
     if holds_tensors(&top) {
@@ -305,7 +325,7 @@ fn materialize(entries: &[(Value, Value)], records: &Records) -> Result<Vec<(Str
     let mut state_dict = Vec::new();
     for (key, value) in entries {
         let Value::Tensor(tensor) = value else { continue };
-        let key = key.as_str().with_context(|| format!("a tensor is stored under a {} key", key.kind()))?;
+        let key = key.as_str().with_context(|| format!("a tensor is stored under {} key", key.a_kind()))?;
         ensure!(seen.insert(key), "key {} appears twice", quoted(key));
         let what = || format!("tensor {}", quoted(key));
         let numel = tensor.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));

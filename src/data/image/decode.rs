@@ -24,11 +24,14 @@ use std::path::Path;
 /// `Image.MAX_IMAGE_PIXELS`). Checked from the header, before any pixel memory is allocated.
 pub const MAX_PIXELS: u64 = 178_956_970;
 
+/// The largest image file read. A JPEG or PNG of `MAX_PIXELS` RGB pixels, stored with no
+/// compression at all, is 537 MB.
+pub const MAX_FILE_BYTES: u64 = 600 << 20;
+
 /// Decodes a JPEG or PNG file; see [`decode_bytes`].
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let name = path.display();
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{name}: {e}"))?;
-    decode_bytes(&bytes, &name.to_string())
+    let bytes = crate::files::read_limited(path, MAX_FILE_BYTES, "image file")?;
+    decode_bytes(&bytes, &path.display().to_string())
 }
 
 /// Decodes a JPEG or PNG (recognised by content, not by name) to upright 8-bit RGB. `name` only labels the
