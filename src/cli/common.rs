@@ -1,7 +1,7 @@
 //! What `eval` and `predict` share: building a model from a weights file, and choosing
 //! its input normalization and class names.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use resnet::data::{ClassList, DatasetKind, Norm};
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
@@ -34,22 +34,13 @@ pub fn check_view(resize: usize, crop: usize) -> Result<()> {
     Ok(())
 }
 
-/// The normalization recorded in a weights file we wrote, if any.
-pub fn saved_norm(file: &StateDict) -> Result<Option<Norm>> {
-    let Some(raw) = file.metadata.get("norm") else { return Ok(None) };
-    let what = || format!("{}: corrupt 'norm' metadata", file.path.display());
-    let norm: Norm = serde_json::from_str(raw).with_context(what)?;
-    norm.validate().with_context(what)?;
-    Ok(Some(norm))
-}
-
 /// Normalization for a model without recorded normalization: torchvision's for ImageNet
 /// networks (its published weights expect it).
 pub fn default_norm(net: &ResNet, file: &StateDict, flag: Option<&str>) -> Result<Option<Norm>> {
     if let Some(name) = flag.filter(|n| *n != "pixel-mean") {
         return Ok(Some(Norm::from_name(name, None)?));
     }
-    if let Some(n) = saved_norm(file)? {
+    if let Some(n) = weights::metadata_norm(file)? {
         return Ok(Some(n));
     }
     if net.config.family == Family::ImageNet && flag.is_none() {
@@ -68,13 +59,9 @@ pub fn class_list(labels: Option<&Path>, file: &StateDict, classes: usize) -> Re
         }
         return Ok(Some(list));
     }
-    if let Some(raw) = file.metadata.get("class_names") {
-        let names: Vec<String> = serde_json::from_str(raw)
-            .with_context(|| format!("{}: corrupt 'class_names' metadata", file.path.display()))?;
-        if names.len() == classes {
-            let synsets = vec![None; names.len()];
-            return Ok(Some(ClassList { names, synsets }));
-        }
+    if let Some(names) = weights::metadata_class_names(file)?.filter(|n| n.len() == classes) {
+        let synsets = vec![None; names.len()];
+        return Ok(Some(ClassList { names, synsets }));
     }
     Ok((classes == 1000).then(ClassList::imagenet))
 }

@@ -11,7 +11,7 @@ mod pth;
 pub use pth::{TorchDType, TorchTensor, read_state_dict_bytes as read_torch_bytes};
 
 use crate::nn::{Layout, Named};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -219,6 +219,24 @@ impl StateDict {
         }
         Ok(&t.values)
     }
+}
+
+/// The normalization recorded in a weights file we wrote, if any, checked as a value
+/// (a per-pixel mean must be a square RGB image, deviations positive).
+pub fn metadata_norm(file: &StateDict) -> Result<Option<crate::data::Norm>> {
+    let Some(raw) = file.metadata.get("norm") else { return Ok(None) };
+    let what = || format!("{}: corrupt 'norm' metadata", file.path.display());
+    let norm: crate::data::Norm = serde_json::from_str(raw).with_context(what)?;
+    norm.validate().with_context(what)?;
+    Ok(Some(norm))
+}
+
+/// The class names recorded in a weights file we wrote, if any.
+pub fn metadata_class_names(file: &StateDict) -> Result<Option<Vec<String>>> {
+    let Some(raw) = file.metadata.get("class_names") else { return Ok(None) };
+    let names: Vec<String> = serde_json::from_str(raw)
+        .with_context(|| format!("{}: corrupt 'class_names' metadata", file.path.display()))?;
+    Ok(Some(names))
 }
 
 /// Loads a state dict into the model. Every model key must be present with the right
