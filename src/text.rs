@@ -15,6 +15,19 @@ pub fn grouped(n: impl Into<u128>) -> String {
     out
 }
 
+/// Seconds as people read them: "7.1s", "2m05s", "1h02m03s".
+pub fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".to_string();
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    if h > 0 { format!("{h}h{m:02}m{s:02}s") } else { format!("{m}m{s:02}s") }
+}
+
 /// Text read from a file (class names, metadata), safe to print on a terminal: control
 /// characters, which could move the cursor, erase lines or set the window title, are
 /// shown escaped (`\u{1b}`) instead of being sent to the terminal.
@@ -42,6 +55,14 @@ mod tests {
         assert_eq!(grouped(1000u32), "1,000");
         assert_eq!(grouped(269_722u32), "269,722");
         assert_eq!(grouped(25_557_032u64), "25,557,032");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(7.07), "7.1s");
+        assert_eq!(duration(125.0), "2m05s");
+        assert_eq!(duration(3723.4), "1h02m03s");
+        assert_eq!(duration(f64::INFINITY), "?");
     }
 
     #[test]

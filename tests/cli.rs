@@ -32,7 +32,10 @@ fn info_prints_exact_parameter_counts() {
         let out = resnet(&["info", model]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.lines().any(|l| l == format!("parameters: {params}")), "{model}: {text}");
+        assert!(
+            text.lines().any(|l| l == format!("parameters: {}", resnet::text::grouped(params as u64))),
+            "{model}: {text}"
+        );
         assert!(text.contains("mult-adds: "), "{model}");
     }
     let text = String::from_utf8_lossy(&resnet(&["info", "resnet20"]).stdout).to_string();
@@ -61,7 +64,10 @@ fn info_prints_imagenet_counts_and_mult_adds() {
         let out = resnet(&argv);
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.lines().any(|l| l == format!("parameters: {params}")), "{args:?}: {text}");
+        assert!(
+            text.lines().any(|l| l == format!("parameters: {}", resnet::text::grouped(params as u64))),
+            "{args:?}: {text}"
+        );
         assert!(text.contains(&format!("mult-adds: {mult_adds}")), "{args:?}: {text}");
     }
     let text = String::from_utf8_lossy(&resnet(&["info", "resnet50", "--classes", "10"]).stdout).to_string();
@@ -70,6 +76,22 @@ fn info_prints_imagenet_counts_and_mult_adds() {
     let text = String::from_utf8_lossy(&resnet(&["info", "cifar-resnet50"]).stdout).to_string();
     assert!(text.contains("CIFAR") && text.contains("cifar-resnet50"), "{text}");
     assert_error(&resnet(&["info", "resnet18-v1"]), &["-v1", "bottleneck"]);
+    // Names in any case.
+    let text = common::cli::ok(&resnet(&["info", "ResNet50"]));
+    assert!(text.lines().any(|l| l == "parameters: 25,557,032"), "{text}");
+}
+
+#[test]
+fn info_without_a_model_lists_the_papers_networks() {
+    let text = common::cli::ok(&resnet(&["info"]));
+    for line in [
+        "  resnet20          269,722 parameters",
+        "  resnet1202     19,421,274 parameters",
+        "  resnet50       25,557,032 parameters",
+        "  plain34        21,623,848 parameters",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line '{line}' in:\n{text}");
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use resnet::data::{ClassList, DatasetKind, Norm};
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
-use resnet::weights::{self, StateDict};
+use resnet::weights::{self, StateDict, View};
 use std::path::Path;
 
 /// Builds `model` with the classes its weights file was trained for (read off the
@@ -26,12 +26,19 @@ pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Resul
     Ok((net, file))
 }
 
-/// Refuses a zero `--resize` or `--crop` (an empty view) before any image is read.
-pub fn check_view(resize: usize, crop: usize) -> Result<()> {
-    if resize == 0 || crop == 0 {
-        bail!("--resize and --crop must be positive");
-    }
-    Ok(())
+/// The view to evaluate at: the flags where given, else the one recorded with the
+/// weights, else the family's own (CIFAR 32×32 as is; ImageNet shorter side 256, crop 224).
+pub fn view(net: &ResNet, file: &StateDict, resize: Option<usize>, crop: Option<usize>) -> Result<View> {
+    let default = match weights::metadata_view(file)? {
+        Some(v) => v,
+        None if net.config.family == Family::Cifar => View { resize: 32, crop: 32 },
+        None => View { resize: 256, crop: 224 },
+    };
+    let crop = crop.unwrap_or(default.crop);
+    // A crop given alone keeps the recorded proportion (224 of 256: 8/7).
+    let resize =
+        resize.unwrap_or(if crop == default.crop { default.resize } else { crop * default.resize / default.crop });
+    Ok(View { resize, crop })
 }
 
 /// Normalization for a model without recorded normalization: torchvision's for ImageNet

@@ -31,12 +31,13 @@ pub struct Args {
     /// in --scales, with flips).
     #[arg(long, default_value = "center")]
     protocol: String,
-    /// Shorter side before cropping (center, 10crop).
-    #[arg(long, value_parser = super::parse_side, default_value_t = 256)]
-    resize: usize,
-    /// Side of the square crop (center, 10crop).
-    #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
-    crop: usize,
+    /// Image folders: shorter side before cropping (center, 10crop; default: the view recorded
+    /// with the weights, else 32 for CIFAR networks and 256 for ImageNet ones).
+    #[arg(long, value_parser = super::parse_side)]
+    resize: Option<usize>,
+    /// Image folders: side of the square crop (default: as recorded, else 32 CIFAR, 224 ImageNet).
+    #[arg(long, value_parser = super::parse_side)]
+    crop: Option<usize>,
     /// Shorter sides for --protocol multiscale.
     #[arg(long, value_parser = super::parse_side, value_delimiter = ',', default_values_t = multiscale::PAPER_SCALES)]
     scales: Vec<usize>,
@@ -182,26 +183,23 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
             a.weights.display()
         ),
     };
-    if model.config.family == Family::Cifar && a.norm.is_none() {
-        eprintln!("note: evaluating a CIFAR network on image folders at {}x{} crops", a.crop, a.crop);
-    }
+    let view = common::view(model, file, a.resize, a.crop)?;
     let (folder, norm) = (Arc::new(folder), Arc::new(norm));
     let (protocol, result) = match a.protocol.as_str() {
         "center" | "10crop" => {
-            common::check_view(a.resize, a.crop)?;
             let views = if a.protocol == "center" {
-                EvalViews::Center { resize: a.resize, crop: a.crop }
+                EvalViews::Center { resize: view.resize, crop: view.crop }
             } else {
-                EvalViews::TenCrop { resize: a.resize, crop: a.crop }
+                EvalViews::TenCrop { resize: view.resize, crop: view.crop }
             };
             let samples: Arc<dyn Samples> =
                 Arc::new(FolderSamples { folder: folder.clone(), transform: FolderTransform::Eval(views), norm });
             let desc = format!(
                 "{} (shorter side {}, {c}x{c} crops), {} images",
                 a.protocol,
-                a.resize,
+                view.resize,
                 folder.len(),
-                c = a.crop
+                c = view.crop
             );
             (desc, evaluate(model, samples, a.batch.max(1), a.loader_threads))
         }

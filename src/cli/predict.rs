@@ -15,12 +15,13 @@ pub struct Args {
     /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// Shorter side before the centre crop (torchvision: 256).
-    #[arg(long, value_parser = super::parse_side, default_value_t = 256)]
-    resize: usize,
-    /// Side of the square centre crop.
-    #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
-    crop: usize,
+    /// Shorter side before the centre crop (default: the view recorded with the weights, else
+    /// 32 for CIFAR networks and 256 for ImageNet ones).
+    #[arg(long, value_parser = super::parse_side)]
+    resize: Option<usize>,
+    /// Side of the square centre crop (default: as recorded, else 32 CIFAR, 224 ImageNet).
+    #[arg(long, value_parser = super::parse_side)]
+    crop: Option<usize>,
     /// Class names: the 1000-class index JSON or one name per line (default: the names saved
     /// with the weights, or ImageNet's for 1000 classes).
     #[arg(long)]
@@ -54,11 +55,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.weights.display()
         );
     };
-    common::check_view(a.resize, a.crop)?;
+    let view = common::view(&model, &file, a.resize, a.crop)?;
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
-    let view = EvalViews::Center { resize: a.resize, crop: a.crop };
+    let view = EvalViews::Center { resize: view.resize, crop: view.crop };
     let threads = rayon::current_num_threads().clamp(1, 4);
     let results = predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads);
     let mut failed = 0;

@@ -31,13 +31,13 @@ pub struct Args {
     #[arg(long)]
     classes: Option<usize>,
     /// Train for N epochs (default: CIFAR 64k iterations; image folders 90 epochs).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iterations")]
     epochs: Option<usize>,
     /// Total iterations (the paper's CIFAR runs: 64000).
     #[arg(long)]
     iterations: Option<usize>,
     /// Iterations at which lr is divided by 10 (default CIFAR 32000,48000; with --epochs 50%,75%).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "schedule")]
     milestones: Option<Vec<usize>>,
     /// Epochs at which lr is divided by 10 (default for image folders: 30,60 of 90, scaled with --epochs).
     #[arg(long, value_delimiter = ',')]
@@ -362,15 +362,24 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         rayon::current_num_threads(),
         cfg.out.display()
     );
+    let started = std::time::Instant::now();
     let outcome = resnet::train::train(&cfg, data, a.resume, !a.quiet)?;
     drop(run_dir);
     match outcome {
-        Outcome::Finished { test_acc } => {
+        Outcome::Finished { test_acc, best_acc } => {
+            let out = &cfg.out;
+            let best = best_acc.map_or(String::new(), |b| format!(", best {:.2}%", 100.0 * b));
             println!(
-                "finished: test accuracy {:.2}%, weights in {}",
+                "finished: test accuracy {:.2}%{best}, {} iterations in {}",
                 100.0 * test_acc,
-                cfg.out.join("model.safetensors").display()
+                cfg.iterations,
+                duration(started.elapsed())
             );
+            println!("  weights: {}", out.join(resnet::train::run::FINAL_WEIGHTS).display());
+            if best_acc.is_some() {
+                println!("  best weights: {}", out.join(resnet::train::run::BEST_WEIGHTS).display());
+            }
+            println!("  metrics: {}", out.join(resnet::train::run::METRICS).display());
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Interrupted { iteration } => {
@@ -381,4 +390,9 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::from(130))
         }
     }
+}
+
+/// A duration as "1h02m03s", "2m05s" or "7.1s".
+fn duration(d: std::time::Duration) -> String {
+    resnet::text::duration(d.as_secs_f64())
 }

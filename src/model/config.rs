@@ -53,7 +53,10 @@ pub const MAX_CIFAR_BLOCKS: usize = 2000;
 impl ModelConfig {
     /// Parses a model name. `shortcut: None` takes the family's default: A for CIFAR (as
     /// the paper), B for ImageNet (as the paper's deeper nets and torchvision).
+    /// The network called `name`, in any case (`ResNet50` is `resnet50`).
     pub fn from_name(name: &str, shortcut: Option<Shortcut>, classes: usize) -> Result<Self> {
+        let lower = name.to_ascii_lowercase();
+        let name = lower.as_str();
         let unknown = || {
             anyhow::anyhow!(
                 "unknown model '{name}': expected resnet18/34/50/101/152 (50/101/152 also with -v1), plain18/34, \
@@ -139,6 +142,37 @@ impl ModelConfig {
         }
     }
 
+    /// Learned parameters (weights, BatchNorm scales and shifts, classifier), counted from the
+    /// architecture alone: `ResNet::param_count` without building and initializing the network.
+    pub fn param_count(&self) -> usize {
+        let conv_bn = |k: usize, cin: usize, cout: usize| k * k * cin * cout + 2 * cout;
+        let (stem, planes) = self.widths();
+        let stem_kernel = if self.family == Family::Cifar { 3 } else { 7 };
+        let mut total = conv_bn(stem_kernel, 3, stem);
+        let mut cin = stem;
+        for (stage, (&p, &blocks)) in planes.iter().zip(&self.stages).enumerate() {
+            let cout = if self.bottleneck { 4 * p } else { p };
+            for block in 0..blocks {
+                total += if self.bottleneck {
+                    conv_bn(1, cin, p) + conv_bn(3, p, p) + conv_bn(1, p, cout)
+                } else {
+                    conv_bn(3, cin, p) + conv_bn(3, p, p)
+                };
+                let grows = block == 0 && (stage > 0 || cin != cout);
+                let projection = match self.shortcut {
+                    Shortcut::A => false,
+                    Shortcut::B => grows,
+                    Shortcut::C => true,
+                };
+                if self.residual && projection {
+                    total += conv_bn(1, cin, cout);
+                }
+                cin = cout;
+            }
+        }
+        total + cin * self.classes + self.classes
+    }
+
     /// Channels into the classifier.
     pub fn features(&self) -> usize {
         let planes = *self.widths().1.last().expect("stages");
@@ -151,6 +185,30 @@ impl ModelConfig {
         match self.family {
             Family::Cifar => ("shortcut", "linear"),
             Family::ImageNet => ("downsample", "fc"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResNet;
+
+    #[test]
+    fn param_count_from_the_config_is_the_built_networks() {
+        for (name, shortcut, classes) in [
+            ("resnet8", None, 10),
+            ("resnet14", Some(Shortcut::B), 10),
+            ("resnet8", Some(Shortcut::C), 7),
+            ("plain14", Some(Shortcut::C), 10),
+            ("resnet18", Some(Shortcut::C), 5),
+            ("resnet34", Some(Shortcut::A), 3),
+            ("resnet50", None, 4),
+            ("resnet50-v1", Some(Shortcut::A), 4),
+        ] {
+            let config = ModelConfig::from_name(name, shortcut, classes).unwrap();
+            let counted = config.param_count();
+            assert_eq!(counted, ResNet::new(config, 0).param_count(), "{name} {shortcut:?}");
         }
     }
 }

@@ -45,7 +45,12 @@ fn momentum_key(name: &str) -> String {
 
 /// Metadata every weights file we write carries, so `eval` and `predict` can rebuild the
 /// model, its input normalization and its class names.
-pub fn weights_metadata(model: &ResNet, norm: &Norm, class_names: &[String]) -> HashMap<String, String> {
+pub fn weights_metadata(
+    model: &ResNet,
+    norm: &Norm,
+    class_names: &[String],
+    view: weights::View,
+) -> HashMap<String, String> {
     let c = &model.config;
     HashMap::from([
         ("format".to_string(), "resnet-rs".to_string()),
@@ -54,6 +59,7 @@ pub fn weights_metadata(model: &ResNet, norm: &Norm, class_names: &[String]) -> 
         ("classes".to_string(), c.classes.to_string()),
         ("class_names".to_string(), serde_json::to_string(class_names).expect("names serialize")),
         ("norm".to_string(), serde_json::to_string(norm).expect("norm serializes")),
+        ("view".to_string(), serde_json::to_string(&view).expect("view serializes")),
     ])
 }
 
@@ -69,7 +75,7 @@ pub fn save(
     norm: &Norm,
     class_names: &[String],
 ) -> Result<()> {
-    let mut metadata = weights_metadata(model, norm, class_names);
+    let mut metadata = weights_metadata(model, norm, class_names, config.eval_view());
     let meta = Meta { config: config.clone(), state: state.clone(), norm: norm.clone() };
     metadata.insert("checkpoint".into(), serde_json::to_string(&meta)?);
     let named = model.named();

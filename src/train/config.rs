@@ -65,6 +65,15 @@ pub struct ImageTraining {
 }
 
 impl TrainConfig {
+    /// How the trained model sees an image when evaluated: (shorter side, centre crop).
+    /// CIFAR images are 32×32 as they are; a folder model at its training crop.
+    pub fn eval_view(&self) -> crate::weights::View {
+        match &self.images {
+            Some(i) => crate::weights::View { resize: i.eval_resize, crop: i.transform.size },
+            None => crate::weights::View { resize: crate::data::cifar::SIDE, crop: crate::data::cifar::SIDE },
+        }
+    }
+
     /// Classes of the model's classifier.
     pub fn classes(&self) -> usize {
         match &self.images {

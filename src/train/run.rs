@@ -11,7 +11,7 @@ use crate::eval::evaluate;
 use crate::model::{ModelConfig, ResNet};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +21,14 @@ use std::time::Instant;
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub enum Outcome {
-    Finished { test_acc: f64 },
-    Interrupted { iteration: usize },
+    /// `best_acc`: the best accuracy of an epoch, kept as best.safetensors.
+    Finished {
+        test_acc: f64,
+        best_acc: Option<f64>,
+    },
+    Interrupted {
+        iteration: usize,
+    },
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -88,6 +94,14 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
+    // On a terminal, a progress bar; elsewhere (nohup, Slurm, a pipe) a plain line every
+    // --log-every iterations.
+    let (bar_shown, lines_shown) = match progress {
+        false => (false, false),
+        true if std::io::stderr().is_terminal() => (true, false),
+        true => (false, true),
+    };
+    let (run_start, first_iteration) = (Instant::now(), state.iteration);
     let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done, &state.warmup_window);
     let mut scratch = StepScratch::default();
     let mut skipped = std::collections::HashSet::new();
@@ -108,7 +122,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             spare.clone(),
         );
         let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
-        let bar = progress_bar(progress, steps_this_epoch, epoch);
+        let bar = progress_bar(bar_shown, steps_this_epoch, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let (mut win_loss, mut win_correct, mut win_seen) = (0f64, 0usize, 0usize);
         let epoch_start = Instant::now();
@@ -151,13 +165,26 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             win_correct += ok;
             win_seen += n;
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
+            let per_step = run_start.elapsed().as_secs_f64() / (state.iteration - first_iteration) as f64;
+            let run_eta = crate::text::duration(per_step * (cfg.iterations - state.iteration) as f64);
             bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} img/s",
+                "epoch loss {:.4} acc {:.2}% lr {lr} {:.0} img/s | run eta {run_eta}",
                 loss_sum / seen as f64,
                 100.0 * correct as f64 / seen as f64,
                 ips
             ));
             bar.inc(1);
+            if lines_shown && cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
+                eprintln!(
+                    "iter {}/{} epoch {}: loss {:.4} acc {:.2}% lr {lr} {:.0} img/s | run eta {run_eta}",
+                    state.iteration,
+                    cfg.iterations,
+                    epoch + 1,
+                    win_loss / win_seen as f64,
+                    100.0 * win_correct as f64 / win_seen as f64,
+                    win_seen as f64 / window_start.elapsed().as_secs_f64(),
+                );
+            }
             if cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
                 let line = json!({
                     "iter": state.iteration, "epoch": epoch + 1, "loss": win_loss / win_seen as f64,
@@ -189,7 +216,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         test_acc = Some(test.accuracy());
         if state.best_acc.is_none_or(|best| test.accuracy() > best) {
             state.best_acc = Some(test.accuracy());
-            let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names);
+            let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names, cfg.eval_view());
             crate::weights::save(&out.join(BEST_WEIGHTS), &model.named(), metadata)?;
         }
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
@@ -224,9 +251,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         Some(acc) => acc,
         None => evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads).accuracy(),
     };
-    let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names);
+    let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names, cfg.eval_view());
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
-    Ok(Outcome::Finished { test_acc })
+    Ok(Outcome::Finished { test_acc, best_acc: state.best_acc })
 }
 
 /// An f32 as the JSON number it prints as (0.1, not 0.10000000149011612).
@@ -248,7 +275,7 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressB
     }
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} eta {eta} | {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );

@@ -231,6 +231,37 @@ pub fn metadata_norm(file: &StateDict) -> Result<Option<crate::data::Norm>> {
     Ok(Some(norm))
 }
 
+/// How a model expects to see an image: the shorter side resized to `resize`, then a
+/// centre crop of `crop`. Recorded with the weights, so eval and predict need no flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct View {
+    pub resize: usize,
+    pub crop: usize,
+}
+
+impl View {
+    /// The largest side a recorded view may have, as the command-line flags.
+    pub const MAX_SIDE: usize = 4096;
+}
+
+/// The view recorded in a weights file we wrote, if any.
+pub fn metadata_view(file: &StateDict) -> Result<Option<View>> {
+    let Some(raw) = file.metadata.get("view") else { return Ok(None) };
+    let what = || format!("{}: corrupt 'view' metadata", file.path.display());
+    let view: View = serde_json::from_str(raw).with_context(what)?;
+    let sides = 1..=View::MAX_SIDE;
+    if !sides.contains(&view.resize) || !sides.contains(&view.crop) || view.crop > view.resize {
+        bail!(
+            "{}: resize {} and crop {} are not sides with 0 < crop <= resize <= {}",
+            what(),
+            view.resize,
+            view.crop,
+            View::MAX_SIDE
+        );
+    }
+    Ok(Some(view))
+}
+
 /// The class names recorded in a weights file we wrote, if any.
 pub fn metadata_class_names(file: &StateDict) -> Result<Option<Vec<String>>> {
     let Some(raw) = file.metadata.get("class_names") else { return Ok(None) };

@@ -1,0 +1,107 @@
+//! Daily use: views that follow the weights, the best weights kept, plain progress lines
+//! where there is no terminal, a summary at the end, flags that cannot contradict.
+
+mod common;
+
+use common::cli::{assert_error, ok, p, resnet};
+use common::{temp_dir, write_cifar_file};
+use std::path::Path;
+
+/// A three-epoch resnet8 run on tiny CIFAR-10 files, its stderr not a terminal.
+fn three_epochs(dir: &Path) -> (std::process::Output, std::path::PathBuf) {
+    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
+    write_cifar_file(&train, 60, 1);
+    write_cifar_file(&test, 30, 2);
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        p(&train),
+        "--test-data",
+        p(&test),
+        "--epochs",
+        "3",
+        "--batch",
+        "10",
+        "--log-every",
+        "2",
+        "--out",
+        p(&run),
+    ]);
+    ok(&out);
+    (out, run)
+}
+
+#[test]
+fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
+    let dir = temp_dir("daily_best");
+    let (out, run) = three_epochs(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+
+    // Without a terminal: a plain line every --log-every iterations, with the run's ETA.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("iter ")).collect();
+    assert_eq!(lines.len(), 9, "18 iterations, a line every 2:\n{stderr}");
+    assert!(lines[0].starts_with("iter 2/18 epoch 1: loss ") && lines[0].contains(" lr 0.1 "), "{}", lines[0]);
+    assert!(lines.iter().all(|l| l.contains("img/s | run eta ")), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "terminal control in a log: {stderr:?}");
+
+    // best.safetensors scores the best epoch's test accuracy.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let best_epoch = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v.get("test_acc").and_then(|a| a.as_f64()))
+        .fold(0.0f64, f64::max);
+    let eval = ok(&resnet(&[
+        "eval",
+        "--model",
+        "resnet8",
+        "--json",
+        "--weights",
+        p(&run.join("best.safetensors")),
+        "--data",
+        p(&dir.join("test.bin")),
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(report["top1"].as_f64().unwrap(), best_epoch, "best.safetensors is not the best epoch's");
+
+    // The summary: accuracy, time, and where everything is.
+    assert!(stdout.starts_with("finished: test accuracy ") && stdout.contains(", best "), "{stdout}");
+    assert!(stdout.contains(" 18 iterations in "), "{stdout}");
+    for file in ["model.safetensors", "best.safetensors", "metrics.jsonl"] {
+        assert!(stdout.contains(p(&run.join(file))), "summary lacks {file}: {stdout}");
+    }
+}
+
+#[test]
+fn predict_sees_images_as_the_weights_were_trained() {
+    let dir = temp_dir("daily_view");
+    let (_, run) = three_epochs(&dir);
+    let weights = run.join("model.safetensors");
+    let file = resnet::weights::StateDict::read(&weights).unwrap();
+    assert_eq!(resnet::weights::metadata_view(&file).unwrap(), Some(resnet::weights::View { resize: 32, crop: 32 }));
+    // A 48x40 photo: resized to 32 on its shorter side and centre-cropped to 32, as trained,
+    // with no view flags; the 256/224 of ImageNet networks would give other logits.
+    let image = dir.join("photo.png");
+    image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x + y) * 3) as u8]))
+        .save(&image)
+        .unwrap();
+    let logits = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", "resnet8", "--json", "--weights", p(&weights), p(&image)];
+        args.extend(extra);
+        let line: serde_json::Value = serde_json::from_str(ok(&resnet(&args)).trim()).unwrap();
+        line["logits"].clone()
+    };
+    assert_eq!(logits(&[]), logits(&["--resize", "32", "--crop", "32"]));
+    assert_ne!(logits(&[]), logits(&["--resize", "256", "--crop", "224"]));
+}
+
+#[test]
+fn contradicting_flags_are_refused() {
+    let out = resnet(&["train", "--model", "resnet20", "--epochs", "1", "--iterations", "10"]);
+    assert_error(&out, &["--epochs", "--iterations", "cannot be used with"]);
+    let out = resnet(&["train", "--model", "resnet20", "--milestones", "5", "--schedule", "1"]);
+    assert_error(&out, &["--milestones", "--schedule", "cannot be used with"]);
+}
