@@ -67,6 +67,15 @@ fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
     let report: serde_json::Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(report["top1"].as_f64().unwrap(), best_epoch, "best.safetensors is not the best epoch's");
 
+    // metrics.csv: a header and one row per epoch, the epoch lines' values.
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(rows[0].starts_with("epoch,iter,train_loss,train_acc,test_loss,test_acc,"), "{csv}");
+    assert!(rows[3].starts_with("3,18,"), "{csv}");
+    let test_acc: Vec<f64> = rows[1..].iter().map(|r| r.split(',').nth(5).unwrap().parse().unwrap()).collect();
+    assert_eq!(test_acc.iter().cloned().fold(0.0, f64::max), best_epoch);
+
     // The summary: accuracy, time, and where everything is.
     assert!(stdout.starts_with("finished: test accuracy ") && stdout.contains(", best "), "{stdout}");
     assert!(stdout.contains(" 18 iterations in "), "{stdout}");

@@ -38,6 +38,44 @@ pub const FINAL_WEIGHTS: &str = "model.safetensors";
 /// The weights of the epoch with the best test (or validation) accuracy.
 pub const BEST_WEIGHTS: &str = "best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
+/// The epoch lines of the metrics as CSV, for spreadsheets.
+pub const METRICS_CSV: &str = "metrics.csv";
+
+/// The columns of metrics.csv: the keys of an epoch line.
+const CSV_COLUMNS: [&str; 13] = [
+    "epoch",
+    "iter",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "test_acc5",
+    "lr",
+    "images_per_s",
+    "time_s",
+    "skipped_images",
+    "rss_mb",
+    "peak_rss_mb",
+];
+
+/// Writes metrics.csv anew from the epoch lines of metrics.jsonl, so that the two always
+/// agree, after a resume too.
+fn write_metrics_csv(jsonl: &Path, csv: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(jsonl).with_context(|| format!("{}: cannot read", jsonl.display()))?;
+    let mut out = CSV_COLUMNS.join(",") + "\n";
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v.get("train_loss").is_none() {
+            continue;
+        }
+        let cells: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|k| v.get(*k).filter(|x| !x.is_null()).map_or(String::new(), |x| x.to_string()))
+            .collect();
+        out += &(cells.join(",") + "\n");
+    }
+    crate::files::write_atomic(csv, out.as_bytes())
+}
 
 pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
     train_len.div_ceil(batch)
@@ -228,6 +266,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
         });
         writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
+        write_metrics_csv(&metrics_path, &out.join(METRICS_CSV))?;
         eprintln!(
             "epoch {} iter {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {} | {:.0} img/s",
             epoch + 1,
