@@ -7,8 +7,11 @@ use crate::rng::Rng;
 use std::time::Instant;
 
 pub struct BenchResult {
+    /// Median seconds of a step, and the fastest and slowest of the timed steps.
     pub train_step_s: f64,
     pub infer_step_s: f64,
+    pub train_range_s: (f64, f64),
+    pub infer_range_s: (f64, f64),
     pub train_ips: f64,
     pub infer_ips: f64,
     /// Effective rates, counting 2 flops per mult-add: forward 1×, training 3×
@@ -17,24 +20,20 @@ pub struct BenchResult {
     pub infer_gflops: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
+/// Seconds of each of `steps` calls of `f` after `warmup` untimed ones: (min, median, max).
+fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut()) -> (f64, f64, f64) {
     for _ in 0..warmup {
         f();
     }
-    median(
-        (0..steps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+    let mut times: Vec<f64> = (0..steps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    (times[0], times[times.len() / 2], times[times.len() - 1])
 }
 
 pub fn run(
@@ -63,9 +62,12 @@ pub fn run(
         net.forward(false, batch, (s, s), &images);
     });
     let flops = 2.0 * net.mult_adds() as f64 * batch as f64;
+    let ((train_min, train, train_max), (infer_min, infer, infer_max)) = (train, infer);
     Ok(BenchResult {
         train_step_s: train,
         infer_step_s: infer,
+        train_range_s: (train_min, train_max),
+        infer_range_s: (infer_min, infer_max),
         train_ips: batch as f64 / train,
         infer_ips: batch as f64 / infer,
         train_gflops: 3.0 * flops / train / 1e9,
@@ -80,7 +82,7 @@ pub fn gemm_peak_gflops() -> f64 {
     let b = vec![0.5f32; n * n];
     let mut c = vec![0f32; n * n];
     let threads = rayon::current_num_threads();
-    let t = time_steps(1, 5, || unsafe {
+    let (_, t, _) = time_steps(1, 5, || unsafe {
         // SAFETY: three n×n row-major buffers of exactly n*n elements.
         gemm::gemm(
             n,

@@ -114,3 +114,16 @@ fn contradicting_flags_are_refused() {
     let out = resnet(&["train", "--model", "resnet20", "--milestones", "5", "--schedule", "1"]);
     assert_error(&out, &["--milestones", "--schedule", "cannot be used with"]);
 }
+
+#[test]
+fn bench_reports_the_spread_and_json() {
+    let out = ok(&resnet(&["bench", "--model", "resnet8", "--batch", "4", "--steps", "3", "--warmup", "1", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["train_images_per_s", "infer_images_per_s"] {
+        let (min, median, max) =
+            (v[key]["min"].as_f64().unwrap(), v[key]["median"].as_f64().unwrap(), v[key]["max"].as_f64().unwrap());
+        assert!(0.0 < min && min <= median && median <= max, "{key}: {out}");
+    }
+    let text = ok(&resnet(&["bench", "--model", "resnet8", "--batch", "4", "--steps", "3", "--no-peak"]));
+    assert!(text.lines().any(|l| l.starts_with("train: ") && l.contains(" img/s (")), "{text}");
+}

@@ -32,6 +32,9 @@ pub struct Args {
     /// Loader threads for --pipeline.
     #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
+    /// One JSON object: images/s of training and inference as min, median and max.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -46,18 +49,36 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let r = bench::run(&a.model, a.shortcut, a.batch, a.steps, a.warmup, a.conv)?;
     let threads = rayon::current_num_threads();
-    println!("model: {} batch {} threads {threads}", a.model, a.batch);
+    let ips = |seconds: f64| a.batch as f64 / seconds;
+    if a.json {
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        let spread = |median: f64, (fast, slow): (f64, f64)| serde_json::json!({"min": round(ips(slow)), "median": round(ips(median)), "max": round(ips(fast))});
+        let line = serde_json::json!({
+            "model": a.model, "batch": a.batch, "threads": threads, "steps": a.steps,
+            "train_images_per_s": spread(r.train_step_s, r.train_range_s),
+            "infer_images_per_s": spread(r.infer_step_s, r.infer_range_s),
+            "train_gflops": round(r.train_gflops), "infer_gflops": round(r.infer_gflops),
+            "pipeline_images_per_s": pipeline_ips.map(round),
+        });
+        println!("{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("model: {} batch {} threads {threads}, median of {} steps (slowest-fastest)", a.model, a.batch, a.steps);
     // Effective rates: the arithmetic of direct convolutions (3 × 2 × mult-adds per image for
     // a training step) over the time; Winograd layers do fewer operations than that.
     println!(
-        "train: {:.1} img/s ({:.2} ms/step, {:.1} effective GFLOP/s)",
+        "train: {:.1} img/s ({:.1}-{:.1}; {:.2} ms/step, {:.1} effective GFLOP/s)",
         r.train_ips,
+        ips(r.train_range_s.1),
+        ips(r.train_range_s.0),
         r.train_step_s * 1e3,
         r.train_gflops
     );
     println!(
-        "infer: {:.1} img/s ({:.2} ms/batch, {:.1} effective GFLOP/s)",
+        "infer: {:.1} img/s ({:.1}-{:.1}; {:.2} ms/batch, {:.1} effective GFLOP/s)",
         r.infer_ips,
+        ips(r.infer_range_s.1),
+        ips(r.infer_range_s.0),
         r.infer_step_s * 1e3,
         r.infer_gflops
     );

@@ -37,7 +37,7 @@ const BAND_TILES: usize = 16;
 /// Whether a convolution is done this way: 3×3, stride 1, pad 1, 16, 32, 64 or 128
 /// channels in and out. `Auto` takes it wherever it applies: on every such layer of
 /// ResNet-20 and ResNet-50 it measured faster than the direct kernel and `winograd`, at
-/// batch 1 too (in-process, BENCHMARKS.md, sixth session). Above 128 channels the transformed weights
+/// batch 1 too (in-process; BENCHMARKS.md, design decisions). Above 128 channels the transformed weights
 /// (36·c² floats, 9 MB at 256) no longer stay in cache across a band, which `winograd`'s
 /// larger blocks handle.
 pub fn applies(s: &ConvShape, algo: ConvAlgo) -> bool {
