@@ -127,3 +127,28 @@ fn bench_reports_the_spread_and_json() {
     let text = ok(&resnet(&["bench", "--model", "resnet8", "--batch", "4", "--steps", "3", "--no-peak"]));
     assert!(text.lines().any(|l| l.starts_with("train: ") && l.contains(" img/s (")), "{text}");
 }
+
+#[test]
+fn wrong_kind_errors_name_the_real_problem() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let resnet18 = root.join("tests/golden/imagenet/resnet18.pth");
+    let image = root.join("tests/golden/imagenet/input.png");
+    // Weights of another depth: the message says which network they fit.
+    let out = resnet(&["predict", "--model", "resnet50", "--weights", p(&resnet18), p(&image)]);
+    assert_error(&out, &["resnet18.pth", "the file holds the weights of a resnet18, not a resnet50"]);
+    // An image where a data folder was expected.
+    let out = resnet(&["eval", "--model", "resnet18", "--weights", p(&resnet18), "--data", p(&image)]);
+    assert_error(&out, &["input.png", "an image file", "resnet predict"]);
+    let out =
+        resnet(&["eval", "--model", "resnet18", "--weights", p(&resnet18), "--data", p(&image), "--dataset", "folder"]);
+    assert_error(&out, &["input.png", "a file where an image folder"]);
+    // predict takes folders of images.
+    let dir = temp_dir("daily_predict_dir");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::copy(&image, dir.join("a.png")).unwrap();
+    std::fs::copy(&image, dir.join("sub/b.png")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    let text = ok(&resnet(&["predict", "--model", "resnet18", "--weights", p(&resnet18), p(&dir)]));
+    let files: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(files, [p(&dir.join("a.png")), p(&dir.join("sub/b.png"))], "{text}");
+}

@@ -12,6 +12,22 @@ use std::path::Path;
 /// classifier's shape) and loads the weights (safetensors, `.pth`, or a checkpoint).
 pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Result<(ResNet, StateDict)> {
     let file = StateDict::read(path)?;
+    let error = match load_checked(model, shortcut, &file) {
+        Ok(net) => return Ok((net, file)),
+        Err(e) => e,
+    };
+    // Weights of another depth fail on the first key that differs; say which net they fit.
+    let keys = file.tensors.iter().map(|(k, _)| k.as_str());
+    match ModelConfig::guess_from_keys(keys) {
+        Some(fits) if !fits.split(" or ").any(|n| n == model.to_ascii_lowercase()) => {
+            bail!("{error:#} (the file holds the weights of a {fits}, not a {model})")
+        }
+        _ => Err(error),
+    }
+}
+
+fn load_checked(model: &str, shortcut: Option<Shortcut>, file: &StateDict) -> Result<ResNet> {
+    let path = &file.path;
     let probe = ModelConfig::from_name(model, shortcut, 1)?;
     let (_, classifier) = probe.naming();
     let key = format!("{classifier}.weight");
@@ -22,8 +38,8 @@ pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Resul
         None => bail!("{}: missing key '{key}' (the classifier of a {model})", path.display()),
     };
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 0);
-    weights::load_into(&file, &mut net.named(), Some(OPTIMIZER_PREFIX))?;
-    Ok((net, file))
+    weights::load_into(file, &mut net.named(), Some(OPTIMIZER_PREFIX))?;
+    Ok(net)
 }
 
 /// The view to evaluate at: the flags where given, else the one recorded with the

@@ -121,6 +121,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
 }
 
 fn eval_cifar(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weights::StateDict) -> Result<Report> {
+    if resnet::data::folder::is_image(&a.data) {
+        bail!(
+            "{}: an image file; --data takes CIFAR batches or an image folder (DIR/val/<class>/*), and resnet predict classifies single images",
+            a.data.display()
+        );
+    }
     if a.protocol != "center" {
         bail!("--protocol {} applies to image folders; CIFAR is evaluated on the 32x32 images", a.protocol);
     }

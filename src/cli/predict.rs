@@ -40,12 +40,13 @@ pub struct Args {
     /// One JSON object per image: file, top5 and all logits.
     #[arg(long)]
     json: bool,
-    /// JPEG or PNG files.
+    /// JPEG or PNG files, or folders of them (searched recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.images = expand_folders(&a.images)?;
     let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
     // A CIFAR net's weights that do not record their normalization could expect any of
     // three (the published ResNet-20 uses ImageNet's statistics): no guess, as in eval.
@@ -89,4 +90,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The paths given, with each folder replaced by the images under it.
+fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let found = resnet::data::folder::images_under(path)?;
+            if found.is_empty() {
+                bail!("{}: no .jpg/.jpeg/.png images in this folder", path.display());
+            }
+            images.extend(found);
+        } else {
+            images.push(path.clone());
+        }
+    }
+    Ok(images)
 }

@@ -17,7 +17,7 @@ pub struct ImageFolder {
     pub ignored: Vec<PathBuf>,
 }
 
-fn is_image(path: &Path) -> bool {
+pub fn is_image(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
     matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
 }
@@ -50,11 +50,22 @@ fn files_under(dir: &Path, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>)
 
 /// The folder of one split: `DIR/<split>` when it exists, else `DIR` itself.
 pub fn split_dir(dir: &Path, split: &str) -> Result<PathBuf> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: a file where an image folder (DIR/{split}/<class>/*) was expected", dir.display());
+    }
     if !dir.is_dir() {
         bail!("{}: no such directory", dir.display());
     }
     let sub = dir.join(split);
     Ok(if sub.is_dir() { sub } else { dir.to_path_buf() })
+}
+
+/// The image files (.jpg, .jpeg, .png) under `dir`, recursively, sorted.
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    files_under(dir, &mut Vec::new(), &mut files)?;
+    files.retain(|p| is_image(p));
+    Ok(files)
 }
 
 impl ImageFolder {

@@ -173,6 +173,42 @@ impl ModelConfig {
         total + cin * self.classes + self.classes
     }
 
+    /// The network whose state dict has these keys, by its stages' block counts: a name
+    /// `from_name` accepts ("resnet56", "resnet50", "plain34"), for messages when weights
+    /// are loaded into the wrong depth. None when the keys are not a ResNet's.
+    pub fn guess_from_keys<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
+        let (mut blocks, mut bottleneck, mut projections, mut cifar) = ([0usize; 4], false, false, false);
+        for key in keys {
+            let key = key.strip_prefix("module.").unwrap_or(key);
+            cifar |= key.starts_with("linear.");
+            let Some(rest) = key.strip_prefix("layer") else { continue };
+            let mut parts = rest.split('.');
+            let stage = parts.next().and_then(|s| s.parse::<usize>().ok()).filter(|s| (1..=4).contains(s));
+            let (Some(stage), Some(Ok(block))) = (stage, parts.next().map(str::parse::<usize>)) else { continue };
+            blocks[stage - 1] = blocks[stage - 1].max(block + 1);
+            let unit = parts.next().unwrap_or("");
+            bottleneck |= unit == "conv3";
+            projections |= unit == "shortcut" || unit == "downsample";
+        }
+        if cifar && blocks[3] == 0 && blocks[0] > 0 && blocks[..3].iter().all(|&b| b == blocks[0]) {
+            let depth = 6 * blocks[0] + 2;
+            let ambiguous = IMAGENET_DEPTHS.iter().any(|d| d.0 == depth);
+            let prefix = if ambiguous { "cifar-" } else { "" };
+            // Option A adds no parameters: a residual and a plain net look alike.
+            return Some(if projections {
+                format!("{prefix}resnet{depth}")
+            } else {
+                format!("{prefix}resnet{depth} or {prefix}plain{depth}")
+            });
+        }
+        let (depth, _, _) = IMAGENET_DEPTHS.iter().find(|(_, b, stages)| *b == bottleneck && *stages == blocks)?;
+        Some(if projections || bottleneck {
+            format!("resnet{depth}")
+        } else {
+            format!("resnet{depth} or plain{depth}")
+        })
+    }
+
     /// Channels into the classifier.
     pub fn features(&self) -> usize {
         let planes = *self.widths().1.last().expect("stages");
@@ -193,6 +229,22 @@ impl ModelConfig {
 mod tests {
     use super::*;
     use crate::model::ResNet;
+
+    #[test]
+    fn the_network_is_told_by_its_keys() {
+        let keys = |name: &str, shortcut: Option<Shortcut>| {
+            let mut net = ResNet::new(ModelConfig::from_name(name, shortcut, 10).unwrap(), 0);
+            net.named().iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+        };
+        let guess = |keys: &[String]| ModelConfig::guess_from_keys(keys.iter().map(String::as_str));
+        assert_eq!(guess(&keys("resnet56", None)).as_deref(), Some("resnet56 or plain56"));
+        assert_eq!(guess(&keys("resnet32", Some(Shortcut::B))).as_deref(), Some("resnet32"));
+        assert_eq!(guess(&keys("cifar-resnet50", Some(Shortcut::C))).as_deref(), Some("cifar-resnet50"));
+        assert_eq!(guess(&keys("resnet34", None)).as_deref(), Some("resnet34"));
+        assert_eq!(guess(&keys("plain18", None)).as_deref(), Some("resnet18 or plain18"));
+        assert_eq!(guess(&keys("resnet101", None)).as_deref(), Some("resnet101"));
+        assert_eq!(guess(&["conv1.weight".to_string(), "fc.bias".to_string()]), None);
+    }
 
     #[test]
     fn param_count_from_the_config_is_the_built_networks() {
