@@ -11,6 +11,7 @@ pub mod eval;
 pub mod files;
 pub mod model;
 pub mod nn;
+pub mod progress;
 pub mod rng;
 pub mod text;
 pub mod train;

@@ -54,6 +54,7 @@ fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter_map(|v| v.get("test_acc").and_then(|a| a.as_f64()))
         .fold(0.0f64, f64::max);
+    let confusion = dir.join("confusion.csv");
     let eval = ok(&resnet(&[
         "eval",
         "--model",
@@ -63,9 +64,30 @@ fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
         p(&run.join("best.safetensors")),
         "--data",
         p(&dir.join("test.bin")),
+        "--confusion",
+        p(&confusion),
     ]));
     let report: serde_json::Value = serde_json::from_str(&eval).unwrap();
-    assert_eq!(report["top1"].as_f64().unwrap(), best_epoch, "best.safetensors is not the best epoch's");
+    let rounded = (best_epoch * 1e6).round() / 1e6;
+    assert_eq!(report["top1"].as_f64().unwrap(), rounded, "best.safetensors is not the best epoch's");
+
+    // Per-class counts in the JSON and the confusion matrix agree with the totals.
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&confusion)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 11, "a header and ten classes");
+    assert_eq!(rows[0][1], "airplane");
+    let count = |r: &Vec<String>, j: usize| r[j].parse::<u64>().unwrap();
+    let diagonal: u64 = (1..=10).map(|i| count(&rows[i], i)).sum();
+    let all: u64 = rows[1..].iter().map(|r| (1..=10).map(|j| count(r, j)).sum::<u64>()).sum();
+    assert_eq!((diagonal, all), (report["top1_correct"].as_u64().unwrap(), 30));
+    for class in report["per_class"].as_array().unwrap() {
+        let i = class["index"].as_u64().unwrap() as usize + 1;
+        assert_eq!(class["total"].as_u64().unwrap(), (1..=10).map(|j| count(&rows[i], j)).sum::<u64>());
+        assert_eq!(class["correct"].as_u64().unwrap(), count(&rows[i], i));
+    }
 
     // metrics.csv: a header and one row per epoch, the epoch lines' values.
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();

@@ -56,6 +56,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Write the confusion matrix as CSV: a row per true class, a column per predicted class.
+    #[arg(long, value_name = "FILE.csv")]
+    confusion: Option<PathBuf>,
 }
 
 /// Image folder or CIFAR: `--dataset`, else the data's look, else the model's family.
@@ -89,11 +92,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for e in &r.skipped {
         eprintln!("warning: skipped image: {e}");
     }
+    let names =
+        |i: usize| report.per_class.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| format!("class {i}"));
+    if let Some(path) = &a.confusion {
+        resnet::files::write_atomic(path, confusion_csv(r, &names).as_bytes())?;
+        eprintln!("confusion matrix written to {}", path.display());
+    }
     if a.json {
+        // Six decimals: what a fraction of a million images can tell.
+        let round = |x: f64| (x * 1e6).round() / 1e6;
+        let per_class: Vec<_> = (r.per_class.iter().enumerate())
+            .filter(|(_, (_, total))| *total > 0)
+            .map(|(i, &(ok, total))| {
+                json!({"index": i, "name": names(i), "correct": ok, "total": total, "accuracy": round(ok as f64 / total as f64)})
+            })
+            .collect();
         let line = json!({
             "protocol": report.protocol, "images": r.total, "skipped": r.skipped.len(),
-            "top1": r.accuracy(), "top5": r.accuracy5(), "top1_correct": r.correct, "top5_correct": r.correct5,
-            "top1_error": 1.0 - r.accuracy(), "top5_error": 1.0 - r.accuracy5(), "loss": r.loss,
+            "top1": round(r.accuracy()), "top5": round(r.accuracy5()), "top1_correct": r.correct, "top5_correct": r.correct5,
+            "top1_error": round(1.0 - r.accuracy()), "top5_error": round(1.0 - r.accuracy5()), "loss": round(r.loss),
+            "per_class": per_class,
         });
         println!("{line}");
     } else {
@@ -104,11 +122,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("top-1 error: {:.2}%", pct(1.0 - r.accuracy()));
         println!("top-5 error: {:.2}%", pct(1.0 - r.accuracy5()));
         println!("loss: {:.4}", r.loss);
-        for (name, (ok, total)) in report.per_class.iter().flatten().zip(&r.per_class) {
-            if *total > 0 {
-                let name = resnet::text::printable(name);
-                println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
-            }
+        // Per class where there are few enough to read.
+        let shown = r.per_class.iter().filter(|(_, total)| *total > 0).count();
+        for (i, (ok, total)) in r.per_class.iter().enumerate().filter(|(_, (_, total))| *total > 0 && shown <= 100) {
+            let name = names(i);
+            let name = resnet::text::printable(&name);
+            println!("  {name:<12} {:6.2}% ({ok}/{total})", 100.0 * *ok as f64 / *total as f64);
         }
         if !r.skipped.is_empty() {
             println!("skipped: {} unreadable images", r.skipped.len());
@@ -160,7 +179,8 @@ fn eval_cifar(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weight
     };
     let data = cifar::load(&a.data, kind, false)?;
     let samples = Arc::new(CifarSamples { data: Arc::new(data), norm: Arc::new(norm) });
-    let result = evaluate(model, samples, a.batch.max(1), a.loader_threads);
+    let progress = resnet::progress::bar("eval", samples.len(), true);
+    let result = evaluate(model, samples, a.batch.max(1), a.loader_threads, &progress);
     let names = common::class_list(a.labels.as_deref(), file, model.classes())?
         .map(|l| l.names)
         .unwrap_or_else(|| kind.class_names());
@@ -207,16 +227,42 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
                 folder.len(),
                 c = view.crop
             );
-            (desc, evaluate(model, samples, a.batch.max(1), a.loader_threads))
+            let progress = resnet::progress::bar("eval", folder.len(), true);
+            (desc, evaluate(model, samples, a.batch.max(1), a.loader_threads, &progress))
         }
         "multiscale" => {
             if a.scales.is_empty() || a.scales.contains(&0) {
                 bail!("--scales needs positive shorter sides, e.g. 224,256,384,480,640");
             }
             let desc = format!("multiscale (shorter sides {:?}, with flips), {} images", a.scales, folder.len());
-            (desc, multiscale::evaluate(model, folder.clone(), norm, a.scales.clone(), a.loader_threads))
+            let progress = resnet::progress::bar("eval", folder.len(), true);
+            (desc, multiscale::evaluate(model, folder.clone(), norm, a.scales.clone(), a.loader_threads, &progress))
         }
         p => bail!("unknown --protocol '{p}' (expected center, 10crop or multiscale)"),
     };
-    Ok(Report { protocol, result, per_class: None })
+    let names = match classes {
+        Some(list) => list.names,
+        None => folder.folders.clone(),
+    };
+    Ok(Report { protocol, result, per_class: Some(names) })
+}
+
+/// The confusion matrix as CSV, with the class names as header and first column.
+fn confusion_csv(r: &EvalResult, names: &dyn Fn(usize) -> String) -> String {
+    let classes = r.per_class.len();
+    let cell =
+        |s: String| if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s };
+    let mut out = String::from("true \\ predicted");
+    for j in 0..classes {
+        out += &format!(",{}", cell(names(j)));
+    }
+    out.push('\n');
+    for i in 0..classes {
+        out += &cell(names(i));
+        for j in 0..classes {
+            out += &format!(",{}", r.confusion[i * classes + j]);
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -205,10 +205,12 @@ impl Samples for FolderSamples {
 pub fn pixel_mean(folder: &ImageFolder, view: EvalViews, limit: usize) -> Vec<f32> {
     use rayon::prelude::*;
     let count = folder.len().min(limit.max(1));
+    let progress = crate::progress::bar("pixel mean", count, true);
     let step = folder.len() as f64 / count as f64;
     let crop = view.crop();
     let sum = (0..count)
         .into_par_iter()
+        .inspect(|_| progress.inc(1))
         .filter_map(|k| image::decode_file(&folder.samples[(k as f64 * step) as usize].0).ok())
         .map(|img| {
             let v = view.apply(&img).swap_remove(0);
@@ -221,6 +223,7 @@ pub fn pixel_mean(folder: &ImageFolder, view: EvalViews, limit: usize) -> Vec<f3
                 (a, n + m)
             },
         );
+    progress.finish_and_clear();
     let n = sum.1.max(1) as f64;
     sum.0.iter().map(|v| (v / n / 255.0) as f32).collect()
 }

@@ -18,13 +18,15 @@ pub struct EvalResult {
     pub total: usize,
     /// (correct, total) per class.
     pub per_class: Vec<(usize, usize)>,
+    /// Counts by (true class, predicted class), row-major: the confusion matrix.
+    pub confusion: Vec<usize>,
     /// Samples that could not be read: "path: reason".
     pub skipped: Vec<String>,
 }
 
 impl EvalResult {
     pub fn new(classes: usize) -> Self {
-        EvalResult { per_class: vec![(0, 0); classes], ..Default::default() }
+        EvalResult { per_class: vec![(0, 0); classes], confusion: vec![0; classes * classes], ..Default::default() }
     }
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.total.max(1) as f64
@@ -46,6 +48,9 @@ impl EvalResult {
         let e = &mut self.per_class[label];
         e.0 += usize::from(above == 0);
         e.1 += 1;
+        // The predicted class: the highest probability, the lowest index among ties.
+        let predicted = probs.iter().enumerate().fold(0, |best, (i, &q)| if q > probs[best] { i } else { best });
+        self.confusion[label * probs.len() + predicted] += 1;
     }
 
     /// Turns the summed loss into the mean.
@@ -79,8 +84,14 @@ pub fn average_views(probs: &[f32], classes: usize, views: usize) -> Vec<f32> {
 }
 
 /// Evaluates `data` in order. Each network call runs about `batch` images (samples
-/// times views); `workers` threads prepare the batches.
-pub fn evaluate(model: &mut ResNet, data: Arc<dyn Samples>, batch: usize, workers: usize) -> EvalResult {
+/// times views); `workers` threads prepare the batches. `progress` advances by images.
+pub fn evaluate(
+    model: &mut ResNet,
+    data: Arc<dyn Samples>,
+    batch: usize,
+    workers: usize,
+    progress: &indicatif::ProgressBar,
+) -> EvalResult {
     let classes = model.classes();
     let views = data.views();
     let per_batch = (batch / views).max(1);
@@ -89,6 +100,7 @@ pub fn evaluate(model: &mut ResNet, data: Arc<dyn Samples>, batch: usize, worker
     let spare = Spare::default();
     for b in BatchLoader::new(data, order, per_batch, 0, None, workers, spare.clone()) {
         r.skipped.extend(b.errors.iter().cloned());
+        progress.inc((b.len() + b.errors.len()) as u64);
         if !b.is_empty() {
             let logits = model.forward(false, b.len() * views, b.hw, &b.images);
             let probs = average_views(&softmax(logits, classes), classes, views);
@@ -98,5 +110,6 @@ pub fn evaluate(model: &mut ResNet, data: Arc<dyn Samples>, batch: usize, worker
         }
         spare.put(b);
     }
+    progress.finish_and_clear();
     r.finish()
 }

@@ -81,6 +81,7 @@ pub fn evaluate(
     norm: Arc<Norm>,
     scales: Vec<usize>,
     workers: usize,
+    progress: &indicatif::ProgressBar,
 ) -> EvalResult {
     let mut r = EvalResult::new(model.classes());
     let source = folder.clone();
@@ -94,6 +95,8 @@ pub fn evaluate(
             Ok(views) => r.add(&classify(model, &views), folder.samples[i].1),
             Err(e) => r.skipped.push(format!("{e:#}")),
         }
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     r.finish()
 }

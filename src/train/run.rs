@@ -245,7 +245,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         }
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-        let test = evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads);
+        let pass = crate::progress::bar("test", data.test.len(), bar_shown);
+        let test = evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass);
         for e in &test.skipped {
             if skipped.insert(e.clone()) {
                 eprintln!("warning: skipped unreadable image: {e}");
@@ -288,7 +289,10 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     // A resumed run that had already finished trains nothing: its accuracy is measured again.
     let test_acc = match test_acc {
         Some(acc) => acc,
-        None => evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads).accuracy(),
+        None => {
+            let pass = crate::progress::bar("test", data.test.len(), bar_shown);
+            evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass).accuracy()
+        }
     };
     let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names, cfg.eval_view());
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
