@@ -174,3 +174,75 @@ fn wrong_kind_errors_name_the_real_problem() {
     let files: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(files, [p(&dir.join("a.png")), p(&dir.join("sub/b.png"))], "{text}");
 }
+
+/// TensorBoard's own reader (the `tensorboard` pip package) reads back what the run logged;
+/// skipped, saying why, where the package is missing (.ci/run installs it).
+#[test]
+fn tensorboard_reads_the_runs_scalars() {
+    let probe = std::process::Command::new("python3").args(["-c", "import tensorboard"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP: python3 cannot import tensorboard (pip install tensorboard)");
+        return;
+    }
+    let dir = temp_dir("daily_tensorboard");
+    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
+    write_cifar_file(&train, 40, 1);
+    write_cifar_file(&test, 20, 2);
+    ok(&resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        p(&train),
+        "--test-data",
+        p(&test),
+        "--epochs",
+        "2",
+        "--batch",
+        "10",
+        "--log-every",
+        "2",
+        "--out",
+        p(&run),
+        "--quiet",
+        "--tensorboard",
+    ]));
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1])
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script, p(&run.join("tensorboard"))]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scalars: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Window lines have "loss", epoch lines "train_loss"; both have "lr".
+    let expect = |tag: &str, key: &str| {
+        let marker = if tag.starts_with("train/") { "loss" } else { "train_loss" };
+        let logged: Vec<(u64, f64)> = lines
+            .iter()
+            .filter(|l| l.get(marker).is_some())
+            .filter_map(|l| Some((l["iter"].as_u64()?, l.get(key)?.as_f64()?)))
+            .collect();
+        let read: Vec<(u64, f64)> = scalars[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scalar {tag}: {scalars}"))
+            .iter()
+            .map(|e| (e[0].as_u64().unwrap(), e[1].as_f64().unwrap()))
+            .collect();
+        assert_eq!(read.len(), logged.len(), "{tag}");
+        for ((s1, v1), (s2, v2)) in read.iter().zip(&logged) {
+            assert_eq!(s1, s2, "{tag}");
+            assert!((v1 - v2).abs() <= 1e-6 * v2.abs().max(1.0), "{tag} at {s1}: {v1} vs {v2}");
+        }
+    };
+    expect("train/loss", "loss");
+    expect("train/lr", "lr");
+    expect("epoch/test_acc", "test_acc");
+    expect("epoch/train_loss", "train_loss");
+    assert_eq!(scalars["train/loss"].as_array().unwrap().len(), 4, "8 iterations, a point every 2");
+}

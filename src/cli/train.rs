@@ -128,6 +128,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also write TensorBoard event files to OUT/tensorboard (losses, accuracies, lr, images/s):
+    /// `tensorboard --logdir OUT` shows the run live.
+    #[arg(long)]
+    tensorboard: bool,
 }
 
 fn find_data(data: Option<PathBuf>, kind: DatasetKind) -> Result<PathBuf> {
@@ -230,6 +234,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         loader_threads: a.loader_threads,
         log_every: a.log_every,
         checkpoint_every: a.checkpoint_every,
+        tensorboard: a.tensorboard,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod data;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;
+pub mod tensorboard;
 
 pub use config::{ImageTraining, TrainConfig};
 pub use run::{Outcome, train};

@@ -4,6 +4,7 @@
 use super::checkpoint::{self, Checkpoint, TrainState};
 use super::data::Datasets;
 use super::schedule::Warmup;
+use super::tensorboard::EventWriter;
 use super::{StepScratch, TrainConfig, step};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
 use crate::engine::sgd::SgdConfig;
@@ -40,6 +41,8 @@ pub const BEST_WEIGHTS: &str = "best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 /// The epoch lines of the metrics as CSV, for spreadsheets.
 pub const METRICS_CSV: &str = "metrics.csv";
+/// The folder of TensorBoard's event files (`--tensorboard`).
+pub const TENSORBOARD: &str = "tensorboard";
 
 /// The columns of metrics.csv: the keys of an epoch line.
 const CSV_COLUMNS: [&str; 13] = [
@@ -131,6 +134,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         .open(&metrics_path)
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
+    let mut tensorboard = cfg.tensorboard.then(|| EventWriter::create(&out.join(TENSORBOARD))).transpose()?;
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     // On a terminal, a progress bar; elsewhere (nohup, Slurm, a pipe) a plain line every
     // --log-every iterations.
@@ -230,6 +234,17 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                     "images_per_s": win_seen as f64 / window_start.elapsed().as_secs_f64(),
                 });
                 writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
+                if let Some(tb) = &mut tensorboard {
+                    tb.scalars(
+                        state.iteration as u64,
+                        &[
+                            ("train/loss", win_loss / win_seen as f64),
+                            ("train/acc", win_correct as f64 / win_seen as f64),
+                            ("train/lr", lr as f64),
+                            ("train/images_per_s", win_seen as f64 / window_start.elapsed().as_secs_f64()),
+                        ],
+                    )?;
+                }
                 (win_loss, win_correct, win_seen) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
@@ -268,6 +283,19 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         });
         writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
         write_metrics_csv(&metrics_path, &out.join(METRICS_CSV))?;
+        if let Some(tb) = &mut tensorboard {
+            tb.scalars(
+                state.iteration as u64,
+                &[
+                    ("epoch/train_loss", loss_sum / seen.max(1) as f64),
+                    ("epoch/train_acc", correct as f64 / seen.max(1) as f64),
+                    ("epoch/test_loss", test.loss),
+                    ("epoch/test_acc", test.accuracy()),
+                    ("epoch/test_acc5", test.accuracy5()),
+                    ("epoch/images_per_s", train_ips),
+                ],
+            )?;
+        }
         eprintln!(
             "epoch {} iter {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {} | {:.0} img/s",
             epoch + 1,

@@ -6,15 +6,17 @@ use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The files a run writes in its directory. `--overwrite` removes these and nothing else.
-pub const RUN_FILES: [&str; 7] = [
+/// The files (and TensorBoard's folder) a run writes in its directory. `--overwrite` removes
+/// these and nothing else.
+pub const RUN_FILES: [&str; 8] = [
     "config.json",
     "metrics.jsonl",
-    "metrics.csv",
     super::run::CHECKPOINT,
     super::run::PREVIOUS_CHECKPOINT,
     super::run::FINAL_WEIGHTS,
     super::run::BEST_WEIGHTS,
+    super::run::METRICS_CSV,
+    super::run::TENSORBOARD,
 ];
 
 const LOCK: &str = ".lock";
@@ -61,7 +63,9 @@ impl RunDir {
                 eprintln!("--overwrite: replacing the run in {} ({})", path.display(), present.join(", "));
                 for f in &present {
                     let file = path.join(f);
-                    std::fs::remove_file(&file).with_context(|| format!("{}: cannot remove", file.display()))?;
+                    let removed =
+                        if file.is_dir() { std::fs::remove_dir_all(&file) } else { std::fs::remove_file(&file) };
+                    removed.with_context(|| format!("{}: cannot remove", file.display()))?;
                 }
             }
             _ => {}
