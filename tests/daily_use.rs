@@ -5,32 +5,26 @@ mod common;
 
 use common::cli::{assert_error, ok, p, resnet};
 use common::{temp_dir, write_cifar_file};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
-/// A three-epoch resnet8 run on tiny CIFAR-10 files, its stderr not a terminal.
-fn three_epochs(dir: &Path) -> (std::process::Output, std::path::PathBuf) {
+/// A resnet8 run of `epochs` on tiny CIFAR-10 files (`train` and `test` records), a
+/// metrics line every 2 iterations, its stderr not a terminal.
+fn tiny_run(dir: &Path, records: (usize, usize), epochs: &str, extra: &[&str]) -> (Output, PathBuf) {
     let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
-    write_cifar_file(&train, 60, 1);
-    write_cifar_file(&test, 30, 2);
-    let out = resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&train),
-        "--test-data",
-        p(&test),
-        "--epochs",
-        "3",
-        "--batch",
-        "10",
-        "--log-every",
-        "2",
-        "--out",
-        p(&run),
-    ]);
+    write_cifar_file(&train, records.0, 1);
+    write_cifar_file(&test, records.1, 2);
+    let mut args = vec!["train", "--model", "resnet8", "--data", p(&train), "--test-data", p(&test)];
+    args.extend(["--epochs", epochs, "--batch", "10", "--log-every", "2", "--out", p(&run)]);
+    args.extend(extra);
+    let out = resnet(&args);
     ok(&out);
     (out, run)
+}
+
+/// Three epochs of 6 iterations.
+fn three_epochs(dir: &Path) -> (Output, PathBuf) {
+    tiny_run(dir, (60, 30), "3", &[])
 }
 
 #[test]
@@ -185,28 +179,7 @@ fn tensorboard_reads_the_runs_scalars() {
         return;
     }
     let dir = temp_dir("daily_tensorboard");
-    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
-    write_cifar_file(&train, 40, 1);
-    write_cifar_file(&test, 20, 2);
-    ok(&resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&train),
-        "--test-data",
-        p(&test),
-        "--epochs",
-        "2",
-        "--batch",
-        "10",
-        "--log-every",
-        "2",
-        "--out",
-        p(&run),
-        "--quiet",
-        "--tensorboard",
-    ]));
+    let (_, run) = tiny_run(&dir, (40, 20), "2", &["--quiet", "--tensorboard"]);
     let script = r#"
 import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

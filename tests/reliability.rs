@@ -41,10 +41,11 @@ fn train_args<'a>(train: &'a Path, test: &'a Path, out: &'a Path, model: &'a str
     ]
 }
 
-/// The binary with `args`, its address space limited to `limit` bytes (as `prlimit --as`).
-fn resnet_limited(args: &[&str], limit: u64) -> Output {
+/// The binary with `args`, its address space limited to `limit` bytes (as `prlimit --as`),
+/// its output captured.
+fn limited(args: &[&str], limit: u64) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    command.args(args).env("MALLOC_ARENA_MAX", "2");
+    command.args(args).env("MALLOC_ARENA_MAX", "2").stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -55,7 +56,11 @@ fn resnet_limited(args: &[&str], limit: u64) -> Output {
             Ok(())
         });
     }
-    command.output().expect("run resnet")
+    command
+}
+
+fn resnet_limited(args: &[&str], limit: u64) -> Output {
+    limited(args, limit).output().expect("run resnet")
 }
 
 /// Waits for `child` at most `secs` seconds; kills it and fails the test if it is still running.
@@ -265,17 +270,8 @@ fn devices_and_fifos_are_refused_as_data() {
             vec!["eval", "--model", "resnet8", "--weights", data, "--data", p(&test)],
         ];
         for args in cases {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_resnet"));
-            command.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
-            let rlim = 1u64 << 30;
-            unsafe {
-                command.pre_exec(move || {
-                    let r = libc::rlimit { rlim_cur: rlim, rlim_max: rlim };
-                    libc::setrlimit(libc::RLIMIT_AS, &r);
-                    Ok(())
-                });
-            }
-            let out = wait_at_most(command.spawn().unwrap(), 20, &args.join(" "));
+            let command = limited(&args, 1 << 30).spawn().unwrap();
+            let out = wait_at_most(command, 20, &args.join(" "));
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{args:?} succeeded");
             assert!(!stderr.contains("panicked"), "{stderr}");
