@@ -2,6 +2,7 @@ use anyhow::{Context, Result, bail};
 use resnet::data::imagenet::{TrainCrop, TrainTransform};
 use resnet::data::{DatasetKind, cifar, download::default_data_dir};
 use resnet::model::{Family, ModelConfig, Shortcut};
+use resnet::text::grouped;
 use resnet::train::checkpoint::Checkpoint;
 use resnet::train::run::{INTERRUPTED, iterations_per_epoch};
 use resnet::train::run_dir::{Claim, RunDir};
@@ -358,10 +359,10 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}, {} threads -> {}",
         cfg.model,
         cfg.data.display(),
-        data.train.len(),
-        data.test.len(),
+        grouped(data.train.len() as u64),
+        grouped(data.test.len() as u64),
         cfg.classes(),
-        cfg.iterations,
+        grouped(cfg.iterations as u64),
         cfg.batch,
         batch_note(&cfg),
         rayon::current_num_threads(),
@@ -377,7 +378,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             println!(
                 "finished: test accuracy {:.2}%{best}, {} iterations in {}",
                 100.0 * test_acc,
-                cfg.iterations,
+                grouped(cfg.iterations as u64),
                 duration(started.elapsed())
             );
             println!("  weights: {}", out.join(resnet::train::run::FINAL_WEIGHTS).display());

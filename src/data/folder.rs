@@ -85,7 +85,10 @@ impl ImageFolder {
         }
         let mut samples = Vec::new();
         let mut ignored = Vec::new();
+        // ImageNet's 1.28 M files take a while to list: a bar of class folders.
+        let progress = crate::progress::bar(&format!("scanning {}", dir.display()), folders.len(), true);
         for (i, name) in folders.iter().enumerate() {
+            progress.inc(1);
             let label = match classes {
                 None => i,
                 Some(list) => list.index_of(name).with_context(|| dir.display().to_string())?,
@@ -100,6 +103,7 @@ impl ImageFolder {
                 }
             }
         }
+        progress.finish_and_clear();
         if samples.is_empty() {
             bail!("{}: no .jpg/.jpeg/.png images in its {} class folders", dir.display(), folders.len());
         }
