@@ -222,12 +222,15 @@ fn bad_weights_and_checkpoints_are_reported() {
     let classes =
         resnet(&["eval", "--model", "resnet8", "--weights", p(&w), "--data", p(&c100_path), "--dataset", "cifar100"]);
     assert_error(&classes, &["model.safetensors", "10 classes (key 'linear.weight')", "CIFAR-100 has 100"]);
-    // A key the model does not have: option-B weights into an option-A model.
+    // A key the model does not have: option-B weights into an option-A model. Without
+    // --shortcut the option the weights record is taken.
     let run_b = dir.join("run_b");
     train_tiny(&data, &run_b, "1", &["--shortcut", "B"]);
+    let weights_b = run_b.join("model.safetensors");
     let extra =
-        resnet(&["eval", "--model", "resnet8", "--weights", p(&run_b.join("model.safetensors")), "--data", p(&data)]);
+        resnet(&["eval", "--model", "resnet8", "--shortcut", "A", "--weights", p(&weights_b), "--data", p(&data)]);
     assert_error(&extra, &["unexpected key 'layer2.0.shortcut.0.weight'", "[32, 16, 1, 1]"]);
+    common::cli::ok(&resnet(&["eval", "--weights", p(&weights_b), "--data", p(&data)]));
     // A checkpoint (weights plus optimizer state) is accepted as weights.
     let ckpt_eval = resnet(&[
         "eval",

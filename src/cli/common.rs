@@ -5,13 +5,28 @@ use anyhow::{Result, bail};
 use resnet::data::{ClassList, DatasetKind, Norm};
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
-use resnet::weights::{self, StateDict, View};
+use resnet::weights::{self, StateDict, View, registry};
 use std::path::Path;
 
-/// Builds `model` with the classes its weights file was trained for (read off the
-/// classifier's shape) and loads the weights (safetensors, `.pth`, or a checkpoint).
-pub fn load_model(model: &str, shortcut: Option<Shortcut>, path: &Path) -> Result<(ResNet, StateDict)> {
-    let file = StateDict::read(path)?;
+/// Builds the network with the classes its weights were trained for (read off the
+/// classifier's shape) and loads the weights: a file (safetensors, `.pth`, a checkpoint) or
+/// published weights by name (`torchvision:resnet50`, fetched into torch's cache). The
+/// network is `model`, else the one the weights record.
+pub fn load_model(model: Option<&str>, shortcut: Option<Shortcut>, weights: &Path) -> Result<(ResNet, StateDict)> {
+    let (path, published) = registry::resolve(weights)?;
+    let mut file = StateDict::read(&path)?;
+    if let Some(p) = published {
+        // Published files record nothing: the registry knows their preprocessing.
+        for (k, v) in p.metadata() {
+            file.metadata.entry(k).or_insert(v);
+        }
+    }
+    let recorded = file.metadata.get("model").cloned();
+    let Some(model) = model.map(str::to_string).or(recorded) else {
+        bail!("{}: the weights do not record their network; pass --model (resnet info lists them)", path.display());
+    };
+    let model = model.as_str();
+    let shortcut = shortcut.or_else(|| file.metadata.get("shortcut").and_then(|s| s.parse().ok()));
     let error = match load_checked(model, shortcut, &file) {
         Ok(net) => return Ok((net, file)),
         Err(e) => e,

@@ -12,9 +12,13 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, help = super::MODEL_HELP)]
-    model: String,
-    /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
+    /// Model (default: the one the weights record). resnet20/32/44/56/110/1202, plain20, ...
+    /// (CIFAR, any 6n+2), or resnet18/34/50/101/152, resnet50-v1, plain18/34 (ImageNet).
+    #[arg(long)]
+    model: Option<String>,
+    /// Weights: safetensors, PyTorch .pth/.pt/.th, a training checkpoint, or published
+    /// weights by name (torchvision:resnet50, torchvision:resnet50.v2, cifar:resnet56; resnet
+    /// weights list), fetched into torch's cache.
     #[arg(long)]
     weights: PathBuf,
     /// CIFAR batches (a directory, whose test split is used, or one batch file), or an image
@@ -82,7 +86,7 @@ struct Report {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
+    let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     let report = if is_folder(&a, model.config.family)? {
         eval_folder(&a, &mut model, &file)?
     } else {

@@ -8,6 +8,7 @@ mod eval;
 mod info;
 mod predict;
 mod train;
+mod weights;
 
 use anyhow::Result;
 use clap::error::ErrorKind;
@@ -47,6 +48,8 @@ enum Command {
     Bench(bench::Args),
     /// Download a dataset (cifar10 or cifar100).
     Download(download::Args),
+    /// Published weights by name: list them, fetch them into torch's cache.
+    Weights(weights::Args),
 }
 
 pub fn run() -> Result<ExitCode> {
@@ -76,6 +79,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
+        Command::Weights(a) => weights::run(a),
     }
 }
 

@@ -10,9 +10,13 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, help = super::MODEL_HELP)]
-    model: String,
-    /// Weights: safetensors, PyTorch .pth/.pt/.th, or a training checkpoint.
+    /// Model (default: the one the weights record). resnet20/32/44/56/110/1202, plain20, ...
+    /// (CIFAR, any 6n+2), or resnet18/34/50/101/152, resnet50-v1, plain18/34 (ImageNet).
+    #[arg(long)]
+    model: Option<String>,
+    /// Weights: safetensors, PyTorch .pth/.pt/.th, a training checkpoint, or published
+    /// weights by name (torchvision:resnet50, torchvision:resnet50.v2, cifar:resnet56; resnet
+    /// weights list), fetched into torch's cache.
     #[arg(long)]
     weights: PathBuf,
     /// Shorter side before the centre crop (default: the view recorded with the weights, else
@@ -47,7 +51,7 @@ pub struct Args {
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.images = expand_folders(&a.images)?;
-    let (mut model, file) = common::load_model(&a.model, a.shortcut, &a.weights)?;
+    let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     // A CIFAR net's weights that do not record their normalization could expect any of
     // three (the published ResNet-20 uses ImageNet's statistics): no guess, as in eval.
     let Some(norm) = common::default_norm(&model, &file, a.norm.as_deref())? else {

@@ -7,6 +7,7 @@
 
 mod pickle;
 mod pth;
+pub mod registry;
 
 pub use pth::{TorchDType, TorchTensor, read_state_dict_bytes as read_torch_bytes};
 
