@@ -46,6 +46,12 @@ pub struct Args {
     /// Run directory: config.json, metrics.jsonl, checkpoints, final weights.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start from these weights instead of a random initialization (fine-tuning): a file, a
+    /// checkpoint or published weights by name (torchvision:resnet50, cifar:resnet20; resnet
+    /// weights list). A classifier of another class count starts anew. Without --norm, the
+    /// run takes the weights' per-channel normalization.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (the one before it if the last is damaged).
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
@@ -84,9 +90,10 @@ pub struct Args {
     warmup_lr: f32,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
-    /// Input normalization: pixel-mean (the paper), imagenet or cifar (per-channel mean/std).
-    #[arg(long, default_value = "pixel-mean")]
-    norm: String,
+    /// Input normalization: pixel-mean (the paper's, the default), imagenet or cifar
+    /// (per-channel mean/std).
+    #[arg(long)]
+    norm: Option<String>,
     /// Image folders: training crop size.
     #[arg(long, value_parser = super::parse_side, default_value_t = 224)]
     crop: usize,
@@ -203,6 +210,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     if batch == 0 || a.accumulate == 0 || a.accumulate > batch {
         bail!("--batch must be at least 1 and --accumulate between 1 and the batch ({batch})");
     }
+    let (init_weights, norm) = start_weights(a)?;
     let bn_batch = match a.bn_batch.unwrap_or(if folder { 32 } else { 64 }) {
         0 => None,
         n => Some(n),
@@ -228,7 +236,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
             warmup_lr: warmup.then_some(a.warmup_lr),
             warmup_until_error: 0.8,
         },
-        norm: a.norm.clone(),
+        norm,
         val_split: a.val_split,
         seed: a.seed,
         conv: a.conv,
@@ -236,7 +244,29 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         log_every: a.log_every,
         checkpoint_every: a.checkpoint_every,
         tensorboard: a.tensorboard,
+        init_weights,
     })
+}
+
+/// The weights a run starts from (`--weights`, a registry name fetched first) and its
+/// normalization: `--norm`, else the weights' per-channel one, else the paper's pixel mean.
+fn start_weights(a: &Args) -> Result<(Option<PathBuf>, String)> {
+    let Some(spec) = &a.weights else { return Ok((None, a.norm.clone().unwrap_or_else(|| "pixel-mean".into()))) };
+    let (path, published) = resnet::weights::registry::resolve(spec)?;
+    if let Some(norm) = &a.norm {
+        return Ok((Some(path), norm.clone()));
+    }
+    let recorded = match published {
+        Some(p) => Some(p.norm.to_string()),
+        None => {
+            resnet::weights::metadata_norm(&resnet::weights::StateDict::read(&path)?)?.map(|n| n.label().to_string())
+        }
+    };
+    let norm = recorded.filter(|n| n != "pixel-mean").unwrap_or_else(|| "pixel-mean".into());
+    if norm != "pixel-mean" {
+        eprintln!("note: normalizing inputs as the weights expect (--norm {norm})");
+    }
+    Ok((Some(path), norm))
 }
 
 fn image_training(a: &Args, data: &Path) -> Result<ImageTraining> {
@@ -314,10 +344,11 @@ fn batch_note(cfg: &TrainConfig) -> String {
 
 /// What `--resume` reads from the command line; the run's own settings come from its
 /// checkpoint, so that it continues exactly as it began.
-const RESUME_FLAGS: [&str; 6] = ["resume", "out", "model", "data", "quiet", "threads"];
+const RESUME_FLAGS: [&str; 8] = ["resume", "out", "model", "data", "quiet", "threads", "iterations", "epochs"];
 
 /// `given`: the ids of the arguments given on the command line.
 pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
+    let mut position = 0;
     let (mut cfg, saved_norm, run_dir) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
         let Some(out) = out else { bail!("--resume needs --out DIR (the run directory)") };
@@ -342,6 +373,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
                 ignored.join(", ")
             );
         }
+        position = saved.state.iteration;
         (cfg, Some(saved.norm), run_dir)
     } else {
         let cfg = config_from_args(&a)?;
@@ -350,9 +382,23 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         (cfg, None, run_dir)
     };
     let data = data::load(&cfg, saved_norm)?;
+    let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     if !a.resume {
-        let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
         set_schedule(&a, &mut cfg, per_epoch)?;
+    } else if let Some(total) = a.iterations.or(a.epochs.map(|e| e.saturating_mul(per_epoch))) {
+        // A longer (or shorter, not yet reached) end for the run; its lr drops stay where
+        // they were, so the steps added train at the last rate.
+        if total < position {
+            bail!("the run in {} is at iteration {position}; a new end must not be before it", cfg.out.display());
+        }
+        if total != cfg.iterations {
+            eprintln!(
+                "note: the run now ends at iteration {} instead of {}",
+                grouped(total as u64),
+                grouped(cfg.iterations as u64)
+            );
+            cfg.iterations = total;
+        }
     }
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst))?;
     eprintln!(

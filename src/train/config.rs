@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Also checkpoint every this many iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
+    /// Weights the run starts from (fine-tuning) instead of a random initialization.
+    #[serde(default)]
+    pub init_weights: Option<PathBuf>,
     /// Also write TensorBoard event files to `out/tensorboard`.
     #[serde(default)]
     pub tensorboard: bool,

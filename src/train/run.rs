@@ -123,6 +123,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         last_good = Some(state.iteration);
     } else {
         let _ = std::fs::remove_file(&metrics_path);
+        if let Some(path) = &cfg.init_weights {
+            start_from(&mut model, path)?;
+        }
     }
     let config_path = out.join("config.json");
     let config_json =
@@ -325,6 +328,22 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names, cfg.eval_view());
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
     Ok(Outcome::Finished { test_acc, best_acc: state.best_acc })
+}
+
+/// Initializes `model` from the weights at `path` (fine-tuning); a classifier of another
+/// class count starts anew, which is said.
+fn start_from(model: &mut ResNet, path: &Path) -> Result<()> {
+    let file = crate::weights::StateDict::read(path)?;
+    let (_, classifier) = model.config.naming();
+    let classes = model.classes();
+    match crate::weights::load_for_fine_tuning(&file, &mut model.named(), classifier)? {
+        Some(theirs) => eprintln!(
+            "starting from {}: every layer but the classifier, which has {theirs} classes there and {classes} here and starts anew",
+            path.display()
+        ),
+        None => eprintln!("starting from {}", path.display()),
+    }
+    Ok(())
 }
 
 /// An f32 as the JSON number it prints as (0.1, not 0.10000000149011612).

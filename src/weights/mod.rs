@@ -271,10 +271,34 @@ pub fn metadata_class_names(file: &StateDict) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
+/// Loads a state dict to start training from (fine-tuning): every tensor as `load_into`,
+/// except that a classifier (`classifier.weight`, `.bias`) of another class count is left
+/// as initialized. Returns the file's class count when it differed.
+pub fn load_for_fine_tuning(file: &StateDict, named: &mut [Named], classifier: &str) -> Result<Option<usize>> {
+    let optimizer = crate::train::checkpoint::OPTIMIZER_PREFIX;
+    let weight = format!("{classifier}.weight");
+    let ours = named.iter().find(|t| t.name == weight).map(|t| t.shape.clone());
+    let theirs = file.find(&weight).map(|t| t.shape.clone());
+    let other_classes = match (ours, theirs) {
+        (Some(o), Some(t)) if o.len() == 2 && t.len() == 2 && t[1] == o[1] && t[0] != o[0] => t[0],
+        _ => return load_into(file, named, Some(optimizer)).map(|_| None),
+    };
+    let prefix = format!("{classifier}.");
+    let module_prefix = format!("module.{prefix}");
+    let backbone = named.iter_mut().filter(|t| !t.name.starts_with(&prefix)).collect();
+    load_selected(file, backbone, &[optimizer, &prefix, &module_prefix])?;
+    Ok(Some(other_classes))
+}
+
 /// Loads a state dict into the model. Every model key must be present with the right
 /// shape; keys the model does not have are an error unless `ignore_prefix` matches them
 /// (checkpoints carry optimizer state) or they are BatchNorm's `num_batches_tracked`.
 pub fn load_into(file: &StateDict, named: &mut [Named], ignore_prefix: Option<&str>) -> Result<()> {
+    load_selected(file, named.iter_mut().collect(), ignore_prefix.as_slice())
+}
+
+/// [`load_into`] for the tensors `named`, ignoring file keys that start with any of `ignore`.
+fn load_selected(file: &StateDict, mut named: Vec<&mut Named>, ignore: &[&str]) -> Result<()> {
     let expected: HashMap<&str, &[usize]> = named.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
     let mut names: Vec<&(String, TorchTensor)> = file.tensors.iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
@@ -283,7 +307,7 @@ pub fn load_into(file: &StateDict, named: &mut [Named], ignore_prefix: Option<&s
         if expected.contains_key(bare) || bare.ends_with("num_batches_tracked") {
             continue;
         }
-        if ignore_prefix.is_some_and(|p| name.starts_with(p)) {
+        if ignore.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         bail!("{}: unexpected key '{name}' (shape {:?}), not a tensor of this model", file.path.display(), t.shape);

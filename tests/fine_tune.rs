@@ -1,0 +1,134 @@
+//! Starting from weights (`train --weights`) and extending a finished run
+//! (`train --resume --epochs N`).
+
+mod common;
+
+use common::cli::{assert_error, ok, p, resnet};
+use common::{temp_dir, write_cifar_file};
+use resnet::weights::StateDict;
+
+#[test]
+fn a_run_starts_from_weights_with_a_new_classifier() {
+    let dir = temp_dir("fine_tune_start");
+    let (train, test) = (dir.join("train.bin"), dir.join("test.bin"));
+    write_cifar_file(&train, 40, 1);
+    write_cifar_file(&test, 20, 2);
+    let source = dir.join("source");
+    ok(&resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        p(&train),
+        "--test-data",
+        p(&test),
+        "--epochs",
+        "1",
+        "--batch",
+        "10",
+        "--out",
+        p(&source),
+        "--quiet",
+    ]));
+    // CIFAR-100 records made from the same images: two label bytes, 100 classes.
+    let to_cifar100 = |from: &std::path::Path, to: &std::path::Path| {
+        let bytes = std::fs::read(from).unwrap();
+        let records: Vec<u8> =
+            bytes.chunks_exact(3073).flat_map(|r| [[0, r[0] * 7].as_slice(), &r[1..]].concat()).collect();
+        std::fs::write(to, records).unwrap();
+    };
+    let (train100, test100) = (dir.join("train100.bin"), dir.join("test100.bin"));
+    to_cifar100(&train, &train100);
+    to_cifar100(&test, &test100);
+
+    // One step at a vanishing rate: the convolutions stay the source's, the classifier is new.
+    let tuned = dir.join("tuned");
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--dataset",
+        "cifar100",
+        "--data",
+        p(&train100),
+        "--test-data",
+        p(&test100),
+        "--iterations",
+        "1",
+        "--batch",
+        "10",
+        "--lr",
+        "1e-30",
+        "--warmup",
+        "off",
+        "--out",
+        p(&tuned),
+        "--quiet",
+        "--weights",
+        p(&source.join("model.safetensors")),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("which has 10 classes there and 100 here and starts anew"), "{stderr}");
+    let (before, after) = (
+        StateDict::read(&source.join("model.safetensors")).unwrap(),
+        StateDict::read(&tuned.join("model.safetensors")).unwrap(),
+    );
+    for key in ["conv1.weight", "layer2.0.conv2.weight", "layer3.0.bn1.weight"] {
+        assert_eq!(before.find(key).unwrap().values, after.find(key).unwrap().values, "{key}");
+    }
+    assert_eq!(after.find("linear.weight").unwrap().shape, [100, 64]);
+
+    // Weights of another network are an error naming the key.
+    let out = resnet(&[
+        "train",
+        "--model",
+        "resnet14",
+        "--data",
+        p(&train),
+        "--test-data",
+        p(&test),
+        "--iterations",
+        "1",
+        "--out",
+        p(&dir.join("wrong")),
+        "--quiet",
+        "--weights",
+        p(&source.join("model.safetensors")),
+    ]);
+    assert_error(&out, &["model.safetensors", "missing key 'layer1.1.conv1.weight'"]);
+}
+
+#[test]
+fn a_finished_run_is_extended() {
+    let dir = temp_dir("fine_tune_extend");
+    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
+    write_cifar_file(&train, 40, 1);
+    write_cifar_file(&test, 20, 2);
+    ok(&resnet(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        p(&train),
+        "--test-data",
+        p(&test),
+        "--epochs",
+        "1",
+        "--batch",
+        "10",
+        "--out",
+        p(&run),
+        "--quiet",
+    ]));
+    let out = resnet(&["train", "--resume", "--out", p(&run), "--epochs", "3", "--quiet"]);
+    let stdout = ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("now ends at iteration 12 instead of 4"));
+    assert!(stdout.contains(" 12 iterations in "), "{stdout}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"train_loss\"")).count(), 3, "{metrics}");
+    assert_error(
+        &resnet(&["train", "--resume", "--out", p(&run), "--iterations", "5", "--quiet"]),
+        &["at iteration 12", "must not be before"],
+    );
+}
