@@ -158,6 +158,8 @@ fn wrong_kind_errors_name_the_real_problem() {
     let out =
         resnet(&["eval", "--model", "resnet18", "--weights", p(&resnet18), "--data", p(&image), "--dataset", "folder"]);
     assert_error(&out, &["input.png", "a file where an image folder"]);
+    let out = resnet(&["train", "--model", "resnet18", "--data", p(&image)]);
+    assert_error(&out, &["input.png", "an image file", "DIR/train/<class>"]);
     // predict takes folders of images.
     let dir = temp_dir("daily_predict_dir");
     std::fs::create_dir_all(dir.join("sub")).unwrap();

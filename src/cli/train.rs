@@ -197,6 +197,12 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     } else {
         find_data(a.data.clone(), dataset)?
     };
+    if resnet::data::folder::is_image(&data) {
+        bail!(
+            "--data {}: an image file; training takes CIFAR batches or an image folder (DIR/train/<class>/*)",
+            data.display()
+        );
+    }
     let images = folder.then(|| image_training(a, &data)).transpose()?;
     let classes = images.as_ref().map_or(dataset.classes(), |i| i.classes);
     let arch = ModelConfig::from_name(&model, a.shortcut, classes)?;
