@@ -132,3 +132,61 @@ fn a_finished_run_is_extended() {
         &["at iteration 12", "must not be before"],
     );
 }
+
+#[test]
+fn a_frozen_backbone_leaves_all_but_the_classifier_as_it_was() {
+    let dir = temp_dir("fine_tune_frozen");
+    let (train, test) = (dir.join("train.bin"), dir.join("test.bin"));
+    write_cifar_file(&train, 40, 3);
+    write_cifar_file(&test, 20, 4);
+    let source = dir.join("source");
+    let base = |out: &std::path::Path| {
+        vec![
+            "train".to_string(),
+            "--model".into(),
+            "resnet8".into(),
+            "--data".into(),
+            p(&train).into(),
+            "--test-data".into(),
+            p(&test).into(),
+            "--batch".into(),
+            "10".into(),
+            "--out".into(),
+            p(out).into(),
+            "--quiet".into(),
+        ]
+    };
+    let run = |args: Vec<String>| ok(&resnet(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    run([base(&source), vec!["--epochs".into(), "1".into()]].concat());
+    let from = source.join("model.safetensors");
+    let frozen = dir.join("frozen");
+    run([
+        base(&frozen),
+        vec!["--iterations".into(), "4".into(), "--freeze-backbone".into(), "--weights".into(), p(&from).into()],
+    ]
+    .concat());
+
+    let (before, after) =
+        (StateDict::read(&from).unwrap(), StateDict::read(&frozen.join("model.safetensors")).unwrap());
+    for (name, tensor) in &before.tensors {
+        let changed = after.find(name).unwrap().values != tensor.values;
+        // Everything else, BatchNorm's running statistics included, is as it was.
+        assert_eq!(changed, name.starts_with("linear."), "{name}");
+    }
+
+    // --lr-classifier: the classifier learns at its own rate while the rest barely moves.
+    let probe = dir.join("probe");
+    run([
+        base(&probe),
+        ["--iterations", "2", "--lr", "1e-30", "--lr-classifier", "0.1", "--weights", p(&from)]
+            .map(String::from)
+            .to_vec(),
+    ]
+    .concat());
+    let probed = StateDict::read(&probe.join("model.safetensors")).unwrap();
+    assert_eq!(
+        probed.find("layer1.0.conv1.weight").unwrap().values,
+        before.find("layer1.0.conv1.weight").unwrap().values
+    );
+    assert_ne!(probed.find("linear.weight").unwrap().values, before.find("linear.weight").unwrap().values);
+}

@@ -52,6 +52,13 @@ pub struct Args {
     /// run takes the weights' per-channel normalization.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Train the classifier alone: the rest keeps its weights, its BatchNorm in inference
+    /// mode (linear probing of --weights).
+    #[arg(long)]
+    freeze_backbone: bool,
+    /// The classifier's learning rate (default: --lr), divided at the same points as --lr.
+    #[arg(long)]
+    lr_classifier: Option<f32>,
     /// Continue the run in --out from its checkpoint (the one before it if the last is damaged).
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
@@ -161,7 +168,8 @@ fn check_hyperparameters(a: &Args) -> Result<()> {
     if a.epochs == Some(0) || a.iterations == Some(0) {
         bail!("--epochs and --iterations must be at least 1");
     }
-    for (flag, v) in [("--lr", a.lr), ("--warmup-lr", a.warmup_lr)] {
+    for (flag, v) in [("--lr", a.lr), ("--warmup-lr", a.warmup_lr), ("--lr-classifier", a.lr_classifier.unwrap_or(1.0))]
+    {
         if !(v.is_finite() && v > 0.0) {
             bail!("{flag} must be a positive number, not {v}");
         }
@@ -251,6 +259,8 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         checkpoint_every: a.checkpoint_every,
         tensorboard: a.tensorboard,
         init_weights,
+        freeze_backbone: a.freeze_backbone,
+        lr_classifier: a.lr_classifier,
     })
 }
 

@@ -293,11 +293,27 @@ impl ResNet {
 
     /// Visits every trainable parameter (no allocation: used by the optimizer each step).
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.for_each_backbone_param(f);
+        self.fc.for_each_param(f);
+    }
+
+    /// Every parameter but the classifier's.
+    pub fn for_each_backbone_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         self.stem.for_each_param(f);
         for b in &mut self.blocks {
             b.for_each_param(f);
         }
-        self.fc.for_each_param(f);
+    }
+
+    /// The classifier's gradients alone, after a forward pass of either kind: what training
+    /// with a frozen backbone needs.
+    pub fn backward_classifier(&mut self, n: usize, dlogits: &[f32]) {
+        crate::engine::in_pool(|| {
+            self.dpooled.ensure_len(n * self.config.features());
+            self.dlogits.ensure_len(n * self.config.classes);
+            self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
+            self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut());
+        })
     }
 
     /// Number of trainable parameters.

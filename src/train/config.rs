@@ -48,6 +48,12 @@ pub struct TrainConfig {
     /// Weights the run starts from (fine-tuning) instead of a random initialization.
     #[serde(default)]
     pub init_weights: Option<PathBuf>,
+    /// Train the classifier alone (the backbone's BatchNorm in inference mode).
+    #[serde(default)]
+    pub freeze_backbone: bool,
+    /// The classifier's learning rate, following the schedule as the rest's does (None: the same).
+    #[serde(default)]
+    pub lr_classifier: Option<f32>,
     /// Also write TensorBoard event files to `out/tensorboard`.
     #[serde(default)]
     pub tensorboard: bool,
@@ -71,6 +77,12 @@ pub struct ImageTraining {
 }
 
 impl TrainConfig {
+    /// How a step treats the classifier apart from the backbone.
+    pub fn transfer(&self) -> super::Transfer {
+        let scale = self.lr_classifier.map_or(1.0, |lr| lr / self.schedule.lr);
+        super::Transfer { freeze_backbone: self.freeze_backbone, classifier_lr_scale: scale }
+    }
+
     /// How the trained model sees an image when evaluated: (shorter side, centre crop).
     /// CIFAR images are 32×32 as they are; a folder model at its training crop.
     pub fn eval_view(&self) -> crate::weights::View {

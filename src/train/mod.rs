@@ -24,6 +24,21 @@ pub struct StepScratch {
     grads: DeviceVec,
 }
 
+/// How a step treats the classifier apart from the rest (transfer learning).
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// Train the classifier alone, the backbone's BatchNorm in inference mode.
+    pub freeze_backbone: bool,
+    /// The classifier's learning rate relative to the rest's.
+    pub classifier_lr_scale: f32,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Transfer { freeze_backbone: false, classifier_lr_scale: 1.0 }
+    }
+}
+
 /// One SGD step on a batch of `labels.len()` images of size `hw`: forward in training
 /// mode, softmax cross-entropy, backward, update. With `accumulate` > 1 the batch runs
 /// as that many micro-batches (BatchNorm statistics per micro-batch, as the paper's
@@ -39,6 +54,25 @@ pub fn step(
     cfg: sgd::SgdConfig,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
+    step_with(model, hw, images, labels, accumulate, cfg, Transfer::default(), scratch)
+}
+
+/// [`step`] with the classifier treated apart: its own learning rate, or trained alone.
+#[allow(clippy::too_many_arguments)]
+pub fn step_with(
+    model: &mut ResNet,
+    hw: (usize, usize),
+    images: &[f32],
+    labels: &[u32],
+    accumulate: usize,
+    cfg: sgd::SgdConfig,
+    transfer: Transfer,
+    scratch: &mut StepScratch,
+) -> (f32, usize) {
+    let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
+    if transfer.freeze_backbone {
+        return classifier_step(model, hw, images, labels, classifier_cfg, scratch);
+    }
     // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
     crate::engine::in_pool(|| {
         let n = labels.len();
@@ -82,7 +116,34 @@ pub fn step(
                 off += len;
             });
         }
-        model.for_each_param(&mut |p| device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut()));
+        model.for_each_backbone_param(&mut |p| {
+            device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
+        });
+        model.fc.for_each_param(&mut |p| {
+            device::sgd_step(classifier_cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
+        });
         (loss, correct)
     })
+}
+
+/// A step of the classifier alone: the backbone runs as in inference (BatchNorm on its
+/// running statistics, nothing kept for a backward pass), so the whole batch goes at once.
+fn classifier_step(
+    model: &mut ResNet,
+    hw: (usize, usize),
+    images: &[f32],
+    labels: &[u32],
+    cfg: sgd::SgdConfig,
+    scratch: &mut StepScratch,
+) -> (f32, usize) {
+    let (n, classes) = (labels.len(), model.classes());
+    ensure_len(&mut scratch.dlogits, n * classes);
+    let logits = model.forward(false, n, hw, images);
+    let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, &mut scratch.dlogits);
+    if !loss.is_finite() {
+        return (loss, correct);
+    }
+    model.backward_classifier(n, &scratch.dlogits);
+    model.fc.for_each_param(&mut |p| device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut()));
+    (loss, correct)
 }

@@ -5,7 +5,7 @@ use super::checkpoint::{self, Checkpoint, TrainState};
 use super::data::Datasets;
 use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
-use super::{StepScratch, TrainConfig, step};
+use super::{StepScratch, TrainConfig, step_with};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
@@ -149,6 +149,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let (run_start, first_iteration) = (Instant::now(), state.iteration);
     let mut warmup = Warmup::new(cfg.schedule.warmup_lr.is_some(), state.warmup_done, &state.warmup_window);
     let mut scratch = StepScratch::default();
+    let transfer = cfg.transfer();
     let mut skipped = std::collections::HashSet::new();
     let mut test_acc = None;
     // The batches' memory, handed back after each step and filled again by the loader.
@@ -187,8 +188,16 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 bar.inc(1);
                 continue;
             }
-            let (loss, ok) =
-                step(&mut model, batch.hw, &batch.images, &batch.labels, cfg.accumulate, sgd, &mut scratch);
+            let (loss, ok) = step_with(
+                &mut model,
+                batch.hw,
+                &batch.images,
+                &batch.labels,
+                cfg.accumulate,
+                sgd,
+                transfer,
+                &mut scratch,
+            );
             spare.put(batch);
             if !loss.is_finite() {
                 bar.abandon();
