@@ -114,7 +114,7 @@ fn predict_sees_images_as_the_weights_were_trained() {
         .save(&image)
         .unwrap();
     let logits = |extra: &[&str]| {
-        let mut args = vec!["predict", "--model", "resnet8", "--json", "--weights", p(&weights), p(&image)];
+        let mut args = vec!["predict", "--model", "resnet8", "--json", "--logits", "--weights", p(&weights), p(&image)];
         args.extend(extra);
         let line: serde_json::Value = serde_json::from_str(ok(&resnet(&args)).trim()).unwrap();
         line["logits"].clone()

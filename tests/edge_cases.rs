@@ -161,7 +161,7 @@ fn predict_asks_for_the_normalization_and_names_cifar_classes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
-    let top = v["top5"].as_array().unwrap();
+    let top = v["top"].as_array().unwrap();
     assert_eq!(top.len(), 10);
     for t in top {
         assert_eq!(t["label"].as_str(), Some(names[t["index"].as_u64().unwrap() as usize]), "{t}");

@@ -37,7 +37,7 @@ fn sample_photos_run_through_predict_and_every_protocol() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 51);
-    let mut args = vec!["predict", "--model", "resnet18", "--weights", p(&weights), "--json"];
+    let mut args = vec!["predict", "--model", "resnet18", "--weights", p(&weights), "--json", "--logits"];
     args.extend(files.iter().map(|f| p(f)));
     let text = ok(&resnet(&args));
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -45,7 +45,7 @@ fn sample_photos_run_through_predict_and_every_protocol() {
     for (v, f) in lines.iter().zip(&files) {
         assert_eq!(v["file"].as_str(), Some(p(f)));
         assert_eq!(v["logits"].as_array().unwrap().len(), 1000);
-        let top5 = v["top5"].as_array().unwrap();
+        let top5 = v["top"].as_array().unwrap();
         let probs: Vec<f64> = top5.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
         assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs[0] <= 1.0, "{v}");
         assert!(top5[0]["label"].as_str().is_some_and(|l| !l.is_empty()));

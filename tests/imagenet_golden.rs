@@ -33,11 +33,12 @@ fn predict_logits(model: &str, weights: &Path) -> Vec<f64> {
         "--crop",
         "224",
         "--json",
+        "--logits",
         input.to_str().unwrap(),
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(v["file"].as_str(), input.to_str(), "{out}");
-    assert_eq!(v["top5"].as_array().map(Vec::len), Some(5));
+    assert_eq!(v["top"].as_array().map(Vec::len), Some(5));
     v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 

@@ -83,7 +83,7 @@ fn predict_needs_no_view_flags_for_the_published_resnet20() {
     let predict_correct = lines
         .iter()
         .zip(&labels)
-        .filter(|(line, label)| line["top5"][0]["index"].as_u64() == Some(**label as u64))
+        .filter(|(line, label)| line["top"][0]["index"].as_u64() == Some(**label as u64))
         .count();
     assert_eq!(predict_correct, eval_correct, "predict and eval disagree");
     assert!(eval_correct >= COUNT * 85 / 100, "{eval_correct} of {COUNT}: not the published model's accuracy");

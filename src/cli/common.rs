@@ -2,6 +2,7 @@
 //! its input normalization and class names.
 
 use anyhow::{Result, bail};
+use resnet::data::imagenet::EvalViews;
 use resnet::data::{ClassList, DatasetKind, Norm};
 use resnet::model::{Family, ModelConfig, ResNet, Shortcut};
 use resnet::train::checkpoint::OPTIMIZER_PREFIX;
@@ -55,6 +56,25 @@ fn load_checked(model: &str, shortcut: Option<Shortcut>, file: &StateDict) -> Re
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 0);
     weights::load_into(file, &mut net.named(), Some(OPTIMIZER_PREFIX))?;
     Ok(net)
+}
+
+/// A network ready to classify or embed single images: its weights, the normalization they
+/// expect (a CIFAR net's weights that do not record one could expect any of three, so no
+/// guess) and the centre view to see images at.
+pub fn for_inference(
+    model: Option<&str>,
+    shortcut: Option<Shortcut>,
+    weights: &Path,
+    norm: Option<&str>,
+    resize: Option<usize>,
+    crop: Option<usize>,
+) -> Result<(ResNet, StateDict, Norm, EvalViews)> {
+    let (net, file) = load_model(model, shortcut, weights)?;
+    let Some(norm) = default_norm(&net, &file, norm)? else {
+        bail!("{}: the weights do not record their input normalization; pass --norm imagenet|cifar", weights.display());
+    };
+    let v = view(&net, &file, resize, crop)?;
+    Ok((net, file, norm, EvalViews::Center { resize: v.resize, crop: v.crop }))
 }
 
 /// The view to evaluate at: the flags where given, else the one recorded with the

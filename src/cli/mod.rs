@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod convert;
 mod download;
+mod embed;
 mod eval;
 mod info;
 mod predict;
@@ -42,6 +43,8 @@ enum Command {
     Eval(eval::Args),
     /// Classify image files: top classes with probabilities.
     Predict(predict::Args),
+    /// The pooled features (embeddings) of images, as safetensors or .npy.
+    Embed(embed::Args),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
     Convert(convert::Args),
     /// Measure training and inference throughput.
@@ -76,6 +79,7 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),

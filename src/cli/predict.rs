@@ -1,6 +1,5 @@
 use super::common;
 use anyhow::{Result, bail};
-use resnet::data::imagenet::EvalViews;
 use resnet::eval::predict::predict;
 use resnet::model::Shortcut;
 use serde_json::json;
@@ -41,9 +40,15 @@ pub struct Args {
     /// Images per network call.
     #[arg(long, value_parser = super::parse_batch, default_value_t = 16)]
     batch: usize,
-    /// One JSON object per image: file, top5 and all logits.
-    #[arg(long)]
+    /// One JSON object per image: file and top classes (index, label, prob).
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// With --json, every logit too.
+    #[arg(long, requires = "json")]
+    logits: bool,
+    /// One CSV line per image: file, then index, label and probability of each top class.
+    #[arg(long)]
+    csv: bool,
     /// JPEG or PNG files, or folders of them (searched recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -51,23 +56,21 @@ pub struct Args {
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.images = expand_folders(&a.images)?;
-    let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
-    // A CIFAR net's weights that do not record their normalization could expect any of
-    // three (the published ResNet-20 uses ImageNet's statistics): no guess, as in eval.
-    let Some(norm) = common::default_norm(&model, &file, a.norm.as_deref())? else {
-        bail!(
-            "{}: the weights do not record their input normalization; pass --norm imagenet|cifar",
-            a.weights.display()
-        );
-    };
-    let view = common::view(&model, &file, a.resize, a.crop)?;
+    let (mut model, file, norm, view) =
+        common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
-    let view = EvalViews::Center { resize: view.resize, crop: view.crop };
     let threads = rayon::current_num_threads().clamp(1, 4);
     let results = predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads);
     let mut failed = 0;
+    let top_n = a.top.max(1);
+    if a.csv {
+        let columns: Vec<String> = (1..=top_n)
+            .flat_map(|r| [format!("top{r}_index"), format!("top{r}_label"), format!("top{r}_prob")])
+            .collect();
+        println!("file,{}", columns.join(","));
+    }
     for (path, r) in a.images.iter().zip(results) {
         let p = match r {
             Ok(p) => p,
@@ -77,11 +80,19 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
                 continue;
             }
         };
-        let top = p.top(a.top.max(1));
+        let top = p.top(top_n);
         if a.json {
             let top: Vec<_> =
                 top.iter().map(|&(i, prob)| json!({"index": i, "label": name(i), "prob": prob})).collect();
-            println!("{}", json!({"file": path, "top5": top, "logits": p.logits}));
+            let mut line = json!({"file": path, "top": top});
+            if a.logits {
+                line["logits"] = json!(p.logits);
+            }
+            println!("{line}");
+        } else if a.csv {
+            let cells: Vec<String> =
+                top.iter().flat_map(|&(i, prob)| [i.to_string(), csv_cell(&name(i)), prob.to_string()]).collect();
+            println!("{},{}", csv_cell(&path.display().to_string()), cells.join(","));
         } else {
             println!("{}", path.display());
             for (rank, &(i, prob)) in top.iter().enumerate() {
@@ -96,8 +107,13 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A CSV cell: quoted when it holds a comma, quote or line break.
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
 /// The paths given, with each folder replaced by the images under it.
-fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut images = Vec::new();
     for path in paths {
         if path.is_dir() {

@@ -16,6 +16,8 @@ pub struct Prediction {
     /// Raw network outputs and their softmax.
     pub logits: Vec<f32>,
     pub probs: Vec<f32>,
+    /// The pooled penultimate features (512 or 2048 for ImageNet nets, 64 for CIFAR ones).
+    pub features: Vec<f32>,
 }
 
 impl Prediction {
@@ -48,6 +50,7 @@ pub fn predict(
         Ok(out)
     });
     let classes = model.classes();
+    let progress = crate::progress::bar("images", files.len(), true);
     let mut results: Vec<Result<Prediction>> = Vec::with_capacity(files.len());
     let mut pending: Vec<(usize, Vec<f32>)> = Vec::new();
     let mut flush = |pending: &mut Vec<(usize, Vec<f32>)>, results: &mut Vec<Result<Prediction>>| {
@@ -55,7 +58,10 @@ pub fn predict(
             return;
         }
         let images: Vec<f32> = pending.iter().flat_map(|(_, v)| v.iter().copied()).collect();
-        let logits = model.forward(false, pending.len(), (crop, crop), &images).to_vec();
+        let n = pending.len();
+        let logits = model.forward(false, n, (crop, crop), &images).to_vec();
+        let features = model.pooled_features(n);
+        let width = features.len() / n;
         let probs = softmax(&logits, classes);
         for (k, (i, _)) in pending.drain(..).enumerate() {
             let row = k * classes..(k + 1) * classes;
@@ -63,7 +69,9 @@ pub fn predict(
                 file: files[i].clone(),
                 logits: logits[row.clone()].to_vec(),
                 probs: probs[row].to_vec(),
+                features: features[k * width..(k + 1) * width].to_vec(),
             });
+            progress.inc(1);
         }
     };
     for (i, item) in prepared.enumerate() {
@@ -75,9 +83,13 @@ pub fn predict(
                     flush(&mut pending, &mut results);
                 }
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => {
+                progress.inc(1);
+                results.push(Err(e));
+            }
         }
     }
     flush(&mut pending, &mut results);
+    progress.finish_and_clear();
     results
 }

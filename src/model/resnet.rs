@@ -297,6 +297,14 @@ impl ResNet {
         self.fc.for_each_param(f);
     }
 
+    /// The pooled features of the last forward pass's `n` images (the classifier's input,
+    /// `features()` values per image): the network's embedding of them.
+    pub fn pooled_features(&self, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * self.config.features()];
+        self.pooled.slice(..out.len()).copy_to_host(&mut out);
+        out
+    }
+
     /// Every parameter but the classifier's.
     pub fn for_each_backbone_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         self.stem.for_each_param(f);
