@@ -19,3 +19,18 @@ pub fn bar(label: &str, len: usize, shown: bool) -> ProgressBar {
     bar.set_prefix(label.to_string());
     bar
 }
+
+/// A bar of `total` bytes (a download), hidden under the same conditions as [`bar`].
+pub fn bytes_bar(label: &str, total: u64, shown: bool) -> ProgressBar {
+    if !shown || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}

@@ -30,35 +30,44 @@ pub fn default_data_dir() -> PathBuf {
     std::env::var_os("RESNET_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
 }
 
-/// Downloads `url` into `dir`, verifies the md5 and unpacks the archive there.
-/// Returns the folder that holds the batch files.
-pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
-    let archive = dir.join(url.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive.tar.gz"));
+/// Streams `url` (at most `limit` bytes) into a temporary file beside `target`, with a
+/// progress bar labelled `label`, handing every chunk to `digest` as it passes. The caller
+/// checks the digest, then persists the file, or drops it, which removes it.
+pub fn fetch(
+    url: &str,
+    target: &Path,
+    label: &str,
+    progress: bool,
+    limit: u64,
+    digest: &mut dyn FnMut(&[u8]),
+) -> Result<crate::files::TempFile> {
     let mut response = ureq::get(url).call().with_context(|| format!("{url}: download failed"))?;
-    let total = response.body().content_length();
-    let bar = if progress { indicatif::ProgressBar::new(total.unwrap_or(0)) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("downloading {}", kind.name()));
-    let mut reader = response.body_mut().with_config().limit(1 << 31).reader();
-    // Removed on every error path; renamed to `archive` once complete and checked.
-    let mut partial = crate::files::TempFile::beside(&archive)?;
-    let mut hasher = Md5::new();
+    let bar = crate::progress::bytes_bar(label, response.body().content_length().unwrap_or(0), progress);
+    let mut reader = response.body_mut().with_config().limit(limit).reader();
+    let mut tmp = crate::files::TempFile::beside(target)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = reader.read(&mut buf).with_context(|| format!("{url}: connection broken during download"))?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
-        partial.file().write_all(&buf[..n]).with_context(|| format!("{}: write failed", partial.path().display()))?;
+        digest(&buf[..n]);
+        tmp.file().write_all(&buf[..n]).with_context(|| format!("{}: write failed", tmp.path().display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
+    Ok(tmp)
+}
+
+/// Downloads `url` into `dir`, verifies the md5 and unpacks the archive there.
+/// Returns the folder that holds the batch files.
+pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progress: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
+    let archive = dir.join(url.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive.tar.gz"));
+    let mut hasher = Md5::new();
+    let label = format!("downloading {}", kind.name());
+    // Removed on every error path; renamed to `archive` once complete and checked.
+    let partial = fetch(url, &archive, &label, progress, 1 << 31, &mut |chunk| hasher.update(chunk))?;
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if digest != md5_hex {
         bail!("{url}: md5 mismatch (got {digest}, expected {md5_hex}); the download is corrupt, nothing was unpacked");

@@ -5,11 +5,10 @@
 //! user already has from PyTorch is used as it is; the first 8 hex digits of a file's
 //! SHA-256 are in its name (torch hub's convention) and are checked on every use.
 
-use crate::files::TempFile;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One published set of weights.
@@ -162,23 +161,10 @@ impl Published {
     }
 
     fn download(&self, url: &str, path: &Path, progress: bool) -> Result<()> {
-        let mut response = ureq::get(url).call().with_context(|| format!("{url}: download failed"))?;
-        let total = response.body().content_length();
-        let bar = crate::progress::bar(&format!("downloading {}", self.file), total.unwrap_or(0) as usize, progress);
-        let mut reader = response.body_mut().with_config().limit(4 << 30).reader();
-        let mut tmp = TempFile::beside(path)?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = reader.read(&mut buf).with_context(|| format!("{url}: connection broken during download"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.file().write_all(&buf[..n]).with_context(|| format!("{}: write failed", tmp.path().display()))?;
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
+        let label = format!("downloading {}", self.file);
+        let tmp =
+            crate::data::download::fetch(url, path, &label, progress, 4 << 30, &mut |chunk| hasher.update(chunk))?;
         let digest = hex(&hasher.finalize());
         if !digest.starts_with(self.hash_prefix()) {
             bail!(
