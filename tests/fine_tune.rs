@@ -6,30 +6,24 @@ mod common;
 use common::cli::{assert_error, ok, p, resnet};
 use common::{temp_dir, write_cifar_file};
 use resnet::weights::StateDict;
+use std::path::{Path, PathBuf};
+
+/// Tiny CIFAR-10 files (40 and 20 records, from `seeds`) in `dir`, and a one-epoch resnet8
+/// run on them in `dir/source`: (train file, test file, run directory).
+fn one_epoch(dir: &Path, seeds: (u64, u64)) -> (PathBuf, PathBuf, PathBuf) {
+    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("source"));
+    write_cifar_file(&train, 40, seeds.0);
+    write_cifar_file(&test, 20, seeds.1);
+    let mut args = vec!["train", "--model", "resnet8", "--data", p(&train), "--test-data", p(&test)];
+    args.extend(["--epochs", "1", "--batch", "10", "--out", p(&run), "--quiet"]);
+    ok(&resnet(&args));
+    (train, test, run)
+}
 
 #[test]
 fn a_run_starts_from_weights_with_a_new_classifier() {
     let dir = temp_dir("fine_tune_start");
-    let (train, test) = (dir.join("train.bin"), dir.join("test.bin"));
-    write_cifar_file(&train, 40, 1);
-    write_cifar_file(&test, 20, 2);
-    let source = dir.join("source");
-    ok(&resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&train),
-        "--test-data",
-        p(&test),
-        "--epochs",
-        "1",
-        "--batch",
-        "10",
-        "--out",
-        p(&source),
-        "--quiet",
-    ]));
+    let (train, test, source) = one_epoch(&dir, (1, 2));
     // CIFAR-100 records made from the same images: two label bytes, 100 classes.
     let to_cifar100 = |from: &std::path::Path, to: &std::path::Path| {
         let bytes = std::fs::read(from).unwrap();
@@ -102,25 +96,7 @@ fn a_run_starts_from_weights_with_a_new_classifier() {
 #[test]
 fn a_finished_run_is_extended() {
     let dir = temp_dir("fine_tune_extend");
-    let (train, test, run) = (dir.join("train.bin"), dir.join("test.bin"), dir.join("run"));
-    write_cifar_file(&train, 40, 1);
-    write_cifar_file(&test, 20, 2);
-    ok(&resnet(&[
-        "train",
-        "--model",
-        "resnet8",
-        "--data",
-        p(&train),
-        "--test-data",
-        p(&test),
-        "--epochs",
-        "1",
-        "--batch",
-        "10",
-        "--out",
-        p(&run),
-        "--quiet",
-    ]));
+    let (_, _, run) = one_epoch(&dir, (1, 2));
     let out = resnet(&["train", "--resume", "--out", p(&run), "--epochs", "3", "--quiet"]);
     let stdout = ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("now ends at iteration 12 instead of 4"));
@@ -136,11 +112,8 @@ fn a_finished_run_is_extended() {
 #[test]
 fn a_frozen_backbone_leaves_all_but_the_classifier_as_it_was() {
     let dir = temp_dir("fine_tune_frozen");
-    let (train, test) = (dir.join("train.bin"), dir.join("test.bin"));
-    write_cifar_file(&train, 40, 3);
-    write_cifar_file(&test, 20, 4);
-    let source = dir.join("source");
-    let base = |out: &std::path::Path| {
+    let (train, test, source) = one_epoch(&dir, (3, 4));
+    let base = |out: &Path| {
         vec![
             "train".to_string(),
             "--model".into(),
@@ -157,7 +130,6 @@ fn a_frozen_backbone_leaves_all_but_the_classifier_as_it_was() {
         ]
     };
     let run = |args: Vec<String>| ok(&resnet(&args.iter().map(String::as_str).collect::<Vec<_>>()));
-    run([base(&source), vec!["--epochs".into(), "1".into()]].concat());
     let from = source.join("model.safetensors");
     let frozen = dir.join("frozen");
     run([
