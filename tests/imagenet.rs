@@ -74,29 +74,6 @@ fn sample_photos_run_through_predict_and_every_protocol() {
     }
 }
 
-/// A synthetic image folder: `classes` classes whose images differ by colour and the
-/// position of a bright bar, with noise, as PNGs of `w`×`h` pixels.
-fn synthetic_folder(dir: &Path, classes: usize, per_class: usize, w: u32, h: u32, seed: u64) {
-    let mut rng = resnet::rng::Rng::new(seed);
-    for c in 0..classes {
-        let class_dir = dir.join(format!("class{c}"));
-        std::fs::create_dir_all(&class_dir).unwrap();
-        for i in 0..per_class {
-            let img = image::RgbImage::from_fn(w, h, |x, y| {
-                let bar = (x as usize * classes / w as usize) == c;
-                let mut px = [rng.below(60) as u8 + 40; 3];
-                px[c % 3] = px[c % 3].saturating_add(90);
-                if bar {
-                    px = [220, 220, 220];
-                }
-                let _ = y;
-                image::Rgb(px)
-            });
-            img.save(class_dir.join(format!("{i:03}.png"))).unwrap();
-        }
-    }
-}
-
 fn metric_losses(run: &Path) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines()
@@ -109,8 +86,8 @@ fn metric_losses(run: &Path) -> Vec<f64> {
 fn training_on_an_image_folder_lowers_the_loss() {
     let dir = common::temp_dir("imagenet_train");
     let data = dir.join("data");
-    synthetic_folder(&data.join("train"), 3, 16, 48, 40, 1);
-    synthetic_folder(&data.join("val"), 3, 4, 48, 40, 2);
+    common::images::synthetic_folder(&data.join("train"), 3, 16, 48, 40, 1);
+    common::images::synthetic_folder(&data.join("val"), 3, 4, 48, 40, 2);
     // A corrupt file in the training set is reported and skipped, not fatal.
     std::fs::write(data.join("train/class0/broken.jpg"), b"not a jpeg at all").unwrap();
     let run = dir.join("run");

@@ -6,8 +6,11 @@ mod convert;
 mod download;
 mod embed;
 mod eval;
+mod experiment;
 mod info;
+mod plot;
 mod predict;
+mod responses;
 mod train;
 mod weights;
 
@@ -15,6 +18,7 @@ use anyhow::Result;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +57,12 @@ enum Command {
     Download(download::Args),
     /// Published weights by name: list them, fetch them into torch's cache.
     Weights(weights::Args),
+    /// Reproduce a figure or table of the paper: train its runs, write its report and figures.
+    Experiment(experiment::Args),
+    /// Draw the training curves of run directories as the paper's figures (SVG and PNG).
+    Plot(plot::Args),
+    /// The std of each 3x3 layer's response (the paper's Fig. 7) for CIFAR weights.
+    Responses(responses::Args),
 }
 
 pub fn run() -> Result<ExitCode> {
@@ -84,7 +94,18 @@ pub fn run() -> Result<ExitCode> {
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
         Command::Weights(a) => weights::run(a),
+        Command::Experiment(a) => experiment::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Responses(a) => responses::run(a),
     }
+}
+
+/// Set on Ctrl-C (or SIGTERM): a training checkpoints and stops at its next step.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn on_ctrl_c() -> Result<()> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))?;
+    Ok(())
 }
 
 /// The arguments of `command` given on its command line (not left at their defaults), by id.

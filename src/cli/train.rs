@@ -1,12 +1,14 @@
 use anyhow::{Context, Result, bail};
 use resnet::data::imagenet::{TrainCrop, TrainTransform};
 use resnet::data::{DatasetKind, cifar, download::default_data_dir};
-use resnet::model::{Family, ModelConfig, Shortcut};
+use resnet::model::{ModelConfig, Shortcut};
 use resnet::text::grouped;
 use resnet::train::checkpoint::Checkpoint;
-use resnet::train::run::{INTERRUPTED, iterations_per_epoch};
+use resnet::train::run::iterations_per_epoch;
 use resnet::train::run_dir::{Claim, RunDir};
-use resnet::train::{ImageTraining, Outcome, TrainConfig, data, schedule::Schedule};
+use resnet::train::recipe::{Length, Recipe};
+use resnet::train::{ImageTraining, Outcome, RunOptions, TrainConfig, data, schedule::Schedule};
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -214,18 +216,19 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let images = folder.then(|| image_training(a, &data)).transpose()?;
     let classes = images.as_ref().map_or(dataset.classes(), |i| i.classes);
     let arch = ModelConfig::from_name(&model, a.shortcut, classes)?;
+    let recipe = recipe_of(folder);
     let warmup = match a.warmup.as_str() {
-        "auto" => arch.family == Family::Cifar && arch.depth >= 110,
+        "auto" => recipe.warmup(&arch),
         "on" => true,
         "off" => false,
         w => bail!("--warmup must be auto, on or off, not '{w}'"),
     };
-    let batch = a.batch.unwrap_or(if folder { 256 } else { 128 });
+    let batch = a.batch.unwrap_or(recipe.batch());
     if batch == 0 || a.accumulate == 0 || a.accumulate > batch {
         bail!("--batch must be at least 1 and --accumulate between 1 and the batch ({batch})");
     }
     let (init_weights, norm) = start_weights(a)?;
-    let bn_batch = match a.bn_batch.unwrap_or(if folder { 32 } else { 64 }) {
+    let bn_batch = match a.bn_batch.unwrap_or(recipe.bn_batch()) {
         0 => None,
         n => Some(n),
     };
@@ -313,35 +316,26 @@ fn image_training(a: &Args, data: &Path) -> Result<ImageTraining> {
 
 /// Sets the run length and lr drops from the flags, now that an epoch's length is known.
 fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) -> Result<()> {
-    let folder = cfg.images.is_some();
-    let epochs = a.epochs.or((folder && a.iterations.is_none()).then_some(90));
-    let iterations = |e: usize| {
-        e.checked_mul(per_epoch).with_context(|| format!("{e} epochs of {per_epoch} iterations is too many"))
+    let recipe = recipe_of(cfg.images.is_some());
+    let length = match (a.epochs, a.iterations) {
+        (Some(e), _) => Length::Epochs(e),
+        (None, Some(i)) => Length::Iterations(i),
+        (None, None) => recipe.full_length(),
     };
-    cfg.iterations = match epochs {
-        Some(e) => iterations(e)?,
-        None => a.iterations.unwrap_or(64000),
-    };
-    let n = cfg.iterations;
-    cfg.schedule.milestones = if let Some(m) = &a.milestones {
-        m.clone()
-    } else if let Some(s) = &a.schedule {
-        s.iter().map(|&e| iterations(e)).collect::<Result<_>>()?
-    } else if folder {
-        // ÷10 at epochs 30 and 60 of 90, scaled to the run's length; never before the
-        // first step, so that a one-step run trains at the rate it was given.
-        vec![fraction(n, 1, 3).max(1), fraction(n, 2, 3).max(1)]
-    } else if a.epochs.is_some() || a.iterations.is_some() {
-        vec![fraction(n, 1, 2).max(1), fraction(n, 3, 4).max(1)]
-    } else {
-        vec![32000, 48000]
-    };
+    recipe.set_length(cfg, length, per_epoch)?;
+    if let Some(m) = &a.milestones {
+        cfg.schedule.milestones = m.clone();
+    } else if let Some(epochs) = &a.schedule {
+        cfg.schedule.milestones = epochs
+            .iter()
+            .map(|&e| e.checked_mul(per_epoch).with_context(|| format!("epoch {e} of {per_epoch} iterations is too far")))
+            .collect::<Result<_>>()?;
+    }
     Ok(())
 }
 
-/// `n · num / den` rounded down, without overflow for any `n`.
-fn fraction(n: usize, num: u128, den: u128) -> usize {
-    (n as u128 * num / den) as usize
+fn recipe_of(folder: bool) -> Recipe {
+    if folder { Recipe::ImageNet } else { Recipe::Cifar }
 }
 
 /// How a step's batch is cut: micro-batches, and BatchNorm's groups.
@@ -416,7 +410,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             cfg.iterations = total;
         }
     }
-    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst))?;
+    super::on_ctrl_c()?;
     eprintln!(
         "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}, {} threads -> {}",
         cfg.model,
@@ -431,10 +425,11 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         cfg.out.display()
     );
     let started = std::time::Instant::now();
-    let outcome = resnet::train::train(&cfg, data, a.resume, !a.quiet)?;
+    let opts = RunOptions { resume: a.resume, progress: !a.quiet, cancel: &super::INTERRUPTED, sinks: Vec::new() };
+    let outcome = resnet::train::train(&cfg, data, opts)?;
     drop(run_dir);
     match outcome {
-        Outcome::Finished { test_acc, best_acc } => {
+        Outcome::Finished { test_acc, best_acc, .. } => {
             let out = &cfg.out;
             let best = best_acc.map_or(String::new(), |b| format!(", best {:.2}%", 100.0 * b));
             println!(
@@ -450,7 +445,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             println!("  metrics: {}", out.join(resnet::train::run::METRICS).display());
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::Interrupted { iteration } => {
+        Outcome::Interrupted { iteration, .. } => {
             eprintln!(
                 "interrupted at iteration {iteration}; checkpoint saved. Continue with: resnet train --resume --out {}",
                 cfg.out.display()

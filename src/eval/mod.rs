@@ -4,6 +4,7 @@
 
 pub mod multiscale;
 pub mod predict;
+pub mod responses;
 
 use crate::data::{BatchLoader, Samples, Spare};
 use crate::model::ResNet;

@@ -415,6 +415,26 @@ impl Block {
         }
     }
 
+    /// Inference: the shortcut's values for input `x` (BatchNorm of a projection on its
+    /// running statistics) into `out`; false for a plain block, which has none.
+    pub fn shortcut_eval(&mut self, n: usize, hw: Hw, x: View, out: &mut DeviceVec, ws: &mut Workspace) -> bool {
+        let (oh, ow) = self.out_hw(hw);
+        out.ensure_len(n * oh * ow * self.c_out());
+        match &mut self.shortcut {
+            ShortcutPath::None => return false,
+            ShortcutPath::Identity => device::copy(out.slice_mut(..x.len()), x),
+            ShortcutPath::ZeroPad { stride, pad, .. } => {
+                let shape = ShortcutA { h: hw.0, w: hw.1, c_in: self.c_in, stride: *stride, pad: *pad };
+                device::shortcut_a_forward(&shape, n, x, out.view_mut());
+            }
+            ShortcutPath::Projection(p) => {
+                let epi = p.bn.epilogue(Residual::None, false);
+                p.conv.forward_fused(n, hw, x, out.view_mut(), epi, ws);
+            }
+        }
+        true
+    }
+
     pub fn shortcut_label(&self) -> &'static str {
         match self.shortcut {
             ShortcutPath::None => "none",

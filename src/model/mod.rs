@@ -8,6 +8,7 @@ mod resnet;
 pub use block::{Block, ConvBn, StrideAt};
 pub use config::{Family, ModelConfig};
 pub use resnet::{LayerRow, ResNet};
+pub(crate) use resnet::block_names;
 
 use anyhow::{Result, bail};
 

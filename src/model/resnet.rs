@@ -24,7 +24,7 @@ impl MaxPool {
 }
 
 /// `layer{stage}.{index}` for every block, as PyTorch names them.
-fn block_names(stages: &[usize]) -> Vec<String> {
+pub(crate) fn block_names(stages: &[usize]) -> Vec<String> {
     let mut names = Vec::new();
     for (stage, &count) in stages.iter().enumerate() {
         names.extend((0..count).map(|j| format!("layer{}.{j}", stage + 1)));

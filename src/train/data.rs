@@ -15,6 +15,8 @@ pub struct Datasets {
     pub norm: Arc<Norm>,
     /// Name of each class index, saved with the weights.
     pub class_names: Vec<String>,
+    /// The evaluation images of an image-folder run, for other views than the centre crop.
+    pub test_folder: Option<Arc<ImageFolder>>,
 }
 
 /// The class list of an image-folder run: from its labels file, else None (sorted folders).
@@ -50,7 +52,7 @@ fn load_cifar(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
     });
     let samples = |d| -> Arc<dyn Samples> { Arc::new(CifarSamples { data: Arc::new(d), norm: norm.clone() }) };
     let class_names = cfg.dataset.class_names();
-    Ok(Datasets { train: samples(train), test: samples(test), norm, class_names })
+    Ok(Datasets { train: samples(train), test: samples(test), norm, class_names, test_folder: None })
 }
 
 fn load_folder(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> {
@@ -116,7 +118,8 @@ fn load_folder(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> 
         transform: FolderTransform::Train(img.transform),
         norm: norm.clone(),
     });
+    let test_folder = Arc::new(test);
     let test =
-        Arc::new(FolderSamples { folder: Arc::new(test), transform: FolderTransform::Eval(view), norm: norm.clone() });
-    Ok(Datasets { train, test, norm, class_names })
+        Arc::new(FolderSamples { folder: test_folder.clone(), transform: FolderTransform::Eval(view), norm: norm.clone() });
+    Ok(Datasets { train, test, norm, class_names, test_folder: Some(test_folder) })
 }

@@ -1,16 +1,19 @@
 //! Training: the paper's recipes (config and schedule), one SGD step, the data of a
-//! run, checkpoints and the epoch loop with metrics, progress and resume.
+//! run, checkpoints, typed metrics records and the epoch loop with progress and resume.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod recipe;
+pub mod record;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;
 pub mod tensorboard;
 
 pub use config::{ImageTraining, TrainConfig};
-pub use run::{Outcome, train};
+pub use record::{EpochRecord, History, Record, Sink, StepRecord};
+pub use run::{Outcome, RunOptions, train};
 
 use crate::engine::device::{self, DeviceVec};
 use crate::engine::{ensure_len, ops, sgd};

@@ -4,6 +4,7 @@
 use super::checkpoint::{self, Checkpoint, TrainState};
 use super::data::Datasets;
 use super::schedule::Warmup;
+use super::record::{EpochRecord, History, JsonlSink, Record, Sink, StepRecord};
 use super::tensorboard::EventWriter;
 use super::{StepScratch, TrainConfig, step_with};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
@@ -11,25 +12,38 @@ use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
 use crate::model::{ModelConfig, ResNet};
 use anyhow::{Context, Result, bail};
-use serde_json::json;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// Set by the Ctrl-C handler; the loop checkpoints and stops at the next step.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
+/// How a run ended, with its records (all of them, those before a resume too).
 pub enum Outcome {
     /// `best_acc`: the best accuracy of an epoch, kept as best.safetensors.
     Finished {
         test_acc: f64,
         best_acc: Option<f64>,
+        history: History,
     },
+    /// Cancelled: a checkpoint was written at `iteration`.
     Interrupted {
         iteration: usize,
+        history: History,
     },
+}
+
+/// How to run a training: from scratch or resumed, what to show, when to stop early and
+/// who else receives the records.
+pub struct RunOptions<'a> {
+    /// Continue from the run directory's checkpoint.
+    pub resume: bool,
+    /// A progress bar on a terminal, log lines elsewhere; nothing when false.
+    pub progress: bool,
+    /// Checked after every step: when set, the run checkpoints and returns `Interrupted`.
+    pub cancel: &'a AtomicBool,
+    /// Receive every record as it is written to metrics.jsonl.
+    pub sinks: Vec<&'a mut dyn Sink>,
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -44,66 +58,13 @@ pub const METRICS_CSV: &str = "metrics.csv";
 /// The folder of TensorBoard's event files (`--tensorboard`).
 pub const TENSORBOARD: &str = "tensorboard";
 
-/// The columns of metrics.csv: the keys of an epoch line.
-const CSV_COLUMNS: [&str; 13] = [
-    "epoch",
-    "iter",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "test_acc5",
-    "lr",
-    "images_per_s",
-    "time_s",
-    "skipped_images",
-    "rss_mb",
-    "peak_rss_mb",
-];
-
-/// Writes metrics.csv anew from the epoch lines of metrics.jsonl, so that the two always
-/// agree, after a resume too.
-fn write_metrics_csv(jsonl: &Path, csv: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(jsonl).with_context(|| format!("{}: cannot read", jsonl.display()))?;
-    let mut out = CSV_COLUMNS.join(",") + "\n";
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if v.get("train_loss").is_none() {
-            continue;
-        }
-        let cells: Vec<String> = CSV_COLUMNS
-            .iter()
-            .map(|k| v.get(*k).filter(|x| !x.is_null()).map_or(String::new(), |x| x.to_string()))
-            .collect();
-        out += &(cells.join(",") + "\n");
-    }
-    crate::files::write_atomic(csv, out.as_bytes())
-}
-
 pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
     train_len.div_ceil(batch)
 }
 
-/// Keeps only metric lines at or before `iteration` (after a resume, lines written past
-/// the checkpoint describe steps that will be redone).
-fn truncate_metrics(path: &Path, iteration: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("iter").and_then(|i| i.as_u64()))
-                .is_some_and(|i| i as usize <= iteration)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    crate::files::write_atomic(path, kept.as_bytes())
-}
-
-pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) -> Result<Outcome> {
+/// Trains `cfg` on `data` in the run directory `cfg.out` (claimed by the caller).
+pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outcome> {
+    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks } = opts;
     let out = &cfg.out;
     let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
@@ -118,7 +79,11 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
         let saved = Checkpoint::latest(out)?;
         saved.restore(&mut model)?;
         state = saved.state;
-        truncate_metrics(&metrics_path, state.iteration)?;
+        if metrics_path.exists() {
+            let mut kept = History::read(&metrics_path)?;
+            kept.truncate(state.iteration);
+            crate::files::write_atomic(&metrics_path, kept.to_jsonl().as_bytes())?;
+        }
         eprintln!("resumed from {} at iteration {}", saved.file.path.display(), state.iteration);
         last_good = Some(state.iteration);
     } else {
@@ -131,13 +96,15 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     let config_json =
         serde_json::to_string_pretty(cfg).with_context(|| format!("{}: cannot record", config_path.display()))?;
     crate::files::write_atomic(&config_path, config_json.as_bytes())?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
-
+    let mut metrics = JsonlSink::append(&metrics_path)?;
     let mut tensorboard = cfg.tensorboard.then(|| EventWriter::create(&out.join(TENSORBOARD))).transpose()?;
+    let mut emit = |r: Record| -> Result<()> {
+        metrics.record(&r)?;
+        if let Some(tb) = &mut tensorboard {
+            tb.record(&r)?;
+        }
+        extra_sinks.iter_mut().try_for_each(|s| s.record(&r))
+    };
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     // On a terminal, a progress bar; elsewhere (nohup, Slurm, a pipe) a plain line every
     // --log-every iterations.
@@ -240,23 +207,14 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 );
             }
             if cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
-                let line = json!({
-                    "iter": state.iteration, "epoch": epoch + 1, "loss": win_loss / win_seen as f64,
-                    "acc": win_correct as f64 / win_seen as f64, "lr": json_f32(lr),
-                    "images_per_s": win_seen as f64 / window_start.elapsed().as_secs_f64(),
-                });
-                writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
-                if let Some(tb) = &mut tensorboard {
-                    tb.scalars(
-                        state.iteration as u64,
-                        &[
-                            ("train/loss", win_loss / win_seen as f64),
-                            ("train/acc", win_correct as f64 / win_seen as f64),
-                            ("train/lr", lr as f64),
-                            ("train/images_per_s", win_seen as f64 / window_start.elapsed().as_secs_f64()),
-                        ],
-                    )?;
-                }
+                emit(Record::Step(StepRecord {
+                    iter: state.iteration,
+                    epoch: epoch + 1,
+                    loss: win_loss / win_seen as f64,
+                    acc: win_correct as f64 / win_seen as f64,
+                    lr: json_f32(lr),
+                    images_per_s: win_seen as f64 / window_start.elapsed().as_secs_f64(),
+                }))?;
                 (win_loss, win_correct, win_seen) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
@@ -264,10 +222,11 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
                 checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 last_good = Some(state.iteration);
             }
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            if cancel.load(Ordering::SeqCst) {
                 bar.abandon();
                 checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
-                return Ok(Outcome::Interrupted { iteration: state.iteration });
+                let history = History::read(&metrics_path)?;
+                return Ok(Outcome::Interrupted { iteration: state.iteration, history });
             }
         }
         bar.finish_and_clear();
@@ -286,28 +245,23 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
             crate::weights::save(&out.join(BEST_WEIGHTS), &model.named(), metadata)?;
         }
         let lr = cfg.schedule.lr_at(state.iteration.saturating_sub(1), !warmup.done);
-        let line = json!({
-            "iter": state.iteration, "epoch": epoch + 1, "train_loss": loss_sum / seen.max(1) as f64,
-            "train_acc": correct as f64 / seen.max(1) as f64, "test_loss": test.loss, "test_acc": test_acc,
-            "lr": json_f32(lr), "images_per_s": train_ips, "time_s": epoch_start.elapsed().as_secs_f64(),
-            "test_acc5": test.accuracy5(), "skipped_images": skipped.len(),
-            "rss_mb": proc_status_mb("VmRSS"), "peak_rss_mb": proc_status_mb("VmHWM"),
-        });
-        writeln!(metrics, "{line}").with_context(|| format!("{}: write failed", metrics_path.display()))?;
-        write_metrics_csv(&metrics_path, &out.join(METRICS_CSV))?;
-        if let Some(tb) = &mut tensorboard {
-            tb.scalars(
-                state.iteration as u64,
-                &[
-                    ("epoch/train_loss", loss_sum / seen.max(1) as f64),
-                    ("epoch/train_acc", correct as f64 / seen.max(1) as f64),
-                    ("epoch/test_loss", test.loss),
-                    ("epoch/test_acc", test.accuracy()),
-                    ("epoch/test_acc5", test.accuracy5()),
-                    ("epoch/images_per_s", train_ips),
-                ],
-            )?;
-        }
+        emit(Record::Epoch(EpochRecord {
+            iter: state.iteration,
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss: test.loss,
+            test_acc: test.accuracy(),
+            test_acc5: test.accuracy5(),
+            lr: json_f32(lr),
+            images_per_s: train_ips,
+            time_s: epoch_start.elapsed().as_secs_f64(),
+            skipped_images: skipped.len(),
+            rss_mb: proc_status_mb("VmRSS"),
+            peak_rss_mb: proc_status_mb("VmHWM"),
+        }))?;
+        let history = History::read(&metrics_path)?;
+        crate::files::write_atomic(&out.join(METRICS_CSV), history.epochs_csv().as_bytes())?;
         eprintln!(
             "epoch {} iter {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {} | {:.0} img/s",
             epoch + 1,
@@ -336,7 +290,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, resume: bool, progress: bool) ->
     };
     let metadata = checkpoint::weights_metadata(&model, &data.norm, &data.class_names, cfg.eval_view());
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
-    Ok(Outcome::Finished { test_acc, best_acc: state.best_acc })
+    let history = History::read(&metrics_path)?;
+    Ok(Outcome::Finished { test_acc, best_acc: state.best_acc, history })
 }
 
 /// Initializes `model` from the weights at `path` (fine-tuning); a classifier of another

@@ -2,7 +2,7 @@
 //! tools/make_image_fixtures.py uses for the resize references.
 
 use resnet::data::image::RgbImage;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(name)
@@ -46,4 +46,27 @@ pub fn synth(width: usize, height: usize) -> RgbImage {
 /// 64-bit FNV-1a, the hash the reference outputs are recorded by.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xCBF29CE484222325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001B3))
+}
+
+/// A synthetic image folder: `classes` classes whose images differ by colour and the
+/// position of a bright bar, with noise, as PNGs of `w`×`h` pixels.
+pub fn synthetic_folder(dir: &Path, classes: usize, per_class: usize, w: u32, h: u32, seed: u64) {
+    let mut rng = resnet::rng::Rng::new(seed);
+    for c in 0..classes {
+        let class_dir = dir.join(format!("class{c}"));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let bar = (x as usize * classes / w as usize) == c;
+                let mut px = [rng.below(60) as u8 + 40; 3];
+                px[c % 3] = px[c % 3].saturating_add(90);
+                if bar {
+                    px = [220, 220, 220];
+                }
+                let _ = y;
+                image::Rgb(px)
+            });
+            img.save(class_dir.join(format!("{i:03}.png"))).unwrap();
+        }
+    }
 }
