@@ -67,7 +67,17 @@ fn a_cifar_experiment_reports_draws_and_skips_finished_runs() {
 
     // Fig. 6 shares the runs: its curves are drawn from them, one panel per kind of net.
     let fig6 = resnet(&[
-        "experiment", "fig6", "--data", p(&data), "--out", p(&out), "--iterations", "3", "--runs", "plain20,resnet20", "--quiet",
+        "experiment",
+        "fig6",
+        "--data",
+        p(&data),
+        "--out",
+        p(&out),
+        "--iterations",
+        "3",
+        "--runs",
+        "plain20,resnet20",
+        "--quiet",
     ]);
     ok(&fig6);
     assert_figure(&out.join("fig6/fig6"), 2 * 560, 420);
@@ -115,7 +125,18 @@ fn plot_draws_runs_and_refuses_a_directory_without_metrics() {
     let (data, out) = tiny_cifar("plot");
     let run = out.join("resnet20");
     ok(&resnet(&[
-        "train", "--model", "resnet20", "--data", p(&data), "--out", p(&run), "--iterations", "2", "--log-every", "1", "--quiet",
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        p(&data),
+        "--out",
+        p(&run),
+        "--iterations",
+        "2",
+        "--log-every",
+        "1",
+        "--quiet",
     ]));
     let figure = out.join("curves.png");
     ok(&resnet(&["plot", p(&run), "--out", p(&figure), "--title", "ResNet-20"]));
@@ -145,7 +166,19 @@ fn imagenet_experiments_run_end_to_end_on_a_tiny_folder() {
         serde_json::from_str(&std::fs::read_to_string(out.join("fig4/results.json")).unwrap()).unwrap();
     assert!(results["runs"][0]["test_error5"].is_number());
     // Table 3 trains option B and C nets on the same folder.
-    ok(&resnet(&["experiment", "table3", "--data", p(&data), "--out", p(&out), "--iterations", "1", "--quiet", "--runs", "resnet34-B"]));
+    ok(&resnet(&[
+        "experiment",
+        "table3",
+        "--data",
+        p(&data),
+        "--out",
+        p(&out),
+        "--iterations",
+        "1",
+        "--quiet",
+        "--runs",
+        "resnet34-B",
+    ]));
     assert!(std::fs::read_to_string(out.join("table3/report.md")).unwrap().contains("24.52 / 7.46"));
 }
 

@@ -49,7 +49,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let data = match (&a.data, exp.recipe) {
         (Some(d), _) => d.clone(),
         (None, Recipe::Cifar) => resnet::data::download::default_data_dir(),
-        (None, Recipe::ImageNet) => bail!("{} trains on an image folder: pass --data DIR (DIR/train/<class>/*, DIR/val/<class>/*)", exp.name),
+        (None, Recipe::ImageNet) => {
+            bail!("{} trains on an image folder: pass --data DIR (DIR/train/<class>/*, DIR/val/<class>/*)", exp.name)
+        }
     };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("experiments").join(default_dir(exp)));
     let length = match (a.epochs, a.iterations) {
@@ -59,12 +61,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     super::on_ctrl_c()?;
     let started = std::time::Instant::now();
-    let opts = Options { data, out, length, seeds: a.seeds, runs: a.runs.clone(), progress: !a.quiet, cancel: &super::INTERRUPTED };
+    let opts = Options {
+        data,
+        out,
+        length,
+        seeds: a.seeds,
+        runs: a.runs.clone(),
+        progress: !a.quiet,
+        cancel: &super::INTERRUPTED,
+    };
     match runner::run(exp, &opts)? {
         Finished::Interrupted => Ok(ExitCode::from(130)),
         Finished::All(results) => {
             let written = report::write(exp, &opts, &results, a.note.as_deref())?;
-            println!("{} finished in {}: {}", exp.name, resnet::text::duration(started.elapsed().as_secs_f64()), written.display());
+            println!(
+                "{} finished in {}: {}",
+                exp.name,
+                resnet::text::duration(started.elapsed().as_secs_f64()),
+                written.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -90,7 +105,7 @@ fn list() {
             "{:<8} {:<9} {:>12}  {}",
             exp.name,
             exp.aliases.join(","),
-            cost.map_or("?".into(), resnet::text::duration),
+            cost.map_or("?".into(), long_duration),
             exp.artifact
         );
         let runs: Vec<&str> = exp.runs.iter().map(|r| r.name).collect();
@@ -101,6 +116,14 @@ fn list() {
          mult-adds over the paper's schedule (CIFAR: 64,000 iterations of 128 images; ImageNet: 90 epochs of 1.28M images).\n\
          Deeper and larger networks run at other rates; resnet bench --model NAME measures one."
     );
+}
+
+/// Days past two days, as such spans are read.
+fn long_duration(secs: f64) -> String {
+    match secs / 86400.0 {
+        d if d >= 2.0 => format!("{} days", resnet::text::grouped(d.round() as u64)),
+        _ => resnet::text::duration(secs),
+    }
 }
 
 fn full_cost_s(exp: &Experiment, gflops: f64) -> Option<f64> {

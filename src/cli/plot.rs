@@ -39,7 +39,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             bail!("{}: not a run directory", dir.display());
         }
         if !metrics.is_file() {
-            bail!("{}: no metrics.jsonl here; resnet plot draws the directories that resnet train writes", dir.display());
+            bail!(
+                "{}: no metrics.jsonl here; resnet plot draws the directories that resnet train writes",
+                dir.display()
+            );
         }
         let history = History::read(&metrics)?;
         if history.records.is_empty() {
@@ -52,7 +55,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             test: history.epochs().map(|e| (e.iter, 100.0 * (1.0 - e.test_acc))).collect(),
         });
     }
-    let figure = CurvesFigure { panels: vec![Panel { title: a.title.clone(), series }], test_label: "test error".into() };
+    let figure =
+        CurvesFigure { panels: vec![Panel { title: a.title.clone(), series }], test_label: "test error".into() };
     let base = a.out.with_extension("");
     let [svg, png] = resnet::plot::save(&figure, &base)?;
     println!("{}\n{}", svg.display(), png.display());

@@ -4,9 +4,9 @@ use resnet::data::{DatasetKind, cifar, download::default_data_dir};
 use resnet::model::{ModelConfig, Shortcut};
 use resnet::text::grouped;
 use resnet::train::checkpoint::Checkpoint;
+use resnet::train::recipe::{Length, Recipe};
 use resnet::train::run::iterations_per_epoch;
 use resnet::train::run_dir::{Claim, RunDir};
-use resnet::train::recipe::{Length, Recipe};
 use resnet::train::{ImageTraining, Outcome, RunOptions, TrainConfig, data, schedule::Schedule};
 
 use std::path::{Path, PathBuf};
@@ -328,7 +328,9 @@ fn set_schedule(a: &Args, cfg: &mut TrainConfig, per_epoch: usize) -> Result<()>
     } else if let Some(epochs) = &a.schedule {
         cfg.schedule.milestones = epochs
             .iter()
-            .map(|&e| e.checked_mul(per_epoch).with_context(|| format!("epoch {e} of {per_epoch} iterations is too far")))
+            .map(|&e| {
+                e.checked_mul(per_epoch).with_context(|| format!("epoch {e} of {per_epoch} iterations is too far"))
+            })
             .collect::<Result<_>>()?;
     }
     Ok(())

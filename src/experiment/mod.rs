@@ -59,8 +59,12 @@ const fn imagenet(name: &'static str, model: &'static str, s: Shortcut, top1: f6
     RunSpec { name, model, shortcut: Some(s), paper: (Some(top1), top5) }
 }
 
-const PLAIN_CIFAR: [RunSpec; 4] =
-    [run("plain20", "plain20", None), run("plain32", "plain32", None), run("plain44", "plain44", None), run("plain56", "plain56", None)];
+const PLAIN_CIFAR: [RunSpec; 4] = [
+    run("plain20", "plain20", None),
+    run("plain32", "plain32", None),
+    run("plain44", "plain44", None),
+    run("plain56", "plain56", None),
+];
 
 /// Table 6's errors.
 const RESNET_CIFAR: [RunSpec; 6] = [
@@ -93,7 +97,10 @@ pub const EXPERIMENTS: &[Experiment] = &[
         finding: "the deeper plain net has higher training error, and so higher test error (degradation)",
         recipe: Recipe::Cifar,
         runs: &[run("plain20", "plain20", None), run("plain56", "plain56", None)],
-        figures: &[Figure::Curves { file: "fig1", panels: &[Panel { title: "plain nets", runs: &["plain20", "plain56"] }] }],
+        figures: &[Figure::Curves {
+            file: "fig1",
+            panels: &[Panel { title: "plain nets", runs: &["plain20", "plain56"] }],
+        }],
         table: None,
     },
     Experiment {

@@ -6,8 +6,8 @@
 use super::runner::{Options, RunResult};
 use super::{Experiment, Figure};
 use crate::plot::curves::{CurvesFigure, Panel, Series};
-use crate::plot::responses::ResponsesFigure;
 use crate::plot::display_name;
+use crate::plot::responses::ResponsesFigure;
 use crate::train::recipe::{Length, Recipe};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -189,7 +189,11 @@ fn findings(rows: &[Row]) -> Vec<Finding> {
                     });
                 }
             }
-            if *ra && *rb && da < db && let (Some(sa), Some(sb)) = (a.mean_response, b.mean_response) {
+            if *ra
+                && *rb
+                && da < db
+                && let (Some(sa), Some(sb)) = (a.mean_response, b.mean_response)
+            {
                 out.push(Finding {
                     claim: format!("{nb} responds less than {na}"),
                     holds: sb < sa,
@@ -215,7 +219,11 @@ fn draw(fig: &Figure, recipe: Recipe, results: &[RunResult], dir: &Path) -> Resu
                         .runs
                         .iter()
                         .filter_map(|&r| first(r))
-                        .map(|r| Series { label: r.run.clone(), train: r.curves.train.clone(), test: r.curves.test.clone() })
+                        .map(|r| Series {
+                            label: r.run.clone(),
+                            train: r.curves.train.clone(),
+                            test: r.curves.test.clone(),
+                        })
                         .collect(),
                 })
                 .filter(|p| !p.series.is_empty())
@@ -258,8 +266,12 @@ fn markdown(
     }
     md += "\n";
     let recipe = match exp.recipe {
-        Recipe::Cifar => "the paper's CIFAR-10 recipe (§4.2): batch 128, lr 0.1 divided by 10 at 1/2 and 3/4 of the run, momentum 0.9, weight decay 1e-4, warm-up at lr 0.01 for 110 layers and more, per-pixel mean, 4-pixel pad and random crop and flip",
-        Recipe::ImageNet => "the paper's ImageNet recipe (§3.4): batch 256, lr 0.1 divided by 10 at 1/3 and 2/3 of the run, momentum 0.9, weight decay 1e-4, scale augmentation 256-480 to 224 with flips and lighting noise; errors 10-crop on the validation images",
+        Recipe::Cifar => {
+            "the paper's CIFAR-10 recipe (§4.2): batch 128, lr 0.1 divided by 10 at 1/2 and 3/4 of the run, momentum 0.9, weight decay 1e-4, warm-up at lr 0.01 for 110 layers and more, per-pixel mean, 4-pixel pad and random crop and flip"
+        }
+        Recipe::ImageNet => {
+            "the paper's ImageNet recipe (§3.4): batch 256, lr 0.1 divided by 10 at 1/3 and 2/3 of the run, momentum 0.9, weight decay 1e-4, scale augmentation 256-480 to 224 with flips and lighting noise; errors 10-crop on the validation images"
+        }
     };
     md += &format!("- Recipe: {recipe}\n- Scale: {scale}\n");
     if let Some(r) = rows.first() {
@@ -282,7 +294,9 @@ fn markdown(
     md += "---|";
     md += if rows.iter().any(|r| r.mean_response.is_some()) { "---|" } else { "" };
     md += "\n";
-    let cell = |s: &Spread| if seeds { format!("{:.2} ({:.2} ± {:.2})", s.best, s.mean, s.std) } else { format!("{:.2}", s.best) };
+    let cell = |s: &Spread| {
+        if seeds { format!("{:.2} ({:.2} ± {:.2})", s.best, s.mean, s.std) } else { format!("{:.2}", s.best) }
+    };
     for r in rows {
         md += &format!("| {} | {} | {} |", display_name(&r.run), cell(&r.train_error), cell(&r.test_error));
         if five {

@@ -201,8 +201,8 @@ fn train_one(
         eprintln!("{label}: finished before, skipped ({})", dir.display());
         return Ok(Some(cfg));
     }
-    let resume = dir.join(crate::train::run::CHECKPOINT).exists()
-        || dir.join(crate::train::run::PREVIOUS_CHECKPOINT).exists();
+    let resume =
+        dir.join(crate::train::run::CHECKPOINT).exists() || dir.join(crate::train::run::PREVIOUS_CHECKPOINT).exists();
     let claim = RunDir::claim(dir, if resume { Claim::Resume } else { Claim::Fresh })?;
     let (mut cfg, norm, position) = if resume {
         let saved = Checkpoint::latest(dir)?;
@@ -320,7 +320,10 @@ fn measure(
 }
 
 /// The value kept in `path`, else `compute`'s, kept there.
-fn cached<T: serde::Serialize + serde::de::DeserializeOwned>(path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+fn cached<T: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     if let Ok(text) = std::fs::read_to_string(path)
         && let Ok(v) = serde_json::from_str(&text)
     {
@@ -336,7 +339,8 @@ fn cached<T: serde::Serialize + serde::de::DeserializeOwned>(path: &Path, comput
 fn final_model(cfg: &TrainConfig) -> Result<(ResNet, crate::train::data::Datasets)> {
     let path = cfg.out.join(FINAL_WEIGHTS);
     let file = StateDict::read(&path)?;
-    let norm = crate::weights::metadata_norm(&file)?.with_context(|| format!("{}: no normalization recorded", path.display()))?;
+    let norm = crate::weights::metadata_norm(&file)?
+        .with_context(|| format!("{}: no normalization recorded", path.display()))?;
     let mut net = ResNet::new(ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?, 0);
     crate::weights::load_into(&file, &mut net.named(), None)?;
     let data = crate::train::data::load(cfg, Some(norm))?;
@@ -349,7 +353,8 @@ fn ten_crop(cfg: &TrainConfig, progress: bool) -> Result<(f64, f64)> {
     let img = cfg.images.as_ref().context("an image-folder run")?;
     let folder = data.test_folder.context("an image-folder run")?;
     let views = EvalViews::TenCrop { resize: img.eval_resize, crop: img.transform.size };
-    let samples: Arc<dyn Samples> = Arc::new(FolderSamples { folder, transform: FolderTransform::Eval(views), norm: data.norm });
+    let samples: Arc<dyn Samples> =
+        Arc::new(FolderSamples { folder, transform: FolderTransform::Eval(views), norm: data.norm });
     let bar = crate::progress::bar("10-crop", samples.len(), progress);
     let r = crate::eval::evaluate(&mut net, samples, cfg.batch, cfg.loader_threads, &bar);
     Ok((100.0 * (1.0 - r.accuracy()), 100.0 * (1.0 - r.accuracy5())))

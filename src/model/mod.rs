@@ -7,8 +7,8 @@ mod resnet;
 
 pub use block::{Block, ConvBn, StrideAt};
 pub use config::{Family, ModelConfig};
-pub use resnet::{LayerRow, ResNet};
 pub(crate) use resnet::block_names;
+pub use resnet::{LayerRow, ResNet};
 
 use anyhow::{Result, bail};
 

@@ -82,16 +82,16 @@ fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, Shift>, 
     for (i, s) in panel.series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points = |v: &[(usize, f64)]| v.iter().map(|&(it, e)| (it as f64 / 1e4, e)).collect::<Vec<_>>();
-        chart
-            .draw_series(DashedLineSeries::new(points(&s.train), 5, 4, colour.stroke_width(1)))
-            .map_err(plot_error)?;
+        chart.draw_series(DashedLineSeries::new(points(&s.train), 5, 4, colour.stroke_width(1))).map_err(plot_error)?;
         chart
             .draw_series(LineSeries::new(points(&s.test), colour.stroke_width(3)))
             .map_err(plot_error)?
             .label(display_name(&s.label))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
         // A dot at each evaluation, so that a run of one epoch shows too.
-        chart.draw_series(points(&s.test).into_iter().map(|p| Circle::new(p, 3, colour.filled()))).map_err(plot_error)?;
+        chart
+            .draw_series(points(&s.test).into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+            .map_err(plot_error)?;
     }
     chart
         .configure_series_labels()

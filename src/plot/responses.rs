@@ -56,9 +56,7 @@ impl ResponsesFigure {
                 .map_err(plot_error)?
                 .label(display_name(name))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 2, colour.filled())))
-                .map_err(plot_error)?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 2, colour.filled()))).map_err(plot_error)?;
         }
         chart
             .configure_series_labels()

@@ -119,7 +119,10 @@ fn load_folder(cfg: &TrainConfig, saved_norm: Option<Norm>) -> Result<Datasets> 
         norm: norm.clone(),
     });
     let test_folder = Arc::new(test);
-    let test =
-        Arc::new(FolderSamples { folder: test_folder.clone(), transform: FolderTransform::Eval(view), norm: norm.clone() });
+    let test = Arc::new(FolderSamples {
+        folder: test_folder.clone(),
+        transform: FolderTransform::Eval(view),
+        norm: norm.clone(),
+    });
     Ok(Datasets { train, test, norm, class_names, test_folder: Some(test_folder) })
 }

@@ -94,7 +94,7 @@ impl Recipe {
         seed: u64,
     ) -> Result<TrainConfig> {
         let arch = ModelConfig::from_name(model, shortcut, classes)?;
-        let images = (self == Recipe::ImageNet).then(|| super::ImageTraining {
+        let images = (self == Recipe::ImageNet).then_some(super::ImageTraining {
             labels: None,
             classes,
             transform: TrainTransform { crop: TrainCrop::Scale { min: 256, max: 480 }, size: 224, lighting: 0.1 },

@@ -97,7 +97,12 @@ impl Sink for EventWriter {
         match r {
             Record::Step(s) => self.scalars(
                 s.iter as u64,
-                &[("train/loss", s.loss), ("train/acc", s.acc), ("train/lr", s.lr), ("train/images_per_s", s.images_per_s)],
+                &[
+                    ("train/loss", s.loss),
+                    ("train/acc", s.acc),
+                    ("train/lr", s.lr),
+                    ("train/images_per_s", s.images_per_s),
+                ],
             ),
             Record::Epoch(e) => self.scalars(
                 e.iter as u64,
@@ -179,5 +184,61 @@ impl History {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(iter: usize) -> Record {
+        Record::Step(StepRecord { iter, epoch: 1, loss: 2.25, acc: 0.125, lr: 0.1, images_per_s: 900.0 })
+    }
+
+    fn epoch(iter: usize) -> Record {
+        Record::Epoch(EpochRecord {
+            iter,
+            epoch: 1,
+            train_loss: 1.5,
+            train_acc: 0.5,
+            test_loss: 1.25,
+            test_acc: 0.625,
+            test_acc5: 0.875,
+            lr: 0.1,
+            images_per_s: 850.0,
+            time_s: 58.5,
+            skipped_images: 0,
+            rss_mb: None,
+            peak_rss_mb: Some(512.0),
+        })
+    }
+
+    #[test]
+    fn a_history_reads_back_what_the_sink_wrote_and_the_two_kinds_stay_apart() {
+        let dir = std::env::temp_dir().join(format!("resnet-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let written = vec![step(50), step(100), epoch(100), step(150)];
+        let mut sink = JsonlSink::append(&path).unwrap();
+        let mut memory: Vec<Record> = Vec::new();
+        for r in &written {
+            sink.record(r).unwrap();
+            memory.record(r).unwrap();
+        }
+        let mut read = History::read(&path).unwrap();
+        assert_eq!(read.records, written);
+        assert_eq!(memory, written);
+        assert_eq!((read.steps().count(), read.epochs().count()), (3, 1));
+        let csv = read.epochs_csv();
+        assert_eq!(csv.lines().nth(1).unwrap(), "1,100,1.5,0.5,1.25,0.625,0.875,0.1,850,58.5,0,,512");
+        read.truncate(100);
+        assert_eq!(read.records, written[..3]);
+
+        // A line cut short (the machine stopped mid-write) is named.
+        std::fs::write(&path, format!("{}{{\"iter\": 3", read.to_jsonl())).unwrap();
+        let e = History::read(&path).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl: line 4: not a metrics record"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

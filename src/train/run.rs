@@ -3,8 +3,8 @@
 
 use super::checkpoint::{self, Checkpoint, TrainState};
 use super::data::Datasets;
-use super::schedule::Warmup;
 use super::record::{EpochRecord, History, JsonlSink, Record, Sink, StepRecord};
+use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
 use super::{StepScratch, TrainConfig, step_with};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
@@ -21,16 +21,9 @@ use std::time::Instant;
 /// How a run ended, with its records (all of them, those before a resume too).
 pub enum Outcome {
     /// `best_acc`: the best accuracy of an epoch, kept as best.safetensors.
-    Finished {
-        test_acc: f64,
-        best_acc: Option<f64>,
-        history: History,
-    },
+    Finished { test_acc: f64, best_acc: Option<f64>, history: History },
     /// Cancelled: a checkpoint was written at `iteration`.
-    Interrupted {
-        iteration: usize,
-        history: History,
-    },
+    Interrupted { iteration: usize, history: History },
 }
 
 /// How to run a training: from scratch or resumed, what to show, when to stop early and
