@@ -2,8 +2,12 @@
 //! and unpacks it into the data directory, with a progress bar.
 
 use super::cifar::DatasetKind;
-use anyhow::{Context, Result, bail};
+#[cfg(feature = "download")]
+use anyhow::Context;
+use anyhow::{Result, bail};
+#[cfg(feature = "download")]
 use md5::{Digest, Md5};
+#[cfg(feature = "download")]
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -30,9 +34,23 @@ pub fn default_data_dir() -> PathBuf {
     std::env::var_os("RESNET_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
 }
 
+/// Without the `download` feature nothing is fetched: the error says so.
+#[cfg(not(feature = "download"))]
+pub fn fetch(
+    url: &str,
+    _target: &Path,
+    _label: &str,
+    _progress: bool,
+    _limit: u64,
+    _digest: &mut dyn FnMut(&[u8]),
+) -> Result<crate::files::TempFile> {
+    bail!("{url}: this build of resnet has no downloads (its 'download' feature is off); fetch the file by other means")
+}
+
 /// Streams `url` (at most `limit` bytes) into a temporary file beside `target`, with a
 /// progress bar labelled `label`, handing every chunk to `digest` as it passes. The caller
 /// checks the digest, then persists the file, or drops it, which removes it.
+#[cfg(feature = "download")]
 pub fn fetch(
     url: &str,
     target: &Path,
@@ -59,6 +77,7 @@ pub fn fetch(
     Ok(tmp)
 }
 
+#[cfg(feature = "download")]
 /// Downloads `url` into `dir`, verifies the md5 and unpacks the archive there.
 /// Returns the folder that holds the batch files.
 pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progress: bool) -> Result<PathBuf> {

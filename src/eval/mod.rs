@@ -91,7 +91,7 @@ pub fn evaluate(
     data: Arc<dyn Samples>,
     batch: usize,
     workers: usize,
-    progress: &indicatif::ProgressBar,
+    progress: &crate::progress::Bar,
 ) -> EvalResult {
     let classes = model.classes();
     let views = data.views();

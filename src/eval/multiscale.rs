@@ -81,7 +81,7 @@ pub fn evaluate(
     norm: Arc<Norm>,
     scales: Vec<usize>,
     workers: usize,
-    progress: &indicatif::ProgressBar,
+    progress: &crate::progress::Bar,
 ) -> EvalResult {
     let mut r = EvalResult::new(model.classes());
     let source = folder.clone();

@@ -133,7 +133,7 @@ pub fn layer_responses(
     data: Arc<dyn Samples>,
     batch: usize,
     workers: usize,
-    progress: &indicatif::ProgressBar,
+    progress: &crate::progress::Bar,
 ) -> Vec<LayerResponse> {
     let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
     let mut responses = Responses::default();

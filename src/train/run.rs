@@ -128,7 +128,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             spare.clone(),
         );
         let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
-        let bar = progress_bar(bar_shown, steps_this_epoch, epoch);
+        let bar = crate::progress::epoch_bar(bar_shown, steps_this_epoch, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let (mut win_loss, mut win_correct, mut win_seen) = (0f64, 0usize, 0usize);
         let epoch_start = Instant::now();
@@ -314,18 +314,4 @@ fn proc_status_mb(field: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn progress_bar(enabled: bool, len: usize, epoch: usize) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} eta {eta} | {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix((epoch + 1).to_string());
-    bar
 }
