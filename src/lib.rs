@@ -12,6 +12,8 @@ pub mod engine;
 pub mod eval;
 #[cfg(feature = "experiments")]
 pub mod experiment;
+#[cfg(feature = "onnx")]
+pub mod export;
 pub mod files;
 pub mod model;
 pub mod nn;

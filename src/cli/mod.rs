@@ -7,6 +7,7 @@ mod download;
 mod embed;
 mod eval;
 mod experiment;
+mod export;
 mod info;
 mod plot;
 mod predict;
@@ -49,6 +50,8 @@ enum Command {
     Predict(predict::Args),
     /// The pooled features (embeddings) of images, as safetensors or .npy.
     Embed(embed::Args),
+    /// Export a network to ONNX (NCHW input, its preprocessing in the metadata).
+    Export(export::Args),
     /// Convert a PyTorch checkpoint (.pth) to safetensors.
     Convert(convert::Args),
     /// Measure training and inference throughput.
@@ -90,6 +93,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Export(a) => export::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),

@@ -435,6 +435,14 @@ impl Block {
         true
     }
 
+    /// The 1×1 conv + BN of a projection shortcut (options B and C).
+    pub fn projection(&self) -> Option<&ConvBn> {
+        match &self.shortcut {
+            ShortcutPath::Projection(p) => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn shortcut_label(&self) -> &'static str {
         match self.shortcut {
             ShortcutPath::None => "none",
