@@ -140,11 +140,7 @@ fn full_cost_s(exp: &Experiment, gflops: f64) -> Option<f64> {
         .map(|r| {
             let arch = resnet::model::ModelConfig::from_name(r.model, r.shortcut, classes).ok()?;
             // Training: forward, backward-data, backward-weights, 2 flops per mult-add.
-            Some(6.0 * arch_mult_adds(arch) * images / (gflops * 1e9))
+            Some(6.0 * arch.spec().mult_adds() as f64 * images / (gflops * 1e9))
         })
         .sum()
-}
-
-fn arch_mult_adds(arch: resnet::model::ModelConfig) -> f64 {
-    resnet::model::ResNet::new(arch, 0).mult_adds() as f64
 }

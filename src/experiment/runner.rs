@@ -134,8 +134,7 @@ fn check_data(recipe: Recipe, data: &Path) -> Result<(usize, usize)> {
 }
 
 fn mult_adds(recipe: Recipe, spec: &RunSpec, classes: usize) -> Result<f64> {
-    let arch = ModelConfig::from_name(spec.model, spec.shortcut, classes)?;
-    let per_image = ResNet::new(arch, 0).mult_adds() as f64;
+    let per_image = ModelConfig::from_name(spec.model, spec.shortcut, classes)?.spec().mult_adds() as f64;
     Ok(per_image * recipe.batch() as f64)
 }
 

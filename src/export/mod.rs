@@ -1,13 +1,14 @@
 //! `resnet export`: a network as an ONNX graph (NCHW input, as PyTorch's exports), with
-//! the input normalization, view and class names in the model's metadata. The graph is
-//! built from the network itself: stem, each block's conv→BN units and shortcut (none,
-//! identity, option A as Slice and Pad, or a projection), pool and classifier.
+//! the input normalization, view and class names in the model's metadata. The graph walks
+//! the network's spec (`ModelConfig::spec`): stem, each block's conv→BN units and shortcut
+//! (none, identity, option A as Slice and Pad, or a projection), pool and classifier; the
+//! weights come from the state dict by name.
 //! BatchNorm is exported as BatchNormalization, or folded into the convolutions.
 
 #[allow(clippy::all, missing_docs)]
 pub mod onnx_proto;
 
-use crate::model::{ConvBn, ResNet, block_names};
+use crate::model::{ResNet, ShortcutSpec, UnitSpec};
 use crate::weights::state_dict;
 use anyhow::{Context, Result, bail};
 use onnx_proto as onnx;
@@ -31,24 +32,25 @@ pub fn export(net: &mut ResNet, metadata: &HashMap<String, String>, opts: Export
         bail!("--opset {}: the exporter writes opsets {} to {}", opts.opset, OPSETS.start(), OPSETS.end());
     }
     let tensors = state_dict(&net.named()).into_iter().map(|e| (e.name.clone(), (e.shape, e.values))).collect();
-    let mut g = Graph { tensors, fold_bn: opts.fold_bn, nodes: Vec::new(), initializers: Vec::new(), count: 0 };
+    let eps = net.stem.bn.eps;
+    let mut g = Graph { tensors, fold_bn: opts.fold_bn, eps, nodes: Vec::new(), initializers: Vec::new(), count: 0 };
     let (projection, classifier) = net.config.naming();
-    let mut x = g.conv_bn("input".into(), &net.stem, "conv1", "bn1", None, true)?;
-    if net.config.family == crate::model::Family::ImageNet {
+    let spec = net.config.spec();
+    let mut x = g.conv_bn("input".into(), &spec.stem, "conv1", "bn1", None, true)?;
+    if spec.max_pool {
         let attrs = vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])];
         x = g.node("MaxPool", vec![x], attrs);
     }
-    for (block, prefix) in net.blocks.iter().zip(block_names(&net.config.stages)) {
-        let input = x.clone();
-        let shortcut = match block.shortcut_label() {
-            "none" => None,
-            "identity" => Some(input.clone()),
-            "projection" => {
-                let p = block.projection().context("a projection shortcut")?;
+    for block in &spec.blocks {
+        let (input, prefix) = (x.clone(), &block.name);
+        let shortcut = match &block.shortcut {
+            ShortcutSpec::None => None,
+            ShortcutSpec::Identity => Some(input.clone()),
+            ShortcutSpec::ZeroPad { stride, pad } => Some(g.option_a(input.clone(), *stride, *pad)),
+            ShortcutSpec::Projection(p) => {
                 let (conv, bn) = (format!("{prefix}.{projection}.0"), format!("{prefix}.{projection}.1"));
                 Some(g.conv_bn(input.clone(), p, &conv, &bn, None, false)?)
             }
-            _ => Some(g.option_a(input.clone(), block.stride(), (block.c_out() - block.units[0].conv.c_in) / 2)),
         };
         let last = block.units.len() - 1;
         for (i, u) in block.units.iter().enumerate() {
@@ -167,6 +169,8 @@ struct Graph {
     /// The network's state dict in PyTorch's layout, by name.
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     fold_bn: bool,
+    /// BatchNorm's epsilon (the same in every layer).
+    eps: f32,
     nodes: Vec<onnx::NodeProto>,
     initializers: Vec<onnx::TensorProto>,
     count: usize,
@@ -225,14 +229,13 @@ impl Graph {
     fn conv_bn(
         &mut self,
         x: String,
-        unit: &ConvBn,
+        unit: &UnitSpec,
         conv: &str,
         bn: &str,
         residual: Option<String>,
         relu: bool,
     ) -> Result<String> {
-        let c = &unit.conv;
-        let (k, s, p) = (c.kernel as i64, c.stride as i64, c.pad as i64);
+        let (k, s, p) = (unit.kernel as i64, unit.stride as i64, unit.pad() as i64);
         let attrs = vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s]), ints("pads", &[p, p, p, p])];
         let get = |g: &Self, what: &str| g.tensor(&format!("{bn}.{what}")).map(|e| e.1);
         let (gamma, beta, mean, var) =
@@ -240,7 +243,7 @@ impl Graph {
         let (w_shape, w) = self.tensor(&format!("{conv}.weight"))?;
         let mut y = if self.fold_bn {
             // w' = w·γ/√(σ²+ε) per output channel, b' = β − μ·γ/√(σ²+ε).
-            let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + unit.bn.eps).sqrt()).collect();
+            let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + self.eps).sqrt()).collect();
             let per_out = w.len() / scale.len();
             let folded: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * scale[i / per_out]).collect();
             let bias: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
@@ -258,7 +261,7 @@ impl Graph {
                 self.float_init(&format!("{bn}.running_mean"), &[n], &mean),
                 self.float_init(&format!("{bn}.running_var"), &[n], &var),
             ];
-            self.node("BatchNormalization", inputs, vec![float("epsilon", unit.bn.eps)])
+            self.node("BatchNormalization", inputs, vec![float("epsilon", self.eps)])
         };
         if let Some(r) = residual {
             y = self.node("Add", vec![y, r], vec![]);

@@ -3,7 +3,7 @@
 //! ReLU: `out = relu(bn_k(conv_k(... relu(bn_1(conv_1(x))))) + shortcut(x))`.
 //! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
-use super::Shortcut;
+use super::spec::{BlockSpec, ShortcutSpec, UnitSpec};
 use crate::engine::device::{self, DeviceVec, Residual, View, ViewMut};
 use crate::engine::{Workspace, conv::InputGrad, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
@@ -145,53 +145,17 @@ pub struct Block {
 }
 
 impl Block {
-    /// A basic block: 3×3 (strided) and 3×3 at `planes` channels.
-    pub fn basic(c_in: usize, planes: usize, stride: usize, shortcut: Option<Shortcut>, rng: &mut Rng) -> Self {
-        let units = vec![ConvBn::new(c_in, planes, 3, stride, rng), ConvBn::new(planes, planes, 3, 1, rng)];
-        Self::with_shortcut(units, c_in, planes, stride, shortcut, rng)
-    }
-
-    /// A bottleneck block: 1×1 to `planes`, 3×3, 1×1 to `4·planes`.
-    pub fn bottleneck(
-        c_in: usize,
-        planes: usize,
-        stride: usize,
-        stride_at: StrideAt,
-        shortcut: Option<Shortcut>,
-        rng: &mut Rng,
-    ) -> Self {
-        let (s1, s3) = match stride_at {
-            StrideAt::First1x1 => (stride, 1),
-            StrideAt::Conv3x3 => (1, stride),
+    /// The block `spec` describes, initialized from `rng` unit by unit, the projection last.
+    pub fn from_spec(spec: &BlockSpec, rng: &mut Rng) -> Self {
+        let unit = |u: &UnitSpec, rng: &mut Rng| ConvBn::new(u.c_in, u.c_out, u.kernel, u.stride, rng);
+        let units: Vec<ConvBn> = spec.units.iter().map(|u| unit(u, rng)).collect();
+        let shortcut = match spec.shortcut {
+            ShortcutSpec::None => ShortcutPath::None,
+            ShortcutSpec::Identity => ShortcutPath::Identity,
+            ShortcutSpec::ZeroPad { stride, pad } => ShortcutPath::ZeroPad { stride, pad, out: DeviceVec::default() },
+            ShortcutSpec::Projection(p) => ShortcutPath::Projection(unit(&p, rng)),
         };
-        let units = vec![
-            ConvBn::new(c_in, planes, 1, s1, rng),
-            ConvBn::new(planes, planes, 3, s3, rng),
-            ConvBn::new(planes, 4 * planes, 1, 1, rng),
-        ];
-        Self::with_shortcut(units, c_in, 4 * planes, stride, shortcut, rng)
-    }
-
-    fn with_shortcut(
-        units: Vec<ConvBn>,
-        c_in: usize,
-        c_out: usize,
-        stride: usize,
-        shortcut: Option<Shortcut>,
-        rng: &mut Rng,
-    ) -> Self {
-        let grows = stride != 1 || c_in != c_out;
-        let shortcut = match shortcut {
-            None => ShortcutPath::None,
-            Some(Shortcut::C) => ShortcutPath::Projection(ConvBn::new(c_in, c_out, 1, stride, rng)),
-            Some(Shortcut::B) if grows => ShortcutPath::Projection(ConvBn::new(c_in, c_out, 1, stride, rng)),
-            Some(Shortcut::A) if grows => {
-                assert!(c_out >= c_in && (c_out - c_in).is_multiple_of(2), "option A needs an even channel increase");
-                ShortcutPath::ZeroPad { stride, pad: (c_out - c_in) / 2, out: DeviceVec::default() }
-            }
-            Some(_) => ShortcutPath::Identity,
-        };
-        Block { units, shortcut, c_in, out: DeviceVec::default() }
+        Block { units, shortcut, c_in: spec.c_in(), out: DeviceVec::default() }
     }
 
     pub fn c_out(&self) -> usize {

@@ -145,32 +145,7 @@ impl ModelConfig {
     /// Learned parameters (weights, BatchNorm scales and shifts, classifier), counted from the
     /// architecture alone: `ResNet::param_count` without building and initializing the network.
     pub fn param_count(&self) -> usize {
-        let conv_bn = |k: usize, cin: usize, cout: usize| k * k * cin * cout + 2 * cout;
-        let (stem, planes) = self.widths();
-        let stem_kernel = if self.family == Family::Cifar { 3 } else { 7 };
-        let mut total = conv_bn(stem_kernel, 3, stem);
-        let mut cin = stem;
-        for (stage, (&p, &blocks)) in planes.iter().zip(&self.stages).enumerate() {
-            let cout = if self.bottleneck { 4 * p } else { p };
-            for block in 0..blocks {
-                total += if self.bottleneck {
-                    conv_bn(1, cin, p) + conv_bn(3, p, p) + conv_bn(1, p, cout)
-                } else {
-                    conv_bn(3, cin, p) + conv_bn(3, p, p)
-                };
-                let grows = block == 0 && (stage > 0 || cin != cout);
-                let projection = match self.shortcut {
-                    Shortcut::A => false,
-                    Shortcut::B => grows,
-                    Shortcut::C => true,
-                };
-                if self.residual && projection {
-                    total += conv_bn(1, cin, cout);
-                }
-                cin = cout;
-            }
-        }
-        total + cin * self.classes + self.classes
+        self.spec().params()
     }
 
     /// The network whose state dict has these keys, by its stages' block counts: a name

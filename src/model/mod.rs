@@ -4,11 +4,13 @@
 mod block;
 mod config;
 mod resnet;
+mod spec;
 
 pub use block::{Block, ConvBn, StrideAt};
 pub use config::{Family, ModelConfig};
 pub(crate) use resnet::block_names;
 pub use resnet::{LayerRow, ResNet};
+pub use spec::{BlockSpec, NetSpec, ShortcutSpec, UnitSpec};
 
 use anyhow::{Result, bail};
 

@@ -4,7 +4,7 @@
 //! between two buffers with three shared scratch buffers.
 
 use super::block::{Block, ConvBn, Hw};
-use super::config::{Family, ModelConfig};
+use super::config::ModelConfig;
 use crate::engine::device::{self, DeviceVec, Residual};
 use crate::engine::pool::PoolShape;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
@@ -69,30 +69,12 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(config: ModelConfig, seed: u64) -> Self {
         let mut rng = Rng::derive(seed, 0x1417, 0);
-        let (stem_c, widths) = config.widths();
-        let (stem, pool) = match config.family {
-            Family::Cifar => (ConvBn::new(3, stem_c, 3, 1, &mut rng), None),
-            Family::ImageNet => (
-                ConvBn::new(3, stem_c, 7, 2, &mut rng),
-                Some(MaxPool { out: DeviceVec::default(), argmax: DeviceVec::default() }),
-            ),
-        };
-        let shortcut = config.residual.then_some(config.shortcut);
-        let mut blocks = Vec::new();
-        let mut c = stem_c;
-        for (stage, (&count, &planes)) in config.stages.iter().zip(widths).enumerate() {
-            for i in 0..count {
-                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                let block = if config.bottleneck {
-                    Block::bottleneck(c, planes, stride, config.stride_at, shortcut, &mut rng)
-                } else {
-                    Block::basic(c, planes, stride, shortcut, &mut rng)
-                };
-                c = block.c_out();
-                blocks.push(block);
-            }
-        }
-        let fc = Linear::new(c, config.classes, &mut rng);
+        let spec = config.spec();
+        let s = spec.stem;
+        let stem = ConvBn::new(s.c_in, s.c_out, s.kernel, s.stride, &mut rng);
+        let pool = spec.max_pool.then(|| MaxPool { out: DeviceVec::default(), argmax: DeviceVec::default() });
+        let blocks: Vec<Block> = spec.blocks.iter().map(|b| Block::from_spec(b, &mut rng)).collect();
+        let fc = Linear::new(spec.features, config.classes, &mut rng);
         ResNet {
             config,
             stem,
@@ -331,7 +313,7 @@ impl ResNet {
 
     /// Multiply-adds of one forward pass of one image at the design size.
     pub fn mult_adds(&mut self) -> usize {
-        self.layer_table().iter().map(|r| r.mult_adds).sum()
+        self.config.spec().mult_adds()
     }
 
     /// Layers at the design input size: stem, each block, head.
