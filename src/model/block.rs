@@ -179,16 +179,6 @@ impl Block {
         }
     }
 
-    /// Largest activation (elements) of the block for `n` images of size `hw`.
-    pub fn max_len(&self, n: usize, hw: Hw) -> usize {
-        let (mut largest, mut cur) = (0, hw);
-        for u in &self.units {
-            largest = largest.max(n * u.conv.shape(cur.0, cur.1).out_len());
-            cur = u.conv.out_hw(cur.0, cur.1);
-        }
-        largest
-    }
-
     /// Makes sure every saved activation can hold `n` images of size `hw`.
     fn reserve(&mut self, n: usize, hw: Hw) {
         let mut cur = hw;

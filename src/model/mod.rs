@@ -8,9 +8,9 @@ mod spec;
 
 pub use block::{Block, ConvBn, StrideAt};
 pub use config::{Family, ModelConfig};
+pub use resnet::ResNet;
 pub(crate) use resnet::block_names;
-pub use resnet::{LayerRow, ResNet};
-pub use spec::{BlockSpec, NetSpec, ShortcutSpec, UnitSpec};
+pub use spec::{BlockSpec, LayerRow, NetSpec, ShortcutSpec, UnitSpec};
 
 use anyhow::{Result, bail};
 

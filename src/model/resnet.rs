@@ -5,6 +5,7 @@
 
 use super::block::{Block, ConvBn, Hw};
 use super::config::ModelConfig;
+use super::spec::{LayerRow, NetSpec};
 use crate::engine::device::{self, DeviceVec, Residual};
 use crate::engine::pool::PoolShape;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
@@ -32,17 +33,10 @@ pub(crate) fn block_names(stages: &[usize]) -> Vec<String> {
     names
 }
 
-/// One row of `resnet info`'s layer table.
-pub struct LayerRow {
-    pub name: String,
-    pub output: String,
-    pub detail: String,
-    pub params: usize,
-    pub mult_adds: usize,
-}
-
 pub struct ResNet {
     pub config: ModelConfig,
+    /// The structure `config` describes (buffer planning reads it).
+    spec: NetSpec,
     pub stem: ConvBn,
     pool: Option<MaxPool>,
     pub blocks: Vec<Block>,
@@ -77,6 +71,7 @@ impl ResNet {
         let fc = Linear::new(spec.features, config.classes, &mut rng);
         ResNet {
             config,
+            spec,
             stem,
             pool,
             blocks,
@@ -113,30 +108,6 @@ impl ResNet {
 
     pub fn classes(&self) -> usize {
         self.config.classes
-    }
-
-    /// Size after the stem (conv, and max pool for ImageNet nets).
-    fn stem_out(&self, (h, w): Hw) -> Hw {
-        let hw = self.stem.conv.out_hw(h, w);
-        match self.pool {
-            Some(_) => {
-                let s = MaxPool::shape(self.stem.conv.c_out, hw);
-                (s.out_h(), s.out_w())
-            }
-            None => hw,
-        }
-    }
-
-    /// Largest activation (elements) anywhere in the network for `n` images of size `hw`.
-    fn max_activation(&self, n: usize, hw: Hw) -> usize {
-        let conv1 = self.stem.conv.out_hw(hw.0, hw.1);
-        let mut largest = n * conv1.0 * conv1.1 * self.stem.conv.c_out;
-        let mut cur = self.stem_out(hw);
-        for b in &self.blocks {
-            largest = largest.max(b.max_len(n, cur));
-            cur = b.out_hw(cur);
-        }
-        largest
     }
 
     /// Runs `n` NHWC images of `h`×`w` pixels; returns the logits `[n, classes]`. The
@@ -196,7 +167,7 @@ impl ResNet {
 
     /// Inference: nothing is saved; each block's output replaces its input in `eval_io`.
     fn forward_eval(&mut self, n: usize, hw: Hw) -> Hw {
-        let largest = self.max_activation(n, hw);
+        let largest = self.spec.max_activation(n, hw);
         for v in std::iter::once(&mut self.eval_io).chain(self.eval_tmp.iter_mut()) {
             v.ensure_len(largest);
         }
@@ -229,7 +200,7 @@ impl ResNet {
 
     fn backward_in_pool(&mut self, dlogits: &[f32]) {
         let (n, hw) = self.trace.expect("backward needs a training forward first");
-        let largest = self.max_activation(n, hw);
+        let largest = self.spec.max_activation(n, hw);
         for g in &mut self.grads {
             g.ensure_len(largest);
         }
@@ -317,44 +288,7 @@ impl ResNet {
     }
 
     /// Layers at the design input size: stem, each block, head.
-    pub fn layer_table(&mut self) -> Vec<LayerRow> {
-        let s = self.config.image_size;
-        let conv1 = &self.stem.conv;
-        let (h, w) = conv1.out_hw(s, s);
-        let mut detail = format!("{k}x{k}, {}, stride {} + BN + ReLU", conv1.c_out, conv1.stride, k = conv1.kernel);
-        if self.pool.is_some() {
-            detail.push_str(", 3x3 max pool stride 2");
-        }
-        let stem_params = conv1.weight().value.len() + 2 * conv1.c_out;
-        let mut rows = vec![LayerRow {
-            name: "conv1".into(),
-            output: format!("{h}x{w}x{}", conv1.c_out),
-            detail,
-            params: stem_params,
-            mult_adds: conv1.mult_adds(s, s),
-        }];
-        let mut cur = self.stem_out((s, s));
-        let (projection, _) = self.config.naming();
-        for (b, name) in self.blocks.iter_mut().zip(block_names(&self.config.stages)) {
-            let (oh, ow) = b.out_hw(cur);
-            let kernels: Vec<String> =
-                b.units.iter().map(|u| format!("{k}x{k},{}", u.conv.c_out, k = u.conv.kernel)).collect();
-            let detail = format!("[{}], stride {}, shortcut {}", kernels.join(" "), b.stride(), b.shortcut_label());
-            let mult_adds = b.mult_adds(cur);
-            let mut named = Vec::new();
-            b.named("", projection, &mut named);
-            let params = named.iter().filter(|t| matches!(t.slot, Slot::Param(_))).map(|t| t.len()).sum();
-            rows.push(LayerRow { name, output: format!("{oh}x{ow}x{}", b.c_out()), detail, params, mult_adds });
-            cur = (oh, ow);
-        }
-        let (f, k) = (self.config.features(), self.config.classes);
-        rows.push(LayerRow {
-            name: "avgpool+fc".into(),
-            output: format!("{k}"),
-            detail: format!("global average pool, fc {f}->{k}"),
-            params: f * k + k,
-            mult_adds: f * k,
-        });
-        rows
+    pub fn layer_table(&self) -> Vec<LayerRow> {
+        self.config.spec().layer_table()
     }
 }

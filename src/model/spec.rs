@@ -37,6 +37,15 @@ impl UnitSpec {
     }
 }
 
+/// One row of `resnet info`'s layer table.
+pub struct LayerRow {
+    pub name: String,
+    pub output: String,
+    pub detail: String,
+    pub params: usize,
+    pub mult_adds: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShortcutSpec {
     /// A plain network's block.
@@ -60,7 +69,53 @@ pub struct BlockSpec {
     pub shortcut: ShortcutSpec,
 }
 
+impl ShortcutSpec {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ShortcutSpec::None => "none",
+            ShortcutSpec::Identity => "identity",
+            ShortcutSpec::ZeroPad { .. } => "zero-pad (A)",
+            ShortcutSpec::Projection(_) => "projection",
+        }
+    }
+}
+
 impl BlockSpec {
+    fn projection(&self) -> Option<&UnitSpec> {
+        match &self.shortcut {
+            ShortcutSpec::Projection(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn params(&self) -> usize {
+        self.units.iter().chain(self.projection()).map(UnitSpec::params).sum()
+    }
+
+    pub fn mult_adds(&self, hw: (usize, usize)) -> usize {
+        let mut cur = hw;
+        let mut total = self.projection().map_or(0, |p| p.mult_adds(hw));
+        for u in &self.units {
+            total += u.mult_adds(cur);
+            cur = u.out_hw(cur);
+        }
+        total
+    }
+
+    pub fn out_hw(&self, hw: (usize, usize)) -> (usize, usize) {
+        self.units.iter().fold(hw, |cur, u| u.out_hw(cur))
+    }
+
+    /// The largest output of its units for `n` images of size `hw` (buffer planning).
+    pub fn max_len(&self, n: usize, hw: (usize, usize)) -> usize {
+        let (mut largest, mut cur) = (0, hw);
+        for u in &self.units {
+            cur = u.out_hw(cur);
+            largest = largest.max(n * cur.0 * cur.1 * u.c_out);
+        }
+        largest
+    }
+
     pub fn c_in(&self) -> usize {
         self.units[0].c_in
     }
@@ -126,13 +181,7 @@ impl ModelConfig {
 impl NetSpec {
     /// Every unit in order: stem, then each block's units and projection.
     pub fn units(&self) -> impl Iterator<Item = &UnitSpec> {
-        std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| {
-            let projection = match &b.shortcut {
-                ShortcutSpec::Projection(p) => Some(p),
-                _ => None,
-            };
-            b.units.iter().chain(projection)
-        }))
+        std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| b.units.iter().chain(b.projection())))
     }
 
     /// Learned parameters: convolutions, BatchNorm scales and shifts, classifier.
@@ -140,24 +189,68 @@ impl NetSpec {
         self.units().map(UnitSpec::params).sum::<usize>() + self.features * self.classes + self.classes
     }
 
+    /// The size after the stem (its conv, and the max pool of ImageNet nets).
+    pub fn stem_out(&self, hw: (usize, usize)) -> (usize, usize) {
+        let (h, w) = self.stem.out_hw(hw);
+        if self.max_pool { ((h - 1) / 2 + 1, (w - 1) / 2 + 1) } else { (h, w) }
+    }
+
     /// Multiply-adds of one image at the design size (convolutions and classifier).
     pub fn mult_adds(&self) -> usize {
-        let s = self.image_size;
-        let mut cur = self.stem.out_hw((s, s));
-        let mut total = self.stem.mult_adds((s, s));
-        if self.max_pool {
-            cur = ((cur.0 - 1) / 2 + 1, (cur.1 - 1) / 2 + 1);
-        }
+        self.layer_table().iter().map(|r| r.mult_adds).sum()
+    }
+
+    /// The largest activation (elements) anywhere in the network for `n` images of `hw`.
+    pub fn max_activation(&self, n: usize, hw: (usize, usize)) -> usize {
+        let (h, w) = self.stem.out_hw(hw);
+        let mut largest = n * h * w * self.stem.c_out;
+        let mut cur = self.stem_out(hw);
         for b in &self.blocks {
-            if let ShortcutSpec::Projection(p) = &b.shortcut {
-                total += p.mult_adds(cur);
-            }
-            for u in &b.units {
-                total += u.mult_adds(cur);
-                cur = u.out_hw(cur);
-            }
+            largest = largest.max(b.max_len(n, cur));
+            cur = b.out_hw(cur);
         }
-        total + self.features * self.classes
+        largest
+    }
+
+    /// Layers at the design input size: stem, each block, head.
+    pub fn layer_table(&self) -> Vec<LayerRow> {
+        let s = self.image_size;
+        let stem = &self.stem;
+        let (h, w) = stem.out_hw((s, s));
+        let mut detail = format!("{k}x{k}, {}, stride {} + BN + ReLU", stem.c_out, stem.stride, k = stem.kernel);
+        if self.max_pool {
+            detail.push_str(", 3x3 max pool stride 2");
+        }
+        let mut rows = vec![LayerRow {
+            name: "conv1".into(),
+            output: format!("{h}x{w}x{}", stem.c_out),
+            detail,
+            params: stem.params(),
+            mult_adds: stem.mult_adds((s, s)),
+        }];
+        let mut cur = self.stem_out((s, s));
+        for b in &self.blocks {
+            let (oh, ow) = b.out_hw(cur);
+            let kernels: Vec<String> = b.units.iter().map(|u| format!("{k}x{k},{}", u.c_out, k = u.kernel)).collect();
+            let detail = format!("[{}], stride {}, shortcut {}", kernels.join(" "), b.stride(), b.shortcut.label());
+            rows.push(LayerRow {
+                name: b.name.clone(),
+                output: format!("{oh}x{ow}x{}", b.c_out()),
+                detail,
+                params: b.params(),
+                mult_adds: b.mult_adds(cur),
+            });
+            cur = (oh, ow);
+        }
+        let (f, k) = (self.features, self.classes);
+        rows.push(LayerRow {
+            name: "avgpool+fc".into(),
+            output: format!("{k}"),
+            detail: format!("global average pool, fc {f}->{k}"),
+            params: f * k + k,
+            mult_adds: f * k,
+        });
+        rows
     }
 }
 
@@ -182,8 +275,16 @@ mod tests {
             let spec = config.spec();
             let mut net = ResNet::new(config, 0);
             assert_eq!(spec.params(), net.param_count(), "{name} {shortcut:?}");
-            let layers: usize = net.layer_table().iter().map(|r| r.mult_adds).sum();
-            assert_eq!(spec.mult_adds(), layers, "{name} {shortcut:?}");
+            // The built layers' own mult-adds, walking the network.
+            let side = spec.image_size;
+            let (h, w) = net.stem.conv.out_hw(side, side);
+            let mut cur = if spec.max_pool { ((h - 1) / 2 + 1, (w - 1) / 2 + 1) } else { (h, w) };
+            let mut built = net.stem.conv.mult_adds(side, side) + spec.features * spec.classes;
+            for b in &net.blocks {
+                built += b.mult_adds(cur);
+                cur = b.out_hw(cur);
+            }
+            assert_eq!(spec.mult_adds(), built, "{name} {shortcut:?}");
             assert_eq!(spec.blocks.len(), net.blocks.len());
         }
     }
