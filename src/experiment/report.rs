@@ -262,7 +262,7 @@ fn markdown(
     md += &format!("The paper finds: {}.\n\n## What ran\n\n", exp.finding);
     md += &format!("- Data: `{}`", opts.data.display());
     if let Some(n) = note {
-        md += &format!(" ({n})");
+        md += &format!(": {n}");
     }
     md += "\n";
     let recipe = match exp.recipe {
