@@ -93,14 +93,7 @@ fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, Shift>, 
             .draw_series(points(&s.test).into_iter().map(|p| Circle::new(p, 3, colour.filled())))
             .map_err(plot_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(plot_error)?;
+    super::draw_legend(&mut chart)?;
     let note = format!("dashed: training error, bold: {test_label}");
     area.draw(&Text::new(note, (64, PANEL_H as i32 - 16), ("sans-serif", 12).into_font().color(&BLACK.mix(0.7))))
         .map_err(plot_error)?;

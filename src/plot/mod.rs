@@ -7,6 +7,7 @@ pub mod responses;
 
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,20 @@ pub fn save(fig: &impl Figure, base: &Path) -> Result<[PathBuf; 2]> {
 /// A plotters error as ours (its error types borrow nothing but are generic).
 pub(crate) fn plot_error<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
     anyhow!("drawing a figure: {e}")
+}
+
+/// The legend of a panel's labelled series, in its top-right corner.
+pub(crate) fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(plot_error)
 }
 
 /// Line colours, one per network of a panel (colour-blind-safe, Okabe–Ito).

@@ -58,14 +58,7 @@ impl ResponsesFigure {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 2, colour.filled()))).map_err(plot_error)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(plot_error)?;
+        super::draw_legend(&mut chart)?;
         Ok(())
     }
 }
