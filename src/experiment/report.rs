@@ -161,7 +161,7 @@ fn findings(rows: &[Row]) -> Vec<Finding> {
         for (b, rb, db) in &named {
             let (ta, tb) = (a.train_error.mean, b.train_error.mean);
             let (na, nb) = (display_name(&a.run), display_name(&b.run));
-            if !ra && !rb && da < db && a.run.contains('-') == b.run.contains('-') {
+            if !ra && !rb && da < db {
                 out.push(Finding {
                     claim: format!("{nb} has higher training error than {na} (degradation)"),
                     holds: tb > ta,
