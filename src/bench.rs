@@ -75,6 +75,29 @@ pub fn run(
     })
 }
 
+/// The arithmetic peak of all threads on the selected instruction set (registers only), in
+/// GFLOP/s: the physical limit a network's effective rate is set against.
+pub fn fma_peak_gflops() -> f64 {
+    let isa = crate::engine::isa::isa();
+    let rates = rayon::broadcast(|_| crate::engine::peak::flops_per_thread(isa, 20));
+    rates.iter().sum::<f64>() / 1e9
+}
+
+/// The CPU's model name (Linux's /proc/cpuinfo), or "unknown CPU".
+pub fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name =
+        info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, n)| n.trim()));
+    name.unwrap_or("unknown CPU").to_string()
+}
+
+/// The kernels' instruction set and the CPU's best, as bench and --version print them.
+pub fn isa_line() -> String {
+    use crate::engine::isa::{Isa, isa};
+    let forced = if isa() < Isa::detected() { " (forced by RESNET_ISA)" } else { "" };
+    format!("kernels: {}{forced}; CPU: {}, best {}", isa(), cpu_name(), Isa::detected())
+}
+
 /// The machine's f32 matrix-multiply rate through the same GEMM on all threads.
 pub fn gemm_peak_gflops() -> f64 {
     let n = 1024;

@@ -59,11 +59,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "infer_images_per_s": spread(r.infer_step_s, r.infer_range_s),
             "train_gflops": round(r.train_gflops), "infer_gflops": round(r.infer_gflops),
             "pipeline_images_per_s": pipeline_ips.map(round),
+            "isa": resnet::engine::isa::isa().name(), "cpu": bench::cpu_name(),
         });
         println!("{line}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("model: {} batch {} threads {threads}, median of {} steps (slowest-fastest)", a.model, a.batch, a.steps);
+    println!("{}", bench::isa_line());
     // Effective rates: the arithmetic of direct convolutions (3 × 2 × mult-adds per image for
     // a training step) over the time; Winograd layers do fewer operations than that.
     println!(
@@ -95,6 +97,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("gemm peak: {peak:.1} GFLOP/s (f32, 1024^3, {threads} threads)");
         // Above 100% where Winograd saves more arithmetic than the step loses elsewhere.
         println!("train step: {:.2}x the gemm peak in effective GFLOP/s", r.train_gflops / peak);
+        let fma = bench::fma_peak_gflops();
+        let isa = resnet::engine::isa::isa();
+        println!("fma peak: {fma:.1} GFLOP/s ({isa} registers, {threads} threads)");
+        println!(
+            "train step: {:.0}%, inference: {:.0}% of the fma peak in effective GFLOP/s",
+            100.0 * r.train_gflops / fma,
+            100.0 * r.infer_gflops / fma
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Parser)]
 #[command(
     name = "resnet",
-    version,
+    version = version_line(),
     about = "Deep residual networks (He et al. 2015): build, train, evaluate, predict, benchmark"
 )]
 struct Cli {
@@ -68,7 +68,22 @@ enum Command {
     Responses(responses::Args),
 }
 
+/// The version, with the kernels' instruction set and the CPU's.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| format!("{} ({})", env!("CARGO_PKG_VERSION"), resnet::bench::isa_line()))
+}
+
 pub fn run() -> Result<ExitCode> {
+    // A RESNET_ISA the CPU cannot run, or that names nothing, is an error here rather than
+    // the library's warning and fallback.
+    match resnet::engine::isa::from_env().and_then(resnet::engine::isa::select) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,

@@ -53,23 +53,25 @@ fn channel_sums(a: &[f32], c: usize, rows: usize, scr: &mut Scratch) {
         .zip(scr.partials.par_chunks_mut(2 * len))
         .zip(scr.runs.par_chunks_mut(2 * len))
         .for_each(|((part, sums), runs)| {
-            sums.fill(0.0);
-            let ((s, q), (sf, qf)) = (sums.split_at_mut(len), runs.split_at_mut(len));
-            for run in part.chunks(len * F32_RUN) {
-                sf.fill(0.0);
-                qf.fill(0.0);
-                for block in run.chunks(len) {
-                    for ((v, k), (s, q)) in block.iter().zip(k).zip(sf.iter_mut().zip(qf.iter_mut())) {
-                        let d = v - k;
-                        *s += d;
-                        *q += d * d;
+            crate::simd!({
+                sums.fill(0.0);
+                let ((s, q), (sf, qf)) = (sums.split_at_mut(len), runs.split_at_mut(len));
+                for run in part.chunks(len * F32_RUN) {
+                    sf.fill(0.0);
+                    qf.fill(0.0);
+                    for block in run.chunks(len) {
+                        for ((v, k), (s, q)) in block.iter().zip(k).zip(sf.iter_mut().zip(qf.iter_mut())) {
+                            let d = v - k;
+                            *s += d;
+                            *q += d * d;
+                        }
                     }
+                    add_into(s, sf);
+                    add_into(q, qf);
                 }
-                add_into(s, sf);
-                add_into(q, qf);
-            }
-            fold_in_place(s, c);
-            fold_in_place(q, c);
+                fold_in_place(s, c);
+                fold_in_place(q, c);
+            })
         });
     sum_tasks(&scr.partials[..tasks * 2 * len], c, &mut scr.channels);
 }
@@ -80,6 +82,7 @@ fn channel_sums(a: &[f32], c: usize, rows: usize, scr: &mut Scratch) {
 /// these loops had been compute-bound at under half the machine's copy bandwidth.
 const F32_RUN: usize = 32;
 
+#[inline(always)]
 fn add_into(total: &mut [f64], run: &[f32]) {
     total.iter_mut().zip(run).for_each(|(t, r)| *t += *r as f64);
 }
@@ -105,6 +108,7 @@ fn repeat_into(block: &mut [f32], values: &[f32]) {
 
 /// Folds a run of per-position sums (a block's length) into its first `c` entries, the
 /// per-channel totals, row by row.
+#[inline(always)]
 fn fold_in_place(run: &mut [f64], c: usize) {
     let (total, rest) = run.split_at_mut(c);
     for row in rest.chunks_exact(c) {
@@ -146,17 +150,19 @@ fn apply(
     repeat_into(shift_rep, &shift[..c]);
     let affine = Affine { scale: scale_rep, shift: shift_rep };
     y.par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| {
-        let start = i * chunk;
-        let xc = &x[start..start + yc.len()];
-        for (b, (yb, xb)) in yc.chunks_mut(len).zip(xc.chunks(len)).enumerate() {
-            let rb = residual.map(|r| &r[start + b * len..][..yb.len()]);
-            match (rb, relu) {
-                (Some(r), true) => affine.block::<true, true>(xb, r, yb),
-                (Some(r), false) => affine.block::<true, false>(xb, r, yb),
-                (None, true) => affine.block::<false, true>(xb, xb, yb),
-                (None, false) => affine.block::<false, false>(xb, xb, yb),
+        crate::simd!({
+            let start = i * chunk;
+            let xc = &x[start..start + yc.len()];
+            for (b, (yb, xb)) in yc.chunks_mut(len).zip(xc.chunks(len)).enumerate() {
+                let rb = residual.map(|r| &r[start + b * len..][..yb.len()]);
+                match (rb, relu) {
+                    (Some(r), true) => affine.block::<true, true>(xb, r, yb),
+                    (Some(r), false) => affine.block::<true, false>(xb, r, yb),
+                    (None, true) => affine.block::<false, true>(xb, xb, yb),
+                    (None, false) => affine.block::<false, false>(xb, xb, yb),
+                }
             }
-        }
+        })
     });
 }
 
@@ -310,16 +316,18 @@ pub fn backward(
     let (g, x) = (&mut g[..rows * c], &x[..rows * c]);
     (g.par_chunks(chunk)).zip(x.par_chunks(chunk)).zip(scr.partials.par_chunks_mut(2 * len)).for_each(
         |((gc, xc), sums)| {
-            sums.fill(0.0);
-            let (s, t) = sums.split_at_mut(len);
-            for (gb, xb) in gc.chunks(len).zip(xc.chunks(len)) {
-                match relu {
-                    true => forward.add_sums::<true>(gb, xb, s, t),
-                    false => forward.add_sums::<false>(gb, xb, s, t),
+            crate::simd!({
+                sums.fill(0.0);
+                let (s, t) = sums.split_at_mut(len);
+                for (gb, xb) in gc.chunks(len).zip(xc.chunks(len)) {
+                    match relu {
+                        true => forward.add_sums::<true>(gb, xb, s, t),
+                        false => forward.add_sums::<false>(gb, xb, s, t),
+                    }
                 }
-            }
-            fold_in_place(s, c);
-            fold_in_place(t, c);
+                fold_in_place(s, c);
+                fold_in_place(t, c);
+            })
         },
     );
     sum_tasks(&scr.partials[..tasks * 2 * len], c, &mut scr.channels);
@@ -338,12 +346,14 @@ pub fn backward(
     let [k, a, b] = blocks(grad_values, c, [&*k, &*a, &*b]);
     let input_grad = InputGrad { k, a, b };
     g.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(gc, xc)| {
-        for (gb, xb) in gc.chunks_mut(len).zip(xc.chunks(len)) {
-            match relu {
-                true => forward.input_grad::<true>(&input_grad, gb, xb),
-                false => forward.input_grad::<false>(&input_grad, gb, xb),
+        crate::simd!({
+            for (gb, xb) in gc.chunks_mut(len).zip(xc.chunks(len)) {
+                match relu {
+                    true => forward.input_grad::<true>(&input_grad, gb, xb),
+                    false => forward.input_grad::<false>(&input_grad, gb, xb),
+                }
             }
-        }
+        })
     });
 }
 

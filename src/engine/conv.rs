@@ -184,36 +184,38 @@ fn for_each_row(s: &ConvShape, rows: std::ops::Range<usize>, mut f: impl FnMut(u
 
 /// Lowers the patches of output rows `rows` of the batch `x` into `col` (one row each).
 fn im2col(s: &ConvShape, x: &[f32], rows: std::ops::Range<usize>, col: &mut [f32]) {
-    let (c, k, patch) = (s.c_in, s.kernel, s.patch());
-    let first = rows.start;
-    for_each_row(s, rows, |r, img, oy, ox| {
-        let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
-        let dst_row = &mut col[(r - first) * patch..][..patch];
-        let ix0 = (ox * s.stride) as isize - s.pad as isize;
-        let inside_x = ix0 >= 0 && ix0 as usize + k <= s.w;
-        for ky in 0..k {
-            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-            let dst = &mut dst_row[ky * k * c..(ky + 1) * k * c];
-            if iy < 0 || iy >= s.h as isize {
-                dst.fill(0.0);
-            } else if inside_x {
-                // The k pixels of a kernel row are contiguous in NHWC: one copy.
-                let src = (iy as usize * s.w + ix0 as usize) * c;
-                dst.copy_from_slice(&xi[src..src + k * c]);
-            } else {
-                for kx in 0..k {
-                    let ix = ix0 + kx as isize;
-                    let d = &mut dst[kx * c..(kx + 1) * c];
-                    if ix < 0 || ix >= s.w as isize {
-                        d.fill(0.0);
-                    } else {
-                        let src = (iy as usize * s.w + ix as usize) * c;
-                        d.copy_from_slice(&xi[src..src + c]);
+    crate::simd!({
+        let (c, k, patch) = (s.c_in, s.kernel, s.patch());
+        let first = rows.start;
+        for_each_row(s, rows, |r, img, oy, ox| {
+            let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+            let dst_row = &mut col[(r - first) * patch..][..patch];
+            let ix0 = (ox * s.stride) as isize - s.pad as isize;
+            let inside_x = ix0 >= 0 && ix0 as usize + k <= s.w;
+            for ky in 0..k {
+                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                let dst = &mut dst_row[ky * k * c..(ky + 1) * k * c];
+                if iy < 0 || iy >= s.h as isize {
+                    dst.fill(0.0);
+                } else if inside_x {
+                    // The k pixels of a kernel row are contiguous in NHWC: one copy.
+                    let src = (iy as usize * s.w + ix0 as usize) * c;
+                    dst.copy_from_slice(&xi[src..src + k * c]);
+                } else {
+                    for kx in 0..k {
+                        let ix = ix0 + kx as isize;
+                        let d = &mut dst[kx * c..(kx + 1) * c];
+                        if ix < 0 || ix >= s.w as isize {
+                            d.fill(0.0);
+                        } else {
+                            let src = (iy as usize * s.w + ix as usize) * c;
+                            d.copy_from_slice(&xi[src..src + c]);
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    })
 }
 
 /// Adds the column gradients of output rows `rows` back onto the input-gradient images
@@ -225,29 +227,31 @@ fn col2im_add(
     images: std::ops::Range<usize>,
     dx: &mut [f32],
 ) {
-    let (c, k, patch) = (s.c_in, s.kernel, s.patch());
-    let first = rows.start;
-    for_each_row(s, rows, |r, img, oy, ox| {
-        let dxi = &mut dx[(img - images.start) * s.in_len()..][..s.in_len()];
-        let row = &dcol[(r - first) * patch..][..patch];
-        for ky in 0..k {
-            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-            if iy < 0 || iy >= s.h as isize {
-                continue;
-            }
-            for kx in 0..k {
-                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                if ix < 0 || ix >= s.w as isize {
+    crate::simd!({
+        let (c, k, patch) = (s.c_in, s.kernel, s.patch());
+        let first = rows.start;
+        for_each_row(s, rows, |r, img, oy, ox| {
+            let dxi = &mut dx[(img - images.start) * s.in_len()..][..s.in_len()];
+            let row = &dcol[(r - first) * patch..][..patch];
+            for ky in 0..k {
+                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                if iy < 0 || iy >= s.h as isize {
                     continue;
                 }
-                let dst = (iy as usize * s.w + ix as usize) * c;
-                let src = &row[(ky * k + kx) * c..][..c];
-                for (d, g) in dxi[dst..dst + c].iter_mut().zip(src) {
-                    *d += g;
+                for kx in 0..k {
+                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                    if ix < 0 || ix >= s.w as isize {
+                        continue;
+                    }
+                    let dst = (iy as usize * s.w + ix as usize) * c;
+                    let src = &row[(ky * k + kx) * c..][..c];
+                    for (d, g) in dxi[dst..dst + c].iter_mut().zip(src) {
+                        *d += g;
+                    }
                 }
             }
-        }
-    });
+        });
+    })
 }
 
 /// Where a backward pass puts the input gradient: in a slice for the kernels here, in a
@@ -394,56 +398,67 @@ fn im2col_gemm(
     let out = SharedOut(y[..rows * s.c_out].as_mut_ptr());
     let patch = s.patch();
     for_each_item(&mut ws.threads, items, |scr, item| {
-        let (tile, block) = (item / col_blocks, item % col_blocks);
-        let (start, end) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
-        let units = split_range(s.c_out / unit, col_blocks, block);
-        let cols = units.start * unit..if block + 1 == col_blocks { s.c_out } else { units.end * unit };
-        let m = end - start;
-        let a: &[f32] = if s.is_pointwise() {
-            &x[start * s.c_in..end * s.c_in]
-        } else {
-            // With several column blocks there are about as many items as threads, so
-            // each tile's rows are lowered once per block, by whichever thread takes it.
-            ensure_len(&mut scr.col, m * patch);
-            im2col(s, x, start..end, &mut scr.col);
-            &scr.col[..m * patch]
-        };
-        // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
-        // work item alone.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(out.base().add(start * s.c_out + cols.start), (m - 1) * s.c_out + cols.len())
-        };
-        match packed {
-            Some(packed) => {
-                let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-                let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
-                let store = panel::Store { accumulate, finish };
-                panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
-            }
-            None => {
-                let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
-                let width = cols.len();
-                match epi {
-                    Some(epi) if matches!(epi.residual, Residual::InOutput) => {
-                        // The residual is in dst: the products go to a tile of their own.
-                        ensure_len(&mut scr.dcol, m * width);
-                        let tile = &mut scr.dcol[..m * width];
-                        matmul(tile, width, m, width, patch, Mat::rows(a, patch), wt, false);
-                        for (r, values) in tile.chunks_exact(width).enumerate() {
-                            epi.apply_over(values, &mut dst[r * s.c_out..][..width], start + r, s.c_out, cols.clone());
+        crate::simd!({
+            let (tile, block) = (item / col_blocks, item % col_blocks);
+            let (start, end) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
+            let units = split_range(s.c_out / unit, col_blocks, block);
+            let cols = units.start * unit..if block + 1 == col_blocks { s.c_out } else { units.end * unit };
+            let m = end - start;
+            let a: &[f32] = if s.is_pointwise() {
+                &x[start * s.c_in..end * s.c_in]
+            } else {
+                // With several column blocks there are about as many items as threads, so
+                // each tile's rows are lowered once per block, by whichever thread takes it.
+                ensure_len(&mut scr.col, m * patch);
+                im2col(s, x, start..end, &mut scr.col);
+                &scr.col[..m * patch]
+            };
+            // SAFETY: rows start..end × channels `cols` of y lie inside y and belong to this
+            // work item alone.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out.base().add(start * s.c_out + cols.start),
+                    (m - 1) * s.c_out + cols.len(),
+                )
+            };
+            match packed {
+                Some(packed) => {
+                    let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
+                    let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
+                    let store = panel::Store { accumulate, finish };
+                    panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
+                }
+                None => {
+                    let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
+                    let width = cols.len();
+                    match epi {
+                        Some(epi) if matches!(epi.residual, Residual::InOutput) => {
+                            // The residual is in dst: the products go to a tile of their own.
+                            ensure_len(&mut scr.dcol, m * width);
+                            let tile = &mut scr.dcol[..m * width];
+                            matmul(tile, width, m, width, patch, Mat::rows(a, patch), wt, false);
+                            for (r, values) in tile.chunks_exact(width).enumerate() {
+                                epi.apply_over(
+                                    values,
+                                    &mut dst[r * s.c_out..][..width],
+                                    start + r,
+                                    s.c_out,
+                                    cols.clone(),
+                                );
+                            }
                         }
-                    }
-                    _ => {
-                        matmul(dst, s.c_out, m, width, patch, Mat::rows(a, patch), wt, accumulate);
-                        if let Some(epi) = epi {
-                            for r in 0..m {
-                                epi.apply(&mut dst[r * s.c_out..][..width], start + r, s.c_out, cols.clone());
+                        _ => {
+                            matmul(dst, s.c_out, m, width, patch, Mat::rows(a, patch), wt, accumulate);
+                            if let Some(epi) = epi {
+                                for r in 0..m {
+                                    epi.apply(&mut dst[r * s.c_out..][..width], start + r, s.c_out, cols.clone());
+                                }
                             }
                         }
                     }
                 }
             }
-        }
+        })
     });
     ws.packed_weights = own;
 }
@@ -571,68 +586,81 @@ fn weights_and_scatter(
         None => (None, false),
     };
     let sum = sum_groups(&mut ws.threads, &mut ws.partials, s.weight_len(), n, |scr, imgs, dwt| {
-        // SAFETY: the images of this group lie inside dx, and no other group writes them.
-        let mut dxt = dx.map(|dx| unsafe {
-            std::slice::from_raw_parts_mut(dx.base().add(imgs.start * s.in_len()), imgs.len() * s.in_len())
-        });
-        // col2im adds every column gradient: a fresh gradient starts from zero.
-        if let Some(dxt) = dxt.as_deref_mut().filter(|_| !add && !s.is_pointwise()) {
-            dxt.fill(0.0);
-        }
-        let (first, last) = (imgs.start * pixels, imgs.end * pixels);
-        let mut start = first;
-        while start < last {
-            let end = (start + TILE_ROWS).min(last);
-            let m = end - start;
-            let dyg = &dy[start * s.c_out..end * s.c_out];
-            let col: &[f32] = if s.is_pointwise() {
-                &x[start * s.c_in..end * s.c_in]
-            } else {
-                ensure_len(&mut scr.col, m * s.patch());
-                im2col(s, x, start..end, &mut scr.col);
-                &scr.col[..m * s.patch()]
-            };
-            if transposed_dw {
-                // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], the tile of dy
-                // packed in strips.
-                ensure_len(&mut scr.b_panel, m * s.c_out);
-                panel::pack(Mat::rows(dyg, s.c_out), m, s.c_out, &mut scr.b_panel);
-                let strips = 0..s.c_out / panel::STRIP;
-                let (b, a_panel) = (&scr.b_panel, &mut scr.a_panel);
-                panel::product_packed_transposed(dwt, s.c_out, s.patch(), strips, m, col, s.patch(), b, true, a_panel);
-            } else {
-                // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
-                let dyt = Mat::transposed(dyg, s.c_out);
-                matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
+        crate::simd!({
+            // SAFETY: the images of this group lie inside dx, and no other group writes them.
+            let mut dxt = dx.map(|dx| unsafe {
+                std::slice::from_raw_parts_mut(dx.base().add(imgs.start * s.in_len()), imgs.len() * s.in_len())
+            });
+            // col2im adds every column gradient: a fresh gradient starts from zero.
+            if let Some(dxt) = dxt.as_deref_mut().filter(|_| !add && !s.is_pointwise()) {
+                dxt.fill(0.0);
             }
-            if let Some(dxt) = dxt.as_deref_mut() {
-                // dx rows (+)= dy rows · w, straight into dx for 1×1 (rows are pixels),
-                // else into column gradients that col2im adds up.
-                let (dst, accumulate) = if s.is_pointwise() {
-                    (&mut dxt[(start - first) * s.c_in..][..m * s.c_in], add)
+            let (first, last) = (imgs.start * pixels, imgs.end * pixels);
+            let mut start = first;
+            while start < last {
+                let end = (start + TILE_ROWS).min(last);
+                let m = end - start;
+                let dyg = &dy[start * s.c_out..end * s.c_out];
+                let col: &[f32] = if s.is_pointwise() {
+                    &x[start * s.c_in..end * s.c_in]
                 } else {
-                    ensure_len(&mut scr.dcol, m * s.patch());
-                    (&mut scr.dcol[..m * s.patch()], false)
+                    ensure_len(&mut scr.col, m * s.patch());
+                    im2col(s, x, start..end, &mut scr.col);
+                    &scr.col[..m * s.patch()]
                 };
-                match packed {
-                    Some(packed) => {
-                        let (patch, c_out) = (s.patch(), s.c_out);
-                        let store = panel::Store { accumulate, finish: None };
-                        let strips = 0..patch / panel::STRIP;
-                        let a_panel = &mut scr.a_panel;
-                        panel::product_packed(dst, patch, m, strips, c_out, dyg, c_out, packed, store, a_panel);
+                if transposed_dw {
+                    // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], the tile of dy
+                    // packed in strips.
+                    ensure_len(&mut scr.b_panel, m * s.c_out);
+                    panel::pack(Mat::rows(dyg, s.c_out), m, s.c_out, &mut scr.b_panel);
+                    let strips = 0..s.c_out / panel::STRIP;
+                    let (b, a_panel) = (&scr.b_panel, &mut scr.a_panel);
+                    panel::product_packed_transposed(
+                        dwt,
+                        s.c_out,
+                        s.patch(),
+                        strips,
+                        m,
+                        col,
+                        s.patch(),
+                        b,
+                        true,
+                        a_panel,
+                    );
+                } else {
+                    // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch]
+                    let dyt = Mat::transposed(dyg, s.c_out);
+                    matmul(dwt, s.patch(), s.c_out, s.patch(), m, dyt, Mat::rows(col, s.patch()), true);
+                }
+                if let Some(dxt) = dxt.as_deref_mut() {
+                    // dx rows (+)= dy rows · w, straight into dx for 1×1 (rows are pixels),
+                    // else into column gradients that col2im adds up.
+                    let (dst, accumulate) = if s.is_pointwise() {
+                        (&mut dxt[(start - first) * s.c_in..][..m * s.c_in], add)
+                    } else {
+                        ensure_len(&mut scr.dcol, m * s.patch());
+                        (&mut scr.dcol[..m * s.patch()], false)
+                    };
+                    match packed {
+                        Some(packed) => {
+                            let (patch, c_out) = (s.patch(), s.c_out);
+                            let store = panel::Store { accumulate, finish: None };
+                            let strips = 0..patch / panel::STRIP;
+                            let a_panel = &mut scr.a_panel;
+                            panel::product_packed(dst, patch, m, strips, c_out, dyg, c_out, packed, store, a_panel);
+                        }
+                        None => {
+                            let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));
+                            matmul(dst, s.patch(), m, s.patch(), s.c_out, dyr, wr, accumulate);
+                        }
                     }
-                    None => {
-                        let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));
-                        matmul(dst, s.patch(), m, s.patch(), s.c_out, dyr, wr, accumulate);
+                    if !s.is_pointwise() {
+                        col2im_add(s, &scr.dcol, start..end, imgs.clone(), dxt);
                     }
                 }
-                if !s.is_pointwise() {
-                    col2im_add(s, &scr.dcol, start..end, imgs.clone(), dxt);
-                }
+                start = end;
             }
-            start = end;
-        }
+        })
     });
     if transposed_dw {
         for (q, row) in sum.chunks_exact(s.c_out).enumerate() {

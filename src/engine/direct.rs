@@ -30,7 +30,8 @@ const ROWS: usize = 6;
 /// than 32 input channels, output channels in whole blocks of 16, and an image per
 /// thread (`examples/conv_algos.rs` measures it against im2col and Winograd).
 pub fn applies(s: &ConvShape, n: usize, threads: usize, algo: ConvAlgo) -> bool {
-    let shape = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
+    let shape = cfg!(target_arch = "x86_64")
+        && super::simd::available()
         && s.kernel == 3
         && s.stride == 1
         && s.pad == 1
@@ -70,17 +71,19 @@ impl Padded {
 /// Copies image `img` into `buf` with a zero border of one pixel (and zero slack after
 /// the last row); only the border is cleared, the copy overwrites the rest.
 fn pad_image(s: &ConvShape, p: &Padded, img: &[f32], buf: &mut Vec<f32>) {
-    ensure_len(buf, p.len);
-    let buf = &mut buf[..p.len];
-    let (c, row) = (s.c_in, p.row * s.c_in);
-    buf[..row + c].fill(0.0); // top row and the first row's left pad
-    for (y, src) in img.chunks_exact(s.w * c).enumerate() {
-        let dst = ((y + 1) * p.row + 1) * c;
-        buf[dst..dst + s.w * c].copy_from_slice(src);
-        // This row's right pad and the next row's left pad are adjacent.
-        buf[dst + s.w * c..dst + s.w * c + 2 * c].fill(0.0);
-    }
-    buf[(s.h + 1) * row + c..].fill(0.0); // bottom row after its left pad, and the slack
+    crate::simd!(registers {
+        ensure_len(buf, p.len);
+        let buf = &mut buf[..p.len];
+        let (c, row) = (s.c_in, p.row * s.c_in);
+        buf[..row + c].fill(0.0); // top row and the first row's left pad
+        for (y, src) in img.chunks_exact(s.w * c).enumerate() {
+            let dst = ((y + 1) * p.row + 1) * c;
+            buf[dst..dst + s.w * c].copy_from_slice(src);
+            // This row's right pad and the next row's left pad are adjacent.
+            buf[dst + s.w * c..dst + s.w * c + 2 * c].fill(0.0);
+        }
+        buf[(s.h + 1) * row + c..].fill(0.0); // bottom row after its left pad, and the slack
+    })
 }
 
 /// `y = epilogue(conv(x, w))`, or `y += conv(x, w)` when `accumulate`.
@@ -113,46 +116,48 @@ pub fn forward(
     // Each image's output is written by the worker that takes the image.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
     for_each_item(&mut ws.threads, n, |scr, img| {
-        pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
-        let xp = &scr.col[..p.len];
-        let first_pixel = img * s.out_pixels();
-        for block in 0..co / CHANNELS {
-            let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
-            let c0 = block * CHANNELS;
-            let finish = epi.map(|e| e.for_block(first_pixel, co, c0..c0 + CHANNELS));
-            for q0 in (0..p.run).step_by(PIXELS) {
-                // Each pixel's 16 outputs (and residual), or None for a pad column. One
-                // division per call: the six pixels' positions follow by counting.
-                let mut tile = TileOut { dst: Default::default(), residual: [None; PIXELS], accumulate, finish };
-                let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
-                for i in 0..PIXELS {
-                    if oy < s.h && ox < s.w {
-                        let at = (oy * s.w + ox) * co;
-                        // SAFETY: this pixel's channels lie in image `img` (oy < h,
-                        // ox < w), which only the worker that took it writes.
-                        let dst = unsafe { out.base().add(first_pixel * co + at + c0) };
-                        tile.dst[i] = Some(dst);
-                        tile.residual[i] = match finish.map(|f| f.residual) {
-                            Some(Residual::Separate(r)) => r[at..].first_chunk::<CHANNELS>().map(|r| r.as_ptr()),
-                            // Read from the output just before the result replaces it.
-                            Some(Residual::InOutput) => Some(dst.cast_const()),
-                            _ => None,
-                        };
+        crate::simd!(registers {
+            pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
+            let xp = &scr.col[..p.len];
+            let first_pixel = img * s.out_pixels();
+            for block in 0..co / CHANNELS {
+                let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
+                let c0 = block * CHANNELS;
+                let finish = epi.map(|e| e.for_block(first_pixel, co, c0..c0 + CHANNELS));
+                for q0 in (0..p.run).step_by(PIXELS) {
+                    // Each pixel's 16 outputs (and residual), or None for a pad column. One
+                    // division per call: the six pixels' positions follow by counting.
+                    let mut tile = TileOut { dst: Default::default(), residual: [None; PIXELS], accumulate, finish };
+                    let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
+                    for i in 0..PIXELS {
+                        if oy < s.h && ox < s.w {
+                            let at = (oy * s.w + ox) * co;
+                            // SAFETY: this pixel's channels lie in image `img` (oy < h,
+                            // ox < w), which only the worker that took it writes.
+                            let dst = unsafe { out.base().add(first_pixel * co + at + c0) };
+                            tile.dst[i] = Some(dst);
+                            tile.residual[i] = match finish.map(|f| f.residual) {
+                                Some(Residual::Separate(r)) => r[at..].first_chunk::<CHANNELS>().map(|r| r.as_ptr()),
+                                // Read from the output just before the result replaces it.
+                                Some(Residual::InOutput) => Some(dst.cast_const()),
+                                _ => None,
+                            };
+                        }
+                        ox += 1;
+                        if ox == p.row {
+                            (oy, ox) = (oy + 1, 0);
+                        }
                     }
-                    ox += 1;
-                    if ox == p.row {
-                        (oy, ox) = (oy + 1, 0);
+                    // The kernel is inlined: with the channel count a constant, its
+                    // broadcast and weight offsets become immediates.
+                    match ci {
+                        16 => kernels::forward_6x16(xp, q0, 16, &p, wb, tile),
+                        3 => kernels::forward_6x16(xp, q0, 3, &p, wb, tile),
+                        _ => kernels::forward_6x16(xp, q0, ci, &p, wb, tile),
                     }
-                }
-                // The kernel is inlined: with the channel count a constant, its
-                // broadcast and weight offsets become immediates.
-                match ci {
-                    16 => kernels::forward_6x16(xp, q0, 16, &p, wb, tile),
-                    3 => kernels::forward_6x16(xp, q0, 3, &p, wb, tile),
-                    _ => kernels::forward_6x16(xp, q0, ci, &p, wb, tile),
                 }
             }
-        }
+        })
     });
 }
 
@@ -181,22 +186,24 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     let rows = 9 * ci;
     // Partial sums as [tap·c_in + c][c_out].
     let sum = sum_groups(&mut ws.threads, &mut ws.partials, rows * co, n, |scr, images, part| {
-        for img in images {
-            pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
-            let xp = &scr.col[..p.len];
-            let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
-            for block in 0..co / CHANNELS {
-                let dyb = &dyi[block * CHANNELS..];
-                let part = Part { sums: &mut *part, co, block };
-                // (Four rows of one tap per call, sharing a base pointer, ran about 8%
-                // slower on the 16-channel layer than six at any offsets.) With the
-                // channel count a constant, the rows' offsets need no division.
-                match ci {
-                    16 => weight_rows(xp, 16, s, &p, dyb, part),
-                    c => weight_rows(xp, c, s, &p, dyb, part),
+        crate::simd!(registers {
+            for img in images {
+                pad_image(s, &p, &x[img * s.in_len()..(img + 1) * s.in_len()], &mut scr.col);
+                let xp = &scr.col[..p.len];
+                let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
+                for block in 0..co / CHANNELS {
+                    let dyb = &dyi[block * CHANNELS..];
+                    let part = Part { sums: &mut *part, co, block };
+                    // (Four rows of one tap per call, sharing a base pointer, ran about 8%
+                    // slower on the 16-channel layer than six at any offsets.) With the
+                    // channel count a constant, the rows' offsets need no division.
+                    match ci {
+                        16 => weight_rows(xp, 16, s, &p, dyb, part),
+                        c => weight_rows(xp, c, s, &p, dyb, part),
+                    }
                 }
             }
-        }
+        })
     });
     // Transpose [tap·c_in + c][o] to OHWI [o][tap·c_in + c].
     for (j, row) in sum.chunks_exact(co).enumerate() {

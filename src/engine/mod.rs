@@ -23,9 +23,11 @@ pub mod batchnorm;
 pub mod conv;
 pub mod device;
 pub mod direct;
+pub mod isa;
 pub mod matmul;
 pub mod ops;
 pub mod panel;
+pub mod peak;
 pub mod pool;
 pub mod sgd;
 pub(crate) mod simd;
@@ -199,10 +201,12 @@ pub fn sum_groups<'a>(
     let (sum, rest) = partials[..groups * len].split_at_mut(len);
     // Every element adds its groups in the same order, whoever does it.
     sum.par_chunks_mut(1 << 12).enumerate().for_each(|(i, chunk)| {
-        for part in rest.chunks_exact(len) {
-            let part = &part[i << 12..(i << 12) + chunk.len()];
-            chunk.iter_mut().zip(part).for_each(|(s, p)| *s += p);
-        }
+        crate::simd!({
+            for part in rest.chunks_exact(len) {
+                let part = &part[i << 12..(i << 12) + chunk.len()];
+                chunk.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            }
+        })
     });
     sum
 }

@@ -47,37 +47,39 @@ pub fn maxpool_forward(s: &PoolShape, n: usize, x: &[f32], y: &mut [f32], argmax
         .zip(argmax[..n * s.out_len()].par_chunks_mut(s.out_len()))
         .enumerate()
         .for_each(|(img, (yi, ai))| {
-            let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let dst = (oy * ow + ox) * c;
-                    let (yv, av) = (&mut yi[dst..dst + c], &mut ai[dst..dst + c]);
-                    yv.fill(f32::NEG_INFINITY);
-                    av.fill(u32::MAX);
-                    // A window always holds at least one real pixel (pad < kernel), so every
-                    // output gets a real argmax. `>` keeps the first maximum and a NaN wins and
-                    // sticks, as in PyTorch.
-                    for ky in 0..s.kernel {
-                        let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                        if iy < 0 || iy >= s.h as isize {
-                            continue;
-                        }
-                        for kx in 0..s.kernel {
-                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                            if ix < 0 || ix >= s.w as isize {
+            crate::simd!({
+                let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let dst = (oy * ow + ox) * c;
+                        let (yv, av) = (&mut yi[dst..dst + c], &mut ai[dst..dst + c]);
+                        yv.fill(f32::NEG_INFINITY);
+                        av.fill(u32::MAX);
+                        // A window always holds at least one real pixel (pad < kernel), so every
+                        // output gets a real argmax. `>` keeps the first maximum and a NaN wins and
+                        // sticks, as in PyTorch.
+                        for ky in 0..s.kernel {
+                            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                            if iy < 0 || iy >= s.h as isize {
                                 continue;
                             }
-                            let src = (iy as usize * s.w + ix as usize) * c;
-                            for (j, &v) in xi[src..src + c].iter().enumerate() {
-                                if av[j] == u32::MAX || v > yv[j] || v.is_nan() {
-                                    yv[j] = v;
-                                    av[j] = (src + j) as u32;
+                            for kx in 0..s.kernel {
+                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                if ix < 0 || ix >= s.w as isize {
+                                    continue;
+                                }
+                                let src = (iy as usize * s.w + ix as usize) * c;
+                                for (j, &v) in xi[src..src + c].iter().enumerate() {
+                                    if av[j] == u32::MAX || v > yv[j] || v.is_nan() {
+                                        yv[j] = v;
+                                        av[j] = (src + j) as u32;
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
+            })
         });
 }
 
@@ -90,31 +92,33 @@ pub fn maxpool_forward(s: &PoolShape, n: usize, x: &[f32], y: &mut [f32], argmax
 pub fn maxpool_eval(s: &PoolShape, n: usize, x: &[f32], y: &mut [f32]) {
     let (oh, ow, c) = (s.out_h(), s.out_w(), s.c);
     y[..n * s.out_len()].par_chunks_mut(ow * c).enumerate().for_each(|(row, yr)| {
-        let (img, oy) = (row / oh, row % oh);
-        let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
-        let rows = s.window(oy, s.h);
-        for (ox, yv) in yr.chunks_exact_mut(c).enumerate() {
-            let cols = s.window(ox, s.w);
-            let (lanes, rest) = yv.as_chunks_mut::<8>();
-            for (l, m) in lanes.iter_mut().enumerate() {
-                *m = [f32::NEG_INFINITY; 8];
+        crate::simd!({
+            let (img, oy) = (row / oh, row % oh);
+            let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+            let rows = s.window(oy, s.h);
+            for (ox, yv) in yr.chunks_exact_mut(c).enumerate() {
+                let cols = s.window(ox, s.w);
+                let (lanes, rest) = yv.as_chunks_mut::<8>();
+                for (l, m) in lanes.iter_mut().enumerate() {
+                    *m = [f32::NEG_INFINITY; 8];
+                    for iy in rows.clone() {
+                        for ix in cols.clone() {
+                            let at = (iy * s.w + ix) * c + 8 * l;
+                            let v: &[f32; 8] = xi[at..].first_chunk().expect("inside the image");
+                            *m = std::array::from_fn(|j| max_nan(m[j], v[j]));
+                        }
+                    }
+                }
+                let c0 = c - rest.len();
+                rest.fill(f32::NEG_INFINITY);
                 for iy in rows.clone() {
                     for ix in cols.clone() {
-                        let at = (iy * s.w + ix) * c + 8 * l;
-                        let v: &[f32; 8] = xi[at..].first_chunk().expect("inside the image");
-                        *m = std::array::from_fn(|j| max_nan(m[j], v[j]));
+                        let at = (iy * s.w + ix) * c + c0;
+                        rest.iter_mut().zip(&xi[at..]).for_each(|(m, &v)| *m = max_nan(*m, v));
                     }
                 }
             }
-            let c0 = c - rest.len();
-            rest.fill(f32::NEG_INFINITY);
-            for iy in rows.clone() {
-                for ix in cols.clone() {
-                    let at = (iy * s.w + ix) * c + c0;
-                    rest.iter_mut().zip(&xi[at..]).for_each(|(m, &v)| *m = max_nan(*m, v));
-                }
-            }
-        }
+        })
     });
 }
 
@@ -138,14 +142,16 @@ pub fn maxpool_backward(s: &PoolShape, n: usize, g: &[f32], argmax: &[u32], dx: 
 /// Global average pool: `[n, pixels, c]` to `[n, c]`.
 pub fn avgpool_forward(n: usize, pixels: usize, c: usize, x: &[f32], y: &mut [f32]) {
     y[..n * c].par_chunks_mut(c).enumerate().for_each(|(img, yi)| {
-        yi.fill(0.0);
-        for p in x[img * pixels * c..(img + 1) * pixels * c].chunks_exact(c) {
-            for (a, b) in yi.iter_mut().zip(p) {
-                *a += b;
+        crate::simd!({
+            yi.fill(0.0);
+            for p in x[img * pixels * c..(img + 1) * pixels * c].chunks_exact(c) {
+                for (a, b) in yi.iter_mut().zip(p) {
+                    *a += b;
+                }
             }
-        }
-        let inv = 1.0 / pixels as f32;
-        yi.iter_mut().for_each(|v| *v *= inv);
+            let inv = 1.0 / pixels as f32;
+            yi.iter_mut().for_each(|v| *v *= inv);
+        })
     });
 }
 
@@ -153,11 +159,13 @@ pub fn avgpool_forward(n: usize, pixels: usize, c: usize, x: &[f32], y: &mut [f3
 pub fn avgpool_backward(n: usize, pixels: usize, c: usize, g: &[f32], dx: &mut [f32]) {
     let inv = 1.0 / pixels as f32;
     dx[..n * pixels * c].par_chunks_mut(pixels * c).enumerate().for_each(|(img, dxi)| {
-        let gi = &g[img * c..(img + 1) * c];
-        for p in dxi.chunks_exact_mut(c) {
-            for (d, gv) in p.iter_mut().zip(gi) {
-                *d = gv * inv;
+        crate::simd!({
+            let gi = &g[img * c..(img + 1) * c];
+            for p in dxi.chunks_exact_mut(c) {
+                for (d, gv) in p.iter_mut().zip(gi) {
+                    *d = gv * inv;
+                }
             }
-        }
+        })
     });
 }

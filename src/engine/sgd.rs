@@ -12,14 +12,21 @@ pub struct SgdConfig {
 }
 
 pub fn step(cfg: SgdConfig, param: &mut [f32], grad: &[f32], buf: &mut [f32]) {
-    let update = |(p, (g, b)): (&mut f32, (&f32, &mut f32))| {
-        let d = g + cfg.weight_decay * *p;
-        *b = cfg.momentum * *b + d;
-        *p -= cfg.lr * *b;
+    const CHUNK: usize = 1 << 14;
+    let update = |p: &mut [f32], g: &[f32], b: &mut [f32]| {
+        crate::simd!({
+            for (p, (g, b)) in p.iter_mut().zip(g.iter().zip(b.iter_mut())) {
+                let d = g + cfg.weight_decay * *p;
+                *b = cfg.momentum * *b + d;
+                *p -= cfg.lr * *b;
+            }
+        })
     };
-    if param.len() >= 1 << 15 {
-        param.par_iter_mut().zip(grad.par_iter().zip(buf.par_iter_mut())).for_each(update);
+    let (grad, buf) = (&grad[..param.len()], &mut buf[..param.len()]);
+    if param.len() >= 2 * CHUNK {
+        (param.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK)).zip(buf.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), b)| update(p, g, b));
     } else {
-        param.iter_mut().zip(grad.iter().zip(buf.iter_mut())).for_each(update);
+        update(param, grad, buf);
     }
 }

@@ -2,15 +2,20 @@
 //! vectorizes as it can: the same operations, so the engine's register kernels (the
 //! panel GEMM, the direct convolution, `winograd_small`) and their shared epilogue
 //! ([`V8::finish`]) are written once.
+//!
+//! On x86-64 these are AVX instructions whatever the build targets: the kernels that use
+//! them run only where [`available`] says so, inside `simd!` copies compiled for AVX2 or
+//! AVX-512 (elsewhere the engine takes im2col and the `gemm` crate).
 
 use super::winograd::{LANES, Lane};
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
     pub type Reg = __m256;
-    // SAFETY (every function): this module is compiled only where AVX2 and FMA are
-    // enabled; pointers are valid for 8 floats as the callers promise.
+    // SAFETY (every function): these run only inside `simd!` copies for AVX2 or
+    // AVX-512 (`available` keeps the kernels that use them off other CPUs); pointers
+    // are valid for 8 floats as the callers promise.
     #[inline(always)]
     pub fn zero() -> Reg {
         unsafe { _mm256_setzero_ps() }
@@ -47,7 +52,7 @@ mod imp {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(target_arch = "x86_64"))]
 mod imp {
     use super::LANES;
     pub type Reg = [f32; LANES];
@@ -75,6 +80,13 @@ mod imp {
     pub fn max0(v: Reg) -> Reg {
         v.map(|x| x.max(0.0))
     }
+}
+
+/// Whether the register kernels may run: on x86-64, where the selected instruction set
+/// has AVX2; elsewhere always (on arrays).
+#[inline]
+pub fn available() -> bool {
+    !cfg!(target_arch = "x86_64") || super::isa::isa() >= super::isa::Isa::Avx2
 }
 
 /// Asks for the cache line holding `p` ahead of its use (a hint: nothing on targets
@@ -177,3 +189,63 @@ impl Lane for V8 {
 }
 
 const _: () = assert!(LANES == 8);
+
+/// Sixteen floats in an AVX-512 register, for the kernels' 16-lane copies (`simd!`'s
+/// `wide` flag): the operations of [`V8`] that they use, with the same rounding, so a
+/// kernel gives the same bits on either width.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct V16(std::arch::x86_64::__m512);
+
+// SAFETY (every method): these run only inside `simd!`'s AVX-512 copies (`wide`);
+// pointers are valid for 16 floats as the callers promise.
+#[cfg(target_arch = "x86_64")]
+impl V16 {
+    #[inline(always)]
+    pub fn zero() -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_setzero_ps() })
+    }
+
+    #[inline(always)]
+    pub fn splat(v: f32) -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_set1_ps(v) })
+    }
+
+    /// SAFETY: 16 floats from `src` on must be readable.
+    #[inline(always)]
+    pub unsafe fn read(src: *const f32) -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_loadu_ps(src) })
+    }
+
+    /// SAFETY: 16 floats from `dst` on must be writable.
+    #[inline(always)]
+    pub unsafe fn write(self, dst: *mut f32) {
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(dst, self.0) }
+    }
+
+    /// `self·b + c`, rounded once.
+    #[inline(always)]
+    pub fn mul_add(self, b: V16, c: V16) -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_fmadd_ps(self.0, b.0, c.0) })
+    }
+
+    /// [`V8::finish`] on 16 channels.
+    #[inline(always)]
+    pub fn finish(self, scale: V16, shift: V16, residual: Option<V16>, relu: bool) -> V16 {
+        use std::arch::x86_64::*;
+        let mut v = self.mul_add(scale, shift);
+        if let Some(r) = residual {
+            v = v + r;
+        }
+        if relu { V16(unsafe { _mm512_max_ps(v.0, _mm512_setzero_ps()) }) } else { v }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl std::ops::Add for V16 {
+    type Output = V16;
+    #[inline(always)]
+    fn add(self, o: V16) -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_add_ps(self.0, o.0) })
+    }
+}

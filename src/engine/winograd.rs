@@ -239,53 +239,57 @@ pub(super) fn weight_transform(s: &ConvShape, w: &[f32], u: &mut [f32], bufs: &m
     let tasks = (4 * rayon::current_num_threads()).clamp(1, ci_n.max(1));
     ensure_len(bufs, tasks * 27 * co);
     bufs[..tasks * 27 * co].par_chunks_mut(27 * co).enumerate().for_each(|(task, buf)| {
-        let (g, gg) = buf.split_at_mut(9 * co);
-        for ci in split_range(ci_n, tasks, task) {
-            transform_input_channel(s, w, ci, g, gg, out);
-        }
+        crate::simd!({
+            let (g, gg) = buf.split_at_mut(9 * co);
+            for ci in split_range(ci_n, tasks, task) {
+                transform_input_channel(s, w, ci, g, gg, out);
+            }
+        })
     });
 }
 
 /// [`weight_transform`] of input channel `ci`, with `g` (9·c_out floats) and `gg`
 /// (18·c_out) to work in.
 fn transform_input_channel(s: &ConvShape, w: &[f32], ci: usize, g: &mut [f32], gg: &mut [f32], out: SharedOut) {
-    let (ci_n, co) = (s.c_in, s.c_out);
-    // g[tap][co] for this input channel, then G g (6×3) per output channel.
-    for (tap, g) in g.chunks_exact_mut(co).enumerate() {
-        g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
-    }
-    gg.fill(0.0);
-    for (i, row) in G.iter().enumerate() {
-        for kx in 0..3 {
-            let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
-            for (ky, &f) in row.iter().enumerate() {
-                if f != 0.0 {
-                    let src = &g[(ky * 3 + kx) * co..(ky * 3 + kx + 1) * co];
-                    dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
-                }
-            }
+    crate::simd!({
+        let (ci_n, co) = (s.c_in, s.c_out);
+        // g[tap][co] for this input channel, then G g (6×3) per output channel.
+        for (tap, g) in g.chunks_exact_mut(co).enumerate() {
+            g.iter_mut().enumerate().for_each(|(o, v)| *v = w[(o * 9 + tap) * ci_n + ci]);
         }
-    }
-    let strip = if panel::applies(co) { panel::STRIP } else { co };
-    for i in 0..T_IN {
-        for (j, row) in G.iter().enumerate() {
-            // Row ci of U[p], strip by strip (one strip when row-major).
-            let p = i * T_IN + j;
-            for k in 0..co / strip {
-                let at = p * ci_n * co + (k * ci_n + ci) * strip;
-                // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
-                // ci, written only by the task of input channel ci.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) };
-                dst.fill(0.0);
-                for (kx, &f) in row.iter().enumerate() {
+        gg.fill(0.0);
+        for (i, row) in G.iter().enumerate() {
+            for kx in 0..3 {
+                let dst = &mut gg[(i * 3 + kx) * co..(i * 3 + kx + 1) * co];
+                for (ky, &f) in row.iter().enumerate() {
                     if f != 0.0 {
-                        let src = &gg[(i * 3 + kx) * co + k * strip..][..strip];
+                        let src = &g[(ky * 3 + kx) * co..(ky * 3 + kx + 1) * co];
                         dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
                     }
                 }
             }
         }
-    }
+        let strip = if panel::applies(co) { panel::STRIP } else { co };
+        for i in 0..T_IN {
+            for (j, row) in G.iter().enumerate() {
+                // Row ci of U[p], strip by strip (one strip when row-major).
+                let p = i * T_IN + j;
+                for k in 0..co / strip {
+                    let at = p * ci_n * co + (k * ci_n + ci) * strip;
+                    // SAFETY: these `strip` floats inside u's POS·c_in·c_out belong to row
+                    // ci, written only by the task of input channel ci.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), strip) };
+                    dst.fill(0.0);
+                    for (kx, &f) in row.iter().enumerate() {
+                        if f != 0.0 {
+                            let src = &gg[(i * 3 + kx) * co + k * strip..][..strip];
+                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// `u` (the weights already transformed, kept by the caller), else `w` transformed into
@@ -424,28 +428,30 @@ fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
     let block = forward_block(tiles, threads.len(), ci, co);
     let blocks = tiles.div_ceil(block);
     for_each_item(threads, blocks, |scr, index| {
-        let b = &mut scr.winograd;
-        b.reserve(block.min(tiles), ci, co);
-        let first = index * block;
-        let count = block.min(tiles - first);
-        let (vs, ms) = (stride(count, ci), stride(count, co));
-        for k in 0..count {
-            transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
-        }
-        for p in 0..POS {
-            let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
-            if panel::applies(co) {
-                let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
-                panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store, &mut scr.a_panel);
-            } else {
-                let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
-                matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
+        crate::simd!({
+            let b = &mut scr.winograd;
+            b.reserve(block.min(tiles), ci, co);
+            let first = index * block;
+            let count = block.min(tiles - first);
+            let (vs, ms) = (stride(count, ci), stride(count, co));
+            for k in 0..count {
+                transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
             }
-        }
-        for k in 0..count {
-            let (m, scratch) = (&b.m[..], (&mut b.tile[..], &mut b.tmp[..]));
-            transform_output(s, scratch, m, ms, k, first + k, grid, out, accumulate, epi);
-        }
+            for p in 0..POS {
+                let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
+                if panel::applies(co) {
+                    let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
+                    panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store, &mut scr.a_panel);
+                } else {
+                    let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
+                    matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
+                }
+            }
+            for k in 0..count {
+                let (m, scratch) = (&b.m[..], (&mut b.tile[..], &mut b.tmp[..]));
+                transform_output(s, scratch, m, ms, k, first + k, grid, out, accumulate, epi);
+            }
+        })
     });
 }
 
@@ -465,33 +471,39 @@ fn by_position(layer: &Layer, threads: &mut [super::Scratch], (v, m): (&mut Vec<
     ensure_len(m, tiles * tm);
     let (vp, mp) = (SharedOut(v.as_mut_ptr()), SharedOut(m.as_mut_ptr()));
     for_each_item(threads, tiles, |scr, tile| {
-        let b = &mut scr.winograd;
-        b.reserve(1, ci, co);
-        // SAFETY: tile `tile`'s run of v, written by this item alone.
-        let v = unsafe { std::slice::from_raw_parts_mut(vp.base().add(tile * tv), POS * ci) };
-        transform_input(s, x, tile, grid, (&mut b.tile, &mut b.tmp), v, ci, 0);
+        crate::simd!({
+            let b = &mut scr.winograd;
+            b.reserve(1, ci, co);
+            // SAFETY: tile `tile`'s run of v, written by this item alone.
+            let v = unsafe { std::slice::from_raw_parts_mut(vp.base().add(tile * tv), POS * ci) };
+            transform_input(s, x, tile, grid, (&mut b.tile, &mut b.tmp), v, ci, 0);
+        })
     });
     for_each_item(threads, POS, |scr, p| {
-        // Position p's rows are every tile's p-th run of c_in floats (c_out for the
-        // products).
-        // SAFETY: rows `tv` (`tm`) apart from `p·c` on lie inside v (m); this item alone
-        // writes position p's columns of m, and v is only read in this pass.
-        let (v, m) = unsafe {
-            (
-                std::slice::from_raw_parts(vp.base().add(p * ci), (tiles - 1) * tv + ci),
-                std::slice::from_raw_parts_mut(mp.base().add(p * co), (tiles - 1) * tm + co),
-            )
-        };
-        let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
-        panel::product_packed(m, tm, tiles, strips, ci, v, tv, &u[p * ci * co..], store, &mut scr.a_panel);
+        crate::simd!({
+            // Position p's rows are every tile's p-th run of c_in floats (c_out for the
+            // products).
+            // SAFETY: rows `tv` (`tm`) apart from `p·c` on lie inside v (m); this item alone
+            // writes position p's columns of m, and v is only read in this pass.
+            let (v, m) = unsafe {
+                (
+                    std::slice::from_raw_parts(vp.base().add(p * ci), (tiles - 1) * tv + ci),
+                    std::slice::from_raw_parts_mut(mp.base().add(p * co), (tiles - 1) * tm + co),
+                )
+            };
+            let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
+            panel::product_packed(m, tm, tiles, strips, ci, v, tv, &u[p * ci * co..], store, &mut scr.a_panel);
+        })
     });
     for_each_item(threads, tiles, |scr, tile| {
-        let b = &mut scr.winograd;
-        b.reserve(1, ci, co);
-        // SAFETY: m is only read in this pass.
-        let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
-        let scratch = (&mut b.tile[..], &mut b.tmp[..]);
-        transform_output(s, scratch, m, co, 0, tile, grid, out, accumulate, epi);
+        crate::simd!({
+            let b = &mut scr.winograd;
+            b.reserve(1, ci, co);
+            // SAFETY: m is only read in this pass.
+            let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
+            let scratch = (&mut b.tile[..], &mut b.tmp[..]);
+            transform_output(s, scratch, m, co, 0, tile, grid, out, accumulate, epi);
+        })
     });
 }
 
@@ -534,25 +546,27 @@ fn transform_input(
     vs: usize,
     k: usize,
 ) {
-    let c = s.c_in;
-    let (img, ty, tx) = tile_position(tile, grid);
-    let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
-    let (iy0, ix0) = ((ty * T_OUT) as isize - 1, (tx * T_OUT) as isize - 1);
-    let inside = iy0 >= 0 && ix0 >= 0 && iy0 as usize + T_IN <= s.h && ix0 as usize + T_IN <= s.w;
-    // Interior tiles are read in place; edge tiles are gathered with zeros first.
-    let (src, base, row_step): (&[f32], usize, usize) = if inside {
-        (xi, (iy0 as usize * s.w + ix0 as usize) * c, s.w * c)
-    } else {
-        gather(xi, (s.h, s.w), c, (iy0, ix0), T_IN, gathered);
-        (gathered, 0, T_IN * c)
-    };
-    // Bᵀ down each column, then along each row straight into v.
-    for q in 0..T_IN {
-        input_1d(&src[base + q * c..], row_step, &mut tmp[q * c..], T_IN * c, c);
-    }
-    for r in 0..T_IN {
-        input_1d(&tmp[r * T_IN * c..], c, &mut v[r * T_IN * vs + k * c..], vs, c);
-    }
+    crate::simd!({
+        let c = s.c_in;
+        let (img, ty, tx) = tile_position(tile, grid);
+        let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+        let (iy0, ix0) = ((ty * T_OUT) as isize - 1, (tx * T_OUT) as isize - 1);
+        let inside = iy0 >= 0 && ix0 >= 0 && iy0 as usize + T_IN <= s.h && ix0 as usize + T_IN <= s.w;
+        // Interior tiles are read in place; edge tiles are gathered with zeros first.
+        let (src, base, row_step): (&[f32], usize, usize) = if inside {
+            (xi, (iy0 as usize * s.w + ix0 as usize) * c, s.w * c)
+        } else {
+            gather(xi, (s.h, s.w), c, (iy0, ix0), T_IN, gathered);
+            (gathered, 0, T_IN * c)
+        };
+        // Bᵀ down each column, then along each row straight into v.
+        for q in 0..T_IN {
+            input_1d(&src[base + q * c..], row_step, &mut tmp[q * c..], T_IN * c, c);
+        }
+        for r in 0..T_IN {
+            input_1d(&tmp[r * T_IN * c..], c, &mut v[r * T_IN * vs + k * c..], vs, c);
+        }
+    })
 }
 
 /// Products `m[p·ms + k·c_out..]` of tile `tile` → its 4×4 output pixels (clipped at the
@@ -570,43 +584,45 @@ fn transform_output(
     accumulate: bool,
     epi: Option<&Epilogue>,
 ) {
-    let c = s.c_out;
-    let (img, ty, tx) = tile_position(tile, grid);
-    // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
-    for q in 0..T_IN {
-        output_1d(&m[q * ms + k * c..], T_IN * ms, &mut tmp[q * c..], T_IN * c, c);
-    }
-    let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
-    let full_row = ox0 + T_OUT <= s.w;
-    // A residual in the output must be read before the products overwrite it.
-    let in_output = epi.is_some_and(|e| matches!(e.residual, Residual::InOutput));
-    for r in 0..T_OUT.min(s.h - oy0) {
-        let at = ((img * s.h + oy0 + r) * s.w + ox0) * c;
-        let width = T_OUT.min(s.w - ox0);
-        let pixel = (img * s.h + oy0 + r) * s.w + ox0;
-        // SAFETY: these pixels lie in this tile, which only this block writes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), width * c) };
-        if full_row && !accumulate && !in_output {
-            output_1d(&tmp[r * T_IN * c..], c, dst, c, c);
-        } else {
-            let row = &mut row_buf[..T_OUT * c];
-            output_1d(&tmp[r * T_IN * c..], c, row, c, c);
-            match epi {
-                _ if accumulate => dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v),
-                Some(epi) if in_output => {
-                    for (q, (px, values)) in dst.chunks_exact_mut(c).zip(row.chunks_exact(c)).enumerate() {
-                        epi.apply_over(values, px, pixel + q, c, 0..c);
+    crate::simd!({
+        let c = s.c_out;
+        let (img, ty, tx) = tile_position(tile, grid);
+        // Aᵀ down each column of the 6×6 products, then along each of the 4 rows.
+        for q in 0..T_IN {
+            output_1d(&m[q * ms + k * c..], T_IN * ms, &mut tmp[q * c..], T_IN * c, c);
+        }
+        let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
+        let full_row = ox0 + T_OUT <= s.w;
+        // A residual in the output must be read before the products overwrite it.
+        let in_output = epi.is_some_and(|e| matches!(e.residual, Residual::InOutput));
+        for r in 0..T_OUT.min(s.h - oy0) {
+            let at = ((img * s.h + oy0 + r) * s.w + ox0) * c;
+            let width = T_OUT.min(s.w - ox0);
+            let pixel = (img * s.h + oy0 + r) * s.w + ox0;
+            // SAFETY: these pixels lie in this tile, which only this block writes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.base().add(at), width * c) };
+            if full_row && !accumulate && !in_output {
+                output_1d(&tmp[r * T_IN * c..], c, dst, c, c);
+            } else {
+                let row = &mut row_buf[..T_OUT * c];
+                output_1d(&tmp[r * T_IN * c..], c, row, c, c);
+                match epi {
+                    _ if accumulate => dst.iter_mut().zip(row.iter()).for_each(|(d, v)| *d += v),
+                    Some(epi) if in_output => {
+                        for (q, (px, values)) in dst.chunks_exact_mut(c).zip(row.chunks_exact(c)).enumerate() {
+                            epi.apply_over(values, px, pixel + q, c, 0..c);
+                        }
                     }
+                    _ => dst.copy_from_slice(&row[..width * c]),
                 }
-                _ => dst.copy_from_slice(&row[..width * c]),
+            }
+            if let Some(epi) = epi.filter(|_| !in_output) {
+                for (q, px) in dst.chunks_exact_mut(c).enumerate() {
+                    epi.apply(px, pixel + q, c, 0..c);
+                }
             }
         }
-        if let Some(epi) = epi.filter(|_| !in_output) {
-            for (q, px) in dst.chunks_exact_mut(c).enumerate() {
-                epi.apply(px, pixel + q, c, 0..c);
-            }
-        }
-    }
+    })
 }
 
 /// The 4×4 output-gradient tile of `tile` (zero outside the image), transformed:
@@ -620,23 +636,25 @@ fn transform_gradient(
     count: usize,
     k: usize,
 ) {
-    let c = s.c_out;
-    let (img, ty, tx) = tile_position(tile, grid);
-    let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
-    let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
-    let (src, base, row_step): (&[f32], usize, usize) = if oy0 + T_OUT <= s.h && ox0 + T_OUT <= s.w {
-        (dyi, (oy0 * s.w + ox0) * c, s.w * c)
-    } else {
-        gather(dyi, (s.h, s.w), c, (oy0 as isize, ox0 as isize), T_OUT, &mut b.tile);
-        (&b.tile, 0, T_OUT * c)
-    };
-    for q in 0..T_OUT {
-        gradient_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_OUT * c, c);
-    }
-    let ms = stride(count, c);
-    for r in 0..T_IN {
-        gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[r * T_IN * ms + k * c..], ms, c);
-    }
+    crate::simd!({
+        let c = s.c_out;
+        let (img, ty, tx) = tile_position(tile, grid);
+        let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
+        let dyi = &dy[img * s.out_len()..(img + 1) * s.out_len()];
+        let (src, base, row_step): (&[f32], usize, usize) = if oy0 + T_OUT <= s.h && ox0 + T_OUT <= s.w {
+            (dyi, (oy0 * s.w + ox0) * c, s.w * c)
+        } else {
+            gather(dyi, (s.h, s.w), c, (oy0 as isize, ox0 as isize), T_OUT, &mut b.tile);
+            (&b.tile, 0, T_OUT * c)
+        };
+        for q in 0..T_OUT {
+            gradient_1d(&src[base + q * c..], row_step, &mut b.tmp[q * c..], T_OUT * c, c);
+        }
+        let ms = stride(count, c);
+        for r in 0..T_IN {
+            gradient_1d(&b.tmp[r * T_OUT * c..], c, &mut b.m[r * T_IN * ms + k * c..], ms, c);
+        }
+    })
 }
 
 /// `dw = Σ dyᵀ·col(x)` (overwritten) for a 3×3 stride-1 layer:
@@ -650,24 +668,26 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
     let block = block_size(tiles, ws.threads.len());
     let blocks = tiles.div_ceil(block);
     let du = sum_groups(&mut ws.threads, &mut ws.partials, POS * co * ci, blocks, |scr, indices, du| {
-        let b = &mut scr.winograd;
-        b.reserve(block.min(tiles), ci, co);
-        for index in indices {
-            let first = index * block;
-            let count = block.min(tiles - first);
-            let (vs, ms) = (stride(count, ci), stride(count, co));
-            for k in 0..count {
-                transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
-                transform_gradient(s, dy, first + k, grid, b, count, k);
+        crate::simd!({
+            let b = &mut scr.winograd;
+            b.reserve(block.min(tiles), ci, co);
+            for index in indices {
+                let first = index * block;
+                let count = block.min(tiles - first);
+                let (vs, ms) = (stride(count, ci), stride(count, co));
+                for k in 0..count {
+                    transform_input(s, x, first + k, grid, (&mut b.tile, &mut b.tmp), &mut b.v, vs, k);
+                    transform_gradient(s, dy, first + k, grid, b, count, k);
+                }
+                // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
+                for p in 0..POS {
+                    // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
+                    let yt = Mat::transposed(&b.m[p * ms..][..count * co], co);
+                    let v = Mat::rows(&b.v[p * vs..][..count * ci], ci);
+                    matmul(&mut du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
+                }
             }
-            // The weight gradient in the transformed domain, `du[p][c_out][c_in]`:
-            for p in 0..POS {
-                // dU[p] (c_out × c_in) += Ŷ[p]ᵀ (c_out × tiles) · V[p] (tiles × c_in)
-                let yt = Mat::transposed(&b.m[p * ms..][..count * co], co);
-                let v = Mat::rows(&b.v[p * vs..][..count * ci], ci);
-                matmul(&mut du[p * co * ci..(p + 1) * co * ci], ci, co, ci, count, yt, v, true);
-            }
-        }
+        })
     });
     weights_from_transformed(s, du, dw);
 }
@@ -677,21 +697,23 @@ pub fn backward_weights(s: &ConvShape, n: usize, x: &[f32], dy: &[f32], dw: &mut
 pub(super) fn weights_from_transformed(s: &ConvShape, du: &[f32], dw: &mut [f32]) {
     let (ci, co) = (s.c_in, s.c_out);
     dw[..s.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
-        dwo.fill(0.0);
-        for i in 0..T_IN {
-            for j in 0..T_IN {
-                let src = &du[((i * T_IN + j) * co + o) * ci..][..ci];
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let f = G[i][ky] * G[j][kx];
-                        if f != 0.0 {
-                            let dst = &mut dwo[(ky * 3 + kx) * ci..(ky * 3 + kx + 1) * ci];
-                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+        crate::simd!({
+            dwo.fill(0.0);
+            for i in 0..T_IN {
+                for j in 0..T_IN {
+                    let src = &du[((i * T_IN + j) * co + o) * ci..][..ci];
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let f = G[i][ky] * G[j][kx];
+                            if f != 0.0 {
+                                let dst = &mut dwo[(ky * 3 + kx) * ci..(ky * 3 + kx + 1) * ci];
+                                dst.iter_mut().zip(src).for_each(|(d, v)| *d += f * v);
+                            }
                         }
                     }
                 }
             }
-        }
+        })
     });
 }
 

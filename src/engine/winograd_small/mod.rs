@@ -41,8 +41,12 @@ const BAND_TILES: usize = 16;
 /// (36·c² floats, 9 MB at 256) no longer stay in cache across a band, which `winograd`'s
 /// larger blocks handle.
 pub fn applies(s: &ConvShape, algo: ConvAlgo) -> bool {
-    let shape =
-        s.kernel == 3 && s.stride == 1 && s.pad == 1 && s.c_in == s.c_out && matches!(s.c_in, 16 | 32 | 64 | 128);
+    let shape = super::simd::available()
+        && s.kernel == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.c_in == s.c_out
+        && matches!(s.c_in, 16 | 32 | 64 | 128);
     match algo {
         ConvAlgo::Im2col | ConvAlgo::Direct => false,
         ConvAlgo::Winograd | ConvAlgo::Auto => shape,
@@ -153,21 +157,23 @@ fn forward_c<const C: usize>(
     let out = SharedOut(y.as_mut_ptr());
     // Bands are disjoint sets of tile rows, and so write disjoint output pixels.
     for_each_item(threads, rows.div_ceil(per_band), |scr, index| {
-        let first = index * per_band;
-        let band = Band { grid, first, rows: per_band.min(rows - first) };
-        let Bufs { zeros, cols, v, m } = &mut scr.winograd_small;
-        let at = Layout::new::<C>();
-        ensure_len(zeros, s.w * C);
-        ensure_len(cols, T_IN * (T_OUT * grid.1 + 2) * C);
-        ensure_len(v, at.len(band.tiles()));
-        ensure_len(m, at.len(band.tiles()));
-        for r in 0..band.rows {
-            transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
-        }
-        products::<C>(band.tiles(), v, u, m);
-        for t in 0..band.tiles() {
-            transform_output::<C>(s, &band, t, m, out, accumulate, epi);
-        }
+        crate::simd!(registers {
+            let first = index * per_band;
+            let band = Band { grid, first, rows: per_band.min(rows - first) };
+            let Bufs { zeros, cols, v, m } = &mut scr.winograd_small;
+            let at = Layout::new::<C>();
+            ensure_len(zeros, s.w * C);
+            ensure_len(cols, T_IN * (T_OUT * grid.1 + 2) * C);
+            ensure_len(v, at.len(band.tiles()));
+            ensure_len(m, at.len(band.tiles()));
+            for r in 0..band.rows {
+                transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
+            }
+            products::<C>(band.tiles(), v, u, m);
+            for t in 0..band.tiles() {
+                transform_output::<C>(s, &band, t, m, out, accumulate, epi);
+            }
+        })
     });
 }
 
@@ -189,71 +195,80 @@ fn transform_row<T: Taps<N, T_IN>, const N: usize, const C: usize>(
     cols: &mut [f32],
     out: &mut [f32],
 ) {
-    // A tile's first row and column lie `pad` before its output pixels.
-    let (at, pad) = (Layout::new::<C>(), (N - T_OUT) / 2);
-    let (image, ty) = band.row(r);
-    let xi = &img[image * s.in_len()..][..s.in_len()];
-    assert!(zeros.len() >= s.w * C);
-    let lines: [*const f32; N] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(pad) {
-        Some(y) if y < s.h => xi[y * s.w * C..][..s.w * C].as_ptr(),
-        _ => zeros.as_ptr(),
-    });
-    // Column px of `cols` holds image column px - pad.
-    let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2 * pad);
-    assert!(cols.len() >= T_IN * width * C && out.len() >= at.len(band.tiles()) && r < band.rows);
-    // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; out
-    // holds the band's tiles (r·tw + tx < tiles) `at.tile` floats apart, 36 positions each.
-    unsafe {
-        let cols = cols.as_mut_ptr();
-        for px in 0..width {
-            let (col, dst) = (px.wrapping_sub(pad), cols.add(px * C));
-            for g in (0..C).step_by(LANES) {
-                let z = match col < s.w {
-                    true => V8::read_each(lines, col * C + g),
-                    false => [V8::zero(); N],
-                };
-                for (i, t) in T::apply(z).into_iter().enumerate() {
-                    t.write(dst.add(i * width * C + g));
+    crate::simd!(registers {
+        // A tile's first row and column lie `pad` before its output pixels.
+        let (at, pad) = (Layout::new::<C>(), (N - T_OUT) / 2);
+        let (image, ty) = band.row(r);
+        let xi = &img[image * s.in_len()..][..s.in_len()];
+        assert!(zeros.len() >= s.w * C);
+        let lines: [*const f32; N] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(pad) {
+            Some(y) if y < s.h => xi[y * s.w * C..][..s.w * C].as_ptr(),
+            _ => zeros.as_ptr(),
+        });
+        // Column px of `cols` holds image column px - pad.
+        let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2 * pad);
+        assert!(cols.len() >= T_IN * width * C && out.len() >= at.len(band.tiles()) && r < band.rows);
+        // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; out
+        // holds the band's tiles (r·tw + tx < tiles) `at.tile` floats apart, 36 positions each.
+        unsafe {
+            let cols = cols.as_mut_ptr();
+            for px in 0..width {
+                let (col, dst) = (px.wrapping_sub(pad), cols.add(px * C));
+                for g in (0..C).step_by(LANES) {
+                    let z = match col < s.w {
+                        true => V8::read_each(lines, col * C + g),
+                        false => [V8::zero(); N],
+                    };
+                    for (i, t) in T::apply(z).into_iter().enumerate() {
+                        t.write(dst.add(i * width * C + g));
+                    }
                 }
             }
-        }
-        for tx in 0..tw {
-            let out = out.as_mut_ptr().add((r * tw + tx) * at.tile);
-            for i in 0..T_IN {
-                let src = cols.add((i * width + T_OUT * tx) * C);
-                for g in (0..C).step_by(LANES) {
-                    for (j, t) in T::apply(V8::read_n::<N>(src.add(g), C)).into_iter().enumerate() {
-                        t.write(out.add((i * T_IN + j) * at.pos + g));
+            for tx in 0..tw {
+                let out = out.as_mut_ptr().add((r * tw + tx) * at.tile);
+                for i in 0..T_IN {
+                    let src = cols.add((i * width + T_OUT * tx) * C);
+                    for g in (0..C).step_by(LANES) {
+                        for (j, t) in T::apply(V8::read_n::<N>(src.add(g), C)).into_iter().enumerate() {
+                            t.write(out.add((i * T_IN + j) * at.pos + g));
+                        }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// `m[p] = v[p] · U[p]` for every position p, 6 tiles at a time. `u` holds each
 /// position's `C × C` matrix in strips of 16 columns (`winograd::weight_transform`).
 fn products<const C: usize>(tiles: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
-    let at = Layout::new::<C>();
-    let len = (tiles - 1) * at.tile + C;
-    for p in 0..POS {
-        let (vp, mp) = (&v[p * at.pos..][..len], &mut m[p * at.pos..][..len]);
-        for strip in 0..C / 16 {
-            let us = &u[p * C * C + strip * C * 16..][..C * 16];
-            let mut t = 0;
-            while t < tiles {
-                let (a, c, ld) = (&vp[t * at.tile..], &mut mp[t * at.tile + strip * 16..], at.tile);
-                t += match tiles - t {
-                    1 => product::<1, C>(a, ld, us, c),
-                    2 => product::<2, C>(a, ld, us, c),
-                    3 => product::<3, C>(a, ld, us, c),
-                    4 => product::<4, C>(a, ld, us, c),
-                    5 => product::<5, C>(a, ld, us, c),
-                    _ => product::<6, C>(a, ld, us, c),
-                };
+    crate::simd!(registers wide => {
+        let at = Layout::new::<C>();
+        let len = (tiles - 1) * at.tile + C;
+        for p in 0..POS {
+            let (vp, mp) = (&v[p * at.pos..][..len], &mut m[p * at.pos..][..len]);
+            for strip in 0..C / 16 {
+                let us = &u[p * C * C + strip * C * 16..][..C * 16];
+                let mut t = 0;
+                while t < tiles {
+                    let (a, c, ld) = (&vp[t * at.tile..], &mut mp[t * at.tile + strip * 16..], at.tile);
+                    #[cfg(target_arch = "x86_64")]
+                    if wide {
+                        t += wide_product::<C>(tiles - t, a, ld, us, c);
+                        continue;
+                    }
+                    t += match tiles - t {
+                        1 => product::<1, C>(a, ld, us, c),
+                        2 => product::<2, C>(a, ld, us, c),
+                        3 => product::<3, C>(a, ld, us, c),
+                        4 => product::<4, C>(a, ld, us, c),
+                        5 => product::<5, C>(a, ld, us, c),
+                        _ => product::<6, C>(a, ld, us, c),
+                    };
+                }
             }
         }
-    }
+    })
 }
 
 /// `Aᵀ m A` of the band's tile `t` into its output pixels (clipped at the image's edges):
@@ -268,44 +283,86 @@ fn transform_output<const C: usize>(
     accumulate: bool,
     epi: Option<&Epilogue>,
 ) {
-    let (img, ty) = band.row(t / band.grid.1);
-    let (oy0, ox0) = (ty * T_OUT, t % band.grid.1 * T_OUT);
-    let (height, width) = (T_OUT.min(s.h - oy0), T_OUT.min(s.w - ox0));
-    let (first, at) = ((img * s.h + oy0) * s.w + ox0, Layout::new::<C>());
-    assert!(m.len() >= at.len(band.tiles()) && t < band.tiles());
-    assert!(epi.is_none_or(|e| e.scale.len() >= C && e.shift.len() >= C));
-    // SAFETY: m holds the band's tiles, 36 positions each (`Layout`); the tile's output
-    // rows (r < height) hold `width` pixels inside image img, written by this band only;
-    // the residual, if any, is as long as the output (asserted by `forward`).
-    unsafe {
-        for g in (0..C).step_by(LANES) {
-            // Aᵀ down each of the six columns, then A along each of the four rows.
-            let m = m.as_ptr().add(t * at.tile + g);
-            let column = |j: usize| OutputTaps::apply(V8::read_n::<T_IN>(m.add(j * at.pos), T_IN * at.pos));
-            let c = [column(0), column(1), column(2), column(3), column(4), column(5)];
-            let affine = epi.map(|e| (V8::read(e.scale.as_ptr().add(g)), V8::read(e.shift.as_ptr().add(g))));
-            #[allow(clippy::needless_range_loop)] // r picks row r of all six columns
-            for r in 0..height {
-                let row = OutputTaps::apply([c[0][r], c[1][r], c[2][r], c[3][r], c[4][r], c[5][r]]);
-                let offset = (first + r * s.w) * C + g;
-                for (q, &o) in row.iter().enumerate().take(width) {
-                    let dst = out.base().add(offset + q * C);
-                    let value = match (accumulate, epi, affine) {
-                        (true, _, _) => V8::read(dst) + o,
-                        (false, Some(e), Some((scale, shift))) => {
-                            let residual = match e.residual {
-                                Residual::None => None,
-                                Residual::Separate(res) => Some(V8::read(res.as_ptr().add(offset + q * C))),
-                                Residual::InOutput => Some(V8::read(dst)),
-                            };
-                            o.finish(scale, shift, residual, e.relu)
-                        }
-                        _ => o,
-                    };
-                    value.write(dst);
+    crate::simd!(registers {
+        let (img, ty) = band.row(t / band.grid.1);
+        let (oy0, ox0) = (ty * T_OUT, t % band.grid.1 * T_OUT);
+        let (height, width) = (T_OUT.min(s.h - oy0), T_OUT.min(s.w - ox0));
+        let (first, at) = ((img * s.h + oy0) * s.w + ox0, Layout::new::<C>());
+        assert!(m.len() >= at.len(band.tiles()) && t < band.tiles());
+        assert!(epi.is_none_or(|e| e.scale.len() >= C && e.shift.len() >= C));
+        // SAFETY: m holds the band's tiles, 36 positions each (`Layout`); the tile's output
+        // rows (r < height) hold `width` pixels inside image img, written by this band only;
+        // the residual, if any, is as long as the output (asserted by `forward`).
+        unsafe {
+            for g in (0..C).step_by(LANES) {
+                // Aᵀ down each of the six columns, then A along each of the four rows.
+                let m = m.as_ptr().add(t * at.tile + g);
+                let column = |j: usize| OutputTaps::apply(V8::read_n::<T_IN>(m.add(j * at.pos), T_IN * at.pos));
+                let c = [column(0), column(1), column(2), column(3), column(4), column(5)];
+                let affine = epi.map(|e| (V8::read(e.scale.as_ptr().add(g)), V8::read(e.shift.as_ptr().add(g))));
+                #[allow(clippy::needless_range_loop)] // r picks row r of all six columns
+                for r in 0..height {
+                    let row = OutputTaps::apply([c[0][r], c[1][r], c[2][r], c[3][r], c[4][r], c[5][r]]);
+                    let offset = (first + r * s.w) * C + g;
+                    for (q, &o) in row.iter().enumerate().take(width) {
+                        let dst = out.base().add(offset + q * C);
+                        let value = match (accumulate, epi, affine) {
+                            (true, _, _) => V8::read(dst) + o,
+                            (false, Some(e), Some((scale, shift))) => {
+                                let residual = match e.residual {
+                                    Residual::None => None,
+                                    Residual::Separate(res) => Some(V8::read(res.as_ptr().add(offset + q * C))),
+                                    Residual::InOutput => Some(V8::read(dst)),
+                                };
+                                o.finish(scale, shift, residual, e.relu)
+                            }
+                            _ => o,
+                        };
+                        value.write(dst);
+                    }
                 }
             }
         }
+    })
+}
+
+/// [`product`] on AVX-512 for up to 12 rows (`wide` copies only): one register per row,
+/// each sum in the same order as `product`'s. Returns the rows done.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn wide_product<const K: usize>(rows: usize, a: &[f32], ld: usize, b: &[f32], c: &mut [f32]) -> usize {
+    #[inline(always)]
+    fn rows_of<const R: usize, const K: usize>(a: &[f32], ld: usize, b: &[f32], c: &mut [f32]) -> usize {
+        use crate::engine::simd::V16;
+        assert!(a.len() >= (R - 1) * ld + K && b.len() >= K * 16 && c.len() >= (R - 1) * ld + 16);
+        // SAFETY: the assert bounds every read and write below.
+        unsafe {
+            let mut acc = [V16::zero(); R];
+            for k in 0..K {
+                let bk = V16::read(b.as_ptr().add(k * 16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = V16::splat(*a.get_unchecked(r * ld + k)).mul_add(bk, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                acc.write(c.as_mut_ptr().add(r * ld));
+            }
+        }
+        R
+    }
+    match rows {
+        1 => rows_of::<1, K>(a, ld, b, c),
+        2 => rows_of::<2, K>(a, ld, b, c),
+        3 => rows_of::<3, K>(a, ld, b, c),
+        4 => rows_of::<4, K>(a, ld, b, c),
+        5 => rows_of::<5, K>(a, ld, b, c),
+        6 => rows_of::<6, K>(a, ld, b, c),
+        7 => rows_of::<7, K>(a, ld, b, c),
+        8 => rows_of::<8, K>(a, ld, b, c),
+        9 => rows_of::<9, K>(a, ld, b, c),
+        10 => rows_of::<10, K>(a, ld, b, c),
+        11 => rows_of::<11, K>(a, ld, b, c),
+        _ => rows_of::<12, K>(a, ld, b, c),
     }
 }
 

@@ -46,47 +46,105 @@ fn transformed<'a, const C: usize>(
     let bands = rows.div_ceil(per_band);
     let groups = groups(bands, C);
     sum_groups(threads, partials, POS * C * C, groups, |scr, range, du| {
-        let Bufs { zeros, cols, v, m } = &mut scr.winograd_small;
-        let at = Layout::new::<C>();
-        ensure_len(zeros, s.w * C);
-        ensure_len(cols, T_IN * (T_OUT * grid.1 + 2) * C);
-        ensure_len(v, at.len(per_band * grid.1));
-        ensure_len(m, at.len(per_band * grid.1));
-        for index in range.flat_map(|group| split_range(bands, groups, group)) {
-            let first = index * per_band;
-            let band = Band { grid, first, rows: per_band.min(rows - first) };
-            for r in 0..band.rows {
-                transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
-                transform_row::<GradientTaps, T_OUT, C>(s, dy, &band, r, zeros, cols, m);
+        crate::simd!(registers {
+            let Bufs { zeros, cols, v, m } = &mut scr.winograd_small;
+            let at = Layout::new::<C>();
+            ensure_len(zeros, s.w * C);
+            ensure_len(cols, T_IN * (T_OUT * grid.1 + 2) * C);
+            ensure_len(v, at.len(per_band * grid.1));
+            ensure_len(m, at.len(per_band * grid.1));
+            for index in range.flat_map(|group| split_range(bands, groups, group)) {
+                let first = index * per_band;
+                let band = Band { grid, first, rows: per_band.min(rows - first) };
+                for r in 0..band.rows {
+                    transform_row::<InputTaps, T_IN, C>(s, x, &band, r, zeros, cols, v);
+                    transform_row::<GradientTaps, T_OUT, C>(s, dy, &band, r, zeros, cols, m);
+                }
+                outer_products::<C>(band.tiles(), m, v, du);
             }
-            outer_products::<C>(band.tiles(), m, v, du);
-        }
+        })
     })
 }
 
 /// `du[p] += Σ_tiles m[tile][p]ᵀ · v[tile][p]` for every position p: blocks of 6 output
 /// channels × 16 input channels in 12 AVX registers, summed over the band's tiles.
 fn outer_products<const C: usize>(tiles: usize, m: &[f32], v: &[f32], du: &mut [f32]) {
-    let at = Layout::new::<C>();
-    assert!(tiles > 0 && m.len() >= at.len(tiles) && v.len() >= at.len(tiles) && du.len() >= POS * C * C);
-    for p in 0..POS {
-        for co in (0..C).step_by(6) {
-            for ci in (0..C).step_by(16) {
-                // SAFETY: rows co..co+R < C of du[p] and columns ci..ci+16 ≤ C, and the
-                // tiles' positions p, lie inside the slices (asserted above).
-                unsafe {
-                    let (m, v) = (m.as_ptr().add(p * at.pos + co), v.as_ptr().add(p * at.pos + ci));
-                    let du = du.as_mut_ptr().add((p * C + co) * C + ci);
-                    match C - co {
-                        1 => block::<1, C>(tiles, at.tile, m, v, du),
-                        2 => block::<2, C>(tiles, at.tile, m, v, du),
-                        3 => block::<3, C>(tiles, at.tile, m, v, du),
-                        4 => block::<4, C>(tiles, at.tile, m, v, du),
-                        5 => block::<5, C>(tiles, at.tile, m, v, du),
-                        _ => block::<6, C>(tiles, at.tile, m, v, du),
+    crate::simd!(registers wide => {
+        let at = Layout::new::<C>();
+        assert!(tiles > 0 && m.len() >= at.len(tiles) && v.len() >= at.len(tiles) && du.len() >= POS * C * C);
+        for p in 0..POS {
+            // AVX-512 holds 12 rows of 16 in its 32 registers.
+            let rows = if wide { 12 } else { 6 };
+            for co in (0..C).step_by(rows) {
+                for ci in (0..C).step_by(16) {
+                    // SAFETY: rows co..co+R < C of du[p] and columns ci..ci+16 ≤ C, and the
+                    // tiles' positions p, lie inside the slices (asserted above).
+                    unsafe {
+                        let (m, v) = (m.as_ptr().add(p * at.pos + co), v.as_ptr().add(p * at.pos + ci));
+                        let du = du.as_mut_ptr().add((p * C + co) * C + ci);
+                        #[cfg(target_arch = "x86_64")]
+                        if wide {
+                            wide_block::<C>(C - co, tiles, at.tile, m, v, du);
+                            continue;
+                        }
+                        match C - co {
+                            1 => block::<1, C>(tiles, at.tile, m, v, du),
+                            2 => block::<2, C>(tiles, at.tile, m, v, du),
+                            3 => block::<3, C>(tiles, at.tile, m, v, du),
+                            4 => block::<4, C>(tiles, at.tile, m, v, du),
+                            5 => block::<5, C>(tiles, at.tile, m, v, du),
+                            _ => block::<6, C>(tiles, at.tile, m, v, du),
+                        }
                     }
                 }
             }
+        }
+    })
+}
+
+/// [`block`] on AVX-512 for up to 12 rows (`wide` copies only), each sum in `block`'s
+/// order. SAFETY: as `block`'s, for min(rows, 12) rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wide_block<const C: usize>(rows: usize, tiles: usize, ld: usize, m: *const f32, v: *const f32, du: *mut f32) {
+    #[inline(always)]
+    unsafe fn rows_of<const R: usize, const C: usize>(
+        tiles: usize,
+        ld: usize,
+        m: *const f32,
+        v: *const f32,
+        du: *mut f32,
+    ) {
+        use crate::engine::simd::V16;
+        // SAFETY: the caller's.
+        unsafe {
+            let mut acc: [V16; R] = std::array::from_fn(|r| V16::read(du.add(r * C)));
+            for t in 0..tiles {
+                let vt = V16::read(v.add(t * ld));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = V16::splat(*m.add(t * ld + r)).mul_add(vt, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                acc.write(du.add(r * C));
+            }
+        }
+    }
+    // SAFETY: the caller's.
+    unsafe {
+        match rows {
+            1 => rows_of::<1, C>(tiles, ld, m, v, du),
+            2 => rows_of::<2, C>(tiles, ld, m, v, du),
+            3 => rows_of::<3, C>(tiles, ld, m, v, du),
+            4 => rows_of::<4, C>(tiles, ld, m, v, du),
+            5 => rows_of::<5, C>(tiles, ld, m, v, du),
+            6 => rows_of::<6, C>(tiles, ld, m, v, du),
+            7 => rows_of::<7, C>(tiles, ld, m, v, du),
+            8 => rows_of::<8, C>(tiles, ld, m, v, du),
+            9 => rows_of::<9, C>(tiles, ld, m, v, du),
+            10 => rows_of::<10, C>(tiles, ld, m, v, du),
+            11 => rows_of::<11, C>(tiles, ld, m, v, du),
+            _ => rows_of::<12, C>(tiles, ld, m, v, du),
         }
     }
 }

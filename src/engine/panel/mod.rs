@@ -21,6 +21,9 @@
 //! in-process pairs; 2–10% in shorter runs) and 3% in training; ResNet-20 ran level, so its
 //! few-strip GEMMs read A in place.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use super::conv::Residual;
 use super::matmul::Mat;
 use super::simd::{V8, prefetch};
@@ -49,7 +52,7 @@ const PREFETCH_GROUPS: usize = 3;
 
 /// Whether `product_packed` handles `n` columns on this build.
 pub fn applies(n: usize) -> bool {
-    cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) && n.is_multiple_of(STRIP)
+    cfg!(target_arch = "x86_64") && super::simd::available() && n.is_multiple_of(STRIP)
 }
 
 /// Packs B (k × n, any strides) into `out` in strips of 16 columns: strip j holds
@@ -107,69 +110,71 @@ pub fn product_packed(
     store: Store,
     a_panel: &mut Vec<f32>,
 ) {
-    let width = strips.len() * STRIP;
-    assert!(applies(STRIP) && k > 0 && lda >= k && ldc >= width);
-    assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && a.len() >= (m - 1) * lda + k));
-    assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
-    if let Some(f) = store.finish {
-        assert!(f.scale.len() >= width && f.shift.len() >= width, "panel product: epilogue too short");
-        assert!(m == 0 || f.residual.covers((m - 1) * ldc + width), "panel product: residual too short");
-    }
-    // Interleaving copies the block once for all strips: with 2 strips, or with 4 on short
-    // rows, the copy costs what it saves (ResNet-20's stride-2 layers, ResNet-50's 64→64).
-    // A residual in C must be read before a first k-block's sums overwrite it, so then
-    // the product runs as one k-block (4096 ran as fast as 1024, see `KC`).
-    let k_block = match store.finish.map(|f| f.residual) {
-        Some(Residual::InOutput) => k,
-        _ => KC,
-    };
-    let interleaved = strips.len() >= 8 || (strips.len() >= 4 && k.min(k_block) >= 256);
-    for i0 in (0..m).step_by(MC) {
-        let mc = MC.min(m - i0);
-        for k0 in (0..k).step_by(k_block) {
-            let kc = k_block.min(k - k0);
-            let last = k0 + kc == k;
-            let block = &a[i0 * lda + k0..];
-            if interleaved {
-                super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
-                interleave(block, lda, mc, kc, a_panel);
-            }
-            for (col, j) in strips.clone().enumerate() {
-                // SAFETY: rows i0..i0+mc of A from column k0 (kc floats each), or their
-                // interleaved copy (mc rows rounded up to groups of 6, kc columns), rows
-                // i0..i0+mc of C and of the residual from column 16·col (16 floats each),
-                // columns 16·col.. of the epilogue, and the kc rows of strip j from row k0
-                // are in bounds (asserts above).
-                unsafe {
-                    let b = packed.as_ptr().add((j * k + k0) * STRIP);
-                    let offset = i0 * ldc + col * STRIP;
-                    let c = c.as_mut_ptr().add(offset);
-                    let tail = store.finish.filter(|_| last).map(|f| Tail {
-                        scale: f.scale.as_ptr().add(col * STRIP),
-                        shift: f.shift.as_ptr().add(col * STRIP),
-                        residual: match f.residual {
-                            Residual::None => std::ptr::null(),
-                            Residual::Separate(r) => r.as_ptr().add(offset),
-                            // Each value is read before its result is stored (`strip`).
-                            Residual::InOutput => c,
-                        },
-                        relu: f.relu,
-                    });
-                    let accumulate = store.accumulate || k0 > 0;
-                    // The rows of B the next strip (or the next block's first) starts with.
-                    let next_b = match (j + 1 < strips.end, k0 + kc < k) {
-                        (true, _) => packed.as_ptr().add(((j + 1) * k + k0) * STRIP),
-                        (false, true) => packed.as_ptr().add((strips.start * k + k0 + kc) * STRIP),
-                        (false, false) => std::ptr::null(),
-                    };
-                    match interleaved {
-                        true => row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, next_b, accumulate, tail),
-                        false => row_groups::<false>(c, ldc, mc, block.as_ptr(), lda, kc, b, next_b, accumulate, tail),
+    crate::simd!(registers wide => {
+        let width = strips.len() * STRIP;
+        assert!(applies(STRIP) && k > 0 && lda >= k && ldc >= width);
+        assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && a.len() >= (m - 1) * lda + k));
+        assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
+        if let Some(f) = store.finish {
+            assert!(f.scale.len() >= width && f.shift.len() >= width, "panel product: epilogue too short");
+            assert!(m == 0 || f.residual.covers((m - 1) * ldc + width), "panel product: residual too short");
+        }
+        // Interleaving copies the block once for all strips: with 2 strips, or with 4 on short
+        // rows, the copy costs what it saves (ResNet-20's stride-2 layers, ResNet-50's 64→64).
+        // A residual in C must be read before a first k-block's sums overwrite it, so then
+        // the product runs as one k-block (4096 ran as fast as 1024, see `KC`).
+        let k_block = match store.finish.map(|f| f.residual) {
+            Some(Residual::InOutput) => k,
+            _ => KC,
+        };
+        let interleaved = strips.len() >= 8 || (strips.len() >= 4 && k.min(k_block) >= 256);
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            for k0 in (0..k).step_by(k_block) {
+                let kc = k_block.min(k - k0);
+                let last = k0 + kc == k;
+                let block = &a[i0 * lda + k0..];
+                if interleaved {
+                    super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
+                    interleave(block, lda, mc, kc, a_panel);
+                }
+                for (col, j) in strips.clone().enumerate() {
+                    // SAFETY: rows i0..i0+mc of A from column k0 (kc floats each), or their
+                    // interleaved copy (mc rows rounded up to groups of 6, kc columns), rows
+                    // i0..i0+mc of C and of the residual from column 16·col (16 floats each),
+                    // columns 16·col.. of the epilogue, and the kc rows of strip j from row k0
+                    // are in bounds (asserts above).
+                    unsafe {
+                        let b = packed.as_ptr().add((j * k + k0) * STRIP);
+                        let offset = i0 * ldc + col * STRIP;
+                        let c = c.as_mut_ptr().add(offset);
+                        let tail = store.finish.filter(|_| last).map(|f| Tail {
+                            scale: f.scale.as_ptr().add(col * STRIP),
+                            shift: f.shift.as_ptr().add(col * STRIP),
+                            residual: match f.residual {
+                                Residual::None => std::ptr::null(),
+                                Residual::Separate(r) => r.as_ptr().add(offset),
+                                // Each value is read before its result is stored (`strip`).
+                                Residual::InOutput => c,
+                            },
+                            relu: f.relu,
+                        });
+                        let accumulate = store.accumulate || k0 > 0;
+                        // The rows of B the next strip (or the next block's first) starts with.
+                        let next_b = match (j + 1 < strips.end, k0 + kc < k) {
+                            (true, _) => packed.as_ptr().add(((j + 1) * k + k0) * STRIP),
+                            (false, true) => packed.as_ptr().add((strips.start * k + k0 + kc) * STRIP),
+                            (false, false) => std::ptr::null(),
+                        };
+                        match interleaved {
+                            true => widest::<true>(wide, c, ldc, mc, a_panel.as_ptr(), 0, kc, b, next_b, accumulate, tail),
+                            false => widest::<false>(wide, c, ldc, mc, block.as_ptr(), lda, kc, b, next_b, accumulate, tail),
+                        }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// `C (+)= A · B` as [`product_packed`], with A given by its transpose: `A[r][p]` at
@@ -192,34 +197,37 @@ pub fn product_packed_transposed(
     accumulate: bool,
     a_panel: &mut Vec<f32>,
 ) {
-    let width = strips.len() * STRIP;
-    assert!(applies(STRIP) && k > 0 && ldat >= m && ldc >= width);
-    assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && at.len() >= (k - 1) * ldat + m));
-    assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
-    for i0 in (0..m).step_by(MC) {
-        let mc = MC.min(m - i0);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
-            group_columns(&at[k0 * ldat + i0..], ldat, mc, kc, a_panel);
-            for (col, j) in strips.clone().enumerate() {
-                // SAFETY: the grouped copy of A's rows i0..i0+mc (rounded up to groups of
-                // 6, kc steps), rows i0..i0+mc of C from column 16·col (16 floats each)
-                // and the kc rows of strip j from row k0 are in bounds (asserts above).
-                unsafe {
-                    let b = packed.as_ptr().add((j * k + k0) * STRIP);
-                    let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
-                    let accumulate = accumulate || k0 > 0;
-                    row_groups::<true>(c, ldc, mc, a_panel.as_ptr(), 0, kc, b, std::ptr::null(), accumulate, None);
+    crate::simd!(registers wide => {
+        let width = strips.len() * STRIP;
+        assert!(applies(STRIP) && k > 0 && ldat >= m && ldc >= width);
+        assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && at.len() >= (k - 1) * ldat + m));
+        assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
+                group_columns(&at[k0 * ldat + i0..], ldat, mc, kc, a_panel);
+                for (col, j) in strips.clone().enumerate() {
+                    // SAFETY: the grouped copy of A's rows i0..i0+mc (rounded up to groups of
+                    // 6, kc steps), rows i0..i0+mc of C from column 16·col (16 floats each)
+                    // and the kc rows of strip j from row k0 are in bounds (asserts above).
+                    unsafe {
+                        let b = packed.as_ptr().add((j * k + k0) * STRIP);
+                        let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
+                        let accumulate = accumulate || k0 > 0;
+                        widest::<true>(wide, c, ldc, mc, a_panel.as_ptr(), 0, kc, b, std::ptr::null(), accumulate, None);
+                    }
                 }
             }
         }
-    }
+    })
 }
 
 /// Copies m rows of kc steps of A, given by its transpose (step p of row r at
 /// `at[p*ldat + r]`), into `out` as [`interleave`] does: row r of group g, step p at
 /// `out[g·6·kc + 6p + r]`. A last, short group's missing rows are left as they were.
+#[inline(always)]
 fn group_columns(at: &[f32], ldat: usize, m: usize, kc: usize, out: &mut [f32]) {
     for p in 0..kc {
         let step = &at[p * ldat..][..m];
@@ -234,6 +242,7 @@ fn group_columns(at: &[f32], ldat: usize, m: usize, kc: usize, out: &mut [f32]) 
 /// last, short group keep their places; the rest of it is left as it was. Asks for the
 /// lines of the rows `PREFETCH_GROUPS` groups further on as it goes (past the block's
 /// end, those of the rows after it: the next block's, likely).
+#[inline(always)]
 fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     for (g, group) in out[..m.next_multiple_of(MR) * kc].chunks_exact_mut(MR * kc).enumerate() {
         let count = (m - g * MR).min(MR);
@@ -243,6 +252,37 @@ fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
             MR => interleave6(rows, group, PREFETCH_GROUPS * MR * lda),
             _ => interleave_rows(&rows[..count], 0, group),
         }
+    }
+}
+
+/// [`row_groups`] on the widest registers of the calling copy: AVX-512's where `wide`.
+///
+/// # Safety
+/// As `row_groups`; `wide` only in `simd!`'s AVX-512 copy.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn widest<const INTERLEAVED: bool>(
+    wide: bool,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    a: *const f32,
+    lda: usize,
+    kc: usize,
+    b: *const f32,
+    next_b: *const f32,
+    accumulate: bool,
+    tail: Option<Tail>,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            return avx512::row_groups::<INTERLEAVED>(c, ldc, m, a, lda, kc, b, next_b, accumulate, tail);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = wide;
+        row_groups::<INTERLEAVED>(c, ldc, m, a, lda, kc, b, next_b, accumulate, tail)
     }
 }
 
@@ -332,6 +372,7 @@ impl Tail {
     ///
     /// # Safety
     /// The residual, if any, extends that far.
+    #[inline(always)]
     unsafe fn rows_from(self, offset: usize) -> Tail {
         // SAFETY: as the caller promises.
         let residual = if self.residual.is_null() { self.residual } else { unsafe { self.residual.add(offset) } };
@@ -403,7 +444,7 @@ unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool, const 
 }
 
 /// `out[6p + r] = rows[r][p]` for the 6 rows and every p.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(target_arch = "x86_64"))]
 fn interleave6(rows: [&[f32]; 6], out: &mut [f32], _ahead: usize) {
     interleave_rows(&rows, 0, out);
 }
@@ -412,13 +453,14 @@ fn interleave6(rows: [&[f32]; 6], out: &mut [f32], _ahead: usize) {
 /// of 8 registers (6 rows and 2 of zeros), each step's 6 floats stored as 8, the last 2
 /// overwritten by the next step (or, for the block's last step, left out). Asks for the
 /// line `ahead` floats after each row's line it reads (once per 16 floats).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn interleave6(rows: [&[f32]; 6], out: &mut [f32], ahead: usize) {
     use std::arch::x86_64::*;
     let kc = rows[0].len();
     assert!(rows.iter().all(|r| r.len() == kc) && out.len() >= 6 * kc);
     let mut p = 0;
-    // SAFETY: AVX is enabled (cfg above); loads read floats p..p+8 ≤ kc of each row,
+    // SAFETY: AVX is enabled (`applies`, and the callers' `simd!` copies); loads read floats p..p+8 ≤ kc of each row,
     // stores write floats 6p..6p+48 ≤ 6·kc of `out` (assert above).
     unsafe {
         while p + 8 <= kc {
@@ -474,6 +516,7 @@ fn interleave6(rows: [&[f32]; 6], out: &mut [f32], ahead: usize) {
 }
 
 /// `out[6p + r] = rows[r][p]` for the (up to 6) rows and steps p from `from` on.
+#[inline(always)]
 fn interleave_rows(rows: &[&[f32]], from: usize, out: &mut [f32]) {
     for (r, row) in rows.iter().enumerate() {
         for (p, &v) in row.iter().enumerate().skip(from) {
