@@ -3,9 +3,11 @@ the median images/s of each side as a markdown table. Alternating matters on sha
 machines, whose speed drifts by tens of percent within minutes.
 
     python tools/bench_compare.py --rounds 3          # the BENCHMARKS.md table
-    python tools/bench_compare.py --only resnet20:128 --rounds 5
+    python tools/bench_compare.py --only resnet20:128,resnet50:16 --rounds 5
+    python tools/bench_compare.py --isa avx512,avx2   # our side on each instruction set (RESNET_ISA)
 """
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -29,10 +31,11 @@ def numbers(text):
     return found
 
 
-def ours(model, batch, steps, warmup, threads):
+def ours(model, batch, steps, warmup, threads, isa=None):
+    env = dict(os.environ, **({"RESNET_ISA": isa} if isa else {}))
     cmd = [str(ROOT / "target/release/resnet"), "--threads", str(threads), "bench", "--model", model,
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--no-peak"]
-    return numbers(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return numbers(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)
 
 
 def pytorch(model, batch, steps, warmup, threads):
@@ -47,29 +50,41 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", help="model:batch, e.g. resnet20:128")
+    p.add_argument("--only", help="model:batch pairs, comma-separated, e.g. resnet20:128,resnet50:1")
+    p.add_argument("--isa", help="our instruction sets, comma-separated (RESNET_ISA), e.g. avx512,avx2; "
+                   "default: the CPU's best")
     a = p.parse_args()
+    only = a.only.split(",") if a.only else None
+    isas = a.isa.split(",") if a.isa else [None]
+    version = subprocess.run([str(ROOT / "target/release/resnet"), "--version"], capture_output=True, text=True)
+    print(version.stdout.strip(), file=sys.stderr)
     rows = []
     for model, batch, steps, warmup, modes in CASES:
-        if a.only and a.only != f"{model}:{batch}":
+        if only and f"{model}:{batch}" not in only:
             continue
-        runs = {"ours": [], "pytorch": []}
+        runs = {isa: [] for isa in isas}
+        torch_runs = []
         for r in range(a.rounds):
-            runs["ours"].append(ours(model, batch, steps, warmup, a.threads))
-            runs["pytorch"].append(pytorch(model, batch, steps, warmup, a.threads))
-            print(f"{model} batch {batch} round {r + 1}: ours {runs['ours'][-1]}, pytorch {runs['pytorch'][-1]}",
+            for isa in isas:
+                runs[isa].append(ours(model, batch, steps, warmup, a.threads, isa))
+            torch_runs.append(pytorch(model, batch, steps, warmup, a.threads))
+            ours_text = ", ".join(f"{isa or 'ours'} {runs[isa][-1]}" for isa in isas)
+            print(f"{model} batch {batch} round {r + 1}: {ours_text}, pytorch {torch_runs[-1]}",
                   file=sys.stderr, flush=True)
         for mode in modes.split(","):
-            o = statistics.median(x[mode] for x in runs["ours"])
-            t = statistics.median(x[mode] for x in runs["pytorch"])
-            # A round's two runs are back to back, so their ratio is the least touched by
-            # the machine's drift; its median over rounds is the robust figure.
-            pairs = zip(runs["ours"], runs["pytorch"])
-            paired = statistics.median(ours_run[mode] / torch_run[mode] for ours_run, torch_run in pairs)
-            extra = f" ({1000 / o:.1f} ms vs {1000 / t:.1f} ms)" if batch == 1 else ""
-            rows.append(f"| {model} | {batch} | {mode} | {o:.1f} | {t:.1f} | {o / t:.2f}x{extra} | {paired:.2f}x |")
-    print("| model | batch | step | ours img/s | PyTorch img/s | ratio of medians | median of round ratios |")
-    print("|---|---|---|---|---|---|---|")
+            t = statistics.median(x[mode] for x in torch_runs)
+            for isa in isas:
+                o = statistics.median(x[mode] for x in runs[isa])
+                # A round's runs are back to back, so their ratio is the least touched by
+                # the machine's drift; its median over rounds is the robust figure.
+                pairs = zip(runs[isa], torch_runs)
+                paired = statistics.median(ours_run[mode] / torch_run[mode] for ours_run, torch_run in pairs)
+                extra = f" ({1000 / o:.1f} ms vs {1000 / t:.1f} ms)" if batch == 1 else ""
+                rows.append(f"| {model} | {batch} | {mode} | {isa or 'best'} | {o:.1f} | {t:.1f} "
+                            f"| {o / t:.2f}x{extra} | {paired:.2f}x |")
+    print("| model | batch | step | our kernels | ours img/s | PyTorch img/s | ratio of medians "
+          "| median of round ratios |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -122,20 +122,6 @@ impl V8 {
         V8(unsafe { imp::read(src) })
     }
 
-    /// The N vectors `src[i·step..]`. SAFETY: as `read`, for each.
-    #[inline(always)]
-    pub unsafe fn read_n<const N: usize>(src: *const f32, step: usize) -> [V8; N] {
-        // SAFETY: the caller's.
-        unsafe { std::array::from_fn(|i| V8::read(src.add(i * step))) }
-    }
-
-    /// The vectors `src[i][offset..]`. SAFETY: as `read`, for each.
-    #[inline(always)]
-    pub unsafe fn read_each<const N: usize>(src: [*const f32; N], offset: usize) -> [V8; N] {
-        // SAFETY: the caller's.
-        unsafe { src.map(|p| V8::read(p.add(offset))) }
-    }
-
     /// SAFETY: 8 floats from `dst` on must be writable.
     #[inline(always)]
     pub unsafe fn write(self, dst: *mut f32) {
@@ -189,6 +175,56 @@ impl Lane for V8 {
 }
 
 const _: () = assert!(LANES == 8);
+
+/// A register of channels as the Winograd transforms read, combine and write them: [`V8`]
+/// on AVX2, [`V16`] in AVX-512's copies, so one transform is written for both widths.
+pub(super) trait Reg: Lane {
+    /// Floats per register.
+    const WIDTH: usize;
+    fn zero() -> Self;
+    /// SAFETY: `WIDTH` floats from `src` on must be readable.
+    unsafe fn read(src: *const f32) -> Self;
+    /// SAFETY: `WIDTH` floats from `dst` on must be writable.
+    unsafe fn write(self, dst: *mut f32);
+    /// [`V8::finish`].
+    fn finish(self, scale: Self, shift: Self, residual: Option<Self>, relu: bool) -> Self;
+
+    /// The N registers `src[i·step..]`. SAFETY: as `read`, for each.
+    #[inline(always)]
+    unsafe fn read_n<const N: usize>(src: *const f32, step: usize) -> [Self; N] {
+        // SAFETY: the caller's.
+        unsafe { std::array::from_fn(|i| Self::read(src.add(i * step))) }
+    }
+
+    /// The registers `src[i][offset..]`. SAFETY: as `read`, for each.
+    #[inline(always)]
+    unsafe fn read_each<const N: usize>(src: [*const f32; N], offset: usize) -> [Self; N] {
+        // SAFETY: the caller's.
+        unsafe { src.map(|p| Self::read(p.add(offset))) }
+    }
+}
+
+impl Reg for V8 {
+    const WIDTH: usize = LANES;
+    #[inline(always)]
+    fn zero() -> V8 {
+        V8::zero()
+    }
+    #[inline(always)]
+    unsafe fn read(src: *const f32) -> V8 {
+        // SAFETY: the caller's.
+        unsafe { V8::read(src) }
+    }
+    #[inline(always)]
+    unsafe fn write(self, dst: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe { V8::write(self, dst) }
+    }
+    #[inline(always)]
+    fn finish(self, scale: V8, shift: V8, residual: Option<V8>, relu: bool) -> V8 {
+        V8::finish(self, scale, shift, residual, relu)
+    }
+}
 
 /// Sixteen floats in an AVX-512 register, for the kernels' 16-lane copies (`simd!`'s
 /// `wide` flag): the operations of [`V8`] that they use, with the same rounding, so a
@@ -247,5 +283,45 @@ impl std::ops::Add for V16 {
     #[inline(always)]
     fn add(self, o: V16) -> V16 {
         V16(unsafe { std::arch::x86_64::_mm512_add_ps(self.0, o.0) })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl std::ops::Sub for V16 {
+    type Output = V16;
+    #[inline(always)]
+    fn sub(self, o: V16) -> V16 {
+        V16(unsafe { std::arch::x86_64::_mm512_sub_ps(self.0, o.0) })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lane for V16 {
+    #[inline(always)]
+    fn fma(k: f32, x: V16, y: V16) -> V16 {
+        V16::splat(k).mul_add(x, y)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Reg for V16 {
+    const WIDTH: usize = 16;
+    #[inline(always)]
+    fn zero() -> V16 {
+        V16::zero()
+    }
+    #[inline(always)]
+    unsafe fn read(src: *const f32) -> V16 {
+        // SAFETY: the caller's.
+        unsafe { V16::read(src) }
+    }
+    #[inline(always)]
+    unsafe fn write(self, dst: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe { V16::write(self, dst) }
+    }
+    #[inline(always)]
+    fn finish(self, scale: V16, shift: V16, residual: Option<V16>, relu: bool) -> V16 {
+        V16::finish(self, scale, shift, residual, relu)
     }
 }

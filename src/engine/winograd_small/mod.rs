@@ -21,8 +21,10 @@
 //! `winograd` (32 and 64) alternating: inference 1.49× the images/s, training 1.34×.
 
 use super::conv::{ConvShape, Epilogue, Residual};
-use super::simd::V8;
-use super::winograd::{self, InputTaps, LANES, OutputTaps, POS, T_IN, T_OUT, Taps};
+#[cfg(target_arch = "x86_64")]
+use super::simd::V16;
+use super::simd::{Reg, V8};
+use super::winograd::{self, InputTaps, OutputTaps, POS, T_IN, T_OUT, Taps};
 use super::{ConvAlgo, Scratch, SharedOut, Workspace, ensure_len, for_each_item};
 
 mod weights;
@@ -195,48 +197,67 @@ fn transform_row<T: Taps<N, T_IN>, const N: usize, const C: usize>(
     cols: &mut [f32],
     out: &mut [f32],
 ) {
-    crate::simd!(registers {
-        // A tile's first row and column lie `pad` before its output pixels.
-        let (at, pad) = (Layout::new::<C>(), (N - T_OUT) / 2);
-        let (image, ty) = band.row(r);
-        let xi = &img[image * s.in_len()..][..s.in_len()];
-        assert!(zeros.len() >= s.w * C);
-        let lines: [*const f32; N] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(pad) {
-            Some(y) if y < s.h => xi[y * s.w * C..][..s.w * C].as_ptr(),
-            _ => zeros.as_ptr(),
-        });
-        // Column px of `cols` holds image column px - pad.
-        let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2 * pad);
-        assert!(cols.len() >= T_IN * width * C && out.len() >= at.len(band.tiles()) && r < band.rows);
-        // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; out
-        // holds the band's tiles (r·tw + tx < tiles) `at.tile` floats apart, 36 positions each.
-        unsafe {
-            let cols = cols.as_mut_ptr();
-            for px in 0..width {
-                let (col, dst) = (px.wrapping_sub(pad), cols.add(px * C));
-                for g in (0..C).step_by(LANES) {
-                    let z = match col < s.w {
-                        true => V8::read_each(lines, col * C + g),
-                        false => [V8::zero(); N],
-                    };
-                    for (i, t) in T::apply(z).into_iter().enumerate() {
-                        t.write(dst.add(i * width * C + g));
-                    }
+    crate::simd!(registers wide => {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            return rows_in::<V16, T, N, C>(s, img, band, r, zeros, cols, out);
+        }
+        rows_in::<V8, T, N, C>(s, img, band, r, zeros, cols, out)
+    })
+}
+
+/// [`transform_row`] on registers of `R`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_in<R: Reg, T: Taps<N, T_IN>, const N: usize, const C: usize>(
+    s: &ConvShape,
+    img: &[f32],
+    band: &Band,
+    r: usize,
+    zeros: &[f32],
+    cols: &mut [f32],
+    out: &mut [f32],
+) {
+    // A tile's first row and column lie `pad` before its output pixels.
+    let (at, pad) = (Layout::new::<C>(), (N - T_OUT) / 2);
+    let (image, ty) = band.row(r);
+    let xi = &img[image * s.in_len()..][..s.in_len()];
+    assert!(zeros.len() >= s.w * C);
+    let lines: [*const f32; N] = std::array::from_fn(|i| match (ty * T_OUT + i).checked_sub(pad) {
+        Some(y) if y < s.h => xi[y * s.w * C..][..s.w * C].as_ptr(),
+        _ => zeros.as_ptr(),
+    });
+    // Column px of `cols` holds image column px - pad.
+    let (tw, width) = (band.grid.1, T_OUT * band.grid.1 + 2 * pad);
+    assert!(cols.len() >= T_IN * width * C && out.len() >= at.len(band.tiles()) && r < band.rows);
+    // SAFETY: lines hold w pixels of C floats; cols holds 6 rows of `width` pixels; out
+    // holds the band's tiles (r·tw + tx < tiles) `at.tile` floats apart, 36 positions each.
+    unsafe {
+        let cols = cols.as_mut_ptr();
+        for px in 0..width {
+            let (col, dst) = (px.wrapping_sub(pad), cols.add(px * C));
+            for g in (0..C).step_by(R::WIDTH) {
+                let z = match col < s.w {
+                    true => R::read_each(lines, col * C + g),
+                    false => [R::zero(); N],
+                };
+                for (i, t) in T::apply(z).into_iter().enumerate() {
+                    t.write(dst.add(i * width * C + g));
                 }
             }
-            for tx in 0..tw {
-                let out = out.as_mut_ptr().add((r * tw + tx) * at.tile);
-                for i in 0..T_IN {
-                    let src = cols.add((i * width + T_OUT * tx) * C);
-                    for g in (0..C).step_by(LANES) {
-                        for (j, t) in T::apply(V8::read_n::<N>(src.add(g), C)).into_iter().enumerate() {
-                            t.write(out.add((i * T_IN + j) * at.pos + g));
-                        }
+        }
+        for tx in 0..tw {
+            let out = out.as_mut_ptr().add((r * tw + tx) * at.tile);
+            for i in 0..T_IN {
+                let src = cols.add((i * width + T_OUT * tx) * C);
+                for g in (0..C).step_by(R::WIDTH) {
+                    for (j, t) in T::apply(R::read_n::<N>(src.add(g), C)).into_iter().enumerate() {
+                        t.write(out.add((i * T_IN + j) * at.pos + g));
                     }
                 }
             }
         }
-    })
+    }
 }
 
 /// `m[p] = v[p] · U[p]` for every position p, 6 tiles at a time. `u` holds each
@@ -283,47 +304,66 @@ fn transform_output<const C: usize>(
     accumulate: bool,
     epi: Option<&Epilogue>,
 ) {
-    crate::simd!(registers {
-        let (img, ty) = band.row(t / band.grid.1);
-        let (oy0, ox0) = (ty * T_OUT, t % band.grid.1 * T_OUT);
-        let (height, width) = (T_OUT.min(s.h - oy0), T_OUT.min(s.w - ox0));
-        let (first, at) = ((img * s.h + oy0) * s.w + ox0, Layout::new::<C>());
-        assert!(m.len() >= at.len(band.tiles()) && t < band.tiles());
-        assert!(epi.is_none_or(|e| e.scale.len() >= C && e.shift.len() >= C));
-        // SAFETY: m holds the band's tiles, 36 positions each (`Layout`); the tile's output
-        // rows (r < height) hold `width` pixels inside image img, written by this band only;
-        // the residual, if any, is as long as the output (asserted by `forward`).
-        unsafe {
-            for g in (0..C).step_by(LANES) {
-                // Aᵀ down each of the six columns, then A along each of the four rows.
-                let m = m.as_ptr().add(t * at.tile + g);
-                let column = |j: usize| OutputTaps::apply(V8::read_n::<T_IN>(m.add(j * at.pos), T_IN * at.pos));
-                let c = [column(0), column(1), column(2), column(3), column(4), column(5)];
-                let affine = epi.map(|e| (V8::read(e.scale.as_ptr().add(g)), V8::read(e.shift.as_ptr().add(g))));
-                #[allow(clippy::needless_range_loop)] // r picks row r of all six columns
-                for r in 0..height {
-                    let row = OutputTaps::apply([c[0][r], c[1][r], c[2][r], c[3][r], c[4][r], c[5][r]]);
-                    let offset = (first + r * s.w) * C + g;
-                    for (q, &o) in row.iter().enumerate().take(width) {
-                        let dst = out.base().add(offset + q * C);
-                        let value = match (accumulate, epi, affine) {
-                            (true, _, _) => V8::read(dst) + o,
-                            (false, Some(e), Some((scale, shift))) => {
-                                let residual = match e.residual {
-                                    Residual::None => None,
-                                    Residual::Separate(res) => Some(V8::read(res.as_ptr().add(offset + q * C))),
-                                    Residual::InOutput => Some(V8::read(dst)),
-                                };
-                                o.finish(scale, shift, residual, e.relu)
-                            }
-                            _ => o,
-                        };
-                        value.write(dst);
-                    }
+    crate::simd!(registers wide => {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            return tile_out::<V16, C>(s, band, t, m, out, accumulate, epi);
+        }
+        tile_out::<V8, C>(s, band, t, m, out, accumulate, epi)
+    })
+}
+
+/// [`transform_output`] on registers of `R`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_out<R: Reg, const C: usize>(
+    s: &ConvShape,
+    band: &Band,
+    t: usize,
+    m: &[f32],
+    out: SharedOut,
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+) {
+    let (img, ty) = band.row(t / band.grid.1);
+    let (oy0, ox0) = (ty * T_OUT, t % band.grid.1 * T_OUT);
+    let (height, width) = (T_OUT.min(s.h - oy0), T_OUT.min(s.w - ox0));
+    let (first, at) = ((img * s.h + oy0) * s.w + ox0, Layout::new::<C>());
+    assert!(m.len() >= at.len(band.tiles()) && t < band.tiles());
+    assert!(epi.is_none_or(|e| e.scale.len() >= C && e.shift.len() >= C));
+    // SAFETY: m holds the band's tiles, 36 positions each (`Layout`); the tile's output
+    // rows (r < height) hold `width` pixels inside image img, written by this band only;
+    // the residual, if any, is as long as the output (asserted by `forward`).
+    unsafe {
+        for g in (0..C).step_by(R::WIDTH) {
+            // Aᵀ down each of the six columns, then A along each of the four rows.
+            let m = m.as_ptr().add(t * at.tile + g);
+            let column = |j: usize| OutputTaps::apply(R::read_n::<T_IN>(m.add(j * at.pos), T_IN * at.pos));
+            let c = [column(0), column(1), column(2), column(3), column(4), column(5)];
+            let affine = epi.map(|e| (R::read(e.scale.as_ptr().add(g)), R::read(e.shift.as_ptr().add(g))));
+            #[allow(clippy::needless_range_loop)] // r picks row r of all six columns
+            for r in 0..height {
+                let row = OutputTaps::apply([c[0][r], c[1][r], c[2][r], c[3][r], c[4][r], c[5][r]]);
+                let offset = (first + r * s.w) * C + g;
+                for (q, &o) in row.iter().enumerate().take(width) {
+                    let dst = out.base().add(offset + q * C);
+                    let value = match (accumulate, epi, affine) {
+                        (true, _, _) => R::read(dst) + o,
+                        (false, Some(e), Some((scale, shift))) => {
+                            let residual = match e.residual {
+                                Residual::None => None,
+                                Residual::Separate(res) => Some(R::read(res.as_ptr().add(offset + q * C))),
+                                Residual::InOutput => Some(R::read(dst)),
+                            };
+                            o.finish(scale, shift, residual, e.relu)
+                        }
+                        _ => o,
+                    };
+                    value.write(dst);
                 }
             }
         }
-    })
+    }
 }
 
 /// [`product`] on AVX-512 for up to 12 rows (`wide` copies only): one register per row,
@@ -333,7 +373,6 @@ fn transform_output<const C: usize>(
 fn wide_product<const K: usize>(rows: usize, a: &[f32], ld: usize, b: &[f32], c: &mut [f32]) -> usize {
     #[inline(always)]
     fn rows_of<const R: usize, const K: usize>(a: &[f32], ld: usize, b: &[f32], c: &mut [f32]) -> usize {
-        use crate::engine::simd::V16;
         assert!(a.len() >= (R - 1) * ld + K && b.len() >= K * 16 && c.len() >= (R - 1) * ld + 16);
         // SAFETY: the assert bounds every read and write below.
         unsafe {
