@@ -99,7 +99,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("train step: {:.2}x the gemm peak in effective GFLOP/s", r.train_gflops / peak);
         let fma = bench::fma_peak_gflops();
         let isa = resnet::engine::isa::isa();
-        println!("fma peak: {fma:.1} GFLOP/s ({isa} registers, {threads} threads)");
+        let how =
+            if isa == resnet::engine::isa::Isa::Portable { "SSE2 multiply and add" } else { "fused multiply-add" };
+        println!("fma peak: {fma:.1} GFLOP/s ({isa} registers, {how}, {threads} threads)");
         println!(
             "train step: {:.0}%, inference: {:.0}% of the fma peak in effective GFLOP/s",
             100.0 * r.train_gflops / fma,

@@ -57,16 +57,37 @@ pub fn applies(n: usize) -> bool {
 
 /// Packs B (k × n, any strides) into `out` in strips of 16 columns: strip j holds
 /// `B[p][16j..16j+16]` for p in 0..k, contiguous. Requires `applies(n)`.
+///
+/// Rows of B (unit column stride: a tile of the output gradient) are copied 16 floats at
+/// a time. Otherwise (the weights, whose columns are contiguous) a block of 64 steps of
+/// each column is read at a time, so that reads run along memory and the 16 columns' writes
+/// stay in the L1 cache: element by element along the rows of B, each read fell on a new
+/// line, and packing took 6% of ResNet-50's training step (perf, AVX-512).
 pub fn pack(b: Mat, k: usize, n: usize, out: &mut [f32]) {
     assert!(applies(n) && out.len() >= k * n);
     assert!(k == 0 || (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "panel pack: B out of bounds");
-    for (j, strip) in out[..k * n].chunks_exact_mut(STRIP * k).enumerate() {
-        for (p, row) in strip.chunks_exact_mut(STRIP).enumerate() {
-            for (col, v) in row.iter_mut().enumerate() {
-                *v = b.data[p * b.rs + (j * STRIP + col) * b.cs];
+    const BLOCK: usize = 64;
+    crate::simd!({
+        for (j, strip) in out[..k * n].chunks_exact_mut(STRIP * k).enumerate() {
+            let first = j * STRIP * b.cs;
+            if b.cs == 1 {
+                for (p, row) in strip.chunks_exact_mut(STRIP).enumerate() {
+                    row.copy_from_slice(&b.data[first + p * b.rs..][..STRIP]);
+                }
+                continue;
+            }
+            for p0 in (0..k).step_by(BLOCK) {
+                let steps = BLOCK.min(k - p0);
+                let rows = &mut strip[p0 * STRIP..][..steps * STRIP];
+                for col in 0..STRIP {
+                    let column = first + col * b.cs + p0 * b.rs;
+                    for (p, row) in rows.chunks_exact_mut(STRIP).enumerate() {
+                        row[col] = b.data[column + p * b.rs];
+                    }
+                }
             }
         }
-    }
+    })
 }
 
 /// How the product reaches C.
