@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod classifier;
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod eval;
 #[cfg(feature = "experiments")]

@@ -68,10 +68,11 @@ enum Command {
     Responses(responses::Args),
 }
 
-/// The version, with the kernels' instruction set and the CPU's.
+/// The version, with the kernels' instruction set and the CPU's, and MPI where built in.
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LINE.get_or_init(|| format!("{} ({})", env!("CARGO_PKG_VERSION"), resnet::bench::isa_line()))
+    let mpi = if cfg!(feature = "mpi") { "; MPI" } else { "" };
+    LINE.get_or_init(|| format!("{} ({}{mpi})", env!("CARGO_PKG_VERSION"), resnet::bench::isa_line()))
 }
 
 pub fn run() -> Result<ExitCode> {
@@ -103,7 +104,20 @@ pub fn run() -> Result<ExitCode> {
             let command = Cli::command();
             let train = command.find_subcommand("train").expect("train is a subcommand");
             let given = matches.subcommand_matches("train").map(|m| given_flags(train, m)).unwrap_or_default();
-            train::run(a, &given)
+            let comm = resnet::dist::init()?;
+            if comm.size() == 1 && resnet::dist::launched_by_mpi() && !cfg!(feature = "mpi") {
+                anyhow::bail!(
+                    "started by an MPI launcher, but this build has no MPI support: build with `cargo build --release --features mpi`"
+                );
+            }
+            // An error on one rank ends every rank: the others would wait for it forever.
+            match train::run(a, &given, &*comm) {
+                Err(e) if comm.size() > 1 => {
+                    eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.size());
+                    comm.abort(1)
+                }
+                done => done,
+            }
         }
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),

@@ -359,7 +359,10 @@ fn batch_note(cfg: &TrainConfig) -> String {
 const RESUME_FLAGS: [&str; 8] = ["resume", "out", "model", "data", "quiet", "threads", "iterations", "epochs"];
 
 /// `given`: the ids of the arguments given on the command line.
-pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
+/// `comm`: the job's processes; rank 0 owns the run directory and speaks for the job.
+pub fn run(a: Args, given: &[String], comm: &dyn resnet::dist::Collective) -> Result<ExitCode> {
+    let root = comm.rank() == 0;
+    let claim_dir = |path: &Path, claim: Claim| root.then(|| RunDir::claim(path, claim)).transpose();
     let mut position = 0;
     let (mut cfg, saved_norm, run_dir) = if a.resume {
         let out = a.out.clone().or_else(|| a.model.as_ref().map(|m| Path::new("runs").join(m)));
@@ -367,7 +370,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
         if !out.is_dir() {
             bail!("--out {}: no such run directory to resume", out.display());
         }
-        let run_dir = RunDir::claim(&out, Claim::Resume)?;
+        let run_dir = claim_dir(&out, Claim::Resume)?;
         let saved = Checkpoint::latest(&out)?;
         let mut cfg = saved.config;
         cfg.out = out;
@@ -379,7 +382,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
             .map(|id| format!("--{}", id.replace('_', "-")))
             .collect();
-        if !ignored.is_empty() {
+        if root && !ignored.is_empty() {
             eprintln!(
                 "note: --resume continues the run with the settings in its checkpoint; ignoring {}",
                 ignored.join(", ")
@@ -390,7 +393,7 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
     } else {
         let cfg = config_from_args(&a)?;
         let claim = if a.overwrite { Claim::Overwrite } else { Claim::Fresh };
-        let run_dir = RunDir::claim(&cfg.out, claim)?;
+        let run_dir = claim_dir(&cfg.out, claim)?;
         (cfg, None, run_dir)
     };
     let data = data::load(&cfg, saved_norm)?;
@@ -404,32 +407,44 @@ pub fn run(a: Args, given: &[String]) -> Result<ExitCode> {
             bail!("the run in {} is at iteration {position}; a new end must not be before it", cfg.out.display());
         }
         if total != cfg.iterations {
-            eprintln!(
-                "note: the run now ends at iteration {} instead of {}",
-                grouped(total as u64),
-                grouped(cfg.iterations as u64)
-            );
+            if root {
+                eprintln!(
+                    "note: the run now ends at iteration {} instead of {}",
+                    grouped(total as u64),
+                    grouped(cfg.iterations as u64)
+                );
+            }
             cfg.iterations = total;
         }
     }
     super::on_ctrl_c()?;
-    eprintln!(
-        "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}, {} threads -> {}",
-        cfg.model,
-        cfg.data.display(),
-        grouped(data.train.len() as u64),
-        grouped(data.test.len() as u64),
-        cfg.classes(),
-        grouped(cfg.iterations as u64),
-        cfg.batch,
-        batch_note(&cfg),
-        rayon::current_num_threads(),
-        cfg.out.display()
-    );
+    let job = match comm.size() {
+        1 => String::new(),
+        _ => format!(" on {} ({} threads each)", comm.describe(), rayon::current_num_threads()),
+    };
+    let threads = if comm.size() > 1 { String::new() } else { format!(", {} threads", rayon::current_num_threads()) };
+    if root {
+        eprintln!(
+            "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}{threads}{job} -> {}",
+            cfg.model,
+            cfg.data.display(),
+            grouped(data.train.len() as u64),
+            grouped(data.test.len() as u64),
+            cfg.classes(),
+            grouped(cfg.iterations as u64),
+            cfg.batch,
+            batch_note(&cfg),
+            cfg.out.display()
+        );
+    }
     let started = std::time::Instant::now();
-    let opts = RunOptions { resume: a.resume, progress: !a.quiet, cancel: &super::INTERRUPTED, sinks: Vec::new() };
+    let opts =
+        RunOptions { resume: a.resume, progress: !a.quiet, cancel: &super::INTERRUPTED, sinks: Vec::new(), comm };
     let outcome = resnet::train::train(&cfg, data, opts)?;
     drop(run_dir);
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
     match outcome {
         Outcome::Finished { test_acc, best_acc, .. } => {
             let out = &cfg.out;

@@ -60,7 +60,9 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<u32>
 }
 
 /// Builds batch `b` of `order` (the last batch may be short), in the memory of `reuse` if
-/// given. `augment`: `Some((seed, epoch))` for training-time augmentation.
+/// given, or rather `part.0`'s share of it among `part.1` ranks (`dist::share`; (0, 1)
+/// for the whole batch). `augment`: `Some((seed, epoch))` for training-time augmentation,
+/// each image's draws depending on its position in the epoch only, whichever rank builds it.
 pub fn build_batch(
     data: &dyn Samples,
     order: &[u32],
@@ -68,8 +70,11 @@ pub fn build_batch(
     b: usize,
     augment: Option<(u64, u64)>,
     reuse: Option<Batch>,
+    part: (usize, usize),
 ) -> Batch {
-    let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
+    let whole = &order[b * batch..((b + 1) * batch).min(order.len())];
+    let share = crate::dist::share(whole.len(), batch, part.0, part.1);
+    let (first, idx) = (b * batch + share.start, &whole[share]);
     let (h, w) = data.hw();
     let len = data.views() * h * w * 3;
     let Batch { mut images, mut labels, mut errors, .. } = reuse.unwrap_or_default();
@@ -79,7 +84,7 @@ pub fn build_batch(
     errors.clear();
     for (k, &i) in idx.iter().enumerate() {
         let out = &mut images[labels.len() * len..(labels.len() + 1) * len];
-        let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (b * batch + k) as u64));
+        let mut rng = augment.map(|(seed, epoch)| Rng::derive(seed, epoch, (first + k) as u64));
         match data.write(i as usize, rng.as_mut(), out) {
             Ok(label) => labels.push(label),
             Err(e) => errors.push(format!("{e:#}")),
@@ -126,9 +131,25 @@ impl BatchLoader {
         workers: usize,
         spare: Spare,
     ) -> Self {
+        Self::share_of(data, order, batch, start, augment, workers, spare, (0, 1))
+    }
+
+    /// [`new`](BatchLoader::new) for rank `part.0` of `part.1`: each batch holds that
+    /// rank's share of the global batch (`dist::share`), possibly none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn share_of(
+        data: Arc<dyn Samples>,
+        order: Arc<Vec<u32>>,
+        batch: usize,
+        start: usize,
+        augment: Option<(u64, u64)>,
+        workers: usize,
+        spare: Spare,
+        part: (usize, usize),
+    ) -> Self {
         let end = order.len().div_ceil(batch);
         BatchLoader(Prefetch::new(start, end, workers, move |b| {
-            build_batch(data.as_ref(), &order, batch, b, augment, spare.take())
+            build_batch(data.as_ref(), &order, batch, b, augment, spare.take(), part)
         }))
     }
 
@@ -183,8 +204,8 @@ mod tests {
             errors: vec!["old".into()],
         };
         for b in 0..3 {
-            let fresh = build_batch(&Fake, &order, 4, b, augment, None);
-            let reused = build_batch(&Fake, &order, 4, b, augment, Some(used()));
+            let fresh = build_batch(&Fake, &order, 4, b, augment, None, (0, 1));
+            let reused = build_batch(&Fake, &order, 4, b, augment, Some(used()), (0, 1));
             assert_eq!(contents(&fresh), contents(&reused), "batch {b}");
             assert_eq!(reused.hw, (2, 2));
         }

@@ -223,8 +223,13 @@ fn train_one(
     let per_job = eta.per_image[job];
     let iterations = cfg.iterations;
     let mut line = ProgressLine { eta, job, iterations, first_iteration: position, label };
-    let run_opts =
-        RunOptions { resume, progress: opts.progress, cancel: opts.cancel, sinks: vec![&mut line as &mut dyn Sink] };
+    let run_opts = RunOptions {
+        resume,
+        progress: opts.progress,
+        cancel: opts.cancel,
+        sinks: vec![&mut line as &mut dyn Sink],
+        comm: &crate::dist::Single,
+    };
     let outcome = crate::train::train(&cfg, data, run_opts)?;
     drop(claim);
     eta.work_done += per_job * (iterations - position) as f64;

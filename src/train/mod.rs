@@ -15,6 +15,7 @@ pub use config::{ImageTraining, TrainConfig};
 pub use record::{EpochRecord, History, Record, Sink, StepRecord};
 pub use run::{Outcome, RunOptions, train};
 
+use crate::dist::{Collective, Single};
 use crate::engine::device::{self, DeviceVec};
 use crate::engine::{ensure_len, ops, sgd};
 use crate::model::ResNet;
@@ -25,6 +26,8 @@ pub struct StepScratch {
     dlogits: Vec<f32>,
     /// Gradients summed over micro-batches, all parameters in visiting order.
     grads: DeviceVec,
+    /// The gradients on the host, for the all-reduce across ranks.
+    host: Vec<f32>,
 }
 
 /// How a step treats the classifier apart from the rest (transfer learning).
@@ -72,81 +75,183 @@ pub fn step_with(
     transfer: Transfer,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
-    let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
-    if transfer.freeze_backbone {
-        return classifier_step(model, hw, images, labels, classifier_cfg, scratch);
-    }
-    // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
-    crate::engine::in_pool(|| {
-        let n = labels.len();
-        let parts = accumulate.clamp(1, n.max(1));
-        let classes = model.classes();
-        let image_len = hw.0 * hw.1 * 3;
-        let (mut loss, mut correct) = (0f32, 0);
-        for k in 0..parts {
-            let range = crate::engine::split_range(n, parts, k);
-            let m = range.len();
-            ensure_len(&mut scratch.dlogits, m * classes);
-            let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
-            let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
-            if !l.is_finite() {
-                return (l, correct);
-            }
-            model.backward(&scratch.dlogits);
-            let share = m as f32 / n as f32;
-            (loss, correct) = (loss + share * l, correct + ok);
-            if parts > 1 {
-                let mut off = 0;
-                let grads = &mut scratch.grads;
-                model.for_each_param(&mut |p| {
-                    let len = p.grad.len();
-                    grads.ensure_len(off + len);
-                    let sum = grads.slice_mut(off..off + len);
-                    match k {
-                        0 => device::scaled_copy(sum, share, p.grad.view()),
-                        _ => device::add_scaled(sum, share, p.grad.view()),
-                    }
-                    off += len;
-                });
-            }
-        }
-        if parts > 1 {
-            let mut off = 0;
-            let grads = &scratch.grads;
-            model.for_each_param(&mut |p| {
-                let len = p.grad.len();
-                device::copy(p.grad.view_mut(), grads.slice(off..off + len));
-                off += len;
-            });
-        }
-        model.for_each_backbone_param(&mut |p| {
-            device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
-        });
-        model.fc.for_each_param(&mut |p| {
-            device::sgd_step(classifier_cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
-        });
-        (loss, correct)
-    })
+    let done = step_across(model, hw, images, labels, accumulate, cfg, transfer, scratch, &Single, false);
+    (done.loss, done.correct)
 }
 
-/// A step of the classifier alone: the backbone runs as in inference (BatchNorm on its
-/// running statistics, nothing kept for a backward pass), so the whole batch goes at once.
-fn classifier_step(
+/// What a step across ranks did, over the whole global batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Across {
+    /// Mean loss over the global batch (non-finite if any rank's was).
+    pub loss: f32,
+    pub correct: usize,
+    /// Images in the global batch (0: every image was unreadable, and nothing changed).
+    pub images: usize,
+    /// Some rank asked to stop after this step.
+    pub stop: bool,
+}
+
+/// [`step_with`] on this rank's share of a global batch (`images`, `labels`; possibly
+/// none): local gradients, weighted by the share's part of the global batch and summed
+/// over the ranks, then the same SGD step on every rank. `stop`: this rank wants to stop
+/// after the step (Ctrl-C), which every rank learns from the result. With one rank this
+/// is exactly `step_with`.
+#[allow(clippy::too_many_arguments)]
+pub fn step_across(
     model: &mut ResNet,
     hw: (usize, usize),
     images: &[f32],
     labels: &[u32],
+    accumulate: usize,
     cfg: sgd::SgdConfig,
+    transfer: Transfer,
+    scratch: &mut StepScratch,
+    comm: &dyn Collective,
+    stop: bool,
+) -> Across {
+    let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
+    let n = labels.len();
+    // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
+    crate::engine::in_pool(|| {
+        let (loss, correct) = match (n, transfer.freeze_backbone) {
+            (0, _) => {
+                zero_gradients(model);
+                (0.0, 0)
+            }
+            (_, true) => classifier_gradients(model, hw, images, labels, scratch),
+            (_, false) => gradients(model, hw, images, labels, accumulate, scratch),
+        };
+        let mut done = Across { loss, correct, images: n, stop };
+        if comm.size() > 1 {
+            let failed = !loss.is_finite();
+            let mut totals = [n as f64, loss as f64 * n as f64, correct as f64, f64::from(u8::from(stop)), 0.0];
+            totals[4] = f64::from(u8::from(failed));
+            if failed {
+                totals[1] = 0.0;
+            }
+            comm.all_reduce_sum_f64(&mut totals);
+            let images = totals[0] as usize;
+            let loss = if totals[4] > 0.0 { f32::NAN } else { (totals[1] / totals[0].max(1.0)) as f32 };
+            done = Across { loss, correct: totals[2] as usize, images, stop: totals[3] > 0.0 };
+            if loss.is_finite() && images > 0 {
+                reduce_gradients(model, transfer.freeze_backbone, n as f32 / images as f32, comm, &mut scratch.host);
+            }
+        }
+        if !done.loss.is_finite() || done.images == 0 {
+            return done;
+        }
+        if !transfer.freeze_backbone {
+            model.for_each_backbone_param(&mut |p| {
+                device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
+            });
+        }
+        model.fc.for_each_param(&mut |p| {
+            device::sgd_step(classifier_cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
+        });
+        done
+    })
+}
+
+/// Forward and backward of the whole network on the batch, in `accumulate` micro-batches
+/// whose gradients are summed, each weighted by its share: the gradients of the batch's
+/// mean loss. Returns (mean loss, correct); a non-finite loss returns at once.
+fn gradients(
+    model: &mut ResNet,
+    hw: (usize, usize),
+    images: &[f32],
+    labels: &[u32],
+    accumulate: usize,
+    scratch: &mut StepScratch,
+) -> (f32, usize) {
+    let n = labels.len();
+    let parts = accumulate.clamp(1, n.max(1));
+    let classes = model.classes();
+    let image_len = hw.0 * hw.1 * 3;
+    let (mut loss, mut correct) = (0f32, 0);
+    for k in 0..parts {
+        let range = crate::engine::split_range(n, parts, k);
+        let m = range.len();
+        ensure_len(&mut scratch.dlogits, m * classes);
+        let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
+        let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
+        if !l.is_finite() {
+            return (l, correct);
+        }
+        model.backward(&scratch.dlogits);
+        let share = m as f32 / n as f32;
+        (loss, correct) = (loss + share * l, correct + ok);
+        if parts > 1 {
+            let mut off = 0;
+            let grads = &mut scratch.grads;
+            model.for_each_param(&mut |p| {
+                let len = p.grad.len();
+                grads.ensure_len(off + len);
+                let sum = grads.slice_mut(off..off + len);
+                match k {
+                    0 => device::scaled_copy(sum, share, p.grad.view()),
+                    _ => device::add_scaled(sum, share, p.grad.view()),
+                }
+                off += len;
+            });
+        }
+    }
+    if parts > 1 {
+        let mut off = 0;
+        let grads = &scratch.grads;
+        model.for_each_param(&mut |p| {
+            let len = p.grad.len();
+            device::copy(p.grad.view_mut(), grads.slice(off..off + len));
+            off += len;
+        });
+    }
+    (loss, correct)
+}
+
+/// The classifier's gradients alone: the backbone runs as in inference (BatchNorm on its
+/// running statistics, nothing kept for a backward pass), so the whole batch goes at once.
+fn classifier_gradients(
+    model: &mut ResNet,
+    hw: (usize, usize),
+    images: &[f32],
+    labels: &[u32],
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
     let (n, classes) = (labels.len(), model.classes());
     ensure_len(&mut scratch.dlogits, n * classes);
     let logits = model.forward(false, n, hw, images);
     let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, &mut scratch.dlogits);
-    if !loss.is_finite() {
-        return (loss, correct);
+    if loss.is_finite() {
+        model.backward_classifier(n, &scratch.dlogits);
     }
-    model.backward_classifier(n, &scratch.dlogits);
-    model.fc.for_each_param(&mut |p| device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut()));
     (loss, correct)
+}
+
+/// Zero gradients, for a rank whose share of a batch is empty.
+fn zero_gradients(model: &mut ResNet) {
+    model.for_each_param(&mut |p| {
+        let zeros = vec![0f32; p.grad.len()];
+        p.grad.copy_from_host(&zeros);
+    });
+}
+
+/// Every rank's gradients times its `weight` (its share of the global batch), summed over
+/// the ranks in one all-reduce of all of them (the classifier's alone when `classifier`).
+fn reduce_gradients(model: &mut ResNet, classifier: bool, weight: f32, comm: &dyn Collective, host: &mut Vec<f32>) {
+    host.clear();
+    let mut gather = |p: &mut crate::nn::Param| host.extend(p.grad.to_host().iter().map(|g| g * weight));
+    match classifier {
+        true => model.fc.for_each_param(&mut gather),
+        false => model.for_each_param(&mut gather),
+    }
+    comm.all_reduce_sum(host);
+    let mut off = 0;
+    let mut scatter = |p: &mut crate::nn::Param| {
+        let len = p.grad.len();
+        p.grad.copy_from_host(&host[off..off + len]);
+        off += len;
+    };
+    match classifier {
+        true => model.fc.for_each_param(&mut scatter),
+        false => model.for_each_param(&mut scatter),
+    }
 }

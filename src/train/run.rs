@@ -6,8 +6,9 @@ use super::data::Datasets;
 use super::record::{EpochRecord, History, JsonlSink, Record, Sink, StepRecord};
 use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
-use super::{StepScratch, TrainConfig, step_with};
+use super::{StepScratch, TrainConfig, step_across};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
+use crate::dist::Collective;
 use crate::engine::sgd::SgdConfig;
 use crate::eval::evaluate;
 use crate::model::{ModelConfig, ResNet};
@@ -37,6 +38,9 @@ pub struct RunOptions<'a> {
     pub cancel: &'a AtomicBool,
     /// Receive every record as it is written to metrics.jsonl.
     pub sinks: Vec<&'a mut dyn Sink>,
+    /// The job's processes (`dist::Single` for one). With several, each trains on its
+    /// share of every batch; rank 0 alone evaluates, prints and writes files.
+    pub comm: &'a dyn Collective,
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -57,7 +61,10 @@ pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
 
 /// Trains `cfg` on `data` in the run directory `cfg.out` (claimed by the caller).
 pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outcome> {
-    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks } = opts;
+    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm } = opts;
+    // Rank 0 speaks and writes for the job; the others only compute.
+    let root = comm.rank() == 0;
+    let progress = progress && root;
     let out = &cfg.out;
     let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
@@ -72,26 +79,37 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
         let saved = Checkpoint::latest(out)?;
         saved.restore(&mut model)?;
         state = saved.state;
-        if metrics_path.exists() {
+        if root && metrics_path.exists() {
             let mut kept = History::read(&metrics_path)?;
             kept.truncate(state.iteration);
             crate::files::write_atomic(&metrics_path, kept.to_jsonl().as_bytes())?;
         }
-        eprintln!("resumed from {} at iteration {}", saved.file.path.display(), state.iteration);
+        if root {
+            eprintln!("resumed from {} at iteration {}", saved.file.path.display(), state.iteration);
+        }
         last_good = Some(state.iteration);
     } else {
-        let _ = std::fs::remove_file(&metrics_path);
-        if let Some(path) = &cfg.init_weights {
-            start_from(&mut model, path)?;
+        if root {
+            let _ = std::fs::remove_file(&metrics_path);
         }
+        if let Some(path) = &cfg.init_weights {
+            start_from(&mut model, path, root)?;
+        }
+    }
+    // Every rank starts from rank 0's weights, momentum and statistics.
+    if comm.size() > 1 {
+        broadcast_state(&mut model, comm);
     }
     let config_path = out.join("config.json");
     let config_json =
         serde_json::to_string_pretty(cfg).with_context(|| format!("{}: cannot record", config_path.display()))?;
-    crate::files::write_atomic(&config_path, config_json.as_bytes())?;
-    let mut metrics = JsonlSink::append(&metrics_path)?;
-    let mut tensorboard = cfg.tensorboard.then(|| EventWriter::create(&out.join(TENSORBOARD))).transpose()?;
+    if root {
+        crate::files::write_atomic(&config_path, config_json.as_bytes())?;
+    }
+    let mut metrics = root.then(|| JsonlSink::append(&metrics_path)).transpose()?;
+    let mut tensorboard = (root && cfg.tensorboard).then(|| EventWriter::create(&out.join(TENSORBOARD))).transpose()?;
     let mut emit = |r: Record| -> Result<()> {
+        let Some(metrics) = &mut metrics else { return Ok(()) };
         metrics.record(&r)?;
         if let Some(tb) = &mut tensorboard {
             tb.record(&r)?;
@@ -118,7 +136,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
         let epoch = state.iteration / per_epoch;
         let start = state.iteration % per_epoch;
         let order = Arc::new(epoch_order(data.train.len(), cfg.seed, epoch as u64, true));
-        let loader = BatchLoader::new(
+        let loader = BatchLoader::share_of(
             data.train.clone(),
             order,
             cfg.batch,
@@ -126,6 +144,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             Some((cfg.seed, epoch as u64)),
             cfg.loader_threads,
             spare.clone(),
+            (comm.rank(), comm.size()),
         );
         let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
         let bar = crate::progress::epoch_bar(bar_shown, steps_this_epoch, epoch);
@@ -141,14 +160,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                     bar.suspend(|| eprintln!("warning: skipped unreadable image: {e}"));
                 }
             }
-            let n = batch.len();
-            if n == 0 {
-                // Every image of the batch was unreadable: the step is skipped, the position kept.
-                state.iteration += 1;
-                bar.inc(1);
-                continue;
-            }
-            let (loss, ok) = step_with(
+            let done = step_across(
                 &mut model,
                 batch.hw,
                 &batch.images,
@@ -157,8 +169,17 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                 sgd,
                 transfer,
                 &mut scratch,
+                comm,
+                cancel.load(Ordering::SeqCst),
             );
             spare.put(batch);
+            let (loss, ok, n) = (done.loss, done.correct, done.images);
+            if n == 0 {
+                // Every image of the batch was unreadable: the step is skipped, the position kept.
+                state.iteration += 1;
+                bar.inc(1);
+                continue;
+            }
             if !loss.is_finite() {
                 bar.abandon();
                 let fallback = match last_good {
@@ -212,17 +233,26 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                 window_start = Instant::now();
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
-                checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+                if root {
+                    checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
+                }
                 last_good = Some(state.iteration);
             }
-            if cancel.load(Ordering::SeqCst) {
+            // Any rank's Ctrl-C stops every rank after the same step (`done.stop`).
+            if done.stop {
                 bar.abandon();
+                if !root {
+                    return Ok(Outcome::Interrupted { iteration: state.iteration, history: History::default() });
+                }
                 checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 let history = History::read(&metrics_path)?;
                 return Ok(Outcome::Interrupted { iteration: state.iteration, history });
             }
         }
         bar.finish_and_clear();
+        if !root {
+            continue;
+        }
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
         let pass = crate::progress::bar("test", data.test.len(), bar_shown);
         let test = evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass);
@@ -270,6 +300,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
         checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
         last_good = Some(state.iteration);
     }
+    if !root {
+        return Ok(Outcome::Finished { test_acc: f64::NAN, best_acc: None, history: History::default() });
+    }
     if !skipped.is_empty() {
         eprintln!("skipped {} unreadable images in all (each named above)", skipped.len());
     }
@@ -289,11 +322,12 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
 
 /// Initializes `model` from the weights at `path` (fine-tuning); a classifier of another
 /// class count starts anew, which is said.
-fn start_from(model: &mut ResNet, path: &Path) -> Result<()> {
+fn start_from(model: &mut ResNet, path: &Path, speak: bool) -> Result<()> {
     let file = crate::weights::StateDict::read(path)?;
     let (_, classifier) = model.config.naming();
     let classes = model.classes();
     match crate::weights::load_for_fine_tuning(&file, &mut model.named(), classifier)? {
+        _ if !speak => {}
         Some(theirs) => eprintln!(
             "starting from {}: every layer but the classifier, which has {theirs} classes there and {classes} here and starts anew",
             path.display()
@@ -301,6 +335,20 @@ fn start_from(model: &mut ResNet, path: &Path) -> Result<()> {
         None => eprintln!("starting from {}", path.display()),
     }
     Ok(())
+}
+
+/// Rank 0's parameters, momentum buffers and BatchNorm statistics to every rank.
+fn broadcast_state(model: &mut ResNet, comm: &dyn Collective) {
+    for t in model.named().iter_mut() {
+        let mut values = t.to_host();
+        comm.broadcast(&mut values, 0);
+        t.set_from_host(values);
+    }
+    model.for_each_param(&mut |p| {
+        let mut momentum = p.momentum.to_host();
+        comm.broadcast(&mut momentum, 0);
+        p.momentum.copy_from_host(&momentum);
+    });
 }
 
 /// An f32 as the JSON number it prints as (0.1, not 0.10000000149011612).
