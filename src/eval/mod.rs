@@ -93,10 +93,54 @@ pub fn evaluate(
     workers: usize,
     progress: &crate::progress::Bar,
 ) -> EvalResult {
+    let all = 0..data.len();
+    let r = evaluate_samples(model, data, all, batch, workers, progress);
+    r.finish()
+}
+
+/// [`evaluate`] shared by the ranks of a job: each scores its contiguous part of `data`,
+/// and every rank gets the sums of all (the unreadable samples listed are its own). The
+/// ranks' models must agree, BatchNorm statistics included.
+pub fn evaluate_across(
+    model: &mut ResNet,
+    data: Arc<dyn Samples>,
+    batch: usize,
+    workers: usize,
+    progress: &crate::progress::Bar,
+    comm: &dyn crate::dist::Collective,
+) -> EvalResult {
+    let part = crate::engine::split_range(data.len(), comm.size(), comm.rank());
+    let mut r = evaluate_samples(model, data, part, batch, workers, progress);
+    if comm.size() > 1 {
+        let mut sums = vec![r.loss, r.correct as f64, r.correct5 as f64, r.total as f64];
+        sums.extend(r.per_class.iter().flat_map(|&(c, t)| [c as f64, t as f64]));
+        sums.extend(r.confusion.iter().map(|&c| c as f64));
+        comm.all_reduce_sum_f64(&mut sums);
+        let classes = r.per_class.len();
+        (r.loss, r.correct, r.correct5, r.total) = (sums[0], sums[1] as usize, sums[2] as usize, sums[3] as usize);
+        for (k, e) in r.per_class.iter_mut().enumerate() {
+            *e = (sums[4 + 2 * k] as usize, sums[5 + 2 * k] as usize);
+        }
+        for (c, &v) in r.confusion.iter_mut().zip(&sums[4 + 2 * classes..]) {
+            *c = v as usize;
+        }
+    }
+    r.finish()
+}
+
+/// The summed scores of the samples `part` of `data`, in order.
+fn evaluate_samples(
+    model: &mut ResNet,
+    data: Arc<dyn Samples>,
+    part: std::ops::Range<usize>,
+    batch: usize,
+    workers: usize,
+    progress: &crate::progress::Bar,
+) -> EvalResult {
     let classes = model.classes();
     let views = data.views();
     let per_batch = (batch / views).max(1);
-    let order = Arc::new((0..data.len() as u32).collect::<Vec<_>>());
+    let order = Arc::new((part.start as u32..part.end as u32).collect::<Vec<_>>());
     let mut r = EvalResult::new(classes);
     let spare = Spare::default();
     for b in BatchLoader::new(data, order, per_batch, 0, None, workers, spare.clone()) {
@@ -112,5 +156,5 @@ pub fn evaluate(
         spare.put(b);
     }
     progress.finish_and_clear();
-    r.finish()
+    r
 }

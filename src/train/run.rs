@@ -10,7 +10,7 @@ use super::{StepScratch, TrainConfig, step_across};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
 use crate::dist::Collective;
 use crate::engine::sgd::SgdConfig;
-use crate::eval::evaluate;
+use crate::eval::{evaluate, evaluate_across};
 use crate::model::{ModelConfig, ResNet};
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
@@ -250,12 +250,16 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             }
         }
         bar.finish_and_clear();
+        let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
+        let pass = crate::progress::bar("test", data.test.len(), bar_shown);
+        // Every rank scores part of the test set, with rank 0's BatchNorm statistics.
+        if comm.size() > 1 {
+            broadcast_state(&mut model, comm);
+        }
+        let test = evaluate_across(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass, comm);
         if !root {
             continue;
         }
-        let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-        let pass = crate::progress::bar("test", data.test.len(), bar_shown);
-        let test = evaluate(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass);
         for e in &test.skipped {
             if skipped.insert(e.clone()) {
                 eprintln!("warning: skipped unreadable image: {e}");
