@@ -55,7 +55,15 @@ fn resnet20_matches_pytorch_with_direct_convolution() {
 }
 
 fn check(algo: ConvAlgo) {
-    let step3_tol = if algo == ConvAlgo::Winograd { 1e-2 } else { TOL };
+    // On the portable instruction set (RESNET_ISA=portable) every convolution runs as im2col
+    // on the `gemm` crate's SSE kernels, whose sums are blocked otherwise than PyTorch's:
+    // the gradients still agree within 1e-4, and the three steps amplify that to 3e-4.
+    let portable = resnet::engine::isa::isa() == resnet::engine::isa::Isa::Portable;
+    let step3_tol = match algo {
+        ConvAlgo::Winograd => 1e-2,
+        _ if portable => 1e-3,
+        _ => TOL,
+    };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/resnet20.safetensors");
     let g = StateDict::read(&path).unwrap();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 0);

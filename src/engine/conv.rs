@@ -174,6 +174,8 @@ impl Epilogue<'_> {
 }
 
 /// Visits output rows `rows` (global over the batch) as (row index, image, oy, ox).
+// Inlined into its callers' `simd!` copies.
+#[inline(always)]
 fn for_each_row(s: &ConvShape, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, usize, usize)) {
     let (ow, pixels) = (s.out_w(), s.out_pixels());
     for r in rows {

@@ -238,7 +238,13 @@ fn zero_gradients(model: &mut ResNet) {
 /// the ranks in one all-reduce of all of them (the classifier's alone when `classifier`).
 fn reduce_gradients(model: &mut ResNet, classifier: bool, weight: f32, comm: &dyn Collective, host: &mut Vec<f32>) {
     host.clear();
-    let mut gather = |p: &mut crate::nn::Param| host.extend(p.grad.to_host().iter().map(|g| g * weight));
+    // Into the reused buffer, without a vector per parameter and step.
+    let mut gather = |p: &mut crate::nn::Param| {
+        let start = host.len();
+        host.resize(start + p.grad.len(), 0.0);
+        p.grad.view().copy_to_host(&mut host[start..]);
+        host[start..].iter_mut().for_each(|g| *g *= weight);
+    };
     match classifier {
         true => model.fc.for_each_param(&mut gather),
         false => model.for_each_param(&mut gather),
