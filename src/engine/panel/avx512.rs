@@ -7,7 +7,7 @@
 //! Each value of C is summed over k in the same order, by the same fused multiply-adds, as
 //! in the AVX2 kernel, and the epilogue is the same arithmetic: both give the same bits.
 
-use super::{MR, Tail};
+use super::{MR, Tail, ahead_row, prefetch_rows};
 use crate::engine::simd::{V16, prefetch};
 
 /// Rows of C in registers: two groups of `MR`.
@@ -32,15 +32,7 @@ pub(super) unsafe fn row_groups<const INTERLEAVED: bool>(
     accumulate: bool,
     tail: Option<Tail>,
 ) {
-    // As in `super::row_groups`: the second block of rows asks for the next strip's B, or
-    // the first if there is only one full block.
-    let ahead_row = if next_b.is_null() || m < ROWS {
-        usize::MAX
-    } else if m < 2 * ROWS {
-        0
-    } else {
-        ROWS
-    };
+    let ahead_row = ahead_row(m, ROWS, next_b);
     let mut i = 0;
     while i < m {
         let rows = (m - i).min(ROWS);
@@ -99,14 +91,7 @@ unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool, const 
 ) {
     // SAFETY: the caller's contract bounds every access; AVX-512 F is enabled (caller).
     unsafe {
-        for r in 0..R {
-            prefetch(c.add(r * ldc));
-            prefetch(c.add(r * ldc + 15));
-            if let Some(t) = tail.filter(|t| !t.residual.is_null() && t.residual != c.cast_const()) {
-                prefetch(t.residual.add(r * ldc));
-                prefetch(t.residual.add(r * ldc + 15));
-            }
-        }
+        prefetch_rows(R, c, ldc, tail);
         let second = a.add(MR * kc);
         let mut acc = [V16::zero(); R];
         for p in 0..kc {
