@@ -205,7 +205,7 @@ fn batchnorm_train_forward_backward_match_naive_reference() {
         let dy = random(&mut rng, rows * c);
         let r = residual.then_some(res.as_slice());
         let (y_ref, dx_ref, dg_ref, db_ref, mean_ref, var_ref) = bn_ref(&x, rows, c, &gamma, &beta, r, relu, &dy);
-        let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+        let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5, sync: None };
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
         let mut saved = batchnorm::Saved::new(c);
         let mut y = vec![f32::NAN; rows * c];
@@ -244,7 +244,7 @@ fn batchnorm_eval_uses_running_statistics() {
     let rm = random(&mut rng, c);
     let rv: Vec<f32> = (0..c).map(|_| rng.uniform() as f32 + 0.1).collect();
     let mut y = vec![0f32; rows * c];
-    let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5 };
+    let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5, sync: None };
     batchnorm::forward_eval(&p, &x, rows, &rm, &rv, None, true, &mut y, &mut Default::default());
     let y_ref: Vec<f64> = (0..rows * c)
         .map(|i| {

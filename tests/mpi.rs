@@ -1,15 +1,21 @@
-//! Data-parallel training on MPI (a build with `--features mpi`, run by `mpirun`): N ranks
-//! at batch 128 compute what one process computes taking each batch in N micro-batches
-//! (`--accumulate N`: BatchNorm over each share, the shares' gradients weighted and added
-//! in order), for N = 2 (shares of 64) and 3 (43, 43, 42), on ResNet-20 for 30 steps: every
-//! logged loss within 1e-5 relative and the final parameters within 1e-4. (The running
-//! averages are rank 0's share's, so they are left out.) A rank that dies ends the job.
+//! Data-parallel training on MPI (a build with `--features mpi`, run by `mpirun`):
+//! - N ranks at batch 128 compute what one process computes taking each batch in N
+//!   micro-batches (`--accumulate N`: BatchNorm over each share, the shares' gradients
+//!   weighted and added in order), for N = 2 (shares of 64) and 3 (43, 43, 42), on ResNet-20
+//!   for 30 steps: every logged loss within 1e-5 relative and the final parameters within
+//!   1e-4. (The running averages are rank 0's share's, so they are left out.)
+//! - `--sync-bn` on N ranks normalizes as one process does with `--bn-batch 0`.
+//! - A 2-rank run killed mid-epoch resumes on 1 rank and on 2, and ends as it would have.
+//! - A rank that dies ends the job.
+//!
 //! Skipped, saying why, without `mpirun` or without MPI in the binary.
 //!
-//! Against one process with `--bn-batch 64` instead, the forward passes are the same but
-//! the weight gradients are summed over all 128 images in one pass rather than per share:
-//! the same sums rounded differently, 1e-7 apart after one step, and the training on this
-//! data amplifies that tenfold a step (1e-3 after 30 steps).
+//! Against one process with `--bn-batch 64` (or `--bn-batch 0` for `--sync-bn`), the
+//! forward passes are the same but the weight gradients are summed over all 128 images in
+//! one pass rather than per share: the same sums rounded differently, 1e-7 apart after one
+//! step. Training amplifies that quickly. BatchNorm's biases have gradients that nearly
+//! cancel, and on the lossy CIFAR-10 data they are 3e-4 apart after 3 steps. So the
+//! `--sync-bn` comparison is held to 1e-5 for one step.
 
 mod common;
 
@@ -19,6 +25,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_resnet");
+
+/// One job at a time: the tests find ranks by their environment, and the jobs would share
+/// the two cores.
+static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Whether the job can run here: an `mpirun`, and MPI in the binary.
 fn available() -> bool {
@@ -61,18 +71,38 @@ fn losses(out: &Path) -> Vec<f64> {
 
 /// The largest relative difference of any parameter of two runs' weights (‖a−b‖/‖b‖).
 fn weights_differ(a: &Path, b: &Path) -> f64 {
+    weights_differ_in(a, b, |name| !name.contains("running_"))
+}
+
+/// The largest relative difference of the tensors of two runs' weights that `which` names.
+fn weights_differ_in(a: &Path, b: &Path, which: impl Fn(&str) -> bool) -> f64 {
     let a = StateDict::read(&a.join("model.safetensors")).unwrap();
     let b = StateDict::read(&b.join("model.safetensors")).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     let mut worst = 0f64;
     for ((name, x), (other, y)) in a.tensors.iter().zip(&b.tensors) {
         assert_eq!(name, other);
-        if name.contains("running_") || name.contains("num_batches") {
+        if name.contains("num_batches") || !which(name) {
             continue;
         }
         worst = worst.max(common::rel_err32(&x.values, &y.values));
     }
     worst
+}
+
+/// The losses logged so far, while a run may be writing them.
+fn losses_if_any(out: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64()).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
 }
 
 fn same_training(reference: &Path, ranks: &Path) {
@@ -88,6 +118,7 @@ fn same_training(reference: &Path, ranks: &Path) {
 
 #[test]
 fn ranks_train_as_one_process_in_micro_batches_of_their_shares() {
+    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
     if !available() {
         return;
     }
@@ -108,7 +139,115 @@ fn ranks_train_as_one_process_in_micro_batches_of_their_shares() {
 }
 
 #[test]
+fn synchronized_batchnorm_normalizes_the_whole_batch() {
+    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    if !available() {
+        return;
+    }
+    let dir = common::temp_dir("mpi_sync_bn");
+    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    // One step at `batch` images.
+    let one_step = |out: &Path, batch: &str, extra: &[&str]| {
+        let mut args = train_args(&dir, out, "1", extra);
+        let at = args.iter().position(|a| a == "30").unwrap();
+        args[at] = "1".into();
+        let at = args.iter().position(|a| a == "128").unwrap();
+        args[at] = batch.into();
+        args
+    };
+    // Shares of 64 images. (With shares of 43 or 60, BatchNorm's biases come out up to 3e-3
+    // apart after one step and the rest 3e-5: the first gradients of those biases nearly
+    // cancel over the batch, so the least change of rounding shows there.)
+    for (ranks, batch) in [("2", "128"), ("3", "192")] {
+        let reference = dir.join(format!("one-process-whole-batch-{batch}"));
+        let args = one_step(&reference, batch, &["--bn-batch", "0"]);
+        checked(Command::new(EXE).args(args).output().unwrap(), "one process");
+        let job = dir.join(format!("{ranks}-ranks-sync"));
+        let out = Command::new("mpirun")
+            .args(["-n", ranks, EXE])
+            .args(one_step(&job, batch, &["--sync-bn"]))
+            .output()
+            .unwrap();
+        checked(out, &format!("{ranks} ranks"));
+        let (want, got) = (losses(&reference), losses(&job));
+        assert!(((got[0] - want[0]) / want[0]).abs() <= 1e-6, "{ranks} ranks: loss {} against {}", got[0], want[0]);
+        // The running averages too: they hold the whole batch's statistics, where each rank's
+        // share alone would put them 1e-2 away.
+        let e = weights_differ_in(&job, &reference, |_| true);
+        assert!(e <= 1e-5, "{ranks} ranks: parameters and running averages differ by {e:.2e}");
+    }
+    // Without --sync-bn the running averages are those of rank 0's share: the check above
+    // tells the two apart.
+    let job = dir.join("2-ranks-own");
+    let out = Command::new("mpirun").args(["-n", "2", EXE]).args(one_step(&job, "128", &[])).output().unwrap();
+    checked(out, "2 ranks");
+    let reference = dir.join("one-process-whole-batch-128");
+    let e = weights_differ_in(&job, &reference, |name| name.contains("running_"));
+    assert!(e > 1e-3, "each rank's statistics came within {e:.2e} of the whole batch's");
+}
+
+#[test]
+fn a_killed_job_resumes_on_another_number_of_ranks() {
+    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    if !available() {
+        return;
+    }
+    let dir = common::temp_dir("mpi_resume");
+    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let run = |out: &Path, iterations: &str| {
+        let mut args = train_args(&dir, out, "1", &["--checkpoint-every", "4"]);
+        let at = args.iter().position(|a| a == "30").unwrap();
+        args[at] = iterations.into();
+        args
+    };
+    let whole = dir.join("uninterrupted");
+    let out = Command::new("mpirun").args(["-n", "2", EXE]).args(run(&whole, "30")).output().unwrap();
+    checked(out, "the uninterrupted job");
+    // The same job, with rank 1 killed by SIGKILL once the run is past iteration 13 (mid-epoch:
+    // 10 steps an epoch); its checkpoint of iteration 12 survives.
+    let killed = dir.join("killed");
+    let mut job = Command::new("mpirun").args(["-n", "2", EXE]).args(run(&killed, "30")).spawn().unwrap();
+    let started = Instant::now();
+    while losses_if_any(&killed).len() < 13 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the job never reached iteration 13");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = rank_process(1).expect("rank 1 runs");
+    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    assert!(!job.wait().unwrap().success(), "the killed job succeeded");
+    let done = losses_if_any(&killed).len();
+    assert!(done < 30, "the job finished ({done} steps) before it was killed");
+    for ranks in [1, 2] {
+        let out = dir.join(format!("resumed-on-{ranks}"));
+        copy_dir(&killed, &out);
+        let resume = ["--threads", "1", "train", "--resume", "--quiet", "--out"];
+        let mut cmd = match ranks {
+            1 => Command::new(EXE),
+            _ => {
+                let mut c = Command::new("mpirun");
+                c.args(["-n", "2", EXE]);
+                c
+            }
+        };
+        let output = cmd.args(resume).arg(&out).output().unwrap();
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        checked(output, &format!("the resume on {ranks} ranks"));
+        if ranks == 1 {
+            assert!(said.contains("continues on 1, each taking 2 micro-batches"), "{said}");
+        }
+        assert!(!said.contains("warning"), "{said}");
+        assert_eq!(losses(&out).len(), 30, "a loss per step after the resume on {ranks}");
+        let e = weights_differ(&out, &whole);
+        assert!(e <= 1e-4, "resumed on {ranks} ranks: final weights differ by {e:.2e}");
+    }
+}
+
+#[test]
 fn a_rank_that_dies_ends_the_job() {
+    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
     if !available() {
         return;
     }

@@ -1,10 +1,12 @@
 """Training throughput across processes: `resnet train` as 1 process x 2 threads and as
 2 MPI ranks x 1 thread (a build with --features mpi), beside PyTorch DDP (gloo backend,
-2 processes x 1 thread), same CIFAR ResNet, same global batch, alternating rounds.
-Prints a markdown table of the median images/s of the timed steps.
+2 processes x 1 thread), same network, same global batch, alternating rounds. Prints a
+markdown table of the median images/s of the timed steps, and for the ranks the time per
+step spent in the gradient all-reduce (`comm_s` of metrics.jsonl).
 
     cargo build --release --features mpi
-    python tools/bench_dist.py --rounds 3 --depth 20 --batch 128
+    python tools/bench_dist.py --rounds 3 --model resnet20 --batch 128
+    python tools/bench_dist.py --rounds 2 --model resnet50 --batch 32 --steps 8   # 224x224 JPEG folder
 """
 import argparse
 import json
@@ -28,17 +30,35 @@ def cifar_file(path, count):
             f.write(bytes([rng.randrange(10)]) + rng.randbytes(3072))
 
 
-def ours(launch, threads, depth, batch, steps, data, out):
-    cmd = launch + [EXE, "--threads", str(threads), "train", "--model", f"resnet{depth}", "--batch", str(batch),
-                    "--iterations", str(steps), "--log-every", "1", "--quiet", "--overwrite",
-                    "--data", str(data / "train.bin"), "--test-data", str(data / "test.bin"), "--out", str(out)]
+def image_folder(root, count):
+    """Random 256x256 JPEGs in 10 class folders, and a 10-image validation set."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", count), ("val", 10)):
+        for i in range(n):
+            d = root / split / f"class{i % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
+
+
+def ours(launch, threads, model, batch, steps, data, out):
+    """(median images/s, median seconds per step in the all-reduce or None) of steps 4.."""
+    cmd = launch + [EXE, "--threads", str(threads), "train", "--model", model, "--batch", str(batch),
+                    "--iterations", str(steps), "--log-every", "1", "--quiet", "--overwrite", "--out", str(out)]
+    if model.startswith("resnet") and int(model[6:]) in (18, 34, 50, 101, 152):
+        cmd += ["--data", str(data / "folder")]
+    else:
+        cmd += ["--data", str(data / "train.bin"), "--test-data", str(data / "test.bin")]
     subprocess.run(cmd, check=True, capture_output=True)
     lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
-    rates = [l["images_per_s"] for l in lines if "loss" in l][3:]  # the first steps warm up
-    return statistics.median(rates)
+    steps = [l for l in lines if "loss" in l][3:]  # the first steps warm up
+    comm = [l["comm_s"] for l in steps if "comm_s" in l]
+    return statistics.median(l["images_per_s"] for l in steps), statistics.median(comm) if comm else None
 
 
-def ddp_worker(rank, size, depth, batch, steps, port, result):
+def ddp_worker(rank, size, model_name, batch, steps, port, result):
     import torch
     import torch.distributed as dist
 
@@ -49,10 +69,16 @@ def ddp_worker(rank, size, depth, batch, steps, port, result):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=size)
     torch.manual_seed(0)
-    model = CifarResNet((depth - 2) // 6).to(memory_format=torch.channels_last)
-    model = torch.nn.parallel.DistributedDataParallel(model)
+    depth = int(model_name[6:])
+    if depth in (18, 34, 50, 101, 152):
+        import torchvision
+
+        net, side = getattr(torchvision.models, model_name)(num_classes=10), 224
+    else:
+        net, side = CifarResNet((depth - 2) // 6), 32
+    model = torch.nn.parallel.DistributedDataParallel(net.to(memory_format=torch.channels_last))
     share = batch // size
-    x = torch.randn(share, 3, 32, 32).to(memory_format=torch.channels_last)
+    x = torch.randn(share, 3, side, side).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (share,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -68,12 +94,12 @@ def ddp_worker(rank, size, depth, batch, steps, port, result):
     dist.destroy_process_group()
 
 
-def ddp(depth, batch, steps, port):
+def ddp(model, batch, steps, port):
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     result = ctx.Queue()
-    procs = [ctx.Process(target=ddp_worker, args=(r, 2, depth, batch, steps, port, result)) for r in range(2)]
+    procs = [ctx.Process(target=ddp_worker, args=(r, 2, model, batch, steps, port, result)) for r in range(2)]
     for p in procs:
         p.start()
     rate = result.get()
@@ -85,7 +111,7 @@ def ddp(depth, batch, steps, port):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--model", default="resnet20", help="resnet<6n+2> (CIFAR) or resnet18..152 (224x224)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     a = p.parse_args()
@@ -94,20 +120,27 @@ def main():
         sys.exit(f"{EXE} has no MPI: cargo build --release --features mpi")
     print(version, file=sys.stderr)
     runs = {"1 process x 2 threads": [], "2 MPI ranks x 1 thread": [], "PyTorch DDP gloo, 2 x 1 thread": []}
+    waits = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        cifar_file(data / "train.bin", a.batch * (a.steps + 1))
-        cifar_file(data / "test.bin", 100)
+        if int(a.model[6:]) in (18, 34, 50, 101, 152):
+            image_folder(data / "folder", a.batch * (a.steps + 1))
+        else:
+            cifar_file(data / "train.bin", a.batch * (a.steps + 1))
+            cifar_file(data / "test.bin", 100)
         for r in range(a.rounds):
-            runs["1 process x 2 threads"].append(ours([], 2, a.depth, a.batch, a.steps, data, data / "one"))
-            runs["2 MPI ranks x 1 thread"].append(ours(["mpirun", "-n", "2"], 1, a.depth, a.batch, a.steps, data,
-                                                       data / "two"))
-            runs["PyTorch DDP gloo, 2 x 1 thread"].append(ddp(a.depth, a.batch, a.steps, 29500 + r))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()), file=sys.stderr)
-    print(f"| resnet{a.depth}, batch {a.batch} | images/s (median of {a.rounds} rounds) |")
-    print("|---|---|")
+            runs["1 process x 2 threads"].append(ours([], 2, a.model, a.batch, a.steps, data, data / "one")[0])
+            rate, wait = ours(["mpirun", "-n", "2"], 1, a.model, a.batch, a.steps, data, data / "two")
+            runs["2 MPI ranks x 1 thread"].append(rate)
+            waits.append(wait)
+            runs["PyTorch DDP gloo, 2 x 1 thread"].append(ddp(a.model, a.batch, a.steps, 29500 + r))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items())
+                  + f", all-reduce {1e3 * wait:.1f} ms/step", file=sys.stderr)
+    print(f"| {a.model}, batch {a.batch} | images/s (median of {a.rounds} rounds) | rounds |")
+    print("|---|---|---|")
     for k, v in runs.items():
-        print(f"| {k} | {statistics.median(v):.1f} |")
+        print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} |")
+    print(f"\nall-reduce, 2 ranks: {1e3 * statistics.median(waits):.1f} ms per step (median)")
 
 
 if __name__ == "__main__":

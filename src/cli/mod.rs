@@ -111,7 +111,7 @@ pub fn run() -> Result<ExitCode> {
                 );
             }
             // An error on one rank ends every rank: the others would wait for it forever.
-            match train::run(a, &given, &*comm) {
+            match train::run(a, &given, &comm) {
                 Err(e) if comm.size() > 1 => {
                     eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.size());
                     comm.abort(1)

@@ -9,8 +9,10 @@ use resnet::train::run::iterations_per_epoch;
 use resnet::train::run_dir::{Claim, RunDir};
 use resnet::train::{ImageTraining, Outcome, RunOptions, TrainConfig, data, schedule::Schedule};
 
+use resnet::dist::Collective;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -81,6 +83,10 @@ pub struct Args {
     /// (256 on eight GPUs).
     #[arg(long)]
     bn_batch: Option<usize>,
+    /// Under MPI, BatchNorm takes its training statistics over the whole batch of every rank
+    /// (synchronized BatchNorm, as PyTorch's SyncBatchNorm) instead of over each rank's share.
+    #[arg(long, conflicts_with_all = ["accumulate", "bn_batch"])]
+    sync_bn: bool,
     /// Learning rate, divided by 10 at each of --milestones (CIFAR) or --schedule (image folders).
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
@@ -229,6 +235,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
     }
     let (init_weights, norm) = start_weights(a)?;
     let bn_batch = match a.bn_batch.unwrap_or(recipe.bn_batch()) {
+        _ if a.sync_bn => None,
         0 => None,
         n => Some(n),
     };
@@ -242,6 +249,8 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         out: a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.model.as_deref().unwrap_or("model"))),
         batch,
         accumulate: a.accumulate,
+        ranks: 1,
+        sync_bn: a.sync_bn,
         bn_batch,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -346,12 +355,52 @@ fn batch_note(cfg: &TrainConfig) -> String {
     if cfg.accumulate > 1 {
         note += &format!(" in {} micro-batches", cfg.accumulate);
     }
-    let micro = cfg.batch.div_ceil(cfg.accumulate);
-    let group = micro.div_ceil(resnet::nn::bn_group_count(micro, cfg.bn_batch));
-    if group < cfg.batch {
+    let group = bn_group(cfg);
+    if cfg.sync_bn && cfg.ranks > 1 {
+        note += ", BatchNorm over the whole batch of every rank";
+    } else if group < cfg.batch {
         note += &format!(", BatchNorm over groups of {group}");
     }
     note
+}
+
+/// A run resumed on `ranks` processes where it trained on `cfg.ranks`. Where `ranks`
+/// divides the run's micro-batches per step (`ranks × accumulate`), each rank takes an
+/// equal number of them, so the batch is cut, and BatchNorm normalizes, exactly as before;
+/// elsewhere (a job that lost a node) each rank takes one, and a change of BatchNorm's
+/// groups is said. Synchronized BatchNorm normalizes the whole batch on any number of ranks.
+fn rescale_ranks(cfg: &mut TrainConfig, ranks: usize, speak: bool) -> Result<()> {
+    if ranks == cfg.ranks {
+        return Ok(());
+    }
+    let (was, parts) = (bn_group(cfg), cfg.ranks * cfg.accumulate);
+    let accumulate = if cfg.sync_bn || parts % ranks != 0 { 1 } else { parts / ranks };
+    let before = cfg.ranks;
+    (cfg.ranks, cfg.accumulate) = (ranks, accumulate);
+    if speak {
+        let each = match accumulate {
+            1 => String::new(),
+            k => format!(", each taking {k} micro-batches of a step"),
+        };
+        eprintln!("note: the run trained on {before} processes and continues on {ranks}{each}");
+        let now = bn_group(cfg);
+        if !cfg.sync_bn && now != was {
+            eprintln!(
+                "warning: BatchNorm now normalizes groups of {now} images instead of {was}: the run goes on, \
+                 but not as it would have on {before} processes"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Images per BatchNorm group in a full training batch, over all ranks.
+fn bn_group(cfg: &TrainConfig) -> usize {
+    if cfg.sync_bn {
+        return cfg.batch;
+    }
+    let micro = cfg.batch.div_ceil(cfg.ranks * cfg.accumulate);
+    micro.div_ceil(resnet::nn::bn_group_count(micro, cfg.bn_batch))
 }
 
 /// What `--resume` reads from the command line; the run's own settings come from its
@@ -360,7 +409,8 @@ const RESUME_FLAGS: [&str; 8] = ["resume", "out", "model", "data", "quiet", "thr
 
 /// `given`: the ids of the arguments given on the command line.
 /// `comm`: the job's processes; rank 0 owns the run directory and speaks for the job.
-pub fn run(a: Args, given: &[String], comm: &dyn resnet::dist::Collective) -> Result<ExitCode> {
+pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitCode> {
+    let comm = &**job;
     let root = comm.rank() == 0;
     let claim_dir = |path: &Path, claim: Claim| root.then(|| RunDir::claim(path, claim)).transpose();
     let mut position = 0;
@@ -389,9 +439,11 @@ pub fn run(a: Args, given: &[String], comm: &dyn resnet::dist::Collective) -> Re
             );
         }
         position = saved.state.iteration;
+        rescale_ranks(&mut cfg, comm.size(), root)?;
         (cfg, Some(saved.norm), run_dir)
     } else {
-        let cfg = config_from_args(&a)?;
+        let mut cfg = config_from_args(&a)?;
+        cfg.ranks = comm.size();
         let claim = if a.overwrite { Claim::Overwrite } else { Claim::Fresh };
         let run_dir = claim_dir(&cfg.out, claim)?;
         (cfg, None, run_dir)
@@ -418,14 +470,14 @@ pub fn run(a: Args, given: &[String], comm: &dyn resnet::dist::Collective) -> Re
         }
     }
     super::on_ctrl_c()?;
-    let job = match comm.size() {
+    let processes = match comm.size() {
         1 => String::new(),
         _ => format!(" on {} ({} threads each)", comm.describe(), rayon::current_num_threads()),
     };
     let threads = if comm.size() > 1 { String::new() } else { format!(", {} threads", rayon::current_num_threads()) };
     if root {
         eprintln!(
-            "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}{threads}{job} -> {}",
+            "training {} on {} ({} train / {} eval images, {} classes), {} iterations, batch {}{}{threads}{processes} -> {}",
             cfg.model,
             cfg.data.display(),
             grouped(data.train.len() as u64),
@@ -438,8 +490,13 @@ pub fn run(a: Args, given: &[String], comm: &dyn resnet::dist::Collective) -> Re
         );
     }
     let started = std::time::Instant::now();
-    let opts =
-        RunOptions { resume: a.resume, progress: !a.quiet, cancel: &super::INTERRUPTED, sinks: Vec::new(), comm };
+    let opts = RunOptions {
+        resume: a.resume,
+        progress: !a.quiet,
+        cancel: &super::INTERRUPTED,
+        sinks: Vec::new(),
+        comm: job.clone(),
+    };
     let outcome = resnet::train::train(&cfg, data, opts)?;
     drop(run_dir);
     if !root {

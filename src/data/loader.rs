@@ -6,6 +6,7 @@
 //! the batches are identical whatever the number of workers or their timing.
 
 use super::prefetch::Prefetch;
+use crate::dist::Part;
 use crate::rng::Rng;
 use anyhow::Result;
 use std::sync::{Arc, Mutex};
@@ -60,8 +61,7 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<u32>
 }
 
 /// Builds batch `b` of `order` (the last batch may be short), in the memory of `reuse` if
-/// given, or rather `part.0`'s share of it among `part.1` ranks (`dist::share`; (0, 1)
-/// for the whole batch). `augment`: `Some((seed, epoch))` for training-time augmentation,
+/// given, or rather a rank's part of it ([`Part::WHOLE`] for the whole batch). `augment`: `Some((seed, epoch))` for training-time augmentation,
 /// each image's draws depending on its position in the epoch only, whichever rank builds it.
 pub fn build_batch(
     data: &dyn Samples,
@@ -70,10 +70,10 @@ pub fn build_batch(
     b: usize,
     augment: Option<(u64, u64)>,
     reuse: Option<Batch>,
-    part: (usize, usize),
+    part: Part,
 ) -> Batch {
     let whole = &order[b * batch..((b + 1) * batch).min(order.len())];
-    let share = crate::dist::share(whole.len(), batch, part.0, part.1);
+    let share = part.of(whole.len());
     let (first, idx) = (b * batch + share.start, &whole[share]);
     let (h, w) = data.hw();
     let len = data.views() * h * w * 3;
@@ -131,11 +131,11 @@ impl BatchLoader {
         workers: usize,
         spare: Spare,
     ) -> Self {
-        Self::share_of(data, order, batch, start, augment, workers, spare, (0, 1))
+        Self::share_of(data, order, batch, start, augment, workers, spare, Part::WHOLE)
     }
 
-    /// [`new`](BatchLoader::new) for rank `part.0` of `part.1`: each batch holds that
-    /// rank's share of the global batch (`dist::share`), possibly none.
+    /// [`new`](BatchLoader::new) for one rank: each batch holds the rank's `part` of the
+    /// global batch, possibly none.
     #[allow(clippy::too_many_arguments)]
     pub fn share_of(
         data: Arc<dyn Samples>,
@@ -145,7 +145,7 @@ impl BatchLoader {
         augment: Option<(u64, u64)>,
         workers: usize,
         spare: Spare,
-        part: (usize, usize),
+        part: Part,
     ) -> Self {
         let end = order.len().div_ceil(batch);
         BatchLoader(Prefetch::new(start, end, workers, move |b| {
@@ -204,8 +204,8 @@ mod tests {
             errors: vec!["old".into()],
         };
         for b in 0..3 {
-            let fresh = build_batch(&Fake, &order, 4, b, augment, None, (0, 1));
-            let reused = build_batch(&Fake, &order, 4, b, augment, Some(used()), (0, 1));
+            let fresh = build_batch(&Fake, &order, 4, b, augment, None, Part::WHOLE);
+            let reused = build_batch(&Fake, &order, 4, b, augment, Some(used()), Part::WHOLE);
             assert_eq!(contents(&fresh), contents(&reused), "batch {b}");
             assert_eq!(reused.hw, (2, 2));
         }

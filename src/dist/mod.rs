@@ -12,6 +12,7 @@
 mod mpi;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The collective operations of data-parallel training. Every rank calls each operation
 /// in the same order with buffers of the same length.
@@ -56,12 +57,12 @@ impl Collective for Single {
 
 /// The job this process belongs to: MPI's world where the build has the `mpi` feature
 /// and an MPI launcher (mpirun, mpiexec, srun) started it, else one process.
-pub fn init() -> anyhow::Result<Box<dyn Collective>> {
+pub fn init() -> anyhow::Result<Arc<dyn Collective>> {
     #[cfg(feature = "mpi")]
     if mpi::launched() {
-        return Ok(Box::new(mpi::Mpi::init()?));
+        return Ok(Arc::new(mpi::Mpi::init()?));
     }
-    Ok(Box::new(Single))
+    Ok(Arc::new(Single))
 }
 
 /// Whether an MPI launcher started this process (its environment says so), whatever the
@@ -72,26 +73,78 @@ pub fn launched_by_mpi() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
-/// Rank `rank`'s share of a global batch of `len` images (the configured batch is
-/// `batch`): contiguous groups of ⌈batch/ranks⌉ images, as `--bn-batch` cuts a batch, so a
-/// job of N ranks computes what one process does with `--bn-batch ⌈batch/N⌉` (a short
-/// last batch leaves the last ranks fewer images, or none).
-pub fn share(len: usize, batch: usize, rank: usize, ranks: usize) -> Range<usize> {
-    let group = batch.div_ceil(ranks.max(1));
-    (rank * group).min(len)..((rank + 1) * group).min(len)
+/// Which part of every global batch a process takes: the batch is cut into
+/// `ranks × micro` near-equal micro-batches (as `--accumulate` cuts it) and rank `rank`
+/// takes the `micro` consecutive ones from `rank × micro`. A job of N ranks then computes
+/// what one process computes with `--accumulate N`, and a run keeps its micro-batches, and
+/// so its BatchNorm groups, when it resumes on another number of ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub rank: usize,
+    pub ranks: usize,
+    /// Micro-batches per rank (`--accumulate`).
+    pub micro: usize,
+}
+
+impl Part {
+    /// The whole batch: one process.
+    pub const WHOLE: Part = Part { rank: 0, ranks: 1, micro: 1 };
+
+    /// This part of a global batch of `len` images (possibly none, when `len` is short).
+    pub fn of(self, len: usize) -> Range<usize> {
+        let parts = (self.ranks * self.micro).max(1);
+        let first = crate::engine::split_range(len, parts, self.rank * self.micro);
+        let last = crate::engine::split_range(len, parts, (self.rank + 1) * self.micro - 1);
+        first.start..last.end
+    }
+}
+
+/// BatchNorm's statistics gathered over a job's ranks (`--sync-bn`).
+pub struct SyncBn(pub Arc<dyn Collective>);
+
+impl crate::engine::batchnorm::SyncStats for SyncBn {
+    fn first_to_all(&self, values: &mut [f32]) {
+        self.0.broadcast(values, 0);
+    }
+    fn add_up(&self, sums: &mut [f64]) {
+        self.0.all_reduce_sum_f64(sums);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shares(len: usize, ranks: usize, micro: usize) -> Vec<Range<usize>> {
+        (0..ranks).map(|rank| Part { rank, ranks, micro }.of(len)).collect()
+    }
+
     #[test]
-    fn shares_are_bn_batch_groups_covering_the_batch_once() {
-        assert_eq!((0..2).map(|r| share(128, 128, r, 2)).collect::<Vec<_>>(), [0..64, 64..128]);
-        assert_eq!((0..3).map(|r| share(128, 128, r, 3)).collect::<Vec<_>>(), [0..43, 43..86, 86..128]);
-        // CIFAR-10's last batch of an epoch holds 80 images.
-        assert_eq!((0..2).map(|r| share(80, 128, r, 2)).collect::<Vec<_>>(), [0..64, 64..80]);
-        assert_eq!((0..4).map(|r| share(80, 128, r, 4)).collect::<Vec<_>>(), [0..32, 32..64, 64..80, 80..80]);
-        assert_eq!(share(128, 128, 0, 1), 0..128);
+    fn shares_are_micro_batches_covering_the_batch_once() {
+        assert_eq!(shares(128, 2, 1), [0..64, 64..128]);
+        assert_eq!(shares(128, 3, 1), [0..43, 43..86, 86..128]);
+        // CIFAR-10's last batch of an epoch holds 80 images: cut as --accumulate cuts it.
+        assert_eq!(shares(80, 2, 1), [0..40, 40..80]);
+        assert_eq!(shares(80, 4, 1), [0..20, 20..40, 40..60, 60..80]);
+        assert_eq!(shares(3, 4, 1), [0..1, 1..2, 2..3, 3..3]);
+        assert_eq!(Part::WHOLE.of(128), 0..128);
+    }
+
+    #[test]
+    fn a_rank_holds_its_micro_batches_as_they_were_on_more_ranks() {
+        // 10 images in four micro-batches: 3, 3, 2, 2; on two ranks, 3+3 and 2+2.
+        for len in [128, 80, 10, 3] {
+            let four = shares(len, 4, 1);
+            let two = shares(len, 2, 2);
+            assert_eq!(two, [four[0].start..four[1].end, four[2].start..four[3].end]);
+            // Each rank cuts its share into 2 as --accumulate does: the same micro-batches.
+            for (r, share) in two.iter().enumerate() {
+                for k in 0..2 {
+                    let micro = crate::engine::split_range(share.len(), 2, k);
+                    assert_eq!(micro.len(), four[2 * r + k].len(), "{len} images, rank {r}, micro-batch {k}");
+                }
+            }
+            assert_eq!(shares(len, 1, 4), vec![0..len]);
+        }
     }
 }

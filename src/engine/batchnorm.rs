@@ -27,6 +27,18 @@ pub struct Scratch {
     channels: Vec<f64>,
     /// Per-channel f32 values: scale and shift, or the backward's k, a and b.
     affine: Vec<f32>,
+    /// The values the forward's sums are shifted by (a row of the batch).
+    shift: Vec<f32>,
+}
+
+/// Synchronized BatchNorm: one batch spread over several processes and normalized by the
+/// statistics of all of it (`--sync-bn`). The engine asks for two collective operations
+/// and knows nothing of how they travel.
+pub trait SyncStats: Send + Sync {
+    /// The first process's `values` on every process.
+    fn first_to_all(&self, values: &mut [f32]);
+    /// Element-wise sums over the processes, left in every process's `sums`.
+    fn add_up(&self, sums: &mut [f64]);
 }
 
 /// Rows per parallel task: large enough to amortise the per-task partial sums.
@@ -35,10 +47,10 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(64)
 }
 
-/// Per-channel sums of `a - k` and `(a - k)²`, with `k` the first row, in
-/// `scr.channels[..c]` and `[c..2c]`: shifting by a sample of the data keeps
-/// `E[(a-k)²] - E[a-k]²` accurate when the mean is large against the spread. Each task's
-/// sums are added in task order, so the result does not depend on the threads' timing.
+/// Per-channel sums of `a - k` and `(a - k)²`, with `k` the batch's first row (in
+/// `scr.shift`), in `scr.channels[..c]` and `[c..2c]`: shifting by a sample of the data
+/// keeps `E[(a-k)²] - E[a-k]²` accurate when the mean is large against the spread. Each
+/// task's sums are added in task order, so the result does not depend on the threads' timing.
 fn channel_sums(a: &[f32], c: usize, rows: usize, scr: &mut Scratch) {
     let chunk = chunk_rows(rows) * c;
     let len = block_len(c);
@@ -47,7 +59,7 @@ fn channel_sums(a: &[f32], c: usize, rows: usize, scr: &mut Scratch) {
     ensure_len(&mut scr.runs, tasks * 2 * len);
     ensure_len(&mut scr.partials, tasks * 2 * len);
     let k = &mut scr.repeated[..len];
-    repeat_into(k, &a[..c]);
+    repeat_into(k, &scr.shift[..c]);
     let k = &*k;
     (a[..rows * c].par_chunks(chunk))
         .zip(scr.partials.par_chunks_mut(2 * len))
@@ -87,11 +99,13 @@ fn add_into(total: &mut [f64], run: &[f32]) {
     total.iter_mut().zip(run).for_each(|(t, r)| *t += *r as f64);
 }
 
-/// Parameters and running statistics of one BatchNorm layer.
+/// Parameters of one BatchNorm layer, and the processes its training statistics are
+/// gathered over (None: this process's batch alone).
 pub struct BnParams<'a> {
     pub gamma: &'a [f32],
     pub beta: &'a [f32],
     pub eps: f32,
+    pub sync: Option<&'a dyn SyncStats>,
 }
 
 /// Rows per block of the elementwise loops: at least 512 floats, so that each block is
@@ -207,11 +221,13 @@ pub struct Saved {
     pub invstd: Vec<f32>,
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
+    /// The rows the statistics cover: this call's, or with `sync` the whole job's.
+    pub rows: usize,
 }
 
 impl Saved {
     pub fn new(c: usize) -> Self {
-        Saved { mean: vec![0.0; c], invstd: vec![0.0; c], scale: vec![0.0; c], shift: vec![0.0; c] }
+        Saved { mean: vec![0.0; c], invstd: vec![0.0; c], scale: vec![0.0; c], shift: vec![0.0; c], rows: 0 }
     }
 }
 
@@ -233,19 +249,31 @@ pub fn forward_train(
     scr: &mut Scratch,
 ) {
     let c = p.gamma.len();
+    ensure_len(&mut scr.shift, c);
+    scr.shift[..c].copy_from_slice(&x[..c]);
+    if let Some(sync) = p.sync {
+        // One shift for every process, so that their sums add up.
+        sync.first_to_all(&mut scr.shift[..c]);
+    }
     channel_sums(x, c, rows, scr);
+    ensure_len(&mut scr.channels, 2 * c + 1);
+    scr.channels[2 * c] = rows as f64;
+    if let Some(sync) = p.sync {
+        sync.add_up(&mut scr.channels[..2 * c + 1]);
+    }
     let (s, q) = scr.channels[..2 * c].split_at(c);
-    let m = rows as f64;
+    let m = scr.channels[2 * c];
+    saved.rows = m as usize;
     for j in 0..c {
         let shifted_mean = s[j] / m;
         let var = (q[j] / m - shifted_mean * shifted_mean).max(0.0);
-        let mu = x[j] as f64 + shifted_mean;
+        let mu = scr.shift[j] as f64 + shifted_mean;
         let is = 1.0 / (var + p.eps as f64).sqrt();
         saved.mean[j] = mu as f32;
         saved.invstd[j] = is as f32;
         saved.scale[j] = (p.gamma[j] as f64 * is) as f32;
         saved.shift[j] = (p.beta[j] as f64 - mu * p.gamma[j] as f64 * is) as f32;
-        let unbiased = if rows > 1 { var * m / (m - 1.0) } else { var };
+        let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
         running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mu as f32;
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * unbiased as f32;
     }
@@ -331,14 +359,21 @@ pub fn backward(
         },
     );
     sum_tasks(&scr.partials[..tasks * 2 * len], c, &mut scr.channels);
+    // γ's and β's gradients are this process's own (the gradients' all-reduce adds them
+    // up); the input's gradient needs the sums over the rows the statistics covered.
+    for j in 0..c {
+        dbeta[j] = scr.channels[j] as f32;
+        dgamma[j] = scr.channels[c + j] as f32;
+    }
+    if let Some(sync) = p.sync {
+        sync.add_up(&mut scr.channels[..2 * c]);
+    }
     let (sum_dy, sum_dy_xhat) = scr.channels[..2 * c].split_at(c);
-    let m = rows as f64;
+    let m = saved.rows as f64;
     ensure_len(&mut scr.affine, 3 * c);
     let (k, rest) = scr.affine[..3 * c].split_at_mut(c); // gamma * invstd
     let (a, b) = rest.split_at_mut(c); // means of dy and of dy*xhat
     for j in 0..c {
-        dbeta[j] = sum_dy[j] as f32;
-        dgamma[j] = sum_dy_xhat[j] as f32;
         k[j] = p.gamma[j] * saved.invstd[j];
         a[j] = (sum_dy[j] / m) as f32;
         b[j] = (sum_dy_xhat[j] / m) as f32;

@@ -145,11 +145,13 @@ pub struct BnWeights<'a> {
     pub gamma: View<'a>,
     pub beta: View<'a>,
     pub eps: f32,
+    /// The processes the training statistics are gathered over ([`bn::SyncStats`]).
+    pub sync: Option<&'a dyn bn::SyncStats>,
 }
 
 impl<'a> BnWeights<'a> {
     fn host(self) -> BnParams<'a> {
-        BnParams { gamma: self.gamma.host(), beta: self.beta.host(), eps: self.eps }
+        BnParams { gamma: self.gamma.host(), beta: self.beta.host(), eps: self.eps, sync: self.sync }
     }
 }
 

@@ -166,6 +166,20 @@ pub fn softmax_cross_entropy(
     labels: &[u32],
     grad: &mut [f32],
 ) -> (f32, usize) {
+    softmax_cross_entropy_of(n, n, classes, logits, labels, grad)
+}
+
+/// [`softmax_cross_entropy`] of `n` rows that are part of a batch of `batch`: the gradient
+/// is that of the whole batch's mean loss (divided by `batch`), the loss returned the mean
+/// over these rows.
+pub fn softmax_cross_entropy_of(
+    n: usize,
+    batch: usize,
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    grad: &mut [f32],
+) -> (f32, usize) {
     let mut loss = 0f64;
     let mut correct = 0;
     for r in 0..n {
@@ -181,9 +195,9 @@ pub fn softmax_cross_entropy(
         let label = labels[r] as usize;
         loss += sum.ln() - (z[label] - max) as f64;
         for gv in g.iter_mut() {
-            *gv = (*gv as f64 / sum / n as f64) as f32;
+            *gv = (*gv as f64 / sum / batch as f64) as f32;
         }
-        g[label] -= 1.0 / n as f32;
+        g[label] -= 1.0 / batch as f32;
         correct += usize::from(arg == label);
     }
     ((loss / n as f64) as f32, correct)

@@ -228,7 +228,7 @@ fn train_one(
         progress: opts.progress,
         cancel: opts.cancel,
         sinks: vec![&mut line as &mut dyn Sink],
-        comm: &crate::dist::Single,
+        comm: std::sync::Arc::new(crate::dist::Single),
     };
     let outcome = crate::train::train(&cfg, data, run_opts)?;
     drop(claim);

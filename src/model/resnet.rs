@@ -100,9 +100,25 @@ impl ResNet {
     /// BatchNorm statistics, as on that many GPUs (see `BatchNorm2d::forward`); None: the
     /// whole batch.
     pub fn set_bn_group(&mut self, group: Option<usize>) {
-        self.stem.bn.group = group;
+        self.for_each_bn(&mut |bn| bn.group = group);
+    }
+
+    /// Synchronized BatchNorm: training statistics over the batches of every process that
+    /// `sync` joins (see [`SyncStats`](crate::engine::batchnorm::SyncStats)); None: each
+    /// process's own.
+    pub fn set_sync_bn(&mut self, sync: Option<std::sync::Arc<dyn crate::engine::batchnorm::SyncStats>>) {
+        self.for_each_bn(&mut |bn| bn.sync = sync.clone());
+    }
+
+    /// Whether BatchNorm's statistics are synchronized across processes.
+    pub fn sync_bn(&self) -> Option<std::sync::Arc<dyn crate::engine::batchnorm::SyncStats>> {
+        self.stem.bn.sync.clone()
+    }
+
+    fn for_each_bn(&mut self, f: &mut dyn FnMut(&mut crate::nn::BatchNorm2d)) {
+        f(&mut self.stem.bn);
         for b in &mut self.blocks {
-            b.for_each_bn(&mut |bn| bn.group = group);
+            b.for_each_bn(f);
         }
     }
 

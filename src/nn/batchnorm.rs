@@ -3,6 +3,7 @@ use crate::engine::batchnorm as bn;
 use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, Residual, View, ViewMut};
 use crate::engine::split_range;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// How many groups a training batch of `images` images is normalized in, for groups of at
 /// most `group` images (None: the whole batch).
@@ -21,6 +22,9 @@ pub struct BatchNorm2d {
     /// Training normalizes groups of at most this many images, each by its own statistics,
     /// as data-parallel devices do (see [`BatchNorm2d::forward`]); None: the whole batch.
     pub group: Option<usize>,
+    /// Synchronized BatchNorm: training statistics over the whole batch of every process
+    /// of a job (`group` is then None).
+    pub sync: Option<Arc<dyn bn::SyncStats>>,
     /// The statistics of each group of the last training forward, and its rows.
     saved: Vec<(Range<usize>, bn::Saved)>,
     /// Room for the groups after the first: their running averages (dropped) and their
@@ -41,6 +45,7 @@ impl BatchNorm2d {
             momentum: 0.1,
             eps: 1e-5,
             group: None,
+            sync: None,
             saved: Vec::new(),
             spare: Default::default(),
             eval_scale: DeviceVec::zeros(c),
@@ -68,7 +73,8 @@ impl BatchNorm2d {
         mut y: ViewMut,
         scr: &mut bn::Scratch,
     ) {
-        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
+        let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
+        let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         if !train {
             let (mean, var) = (self.running_mean.view(), self.running_var.view());
             device::bn_forward_eval(p, x, rows, mean, var, residual, relu, y, scr);
@@ -109,7 +115,8 @@ impl BatchNorm2d {
 
     /// The inference-mode transform as a convolution epilogue: `relu(x·scale + shift + residual)`.
     pub fn epilogue<'a>(&'a mut self, residual: Residual<'a>, relu: bool) -> Epilogue<'a> {
-        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
+        let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
+        let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         let (mean, var) = (self.running_mean.view(), self.running_var.view());
         device::bn_eval_affine(p, mean, var, self.eval_scale.view_mut(), self.eval_shift.view_mut());
         Epilogue { scale: self.eval_scale.view(), shift: self.eval_shift.view(), residual, relu }
@@ -119,7 +126,8 @@ impl BatchNorm2d {
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
     /// The groups are those of the last training forward.
     pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, scr: &mut bn::Scratch) {
-        let p = BnWeights { gamma: self.weight.value.view(), beta: self.bias.value.view(), eps: self.eps };
+        let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
+        let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         let c = self.running_mean.len();
         let [dgamma, dbeta] = &mut self.spare;
         let (gamma_grad, beta_grad) = (&mut self.weight.grad, &mut self.bias.grad);

@@ -21,9 +21,17 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Images per SGD step.
     pub batch: usize,
-    /// Micro-batches each step is computed in (BatchNorm statistics per micro-batch).
+    /// Micro-batches each process computes a step in (BatchNorm statistics per micro-batch).
     #[serde(default = "one")]
     pub accumulate: usize,
+    /// Processes the run trains on (MPI ranks), each on its `accumulate` micro-batches of
+    /// every step ([`crate::dist::Part`]). Recorded so that a resume on another number of
+    /// ranks cuts the batch as before.
+    #[serde(default = "one")]
+    pub ranks: usize,
+    /// Synchronized BatchNorm: training statistics over the whole batch of every rank.
+    #[serde(default)]
+    pub sync_bn: bool,
     /// Images per BatchNorm group in training, as per GPU in data-parallel training; None:
     /// the whole (micro-)batch, as runs saved before this setting existed.
     #[serde(default)]

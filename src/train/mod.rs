@@ -89,6 +89,8 @@ pub struct Across {
     pub images: usize,
     /// Some rank asked to stop after this step.
     pub stop: bool,
+    /// Seconds spent adding up the ranks' losses and gradients (0 for one process).
+    pub comm_s: f64,
 }
 
 /// [`step_with`] on this rank's share of a global batch (`images`, `labels`; possibly
@@ -111,18 +113,34 @@ pub fn step_across(
 ) -> Across {
     let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
     let n = labels.len();
+    // Synchronized BatchNorm needs every rank in every layer's forward and backward, and
+    // the loss of the global batch from the start: each rank's gradients are then its part
+    // of the global batch's, and only added up.
+    let sync = model.sync_bn().filter(|_| comm.size() > 1 && !transfer.freeze_backbone);
+    let mut global = None;
+    if sync.is_some() {
+        let mut counts = [n as f64, f64::from(u8::from(n == 0))];
+        comm.all_reduce_sum_f64(&mut counts);
+        match counts[1] > 0.0 {
+            // A rank without images would miss the collective operations: this step
+            // normalizes each rank's share alone.
+            true => model.set_sync_bn(None),
+            false => global = Some(counts[0] as usize),
+        }
+    }
     // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
-    crate::engine::in_pool(|| {
+    let done = crate::engine::in_pool(|| {
         let (loss, correct) = match (n, transfer.freeze_backbone) {
             (0, _) => {
                 zero_gradients(model);
                 (0.0, 0)
             }
             (_, true) => classifier_gradients(model, hw, images, labels, scratch),
-            (_, false) => gradients(model, hw, images, labels, accumulate, scratch),
+            (_, false) => gradients(model, hw, images, labels, accumulate, global, scratch),
         };
-        let mut done = Across { loss, correct, images: n, stop };
+        let mut done = Across { loss, correct, images: n, stop, comm_s: 0.0 };
         if comm.size() > 1 {
+            let started = std::time::Instant::now();
             let failed = !loss.is_finite();
             let mut totals = [n as f64, loss as f64 * n as f64, correct as f64, f64::from(u8::from(stop)), 0.0];
             totals[4] = f64::from(u8::from(failed));
@@ -132,10 +150,12 @@ pub fn step_across(
             comm.all_reduce_sum_f64(&mut totals);
             let images = totals[0] as usize;
             let loss = if totals[4] > 0.0 { f32::NAN } else { (totals[1] / totals[0].max(1.0)) as f32 };
-            done = Across { loss, correct: totals[2] as usize, images, stop: totals[3] > 0.0 };
+            done = Across { loss, correct: totals[2] as usize, images, stop: totals[3] > 0.0, comm_s: 0.0 };
             if loss.is_finite() && images > 0 {
-                reduce_gradients(model, transfer.freeze_backbone, n as f32 / images as f32, comm, &mut scratch.host);
+                let weight = if global.is_some() { 1.0 } else { n as f32 / images as f32 };
+                reduce_gradients(model, transfer.freeze_backbone, weight, comm, &mut scratch.host);
             }
+            done.comm_s = started.elapsed().as_secs_f64();
         }
         if !done.loss.is_finite() || done.images == 0 {
             return done;
@@ -149,22 +169,30 @@ pub fn step_across(
             device::sgd_step(classifier_cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
         });
         done
-    })
+    });
+    if sync.is_some() && global.is_none() {
+        model.set_sync_bn(sync);
+    }
+    done
 }
 
 /// Forward and backward of the whole network on the batch, in `accumulate` micro-batches
 /// whose gradients are summed, each weighted by its share: the gradients of the batch's
-/// mean loss. Returns (mean loss, correct); a non-finite loss returns at once.
+/// mean loss. With `global`, the batch is this rank's part of a global batch of that many
+/// images, taken whole: the gradients are its part of the global batch's mean loss.
+/// Returns (mean loss, correct); a non-finite loss returns at once.
+#[allow(clippy::too_many_arguments)]
 fn gradients(
     model: &mut ResNet,
     hw: (usize, usize),
     images: &[f32],
     labels: &[u32],
     accumulate: usize,
+    global: Option<usize>,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
     let n = labels.len();
-    let parts = accumulate.clamp(1, n.max(1));
+    let parts = if global.is_some() { 1 } else { accumulate.clamp(1, n.max(1)) };
     let classes = model.classes();
     let image_len = hw.0 * hw.1 * 3;
     let (mut loss, mut correct) = (0f32, 0);
@@ -173,7 +201,9 @@ fn gradients(
         let m = range.len();
         ensure_len(&mut scratch.dlogits, m * classes);
         let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
-        let (l, ok) = ops::softmax_cross_entropy(m, classes, logits, &labels[range.clone()], &mut scratch.dlogits);
+        let labels = &labels[range.clone()];
+        let batch = global.unwrap_or(m);
+        let (l, ok) = ops::softmax_cross_entropy_of(m, batch, classes, logits, labels, &mut scratch.dlogits);
         if !l.is_finite() {
             return (l, correct);
         }

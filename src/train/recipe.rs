@@ -111,6 +111,8 @@ impl Recipe {
             out,
             batch: self.batch(),
             accumulate: 1,
+            ranks: 1,
+            sync_bn: false,
             bn_batch: Some(self.bn_batch()),
             momentum: 0.9,
             weight_decay: 1e-4,

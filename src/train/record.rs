@@ -17,6 +17,10 @@ pub struct StepRecord {
     pub acc: f64,
     pub lr: f64,
     pub images_per_s: f64,
+    /// Across processes: seconds per step spent adding up the ranks' gradients (the
+    /// all-reduce, and waiting there for the slowest rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 /// One epoch: its training loss and accuracy (over the epoch's batches, as the network
@@ -192,7 +196,7 @@ mod tests {
     use super::*;
 
     fn step(iter: usize) -> Record {
-        Record::Step(StepRecord { iter, epoch: 1, loss: 2.25, acc: 0.125, lr: 0.1, images_per_s: 900.0 })
+        Record::Step(StepRecord { iter, epoch: 1, loss: 2.25, acc: 0.125, lr: 0.1, images_per_s: 900.0, comm_s: None })
     }
 
     fn epoch(iter: usize) -> Record {

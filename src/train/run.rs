@@ -8,7 +8,7 @@ use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
 use super::{StepScratch, TrainConfig, step_across};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
-use crate::dist::Collective;
+use crate::dist::{Collective, Part, SyncBn};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::{evaluate, evaluate_across};
 use crate::model::{ModelConfig, ResNet};
@@ -39,8 +39,8 @@ pub struct RunOptions<'a> {
     /// Receive every record as it is written to metrics.jsonl.
     pub sinks: Vec<&'a mut dyn Sink>,
     /// The job's processes (`dist::Single` for one). With several, each trains on its
-    /// share of every batch; rank 0 alone evaluates, prints and writes files.
-    pub comm: &'a dyn Collective,
+    /// part of every batch; rank 0 alone prints and writes files.
+    pub comm: Arc<dyn Collective>,
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -61,7 +61,11 @@ pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
 
 /// Trains `cfg` on `data` in the run directory `cfg.out` (claimed by the caller).
 pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outcome> {
-    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm } = opts;
+    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm: job } = opts;
+    let comm = &*job;
+    if cfg.ranks != comm.size() {
+        bail!("the run is set for {} processes; this job has {}", cfg.ranks, comm.size());
+    }
     // Rank 0 speaks and writes for the job; the others only compute.
     let root = comm.rank() == 0;
     let progress = progress && root;
@@ -70,6 +74,9 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
     let mut model = ResNet::new(model_cfg, cfg.seed);
     model.set_conv_algo(cfg.conv);
     model.set_bn_group(cfg.bn_batch);
+    if cfg.sync_bn && comm.size() > 1 {
+        model.set_sync_bn(Some(Arc::new(SyncBn(job.clone()))));
+    }
     let ckpt_path = out.join(CHECKPOINT);
     let metrics_path = out.join(METRICS);
     let mut state = TrainState { iteration: 0, warmup_done: false, warmup_window: Vec::new(), best_acc: None };
@@ -144,12 +151,13 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             Some((cfg.seed, epoch as u64)),
             cfg.loader_threads,
             spare.clone(),
-            (comm.rank(), comm.size()),
+            Part { rank: comm.rank(), ranks: comm.size(), micro: cfg.accumulate },
         );
         let steps_this_epoch = (per_epoch - start).min(cfg.iterations - state.iteration);
         let bar = crate::progress::epoch_bar(bar_shown, steps_this_epoch, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let (mut win_loss, mut win_correct, mut win_seen) = (0f64, 0usize, 0usize);
+        let (mut win_comm, mut win_steps) = (0f64, 0usize);
         let epoch_start = Instant::now();
         let mut window_start = Instant::now();
         for batch in loader.take(steps_this_epoch) {
@@ -199,6 +207,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             win_loss += loss as f64 * n as f64;
             win_correct += ok;
             win_seen += n;
+            win_comm += done.comm_s;
+            win_steps += 1;
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
             let per_step = run_start.elapsed().as_secs_f64() / (state.iteration - first_iteration) as f64;
             let run_eta = crate::text::duration(per_step * (cfg.iterations - state.iteration) as f64);
@@ -210,8 +220,12 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             ));
             bar.inc(1);
             if lines_shown && cfg.log_every > 0 && state.iteration.is_multiple_of(cfg.log_every) {
+                let waited = match comm.size() {
+                    1 => String::new(),
+                    _ => format!(" ({:.1} ms/step in the all-reduce)", 1e3 * win_comm / win_steps.max(1) as f64),
+                };
                 eprintln!(
-                    "iter {}/{} epoch {}: loss {:.4} acc {:.2}% lr {lr} {:.0} img/s | run eta {run_eta}",
+                    "iter {}/{} epoch {}: loss {:.4} acc {:.2}% lr {lr} {:.0} img/s{waited} | run eta {run_eta}",
                     state.iteration,
                     cfg.iterations,
                     epoch + 1,
@@ -228,8 +242,10 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                     acc: win_correct as f64 / win_seen as f64,
                     lr: json_f32(lr),
                     images_per_s: win_seen as f64 / window_start.elapsed().as_secs_f64(),
+                    comm_s: (comm.size() > 1).then(|| win_comm / win_steps.max(1) as f64),
                 }))?;
                 (win_loss, win_correct, win_seen) = (0.0, 0, 0);
+                (win_comm, win_steps) = (0.0, 0);
                 window_start = Instant::now();
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
