@@ -6,6 +6,8 @@
 //!   1e-4. (The running averages are rank 0's share's, so they are left out.)
 //! - `--sync-bn` on N ranks normalizes as one process does with `--bn-batch 0`.
 //! - A 2-rank run killed mid-epoch resumes on 1 rank and on 2, and ends as it would have.
+//! - Gradients all-reduced in buckets during the backward pass give exactly what one
+//!   all-reduce after it gives.
 //! - A rank that dies ends the job.
 //!
 //! Skipped, saying why, without `mpirun` or without MPI in the binary.
@@ -135,6 +137,34 @@ fn ranks_train_as_one_process_in_micro_batches_of_their_shares() {
         let out = Command::new("mpirun").args(["-n", ranks, EXE]).args(&args).output().unwrap();
         checked(out, &format!("{ranks} ranks"));
         same_training(&reference, &job);
+    }
+}
+
+#[test]
+fn buckets_overlapping_the_backward_pass_change_nothing() {
+    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    if !available() {
+        return;
+    }
+    let dir = common::temp_dir("mpi_buckets");
+    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    // ResNet-20's 1.1 MB of gradients: a first bucket of 1 MB (the classifier and the last
+    // blocks) started during the backward pass, then the rest; against one all-reduce after
+    // it. With synchronized BatchNorm too, whose operations share the communication thread.
+    for extra in [&[][..], &["--sync-bn"][..]] {
+        let mut runs = Vec::new();
+        for bucket_mb in ["0", "1"] {
+            let out = dir.join(format!("buckets-{bucket_mb}{}", extra.join("")));
+            let mut flags = vec!["--bucket-mb", bucket_mb];
+            flags.extend_from_slice(extra);
+            let args = train_args(&dir, &out, "1", &flags);
+            checked(Command::new("mpirun").args(["-n", "2", EXE]).args(&args).output().unwrap(), "2 ranks");
+            runs.push(out);
+        }
+        assert_eq!(losses(&runs[0]), losses(&runs[1]), "losses with and without buckets ({extra:?})");
+        let e = weights_differ_in(&runs[0], &runs[1], |_| true);
+        assert_eq!(e, 0.0, "weights with and without buckets ({extra:?})");
     }
 }
 

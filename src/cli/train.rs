@@ -87,6 +87,11 @@ pub struct Args {
     /// (synchronized BatchNorm, as PyTorch's SyncBatchNorm) instead of over each rank's share.
     #[arg(long, conflicts_with_all = ["accumulate", "bn_batch"])]
     sync_bn: bool,
+    /// Under MPI, megabytes of gradients per all-reduce, each started as soon as the backward
+    /// pass has finished them, so that communication overlaps computation (as PyTorch DDP's
+    /// buckets); 0: one all-reduce after the backward pass. The results are the same.
+    #[arg(long, default_value_t = resnet::train::config::DEFAULT_BUCKET_MB)]
+    bucket_mb: usize,
     /// Learning rate, divided by 10 at each of --milestones (CIFAR) or --schedule (image folders).
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
@@ -251,6 +256,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         accumulate: a.accumulate,
         ranks: 1,
         sync_bn: a.sync_bn,
+        bucket_mb: a.bucket_mb,
         bn_batch,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -405,7 +411,8 @@ fn bn_group(cfg: &TrainConfig) -> usize {
 
 /// What `--resume` reads from the command line; the run's own settings come from its
 /// checkpoint, so that it continues exactly as it began.
-const RESUME_FLAGS: [&str; 8] = ["resume", "out", "model", "data", "quiet", "threads", "iterations", "epochs"];
+const RESUME_FLAGS: [&str; 9] =
+    ["resume", "out", "model", "data", "quiet", "threads", "iterations", "epochs", "bucket_mb"];
 
 /// `given`: the ids of the arguments given on the command line.
 /// `comm`: the job's processes; rank 0 owns the run directory and speaks for the job.
@@ -426,6 +433,9 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
         cfg.out = out;
         if let Some(d) = &a.data {
             cfg.data = d.clone();
+        }
+        if given.iter().any(|g| g == "bucket_mb") {
+            cfg.bucket_mb = a.bucket_mb;
         }
         let ignored: Vec<String> = given
             .iter()

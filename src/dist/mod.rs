@@ -8,8 +8,11 @@
 //! every rank takes the same SGD step, and leaves printing, metrics, evaluation and files
 //! to rank 0.
 
+mod background;
 #[cfg(feature = "mpi")]
 mod mpi;
+
+pub use background::Background;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,6 +26,13 @@ pub trait Collective: Send + Sync {
     fn size(&self) -> usize;
     /// Element-wise sum over the ranks, left in every rank's `buf`.
     fn all_reduce_sum(&self, buf: &mut [f32]);
+    /// Starts [`all_reduce_sum`](Collective::all_reduce_sum) of `buf`; [`Pending::wait`]
+    /// hands the sum back. Where the transport has no other thread or stream to run it on,
+    /// it is done before this returns.
+    fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Pending {
+        self.all_reduce_sum(&mut buf);
+        Pending::Done(buf)
+    }
     /// [`all_reduce_sum`](Collective::all_reduce_sum) on f64 (counts and loss sums).
     fn all_reduce_sum_f64(&self, buf: &mut [f64]);
     /// Rank `root`'s `buf` to every rank.
@@ -32,6 +42,22 @@ pub trait Collective: Send + Sync {
     fn abort(&self, code: i32) -> !;
     /// What started the job, for messages: "1 process", "MPI, 4 ranks".
     fn describe(&self) -> String;
+}
+
+/// An all-reduce under way ([`Collective::start_all_reduce_sum`]).
+pub enum Pending {
+    Done(Vec<f32>),
+    Running(std::sync::mpsc::Receiver<Vec<f32>>),
+}
+
+impl Pending {
+    /// The sum, once every rank has contributed.
+    pub fn wait(self) -> Vec<f32> {
+        match self {
+            Pending::Done(buf) => buf,
+            Pending::Running(sum) => sum.recv().expect("the communication thread ended"),
+        }
+    }
 }
 
 /// One process: nothing to communicate.

@@ -24,9 +24,10 @@ pub struct Mpi {
 }
 
 // SAFETY: MPI is initialized with `Threading::Serialized`: any thread may call it, one at
-// a time. Training calls the collectives from one thread at a time (the step runs on a
-// pool worker, the rest of the loop on the main thread, never both at once), and the
-// mutex serializes the all-reduces besides.
+// a time. Training calls the collectives from one thread at a time: from the communication
+// thread of `Background` where gradients go in buckets, else from the step (on a pool
+// worker) or the rest of the loop (on the main thread), never both at once; the mutex
+// serializes the all-reduces besides.
 unsafe impl Send for Mpi {}
 unsafe impl Sync for Mpi {}
 

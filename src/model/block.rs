@@ -406,3 +406,15 @@ impl Block {
         }
     }
 }
+
+impl crate::nn::ParamGroup for ConvBn {
+    fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        ConvBn::for_each_param(self, f)
+    }
+}
+
+impl crate::nn::ParamGroup for Block {
+    fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        Block::for_each_param(self, f)
+    }
+}

@@ -9,7 +9,7 @@ use super::spec::{LayerRow, NetSpec};
 use crate::engine::device::{self, DeviceVec, Residual};
 use crate::engine::pool::PoolShape;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
-use crate::nn::{Linear, Named, Param, Slot};
+use crate::nn::{Linear, Named, Param, ParamGroup, Slot};
 use crate::rng::Rng;
 
 /// The ImageNet stem's 3×3, stride-2, pad-1 max pool (torchvision's form).
@@ -211,10 +211,26 @@ impl ResNet {
     /// Backpropagates dL/dlogits (on the host) through the network run by the last
     /// training forward, writing every parameter's gradient.
     pub fn backward(&mut self, dlogits: &[f32]) {
-        crate::engine::in_pool(|| self.backward_in_pool(dlogits))
+        self.backward_with(dlogits, &mut |_| {})
     }
 
-    fn backward_in_pool(&mut self, dlogits: &[f32]) {
+    /// [`backward`](ResNet::backward), calling `ready` with each part of the network as its
+    /// gradients are finished: the classifier, the blocks from the last, the stem (the order
+    /// of [`for_each_group_backward`](ResNet::for_each_group_backward)).
+    pub fn backward_with(&mut self, dlogits: &[f32], ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send)) {
+        crate::engine::in_pool(|| self.backward_in_pool(dlogits, ready))
+    }
+
+    /// The parts of the network in the order `backward_with` finishes them.
+    pub fn for_each_group_backward(&mut self, f: &mut dyn FnMut(&mut dyn ParamGroup)) {
+        f(&mut self.fc);
+        for b in self.blocks.iter_mut().rev() {
+            f(b);
+        }
+        f(&mut self.stem);
+    }
+
+    fn backward_in_pool(&mut self, dlogits: &[f32], ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send)) {
         let (n, hw) = self.trace.expect("backward needs a training forward first");
         let largest = self.spec.max_activation(n, hw);
         for g in &mut self.grads {
@@ -224,6 +240,7 @@ impl ResNet {
         self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
         let [ga, gb, t1, t2] = &mut self.grads;
         self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut());
+        ready(&mut self.fc);
         let last = self.blocks.last().expect("at least one block");
         let (h, w) = last.out_hw(*self.block_inputs.last().expect("traced"));
         device::avgpool_backward(n, h * w, self.config.features(), self.dpooled.view(), ga.view_mut());
@@ -237,6 +254,7 @@ impl ResNet {
             };
             let hw = self.block_inputs[i];
             rest[0].backward(n, hw, x, g.view_mut(), dx.view_mut(), t1.view_mut(), t2.view_mut(), &mut self.ws);
+            ready(&mut rest[0]);
             std::mem::swap(&mut g, &mut dx);
         }
         if let Some(p) = &self.pool {
@@ -245,6 +263,7 @@ impl ResNet {
             std::mem::swap(&mut g, &mut dx);
         }
         self.stem.backward(n, self.input.view(), true, g.view_mut(), InputGrad::Skip, &mut self.ws);
+        ready(&mut self.stem);
     }
 
     /// The state dict, in PyTorch's order and naming (`conv1.weight`, `layer1.0.bn2.bias`,

@@ -48,3 +48,9 @@ impl Linear {
         });
     }
 }
+
+impl super::ParamGroup for Linear {
+    fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        Linear::for_each_param(self, f)
+    }
+}

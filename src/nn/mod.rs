@@ -35,6 +35,13 @@ impl Param {
     }
 }
 
+/// A part of a network whose parameters' gradients the backward pass finishes together (a
+/// layer, a residual block): data-parallel training adds them up across processes as
+/// soon as they are done, while the backward pass goes on.
+pub trait ParamGroup {
+    fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param));
+}
+
 /// How a tensor is stored internally versus in PyTorch's convention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {

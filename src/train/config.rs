@@ -32,6 +32,10 @@ pub struct TrainConfig {
     /// Synchronized BatchNorm: training statistics over the whole batch of every rank.
     #[serde(default)]
     pub sync_bn: bool,
+    /// Across ranks: megabytes of gradients per all-reduce, started during the backward
+    /// pass (0: one all-reduce after it). The sums are the same either way.
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: usize,
     /// Images per BatchNorm group in training, as per GPU in data-parallel training; None:
     /// the whole (micro-)batch, as runs saved before this setting existed.
     #[serde(default)]
@@ -69,6 +73,13 @@ pub struct TrainConfig {
 
 fn one() -> usize {
     1
+}
+
+/// PyTorch DDP's bucket size.
+pub const DEFAULT_BUCKET_MB: usize = 25;
+
+fn default_bucket_mb() -> usize {
+    DEFAULT_BUCKET_MB
 }
 
 /// Image-folder specifics: classes, augmentation and the evaluation view.

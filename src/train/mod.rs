@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod recipe;
 pub mod record;
+mod reduce;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;
@@ -19,15 +20,32 @@ use crate::dist::{Collective, Single};
 use crate::engine::device::{self, DeviceVec};
 use crate::engine::{ensure_len, ops, sgd};
 use crate::model::ResNet;
+use crate::nn::Param;
+use reduce::Reducer;
 
 /// Reused buffers of the training step.
 #[derive(Default)]
 pub struct StepScratch {
     dlogits: Vec<f32>,
-    /// Gradients summed over micro-batches, all parameters in visiting order.
+    /// Gradients summed over micro-batches, all parameters in the order the backward pass
+    /// finishes them.
     grads: DeviceVec,
-    /// The gradients on the host, for the all-reduce across ranks.
-    host: Vec<f32>,
+    /// The buckets of the all-reduce across ranks.
+    buckets: Vec<Vec<f32>>,
+}
+
+/// The processes a step is shared with, and how their gradients travel.
+#[derive(Clone, Copy)]
+pub struct Ranks<'a> {
+    pub comm: &'a dyn Collective,
+    /// Megabytes of gradients per all-reduce, started during the backward pass (0: one
+    /// all-reduce after it). Overlap needs a `comm` that runs them in the background.
+    pub bucket_mb: usize,
+}
+
+impl Ranks<'_> {
+    /// One process.
+    pub const SINGLE: Ranks<'static> = Ranks { comm: &Single, bucket_mb: 0 };
 }
 
 /// How a step treats the classifier apart from the rest (transfer learning).
@@ -75,7 +93,7 @@ pub fn step_with(
     transfer: Transfer,
     scratch: &mut StepScratch,
 ) -> (f32, usize) {
-    let done = step_across(model, hw, images, labels, accumulate, cfg, transfer, scratch, &Single, false);
+    let done = step_across(model, hw, images, labels, accumulate, cfg, transfer, scratch, Ranks::SINGLE, false);
     (done.loss, done.correct)
 }
 
@@ -95,9 +113,9 @@ pub struct Across {
 
 /// [`step_with`] on this rank's share of a global batch (`images`, `labels`; possibly
 /// none): local gradients, weighted by the share's part of the global batch and summed
-/// over the ranks, then the same SGD step on every rank. `stop`: this rank wants to stop
-/// after the step (Ctrl-C), which every rank learns from the result. With one rank this
-/// is exactly `step_with`.
+/// over the ranks (in buckets during the backward pass, see `reduce`), then the same SGD
+/// step on every rank. `stop`: this rank wants to stop after the step (Ctrl-C), which
+/// every rank learns from the result. With one rank this is exactly `step_with`.
 #[allow(clippy::too_many_arguments)]
 pub fn step_across(
     model: &mut ResNet,
@@ -108,59 +126,70 @@ pub fn step_across(
     cfg: sgd::SgdConfig,
     transfer: Transfer,
     scratch: &mut StepScratch,
-    comm: &dyn Collective,
+    ranks: Ranks,
     stop: bool,
 ) -> Across {
+    let comm = ranks.comm;
     let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
     let n = labels.len();
-    // Synchronized BatchNorm needs every rank in every layer's forward and backward, and
-    // the loss of the global batch from the start: each rank's gradients are then its part
-    // of the global batch's, and only added up.
-    let sync = model.sync_bn().filter(|_| comm.size() > 1 && !transfer.freeze_backbone);
-    let mut global = None;
-    if sync.is_some() {
+    // The global batch first: each rank's gradients are weighed by its share of it as
+    // they go into the all-reduce.
+    let (mut global, mut any_empty) = (n, n == 0);
+    if comm.size() > 1 {
         let mut counts = [n as f64, f64::from(u8::from(n == 0))];
         comm.all_reduce_sum_f64(&mut counts);
-        match counts[1] > 0.0 {
-            // A rank without images would miss the collective operations: this step
-            // normalizes each rank's share alone.
-            true => model.set_sync_bn(None),
-            false => global = Some(counts[0] as usize),
-        }
+        (global, any_empty) = (counts[0] as usize, counts[1] > 0.0);
     }
+    // Synchronized BatchNorm needs every rank in every layer's forward and backward, and
+    // the loss of the global batch from the start: each rank's gradients are then its part
+    // of the global batch's, and only added up. A rank without images would miss the
+    // collective operations: such a step normalizes each rank's share alone.
+    let sync = model.sync_bn().filter(|_| comm.size() > 1 && !transfer.freeze_backbone);
+    let synced = sync.is_some() && !any_empty;
+    if sync.is_some() && !synced {
+        model.set_sync_bn(None);
+    }
+    let weight = if synced || global == 0 { 1.0 } else { n as f32 / global as f32 };
+    let StepScratch { dlogits, grads, buckets } = scratch;
     // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
     let done = crate::engine::in_pool(|| {
-        let (loss, correct) = match (n, transfer.freeze_backbone) {
-            (0, _) => {
-                zero_gradients(model);
-                (0.0, 0)
+        let mut reducer = (comm.size() > 1).then(|| Reducer::new(comm, weight, ranks.bucket_mb, buckets));
+        let frozen = transfer.freeze_backbone;
+        let (loss, correct) = match (n, frozen) {
+            (0, _) => (0.0, 0),
+            (_, true) => classifier_gradients(model, hw, images, labels, dlogits),
+            (_, false) => {
+                let batch = synced.then_some(global);
+                gradients(model, hw, images, labels, accumulate, batch, dlogits, grads, reducer.as_mut())
             }
-            (_, true) => classifier_gradients(model, hw, images, labels, scratch),
-            (_, false) => gradients(model, hw, images, labels, accumulate, global, scratch),
         };
+        let staged = n > 0 && loss.is_finite();
         let mut done = Across { loss, correct, images: n, stop, comm_s: 0.0 };
-        if comm.size() > 1 {
+        if let Some(mut reducer) = reducer {
             let started = std::time::Instant::now();
+            match (staged, frozen) {
+                (true, true) => model.fc.for_each_param(&mut |p| reducer.stage(p.grad.view())),
+                (true, false) => {}
+                (false, true) => reducer.stage_all_zeros(|f| f(&mut model.fc)),
+                (false, false) => reducer.stage_all_zeros(|f| model.for_each_group_backward(f)),
+            }
             let failed = !loss.is_finite();
-            let mut totals = [n as f64, loss as f64 * n as f64, correct as f64, f64::from(u8::from(stop)), 0.0];
-            totals[4] = f64::from(u8::from(failed));
-            if failed {
-                totals[1] = 0.0;
-            }
+            let mut totals = [if failed { 0.0 } else { loss as f64 * n as f64 }, correct as f64, 0.0, 0.0];
+            totals[2] = f64::from(u8::from(stop));
+            totals[3] = f64::from(u8::from(failed));
             comm.all_reduce_sum_f64(&mut totals);
-            let images = totals[0] as usize;
-            let loss = if totals[4] > 0.0 { f32::NAN } else { (totals[1] / totals[0].max(1.0)) as f32 };
-            done = Across { loss, correct: totals[2] as usize, images, stop: totals[3] > 0.0, comm_s: 0.0 };
-            if loss.is_finite() && images > 0 {
-                let weight = if global.is_some() { 1.0 } else { n as f32 / images as f32 };
-                reduce_gradients(model, transfer.freeze_backbone, weight, comm, &mut scratch.host);
+            let loss = if totals[3] > 0.0 { f32::NAN } else { (totals[0] / global.max(1) as f64) as f32 };
+            match frozen {
+                true => reducer.finish(|f| f(&mut model.fc)),
+                false => reducer.finish(|f| model.for_each_group_backward(f)),
             }
-            done.comm_s = started.elapsed().as_secs_f64();
+            let comm_s = started.elapsed().as_secs_f64();
+            done = Across { loss, correct: totals[1] as usize, images: global, stop: totals[2] > 0.0, comm_s };
         }
         if !done.loss.is_finite() || done.images == 0 {
             return done;
         }
-        if !transfer.freeze_backbone {
+        if !frozen {
             model.for_each_backbone_param(&mut |p| {
                 device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
             });
@@ -170,17 +199,19 @@ pub fn step_across(
         });
         done
     });
-    if sync.is_some() && global.is_none() {
+    if sync.is_some() && !synced {
         model.set_sync_bn(sync);
     }
     done
 }
 
 /// Forward and backward of the whole network on the batch, in `accumulate` micro-batches
-/// whose gradients are summed, each weighted by its share: the gradients of the batch's
-/// mean loss. With `global`, the batch is this rank's part of a global batch of that many
-/// images, taken whole: the gradients are its part of the global batch's mean loss.
-/// Returns (mean loss, correct); a non-finite loss returns at once.
+/// whose gradients are summed (in `sums`), each weighted by its share: the gradients of the
+/// batch's mean loss. With `global`, the batch is this rank's part of a global batch of
+/// that many images, taken whole: the gradients are its part of the global batch's mean
+/// loss. With `reducer`, each part of the network goes into the all-reduce as the last
+/// micro-batch's backward pass finishes it. Returns (mean loss, correct); a non-finite
+/// loss returns at once, before anything is staged.
 #[allow(clippy::too_many_arguments)]
 fn gradients(
     model: &mut ResNet,
@@ -189,7 +220,9 @@ fn gradients(
     labels: &[u32],
     accumulate: usize,
     global: Option<usize>,
-    scratch: &mut StepScratch,
+    dlogits: &mut Vec<f32>,
+    sums: &mut DeviceVec,
+    mut reducer: Option<&mut Reducer>,
 ) -> (f32, usize) {
     let n = labels.len();
     let parts = if global.is_some() { 1 } else { accumulate.clamp(1, n.max(1)) };
@@ -199,39 +232,48 @@ fn gradients(
     for k in 0..parts {
         let range = crate::engine::split_range(n, parts, k);
         let m = range.len();
-        ensure_len(&mut scratch.dlogits, m * classes);
+        ensure_len(dlogits, m * classes);
         let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
         let labels = &labels[range.clone()];
         let batch = global.unwrap_or(m);
-        let (l, ok) = ops::softmax_cross_entropy_of(m, batch, classes, logits, labels, &mut scratch.dlogits);
+        let (l, ok) = ops::softmax_cross_entropy_of(m, batch, classes, logits, labels, dlogits);
         if !l.is_finite() {
             return (l, correct);
         }
-        model.backward(&scratch.dlogits);
         let share = m as f32 / n as f32;
         (loss, correct) = (loss + share * l, correct + ok);
-        if parts > 1 {
-            let mut off = 0;
-            let grads = &mut scratch.grads;
-            model.for_each_param(&mut |p| {
-                let len = p.grad.len();
-                grads.ensure_len(off + len);
-                let sum = grads.slice_mut(off..off + len);
-                match k {
-                    0 => device::scaled_copy(sum, share, p.grad.view()),
-                    _ => device::add_scaled(sum, share, p.grad.view()),
-                }
-                off += len;
-            });
-        }
-    }
-    if parts > 1 {
+        // Into the all-reduce only once the micro-batches are summed: in the last one.
+        let mut reducer = reducer.as_deref_mut().filter(|_| k + 1 == parts);
         let mut off = 0;
-        let grads = &scratch.grads;
-        model.for_each_param(&mut |p| {
+        let mut ready = |p: &mut Param| {
+            if parts == 1 {
+                if let Some(r) = reducer.as_deref_mut() {
+                    r.stage(p.grad.view());
+                }
+                return;
+            }
             let len = p.grad.len();
-            device::copy(p.grad.view_mut(), grads.slice(off..off + len));
+            sums.ensure_len(off + len);
+            let sum = sums.slice_mut(off..off + len);
+            match k {
+                0 => device::scaled_copy(sum, share, p.grad.view()),
+                _ => device::add_scaled(sum, share, p.grad.view()),
+            }
+            if let Some(r) = reducer.as_deref_mut() {
+                r.stage(sums.slice(off..off + len));
+            }
             off += len;
+        };
+        model.backward_with(dlogits, &mut |group| group.for_each_param(&mut ready));
+    }
+    if parts > 1 && reducer.is_none() {
+        let mut off = 0;
+        model.for_each_group_backward(&mut |group| {
+            group.for_each_param(&mut |p| {
+                let len = p.grad.len();
+                device::copy(p.grad.view_mut(), sums.slice(off..off + len));
+                off += len;
+            })
         });
     }
     (loss, correct)
@@ -244,50 +286,14 @@ fn classifier_gradients(
     hw: (usize, usize),
     images: &[f32],
     labels: &[u32],
-    scratch: &mut StepScratch,
+    dlogits: &mut Vec<f32>,
 ) -> (f32, usize) {
     let (n, classes) = (labels.len(), model.classes());
-    ensure_len(&mut scratch.dlogits, n * classes);
+    ensure_len(dlogits, n * classes);
     let logits = model.forward(false, n, hw, images);
-    let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, &mut scratch.dlogits);
+    let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, dlogits);
     if loss.is_finite() {
-        model.backward_classifier(n, &scratch.dlogits);
+        model.backward_classifier(n, dlogits);
     }
     (loss, correct)
-}
-
-/// Zero gradients, for a rank whose share of a batch is empty.
-fn zero_gradients(model: &mut ResNet) {
-    model.for_each_param(&mut |p| {
-        let zeros = vec![0f32; p.grad.len()];
-        p.grad.copy_from_host(&zeros);
-    });
-}
-
-/// Every rank's gradients times its `weight` (its share of the global batch), summed over
-/// the ranks in one all-reduce of all of them (the classifier's alone when `classifier`).
-fn reduce_gradients(model: &mut ResNet, classifier: bool, weight: f32, comm: &dyn Collective, host: &mut Vec<f32>) {
-    host.clear();
-    // Into the reused buffer, without a vector per parameter and step.
-    let mut gather = |p: &mut crate::nn::Param| {
-        let start = host.len();
-        host.resize(start + p.grad.len(), 0.0);
-        p.grad.view().copy_to_host(&mut host[start..]);
-        host[start..].iter_mut().for_each(|g| *g *= weight);
-    };
-    match classifier {
-        true => model.fc.for_each_param(&mut gather),
-        false => model.for_each_param(&mut gather),
-    }
-    comm.all_reduce_sum(host);
-    let mut off = 0;
-    let mut scatter = |p: &mut crate::nn::Param| {
-        let len = p.grad.len();
-        p.grad.copy_from_host(&host[off..off + len]);
-        off += len;
-    };
-    match classifier {
-        true => model.fc.for_each_param(&mut scatter),
-        false => model.for_each_param(&mut scatter),
-    }
 }

@@ -113,6 +113,7 @@ impl Recipe {
             accumulate: 1,
             ranks: 1,
             sync_bn: false,
+            bucket_mb: super::config::DEFAULT_BUCKET_MB,
             bn_batch: Some(self.bn_batch()),
             momentum: 0.9,
             weight_decay: 1e-4,

@@ -6,9 +6,9 @@ use super::data::Datasets;
 use super::record::{EpochRecord, History, JsonlSink, Record, Sink, StepRecord};
 use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
-use super::{StepScratch, TrainConfig, step_across};
+use super::{Ranks, StepScratch, TrainConfig, step_across};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
-use crate::dist::{Collective, Part, SyncBn};
+use crate::dist::{Background, Collective, Part, SyncBn};
 use crate::engine::sgd::SgdConfig;
 use crate::eval::{evaluate, evaluate_across};
 use crate::model::{ModelConfig, ResNet};
@@ -62,6 +62,12 @@ pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
 /// Trains `cfg` on `data` in the run directory `cfg.out` (claimed by the caller).
 pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outcome> {
     let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm: job } = opts;
+    // With buckets, the collective operations run on a thread of their own, so that the
+    // all-reduce overlaps the backward pass.
+    let job = match job.size() > 1 && cfg.bucket_mb > 0 {
+        true => Arc::new(Background::new(job)) as Arc<dyn Collective>,
+        false => job,
+    };
     let comm = &*job;
     if cfg.ranks != comm.size() {
         bail!("the run is set for {} processes; this job has {}", cfg.ranks, comm.size());
@@ -177,7 +183,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                 sgd,
                 transfer,
                 &mut scratch,
-                comm,
+                Ranks { comm, bucket_mb: cfg.bucket_mb },
                 cancel.load(Ordering::SeqCst),
             );
             spare.put(batch);
