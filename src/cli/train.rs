@@ -372,7 +372,8 @@ fn batch_note(cfg: &TrainConfig) -> String {
 
 /// A run resumed on `ranks` processes where it trained on `cfg.ranks`. Where `ranks`
 /// divides the run's micro-batches per step (`ranks × accumulate`), each rank takes an
-/// equal number of them, so the batch is cut, and BatchNorm normalizes, exactly as before;
+/// equal number of them, so the batch is cut, and BatchNorm normalizes, as before (the
+/// running averages now follow the first micro-batch of each rank's share);
 /// elsewhere (a job that lost a node) each rank takes one, and a change of BatchNorm's
 /// groups is said. Synchronized BatchNorm normalizes the whole batch on any number of ranks.
 fn rescale_ranks(cfg: &mut TrainConfig, ranks: usize, speak: bool) -> Result<()> {
@@ -454,6 +455,14 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
     } else {
         let mut cfg = config_from_args(&a)?;
         cfg.ranks = comm.size();
+        if cfg.ranks * cfg.accumulate > cfg.batch {
+            bail!(
+                "--batch {} is too small for {} ranks × --accumulate {}: every rank needs images in every step",
+                cfg.batch,
+                cfg.ranks,
+                cfg.accumulate
+            );
+        }
         let claim = if a.overwrite { Claim::Overwrite } else { Claim::Fresh };
         let run_dir = claim_dir(&cfg.out, claim)?;
         (cfg, None, run_dir)

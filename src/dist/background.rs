@@ -1,8 +1,9 @@
 //! A [`Collective`] whose operations run on a thread of their own, one after another in
 //! the order they were asked for, so that an all-reduce started during the backward pass
 //! ([`Collective::start_all_reduce_sum`]) overlaps the computation that follows it. Every
-//! operation of the wrapped collective goes through that thread (MPI then has one caller,
-//! and the ranks' operations stay in the same order); the blocking ones wait for it.
+//! collective operation goes through that thread (MPI then has one caller, and the ranks'
+//! operations stay in the same order); the blocking ones wait for it. Only `abort` (which
+//! ends the process) and `describe` (no communication) run where they are called.
 
 use super::{Collective, Pending};
 use std::sync::mpsc::{Receiver, Sender, channel};

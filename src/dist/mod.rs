@@ -102,8 +102,10 @@ pub fn launched_by_mpi() -> bool {
 /// Which part of every global batch a process takes: the batch is cut into
 /// `ranks × micro` near-equal micro-batches (as `--accumulate` cuts it) and rank `rank`
 /// takes the `micro` consecutive ones from `rank × micro`. A job of N ranks then computes
-/// what one process computes with `--accumulate N`, and a run keeps its micro-batches, and
-/// so its BatchNorm groups, when it resumes on another number of ranks.
+/// the gradients and weights one process computes with `--accumulate N` (the running
+/// averages differ: each rank's follow its own micro-batches, and rank 0's are kept), and a
+/// run keeps its micro-batches, and so its BatchNorm groups, when it resumes on a number of
+/// ranks that divides them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Part {
     pub rank: usize,

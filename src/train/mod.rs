@@ -163,7 +163,7 @@ pub fn step_across(
                 gradients(model, hw, images, labels, accumulate, batch, dlogits, grads, reducer.as_mut())
             }
         };
-        let staged = n > 0 && loss.is_finite();
+        let staged = n > 0 && (loss.is_finite() || synced);
         let mut done = Across { loss, correct, images: n, stop, comm_s: 0.0 };
         if let Some(mut reducer) = reducer {
             let started = std::time::Instant::now();
@@ -211,7 +211,8 @@ pub fn step_across(
 /// that many images, taken whole: the gradients are its part of the global batch's mean
 /// loss. With `reducer`, each part of the network goes into the all-reduce as the last
 /// micro-batch's backward pass finishes it. Returns (mean loss, correct); a non-finite
-/// loss returns at once, before anything is staged.
+/// loss returns at once, before anything is staged, except with `global` (synchronized
+/// BatchNorm), where the backward pass runs for the other ranks' sake.
 #[allow(clippy::too_many_arguments)]
 fn gradients(
     model: &mut ResNet,
@@ -237,7 +238,9 @@ fn gradients(
         let labels = &labels[range.clone()];
         let batch = global.unwrap_or(m);
         let (l, ok) = ops::softmax_cross_entropy_of(m, batch, classes, logits, labels, dlogits);
-        if !l.is_finite() {
+        // With synchronized BatchNorm every rank must make the backward pass's collective
+        // operations; the step is dropped after it, as every rank learns.
+        if !l.is_finite() && global.is_none() {
             return (l, correct);
         }
         let share = m as f32 / n as f32;

@@ -60,20 +60,19 @@ impl<'a> Reducer<'a> {
     }
 
     fn start_if_full(&mut self) {
-        let cap =
-            if self.started.is_empty() { FIRST_BUCKET_VALUES.min(self.bucket_values) } else { self.bucket_values };
+        let first = self.started.is_empty() && self.bucket_values != usize::MAX;
+        let cap = if first { FIRST_BUCKET_VALUES.min(self.bucket_values) } else { self.bucket_values };
         if self.filling.len() >= cap {
             self.start();
         }
     }
 
     fn start(&mut self) {
-        let next = self.spare.pop().unwrap_or_default();
-        let full = std::mem::replace(&mut self.filling, next);
-        if full.is_empty() {
-            self.filling = full;
+        if self.filling.is_empty() {
             return;
         }
+        let next = self.spare.pop().unwrap_or_default();
+        let full = std::mem::replace(&mut self.filling, next);
         self.started.push(self.comm.start_all_reduce_sum(full));
     }
 
