@@ -2,7 +2,8 @@
 2 MPI ranks x 1 thread (a build with --features mpi), beside PyTorch DDP (gloo backend,
 2 processes x 1 thread), same network, same global batch, alternating rounds. Prints a
 markdown table of the median images/s of the timed steps, and for the ranks the time per
-step spent in the gradient all-reduce (`comm_s` of metrics.jsonl).
+step spent waiting on the gradient all-reduce (`comm_s` of metrics.jsonl), with the
+all-reduce in buckets during the backward pass (the default) and in one piece after it.
 
     cargo build --release --features mpi
     python tools/bench_dist.py --rounds 3 --model resnet20 --batch 128
@@ -43,10 +44,11 @@ def image_folder(root, count):
             Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
 
 
-def ours(launch, threads, model, batch, steps, data, out):
+def ours(launch, threads, model, batch, steps, data, out, extra=()):
     """(median images/s, median seconds per step in the all-reduce or None) of steps 4.."""
     cmd = launch + [EXE, "--threads", str(threads), "train", "--model", model, "--batch", str(batch),
-                    "--iterations", str(steps), "--log-every", "1", "--quiet", "--overwrite", "--out", str(out)]
+                    "--iterations", str(steps), "--log-every", "1", "--quiet", "--overwrite", "--out", str(out),
+                    *extra]
     if model.startswith("resnet") and int(model[6:]) in (18, 34, 50, 101, 152):
         cmd += ["--data", str(data / "folder")]
     else:
@@ -119,8 +121,9 @@ def main():
     if "MPI" not in version:
         sys.exit(f"{EXE} has no MPI: cargo build --release --features mpi")
     print(version, file=sys.stderr)
-    runs = {"1 process x 2 threads": [], "2 MPI ranks x 1 thread": [], "PyTorch DDP gloo, 2 x 1 thread": []}
-    waits = []
+    two, after = "2 MPI ranks x 1 thread", "2 MPI ranks x 1 thread, one all-reduce after the backward"
+    runs = {"1 process x 2 threads": [], two: [], after: [], "PyTorch DDP gloo, 2 x 1 thread": []}
+    waits = {two: [], after: []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         if int(a.model[6:]) in (18, 34, 50, 101, 152):
@@ -130,17 +133,18 @@ def main():
             cifar_file(data / "test.bin", 100)
         for r in range(a.rounds):
             runs["1 process x 2 threads"].append(ours([], 2, a.model, a.batch, a.steps, data, data / "one")[0])
-            rate, wait = ours(["mpirun", "-n", "2"], 1, a.model, a.batch, a.steps, data, data / "two")
-            runs["2 MPI ranks x 1 thread"].append(rate)
-            waits.append(wait)
+            for name, buckets in ((two, "25"), (after, "0")):
+                rate, wait = ours(["mpirun", "-n", "2"], 1, a.model, a.batch, a.steps, data, data / "two",
+                                  ["--bucket-mb", buckets])
+                runs[name].append(rate)
+                waits[name].append(wait)
             runs["PyTorch DDP gloo, 2 x 1 thread"].append(ddp(a.model, a.batch, a.steps, 29500 + r))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items())
-                  + f", all-reduce {1e3 * wait:.1f} ms/step", file=sys.stderr)
-    print(f"| {a.model}, batch {a.batch} | images/s (median of {a.rounds} rounds) | rounds |")
-    print("|---|---|---|")
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()), file=sys.stderr)
+    print(f"| {a.model}, batch {a.batch} | images/s (median of {a.rounds} rounds) | rounds | waiting on the all-reduce |")
+    print("|---|---|---|---|")
     for k, v in runs.items():
-        print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} |")
-    print(f"\nall-reduce, 2 ranks: {1e3 * statistics.median(waits):.1f} ms per step (median)")
+        wait = f"{1e3 * statistics.median(waits[k]):.1f} ms per step" if k in waits else ""
+        print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} | {wait} |")
 
 
 if __name__ == "__main__":
