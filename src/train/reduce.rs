@@ -32,6 +32,15 @@ impl<'a> Reducer<'a> {
             0 => usize::MAX,
             mb => (mb << 20) / 4,
         };
+        Self::with_bucket_values(comm, weight, bucket_values, spare)
+    }
+
+    fn with_bucket_values(
+        comm: &'a dyn Collective,
+        weight: f32,
+        bucket_values: usize,
+        spare: &'a mut Vec<Vec<f32>>,
+    ) -> Self {
         let filling = spare.pop().unwrap_or_default();
         Reducer { comm, weight, bucket_values, filling, started: Vec::new(), spare }
     }
@@ -98,5 +107,94 @@ impl<'a> Reducer<'a> {
         let mut last = std::mem::take(&mut self.filling);
         last.clear();
         self.spare.push(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, ResNet};
+    use std::sync::Mutex;
+
+    /// Two ranks whose second holds the values plus 1, each all-reduce's length recorded.
+    struct TwoRanks(Mutex<Vec<usize>>);
+
+    impl Collective for TwoRanks {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, buf: &mut [f32]) {
+            self.0.lock().unwrap().push(buf.len());
+            buf.iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+        }
+        fn all_reduce_sum_f64(&self, _: &mut [f64]) {}
+        fn broadcast(&self, _: &mut [f32], _: usize) {}
+        fn abort(&self, _: i32) -> ! {
+            unreachable!()
+        }
+        fn describe(&self) -> String {
+            "two ranks".into()
+        }
+    }
+
+    /// Every parameter's gradient set to values that name it: (parameter index) + k/1e4.
+    fn numbered(net: &mut ResNet) -> Vec<Vec<f32>> {
+        let mut values = Vec::new();
+        net.for_each_param(&mut |p| {
+            let i = values.len() as f32;
+            let v: Vec<f32> = (0..p.grad.len()).map(|k| i + k as f32 / 1e4).collect();
+            p.grad.copy_from_host(&v);
+            values.push(v);
+        });
+        values
+    }
+
+    #[test]
+    fn every_gradient_comes_back_summed_to_its_own_parameter() {
+        let mut net = ResNet::new(ModelConfig::from_name("resnet8", None, 10).unwrap(), 0);
+        let total: usize = {
+            let mut n = 0;
+            net.for_each_param(&mut |p| n += p.grad.len());
+            n
+        };
+        // One bucket, buckets of about a layer, and buckets smaller than most parameters.
+        for bucket_values in [usize::MAX, 2000, 100] {
+            let values = numbered(&mut net);
+            let comm = TwoRanks(Mutex::new(Vec::new()));
+            let mut spare = Vec::new();
+            let mut reducer = Reducer::with_bucket_values(&comm, 0.5, bucket_values, &mut spare);
+            // Staged in the order the backward pass finishes them.
+            net.for_each_group_backward(&mut |g| g.for_each_param(&mut |p| reducer.stage(p.grad.view())));
+            reducer.finish(|f| net.for_each_group_backward(f));
+            let mut i = 0;
+            net.for_each_param(&mut |p| {
+                let want: Vec<f32> = values[i].iter().map(|v| 2.0 * (0.5 * v) + 1.0).collect();
+                assert_eq!(p.grad.to_host(), want, "parameter {i}, buckets of {bucket_values}");
+                i += 1;
+            });
+            let sizes = comm.0.into_inner().unwrap();
+            assert_eq!(sizes.iter().sum::<usize>(), total);
+            match bucket_values {
+                usize::MAX => assert_eq!(sizes, [total]),
+                _ => assert!(sizes.len() > 3 && sizes[..sizes.len() - 1].iter().all(|&s| s >= bucket_values)),
+            }
+            // The buffers are kept for the next step.
+            assert_eq!(spare.len(), sizes.len() + 1);
+        }
+    }
+
+    #[test]
+    fn zeros_take_the_place_of_a_failed_ranks_gradients() {
+        let mut net = ResNet::new(ModelConfig::from_name("resnet8", None, 10).unwrap(), 0);
+        numbered(&mut net);
+        let comm = TwoRanks(Mutex::new(Vec::new()));
+        let mut spare = Vec::new();
+        let mut reducer = Reducer::with_bucket_values(&comm, 0.5, 300, &mut spare);
+        reducer.stage_all_zeros(|f| net.for_each_group_backward(f));
+        reducer.finish(|f| net.for_each_group_backward(f));
+        net.for_each_param(&mut |p| assert!(p.grad.to_host().iter().all(|&g| g == 1.0)));
     }
 }
