@@ -140,8 +140,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// 3×3 stride-1 convolutions: auto (the fastest per layer: Winograd on every CIFAR
-    /// layer), im2col, winograd or direct (x86-64 AVX2 only; im2col elsewhere). im2col and
-    /// direct sum like PyTorch's f32 kernels; Winograd's gradients are less exact (README, Results).
+    /// layer), im2col, winograd or direct (AVX2 and AVX-512; im2col elsewhere). im2col and
+    /// direct sum like PyTorch's f32 kernels; Winograd rounds differently (BENCHMARKS.md).
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
     /// Threads assembling batches in the background (decoding, augmentation).
