@@ -46,6 +46,19 @@ fn available() -> bool {
     true
 }
 
+/// The lock that keeps this test's job alone, and a directory with 1,280 training and 100
+/// test images; None (the test skips, saying why) where no job can run.
+fn job_dir(name: &str) -> Option<(std::sync::MutexGuard<'static, ()>, std::path::PathBuf)> {
+    let alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    if !available() {
+        return None;
+    }
+    let dir = common::temp_dir(name);
+    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
+    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    Some((alone, dir))
+}
+
 /// ResNet-20 for 30 steps at batch 128 on `dir`'s data into `out`, a loss logged each step.
 fn train_args(dir: &Path, out: &Path, threads: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--threads", threads, "train", "--model", "resnet20", "--batch", "128"]
@@ -120,13 +133,7 @@ fn same_training(reference: &Path, ranks: &Path) {
 
 #[test]
 fn ranks_train_as_one_process_in_micro_batches_of_their_shares() {
-    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
-    if !available() {
-        return;
-    }
-    let dir = common::temp_dir("mpi_equivalence");
-    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
-    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let Some((_alone, dir)) = job_dir("mpi_equivalence") else { return };
     for ranks in ["2", "3"] {
         // One thread on both sides: some weight-gradient sums are grouped by thread count.
         let reference = dir.join(format!("one-process-accumulate{ranks}"));
@@ -142,13 +149,7 @@ fn ranks_train_as_one_process_in_micro_batches_of_their_shares() {
 
 #[test]
 fn buckets_overlapping_the_backward_pass_change_nothing() {
-    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
-    if !available() {
-        return;
-    }
-    let dir = common::temp_dir("mpi_buckets");
-    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
-    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let Some((_alone, dir)) = job_dir("mpi_buckets") else { return };
     // ResNet-20's 1.1 MB of gradients: a first bucket of 1 MB (the classifier and the last
     // blocks) started during the backward pass, then the rest; against one all-reduce after
     // it. With synchronized BatchNorm too, whose operations share the communication thread.
@@ -170,13 +171,7 @@ fn buckets_overlapping_the_backward_pass_change_nothing() {
 
 #[test]
 fn synchronized_batchnorm_normalizes_the_whole_batch() {
-    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
-    if !available() {
-        return;
-    }
-    let dir = common::temp_dir("mpi_sync_bn");
-    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
-    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let Some((_alone, dir)) = job_dir("mpi_sync_bn") else { return };
     // One step at `batch` images.
     let one_step = |out: &Path, batch: &str, extra: &[&str]| {
         let mut args = train_args(&dir, out, "1", extra);
@@ -219,13 +214,7 @@ fn synchronized_batchnorm_normalizes_the_whole_batch() {
 
 #[test]
 fn a_killed_job_resumes_on_another_number_of_ranks() {
-    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
-    if !available() {
-        return;
-    }
-    let dir = common::temp_dir("mpi_resume");
-    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
-    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let Some((_alone, dir)) = job_dir("mpi_resume") else { return };
     let run = |out: &Path, iterations: &str| {
         let mut args = train_args(&dir, out, "1", &["--checkpoint-every", "4"]);
         let at = args.iter().position(|a| a == "30").unwrap();
@@ -277,13 +266,7 @@ fn a_killed_job_resumes_on_another_number_of_ranks() {
 
 #[test]
 fn a_rank_that_dies_ends_the_job() {
-    let _alone = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
-    if !available() {
-        return;
-    }
-    let dir = common::temp_dir("mpi_failure");
-    common::write_cifar_file(&dir.join("train.bin"), 1280, 1);
-    common::write_cifar_file(&dir.join("test.bin"), 100, 2);
+    let Some((_alone, dir)) = job_dir("mpi_failure") else { return };
     let out = dir.join("run");
     let mut args = train_args(&dir, &out, "1", &[]);
     // Long enough that it is still training when a rank is killed.
