@@ -43,12 +43,14 @@ pub fn run(
     steps: usize,
     warmup: usize,
     algo: crate::engine::ConvAlgo,
+    precision: crate::engine::Precision,
 ) -> anyhow::Result<BenchResult> {
     // The classes of the network's home dataset: CIFAR-10 or ImageNet.
     let family = ModelConfig::from_name(model, shortcut, 1)?.family;
     let classes = if family == Family::Cifar { 10 } else { 1000 };
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 1);
     net.set_conv_algo(algo);
+    net.set_precision(precision);
     let s = net.config.image_size;
     let mut rng = Rng::new(7);
     let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();
@@ -95,7 +97,8 @@ pub fn cpu_name() -> String {
 pub fn isa_line() -> String {
     use crate::engine::isa::{Isa, isa};
     let forced = if isa() < Isa::detected() { " (forced by RESNET_ISA)" } else { "" };
-    format!("kernels: {}{forced}; CPU: {}, best {}", isa(), cpu_name(), Isa::detected())
+    let bf16 = crate::engine::bf16::path();
+    format!("kernels: {}{forced}; bf16: {bf16}; CPU: {}, best {}", isa(), cpu_name(), Isa::detected())
 }
 
 /// The machine's f32 matrix-multiply rate through the same GEMM on all threads.

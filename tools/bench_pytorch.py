@@ -4,8 +4,10 @@ channels_last, same batch, same thread count, median of timed steps.
 
     python tools/bench_pytorch.py --depth 20 --batch 128 --threads 2
     python tools/bench_pytorch.py --model resnet50 --batch 16 --threads 2
+    python tools/bench_pytorch.py --model resnet50 --batch 16 --precision bf16   # CPU autocast
 """
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -33,6 +35,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: torch.autocast('cpu', torch.bfloat16) around the forward passes")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -48,17 +52,28 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    def cast():
+        if a.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with cast():
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
+
+    def infer():
+        with cast():
+            return model(x)
 
     model.train()
     t_train = timed(train_step, a.warmup, a.steps)
     model.eval()
     with torch.no_grad():
-        t_infer = timed(lambda: model(x), a.warmup, a.steps)
-    print(f"pytorch {torch.__version__} {name} batch {a.batch} threads {a.threads} channels_last")
+        t_infer = timed(infer, a.warmup, a.steps)
+    print(f"pytorch {torch.__version__} {name} batch {a.batch} threads {a.threads} channels_last {a.precision}")
     print(f"train: {a.batch / t_train:.1f} img/s ({t_train * 1e3:.2f} ms/step)")
     print(f"infer: {a.batch / t_infer:.1f} img/s ({t_infer * 1e3:.2f} ms/batch)")
 

@@ -53,6 +53,7 @@ pub struct Classifier {
     norm: Norm,
     view: View,
     names: Option<ClassList>,
+    precision: crate::engine::Precision,
 }
 
 impl Classifier {
@@ -74,7 +75,18 @@ impl Classifier {
     pub fn with_norm(net: ResNet, file: StateDict, norm: Norm) -> Result<Classifier> {
         let view = setup::view(&net, &file, None, None)?;
         let names = setup::class_list(None, &file, net.classes())?.or_else(|| setup::cifar_names(&net));
-        Ok(Classifier { config: net.config.clone(), file, idle: Mutex::new(vec![net]), norm, view, names })
+        let precision = net.precision();
+        Ok(Classifier { config: net.config.clone(), file, idle: Mutex::new(vec![net]), norm, view, names, precision })
+    }
+
+    /// Runs the convolutions in `precision` (default f32; bf16 is faster where the CPU
+    /// has AMX or AVX-512 BF16, and close: see [`crate::engine::bf16`]).
+    pub fn with_precision(mut self, precision: crate::engine::Precision) -> Classifier {
+        self.precision = precision;
+        for net in self.idle.get_mut().unwrap_or_else(|e| e.into_inner()) {
+            net.set_precision(precision);
+        }
+        self
     }
 
     pub fn model(&self) -> &ModelConfig {
@@ -111,6 +123,7 @@ impl Classifier {
             let mut net = ResNet::new(self.config.clone(), 0);
             crate::weights::load_into(&self.file, &mut net.named(), Some(OPTIMIZER_PREFIX))
                 .expect("the weights loaded into the first instance");
+            net.set_precision(self.precision);
             net
         });
         let out = f(&mut net);

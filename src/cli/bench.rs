@@ -22,6 +22,10 @@ pub struct Args {
     /// 3×3 stride-1 convolutions: auto (the fastest per layer), im2col, winograd or direct.
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: ConvAlgo,
+    /// The convolutions' number format: f32, or bf16 (operands in bf16, sums in f32; on
+    /// AMX or AVX-512 BF16 where the CPU has them).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    precision: resnet::engine::Precision,
     /// Skip measuring the machine's f32 GEMM peak.
     #[arg(long)]
     no_peak: bool,
@@ -47,7 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(dir) => Some(bench::pipeline_ips(dir, 224, a.batch, images, a.loader_threads)?),
         None => None,
     };
-    let r = bench::run(&a.model, a.shortcut, a.batch, a.steps, a.warmup, a.conv)?;
+    let r = bench::run(&a.model, a.shortcut, a.batch, a.steps, a.warmup, a.conv, a.precision)?;
     let threads = rayon::current_num_threads();
     let ips = |seconds: f64| a.batch as f64 / seconds;
     if a.json {
@@ -60,6 +64,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "train_gflops": round(r.train_gflops), "infer_gflops": round(r.infer_gflops),
             "pipeline_images_per_s": pipeline_ips.map(round),
             "isa": resnet::engine::isa::isa().name(), "cpu": bench::cpu_name(),
+            "precision": a.precision.name(), "bf16_path": resnet::engine::bf16::path().name(),
         });
         println!("{line}");
         return Ok(ExitCode::SUCCESS);

@@ -41,6 +41,10 @@ pub struct Args {
     /// JPEG or PNG files, or folders of them (searched recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
+    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    precision: resnet::engine::Precision,
 }
 
 /// The output formats, by extension.
@@ -61,6 +65,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let images = super::predict::expand_folders(&a.images)?;
     let (mut model, _, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
+    model.set_precision(a.precision);
     let width = model.config.features();
     let threads = rayon::current_num_threads().clamp(1, 4);
     let mut files = Vec::new();

@@ -63,6 +63,10 @@ pub struct Args {
     /// Write the confusion matrix as CSV: a row per true class, a column per predicted class.
     #[arg(long, value_name = "FILE.csv")]
     confusion: Option<PathBuf>,
+    /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
+    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    precision: resnet::engine::Precision,
 }
 
 /// Image folder or CIFAR: `--dataset`, else the data's look, else the model's family.
@@ -87,6 +91,7 @@ struct Report {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
+    model.set_precision(a.precision);
     let report = if is_folder(&a, model.config.family)? {
         eval_folder(&a, &mut model, &file)?
     } else {

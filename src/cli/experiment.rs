@@ -95,7 +95,7 @@ fn default_dir(exp: &Experiment) -> &'static str {
 /// Every experiment with its runs and what its full schedule costs here, estimated from
 /// a short timed training of ResNet-20 scaled by each network's mult-adds.
 fn list() {
-    let rate = resnet::bench::run("resnet20", None, 64, 3, 1, resnet::engine::ConvAlgo::Auto)
+    let rate = resnet::bench::run("resnet20", None, 64, 3, 1, resnet::engine::ConvAlgo::Auto, Default::default())
         .map(|b| b.train_gflops)
         .unwrap_or(0.0);
     println!("{:<8} {:<9} {:>12}  reproduces", "name", "also", "full run here");

@@ -52,12 +52,17 @@ pub struct Args {
     /// JPEG or PNG files, or folders of them (searched recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
+    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    precision: resnet::engine::Precision,
 }
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.images = expand_folders(&a.images)?;
     let (mut model, file, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
+    model.set_precision(a.precision);
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));

@@ -144,6 +144,10 @@ pub struct Args {
     /// direct sum like PyTorch's f32 kernels; Winograd rounds differently (BENCHMARKS.md).
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
+    /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
+    /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    precision: resnet::engine::Precision,
     /// Threads assembling batches in the background (decoding, augmentation).
     #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
@@ -272,6 +276,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
         val_split: a.val_split,
         seed: a.seed,
         conv: a.conv,
+        precision: a.precision,
         loader_threads: a.loader_threads,
         log_every: a.log_every,
         checkpoint_every: a.checkpoint_every,

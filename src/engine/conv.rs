@@ -15,7 +15,8 @@
 
 use super::matmul::{Mat, matmul};
 use super::{
-    SharedOut, Workspace, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd, winograd_small,
+    Precision, SharedOut, Workspace, bf16, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd,
+    winograd_small,
 };
 
 /// Output rows per GEMM (see the module comment).
@@ -184,40 +185,78 @@ fn for_each_row(s: &ConvShape, rows: std::ops::Range<usize>, mut f: impl FnMut(u
     }
 }
 
+/// A column matrix's element: f32, or bf16 (rounded as it is lowered).
+trait Lowered: Copy + Default {
+    fn lower(dst: &mut [Self], src: &[f32]);
+    /// Runs the lowering loop compiled for the instructions `lower` wants.
+    fn run(f: impl FnOnce());
+}
+
+impl Lowered for f32 {
+    #[inline(always)]
+    fn lower(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn run(f: impl FnOnce()) {
+        super::isa::run(f)
+    }
+}
+
+impl Lowered for u16 {
+    #[inline(always)]
+    fn lower(dst: &mut [u16], src: &[f32]) {
+        bf16::round_row(src, dst);
+    }
+    #[inline(always)]
+    fn run(f: impl FnOnce()) {
+        bf16::run(f)
+    }
+}
+
 /// Lowers the patches of output rows `rows` of the batch `x` into `col` (one row each).
 fn im2col(s: &ConvShape, x: &[f32], rows: std::ops::Range<usize>, col: &mut [f32]) {
-    crate::simd!({
-        let (c, k, patch) = (s.c_in, s.kernel, s.patch());
-        let first = rows.start;
-        for_each_row(s, rows, |r, img, oy, ox| {
-            let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
-            let dst_row = &mut col[(r - first) * patch..][..patch];
-            let ix0 = (ox * s.stride) as isize - s.pad as isize;
-            let inside_x = ix0 >= 0 && ix0 as usize + k <= s.w;
-            for ky in 0..k {
-                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                let dst = &mut dst_row[ky * k * c..(ky + 1) * k * c];
-                if iy < 0 || iy >= s.h as isize {
-                    dst.fill(0.0);
-                } else if inside_x {
-                    // The k pixels of a kernel row are contiguous in NHWC: one copy.
-                    let src = (iy as usize * s.w + ix0 as usize) * c;
-                    dst.copy_from_slice(&xi[src..src + k * c]);
-                } else {
-                    for kx in 0..k {
-                        let ix = ix0 + kx as isize;
-                        let d = &mut dst[kx * c..(kx + 1) * c];
-                        if ix < 0 || ix >= s.w as isize {
-                            d.fill(0.0);
-                        } else {
-                            let src = (iy as usize * s.w + ix as usize) * c;
-                            d.copy_from_slice(&xi[src..src + c]);
+    lower(s, x, rows, col, s.patch());
+}
+
+/// `im2col` into rows of `row_len` ≥ patch elements, zeros after the patch.
+fn lower<T: Lowered>(s: &ConvShape, x: &[f32], rows: std::ops::Range<usize>, col: &mut [T], row_len: usize) {
+    T::run(
+        #[inline(always)]
+        || {
+            let (c, k, patch) = (s.c_in, s.kernel, s.patch());
+            let first = rows.start;
+            for_each_row(s, rows, |r, img, oy, ox| {
+                let xi = &x[img * s.in_len()..(img + 1) * s.in_len()];
+                let (dst_row, rest) = col[(r - first) * row_len..][..row_len].split_at_mut(patch);
+                rest.fill(T::default());
+                let ix0 = (ox * s.stride) as isize - s.pad as isize;
+                let inside_x = ix0 >= 0 && ix0 as usize + k <= s.w;
+                for ky in 0..k {
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    let dst = &mut dst_row[ky * k * c..(ky + 1) * k * c];
+                    if iy < 0 || iy >= s.h as isize {
+                        dst.fill(T::default());
+                    } else if inside_x {
+                        // The k pixels of a kernel row are contiguous in NHWC: one copy.
+                        let src = (iy as usize * s.w + ix0 as usize) * c;
+                        T::lower(dst, &xi[src..src + k * c]);
+                    } else {
+                        for kx in 0..k {
+                            let ix = ix0 + kx as isize;
+                            let d = &mut dst[kx * c..(kx + 1) * c];
+                            if ix < 0 || ix >= s.w as isize {
+                                d.fill(T::default());
+                            } else {
+                                let src = (iy as usize * s.w + ix as usize) * c;
+                                T::lower(d, &xi[src..src + c]);
+                            }
                         }
                     }
                 }
-            }
-        });
-    })
+            });
+        },
+    )
 }
 
 /// Adds the column gradients of output rows `rows` back onto the input-gradient images
@@ -292,6 +331,17 @@ pub struct Prepared {
     gemm: Option<Vec<f32>>,
     /// Transformed by `winograd::transform_weights`.
     winograd: Option<Vec<f32>>,
+    /// Packed in bf16 for `bf16::product`.
+    bf16: Option<Vec<u16>>,
+}
+
+/// The weights of an im2col GEMM as its kernel reads them.
+#[derive(Clone, Copy)]
+enum Packed<'a> {
+    /// Not packed: the `gemm` crate reads them in place.
+    No,
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
 }
 
 /// `y = epilogue(conv(x, w))`: by Winograd or the direct kernel where they apply, else
@@ -326,6 +376,19 @@ fn convolve(
     prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
+    if ws.precision == Precision::Bf16 && bf16::applies(s.c_out) {
+        // Every bf16 convolution is an im2col GEMM, as oneDNN's are: Winograd's transforms
+        // would take the place of bf16's rounding error with their own, larger one.
+        let packed = match prepared {
+            Some(p) => Packed::Bf16(p.bf16.get_or_insert_with(|| {
+                let mut packed = vec![0u16; bf16::packed_len(s.patch(), s.c_out)];
+                bf16::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut packed);
+                packed
+            })),
+            None => Packed::No,
+        };
+        return im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws);
+    }
     let small = winograd_small::applies(s, ws.algo);
     if small || winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
         let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
@@ -338,12 +401,12 @@ fn convolve(
         return direct::forward(s, n, x, w, y, accumulate, epi, ws);
     }
     let packed = match prepared {
-        Some(p) if panel::applies(s.c_out) => Some(&**p.gemm.get_or_insert_with(|| {
+        Some(p) if panel::applies(s.c_out) => Packed::F32(p.gemm.get_or_insert_with(|| {
             let mut packed = vec![0f32; s.weight_len()];
             pack_weights(s, w, &mut packed);
             packed
         })),
-        _ => None,
+        _ => Packed::No,
     };
     im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws)
 }
@@ -359,16 +422,16 @@ fn pack_weights(s: &ConvShape, w: &[f32], out: &mut [f32]) {
 }
 
 /// `y (+)= epilogue(conv(x, w))` by im2col + GEMM, whatever the shape: `accumulate` adds
-/// to `y` (then `epi` must be `None`). The GEMM runs on `panel::product_packed` where it
-/// applies, on `packed` (the weights packed by `panel::pack`) if given, else on weights
-/// packed here once for all tiles.
+/// to `y` (then `epi` must be `None`). The GEMM runs on `bf16::product` in bf16, else on
+/// `panel::product_packed` where it applies, on `packed` if given, else on weights packed
+/// here once for all tiles.
 #[allow(clippy::too_many_arguments)]
 fn im2col_gemm(
     s: &ConvShape,
     n: usize,
     x: &[f32],
     w: &[f32],
-    packed: Option<&[f32]>,
+    packed: Packed,
     y: &mut [f32],
     accumulate: bool,
     epi: Option<&Epilogue>,
@@ -377,23 +440,30 @@ fn im2col_gemm(
     debug_assert!(!(accumulate && epi.is_some()));
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let mut own = std::mem::take(&mut ws.packed_weights);
+    let mut own_bf16 = std::mem::take(&mut ws.packed_bf16);
     let packed = match packed {
-        Some(packed) => Some(packed),
-        None if panel::applies(s.c_out) => {
+        Packed::No if ws.precision == Precision::Bf16 && bf16::applies(s.c_out) => {
+            let len = bf16::packed_len(s.patch(), s.c_out);
+            ensure_len(&mut own_bf16, len);
+            bf16::pack(weights_as_b(s, w), s.patch(), s.c_out, &mut own_bf16);
+            Packed::Bf16(&own_bf16[..len])
+        }
+        Packed::No if panel::applies(s.c_out) => {
             ensure_len(&mut own, s.weight_len());
             pack_weights(s, w, &mut own);
-            Some(&own[..s.weight_len()])
+            Packed::F32(&own[..s.weight_len()])
         }
-        None => None,
+        packed => packed,
     };
+    let is_packed = !matches!(packed, Packed::No);
     let threads = ws.threads.len();
     let rows = n * s.out_pixels();
     // On packed weights, one row panel of the product per tile.
-    let tile_rows = if packed.is_some() { panel::MC } else { TILE_ROWS };
+    let tile_rows = if is_packed { panel::MC } else { TILE_ROWS };
     let tiles = rows.div_ceil(tile_rows);
     // Few rows (late layers at small batch): split the output channels too, in blocks of
     // whole SIMD widths (packed strips), so every thread has work.
-    let unit = if packed.is_some() { panel::STRIP } else { 8 };
+    let unit = if is_packed { panel::STRIP } else { 8 };
     let col_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(s.c_out / 16).max(1) };
     let items = tiles * col_blocks;
     // Every work item writes its own block of rows × channels, disjoint from the others'.
@@ -406,7 +476,12 @@ fn im2col_gemm(
             let units = split_range(s.c_out / unit, col_blocks, block);
             let cols = units.start * unit..if block + 1 == col_blocks { s.c_out } else { units.end * unit };
             let m = end - start;
-            let a: &[f32] = if s.is_pointwise() {
+            // bf16 patches are rounded as they are lowered, straight into the rows the
+            // product reads (one pass over the column matrix instead of two).
+            let lowered_bf16 = matches!(packed, Packed::Bf16(_)) && !s.is_pointwise();
+            let a: &[f32] = if lowered_bf16 {
+                &[]
+            } else if s.is_pointwise() {
                 &x[start * s.c_in..end * s.c_in]
             } else {
                 // With several column blocks there are about as many items as threads, so
@@ -423,14 +498,27 @@ fn im2col_gemm(
                     (m - 1) * s.c_out + cols.len(),
                 )
             };
+            let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
+            let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
+            let store = panel::Store { accumulate, finish };
             match packed {
-                Some(packed) => {
-                    let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-                    let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
-                    let store = panel::Store { accumulate, finish };
+                Packed::F32(packed) => {
                     panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
                 }
-                None => {
+                Packed::Bf16(packed) if lowered_bf16 => {
+                    let (kp, rows) = (patch.next_multiple_of(bf16::K_STEP), bf16::rows_for(m));
+                    ensure_len(&mut scr.b_bf16, rows * kp);
+                    let rounded = &mut scr.b_bf16[..rows * kp];
+                    lower(s, x, start..end, rounded, kp);
+                    rounded[m * kp..].fill(0);
+                    let a = bf16::Rows::Rounded { a: rounded };
+                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
+                }
+                Packed::Bf16(packed) => {
+                    let a = bf16::Rows::Direct { a, lda: patch };
+                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
+                }
+                Packed::No => {
                     let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
                     let width = cols.len();
                     match epi {
@@ -463,6 +551,7 @@ fn im2col_gemm(
         })
     });
     ws.packed_weights = own;
+    ws.packed_bf16 = own_bf16;
 }
 
 /// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and the input gradient
@@ -482,6 +571,10 @@ pub fn backward(
     let threads = ws.threads.len();
     let small = winograd_small::applies(s, ws.algo);
     let winograd = winograd::applies(s, n, threads, ws.algo, false);
+    if ws.precision == Precision::Bf16 {
+        // As the forward: im2col GEMMs, in bf16 where the channels come in 16s.
+        return backward_im2col(s, n, x, w, dy, dw, dx, ws);
+    }
     if small {
         winograd_small::backward_weights(s, n, x, dy, dw, ws);
     } else if winograd {
@@ -519,7 +612,9 @@ pub fn backward_im2col(
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
-            with_flipped_kernel(s, w, ws, |t, flipped, ws| im2col_gemm(t, n, dy, flipped, None, dx, add, None, ws));
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| {
+                im2col_gemm(t, n, dy, flipped, Packed::No, dx, add, None, ws)
+            });
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
     }
@@ -573,15 +668,29 @@ fn weights_and_scatter(
     let pixels = s.out_pixels();
     // dx's GEMMs have the weights as B (c_out × patch): packed once for all tiles.
     let mut own = std::mem::take(&mut ws.packed_weights);
-    let packed = (dx.is_some() && panel::applies(s.patch())).then(|| {
-        ensure_len(&mut own, s.weight_len());
-        panel::pack(Mat::rows(w, s.patch()), s.c_out, s.patch(), &mut own);
-        &own[..s.weight_len()]
-    });
+    let mut own_bf16 = std::mem::take(&mut ws.packed_bf16);
+    let in_bf16 = ws.precision == Precision::Bf16;
+    let packed = match dx.is_some() {
+        true if in_bf16 && bf16::applies(s.patch()) => {
+            let len = bf16::packed_len(s.c_out, s.patch());
+            ensure_len(&mut own_bf16, len);
+            bf16::pack(Mat::rows(w, s.patch()), s.c_out, s.patch(), &mut own_bf16);
+            Packed::Bf16(&own_bf16[..len])
+        }
+        true if panel::applies(s.patch()) => {
+            ensure_len(&mut own, s.weight_len());
+            panel::pack(Mat::rows(w, s.patch()), s.c_out, s.patch(), &mut own);
+            Packed::F32(&own[..s.weight_len()])
+        }
+        _ => Packed::No,
+    };
     // The weight gradient by our panel kernel where the output channels come in 16s, as
     // its transpose, so that the kernel's 16 columns are output channels (the `gemm`
     // crate, which ran it before, allocated its packing room on every call).
-    let transposed_dw = panel::applies(s.c_out);
+    // In bf16, `dw = dyᵀ · col` with the column matrix as B: bf16's B is packed along k
+    // (pixels here) as im2col leaves it, and A's transpose is the smaller dy.
+    let bf16_dw = in_bf16 && bf16::applies(s.patch());
+    let transposed_dw = panel::applies(s.c_out) && !bf16_dw;
     // Each group of images scatters into its own images of dx.
     let (dx, add) = match dx {
         Some((dx, add)) => (Some(SharedOut(dx[..n * s.in_len()].as_mut_ptr())), add),
@@ -610,7 +719,16 @@ fn weights_and_scatter(
                     im2col(s, x, start..end, &mut scr.col);
                     &scr.col[..m * s.patch()]
                 };
-                if transposed_dw {
+                if bf16_dw {
+                    // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch], col packed.
+                    ensure_len(&mut scr.b_bf16, bf16::packed_len(m, s.patch()));
+                    bf16::pack(Mat::rows(col, s.patch()), m, s.patch(), &mut scr.b_bf16);
+                    let strips = 0..s.patch() / panel::STRIP;
+                    let at = bf16::Rows::Transposed { at: dyg, ldat: s.c_out };
+                    let store = panel::Store { accumulate: true, finish: None };
+                    let (b, a_block) = (&scr.b_bf16, &mut scr.a_bf16);
+                    bf16::product(dwt, s.patch(), s.c_out, strips, m, at, b, store, a_block);
+                } else if transposed_dw {
                     // dwᵀ[patch × c_out] += colᵀ[patch × m] · dy[m × c_out], the tile of dy
                     // packed in strips.
                     ensure_len(&mut scr.b_panel, m * s.c_out);
@@ -643,15 +761,19 @@ fn weights_and_scatter(
                         ensure_len(&mut scr.dcol, m * s.patch());
                         (&mut scr.dcol[..m * s.patch()], false)
                     };
+                    let (patch, c_out) = (s.patch(), s.c_out);
+                    let store = panel::Store { accumulate, finish: None };
+                    let strips = 0..patch / panel::STRIP;
                     match packed {
-                        Some(packed) => {
-                            let (patch, c_out) = (s.patch(), s.c_out);
-                            let store = panel::Store { accumulate, finish: None };
-                            let strips = 0..patch / panel::STRIP;
+                        Packed::F32(packed) => {
                             let a_panel = &mut scr.a_panel;
                             panel::product_packed(dst, patch, m, strips, c_out, dyg, c_out, packed, store, a_panel);
                         }
-                        None => {
+                        Packed::Bf16(packed) => {
+                            let a = bf16::Rows::Direct { a: dyg, lda: c_out };
+                            bf16::product(dst, patch, m, strips, c_out, a, packed, store, &mut scr.a_bf16);
+                        }
+                        Packed::No => {
                             let (dyr, wr) = (Mat::rows(dyg, s.c_out), Mat::rows(w, s.patch()));
                             matmul(dst, s.patch(), m, s.patch(), s.c_out, dyr, wr, accumulate);
                         }
@@ -674,4 +796,5 @@ fn weights_and_scatter(
         dw.copy_from_slice(sum);
     }
     ws.packed_weights = own;
+    ws.packed_bf16 = own_bf16;
 }

@@ -20,6 +20,7 @@
 
 pub mod alloc;
 pub mod batchnorm;
+pub mod bf16;
 pub mod conv;
 pub mod device;
 pub mod direct;
@@ -34,6 +35,7 @@ pub(crate) mod simd;
 pub mod winograd;
 pub mod winograd_small;
 
+pub use bf16::Precision;
 pub use device::{DeviceVec, View, ViewMut};
 
 use rayon::prelude::*;
@@ -48,6 +50,10 @@ pub struct Scratch {
     pub a_panel: Vec<f32>,
     /// A tile of the output gradient, packed as B for `panel::product_packed_transposed`.
     pub b_panel: Vec<f32>,
+    /// Rows of A in bf16 for `bf16::product`.
+    pub a_bf16: Vec<u16>,
+    /// A tile of the output gradient, packed in bf16 as `b_panel`.
+    pub b_bf16: Vec<u16>,
     pub winograd: winograd::Bufs,
     pub winograd_small: winograd_small::Bufs,
 }
@@ -86,11 +92,15 @@ pub struct Workspace {
     pub direct_weights: Vec<f32>,
     /// The weights of a GEMM, packed for `panel::product_packed` (see `conv`).
     pub packed_weights: Vec<f32>,
+    /// The same in bf16, for `bf16::product`.
+    pub packed_bf16: Vec<u16>,
     /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
     pub partials: Vec<f32>,
     /// BatchNorm's room.
     pub bn: batchnorm::Scratch,
     pub algo: ConvAlgo,
+    /// The number format of the convolutions' GEMMs.
+    pub precision: Precision,
 }
 
 impl Workspace {
@@ -105,9 +115,11 @@ impl Workspace {
             flipped_weights: Vec::new(),
             direct_weights: Vec::new(),
             packed_weights: Vec::new(),
+            packed_bf16: Vec::new(),
             partials: Vec::new(),
             bn: batchnorm::Scratch::default(),
             algo: ConvAlgo::Auto,
+            precision: Precision::F32,
         }
     }
 }

@@ -96,6 +96,15 @@ impl ResNet {
         self.ws.algo = algo;
     }
 
+    /// The number format of the convolutions (default f32; see [`crate::engine::bf16`]).
+    pub fn set_precision(&mut self, precision: crate::engine::Precision) {
+        self.ws.precision = precision;
+    }
+
+    pub fn precision(&self) -> crate::engine::Precision {
+        self.ws.precision
+    }
+
     /// Training normalizes groups of at most `group` images of a batch, each by its own
     /// BatchNorm statistics, as on that many GPUs (see `BatchNorm2d::forward`); None: the
     /// whole batch.

@@ -53,6 +53,9 @@ pub struct TrainConfig {
     /// How 3×3 stride-1 convolutions are computed.
     #[serde(default)]
     pub conv: crate::engine::ConvAlgo,
+    /// The convolutions' number format (f32, or bf16 with f32 sums and master weights).
+    #[serde(default)]
+    pub precision: crate::engine::Precision,
     pub loader_threads: usize,
     pub log_every: usize,
     /// Also checkpoint every this many iterations (0: only at epoch ends).

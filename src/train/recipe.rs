@@ -128,6 +128,7 @@ impl Recipe {
             val_split: 0,
             seed,
             conv: crate::engine::ConvAlgo::Auto,
+            precision: crate::engine::Precision::F32,
             loader_threads: 2,
             log_every: 50,
             checkpoint_every: 0,

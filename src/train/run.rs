@@ -79,6 +79,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
     let model_cfg = ModelConfig::from_name(&cfg.model, Some(cfg.shortcut), cfg.classes())?;
     let mut model = ResNet::new(model_cfg, cfg.seed);
     model.set_conv_algo(cfg.conv);
+    model.set_precision(cfg.precision);
     model.set_bn_group(cfg.bn_batch);
     if cfg.sync_bn && comm.size() > 1 {
         model.set_sync_bn(Some(Arc::new(SyncBn(job.clone()))));

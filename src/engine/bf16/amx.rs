@@ -1,0 +1,143 @@
+//! The bf16 product on AMX: C in 16×16 f32 tiles, two rows × two columns of them
+//! (32 rows × 2 strips) per pass, each step of 32 along k one `tdpbf16ps` per tile.
+//!
+//! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly. The
+//! compiler never uses the tile registers itself, so they may hold values between
+//! `asm!` blocks: the accumulators live in tmm0–3, A's two tiles in tmm4–5, B's in
+//! tmm6–7. Linux hands a process the tile state only on request (`arch_prctl`,
+//! [`usable`]), and each thread loads the tiles' shapes before use ([`Tiles`]).
+
+use super::{Block, STRIP};
+use std::arch::asm;
+
+/// Whether the CPU has AMX with bf16 and the operating system lets this process use it
+/// (asked once).
+pub(super) fn usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && request_tile_data()
+    })
+}
+
+/// Asks Linux for the right to use the tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`); false where it refuses, or elsewhere.
+fn request_tile_data() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: arch_prctl with these arguments only changes the process's permissions;
+        // the syscall clobbers rcx and r11 and touches no memory of ours.
+        unsafe {
+            asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
+                 in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// The calling thread's tiles configured for the kernel (eight tiles of 16 rows of 64
+/// bytes) while this lives; released after, so that the thread's switches do not save
+/// them.
+pub(super) struct Tiles(());
+
+impl Tiles {
+    pub(super) fn configure() -> Tiles {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1; // palette 1
+        for tile in 0..8 {
+            config.0[16 + 2 * tile] = 64; // bytes per row
+            config.0[48 + tile] = 16; // rows
+        }
+        assert!(usable(), "AMX tiles configured on a CPU or system without them");
+        // SAFETY: AMX is usable (above); the configuration is valid for palette 1.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+        Tiles(())
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured by `configure`.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// C's block: A's rows (a multiple of 16 rows of kp bf16), B's packed strips. Runs
+/// while a [`Tiles`] lives on this thread.
+pub(super) fn product(block: Block, a: &[u16], kp: usize, b: &[u16]) {
+    assert!(a.len() >= block.m.next_multiple_of(16) * kp && kp.is_multiple_of(super::K_STEP));
+    // SAFETY: AMX is configured (caller) and AVX-512 present (the path is AMX only on an
+    // AVX-512 kernel set); sizes checked above and by `bf16::product`.
+    unsafe { product_avx512(block, a, kp, b) }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn product_avx512(mut block: Block, a: &[u16], kp: usize, b: &[u16]) {
+    let strips = b.len() / (STRIP * kp);
+    let groups = block.m.div_ceil(16);
+    // Tiles of C, stored as 32 rows of 32 floats.
+    let mut values = [0f32; 32 * 32];
+    let (a_stride, c_stride) = (2 * kp, 4 * 32usize);
+    let mut g = 0;
+    while g < groups {
+        let two_rows = g + 1 < groups;
+        let a0 = a[g * 16 * kp..].as_ptr();
+        let a1 = if two_rows { a[(g + 1) * 16 * kp..].as_ptr() } else { a0 };
+        for j in (0..strips).step_by(2) {
+            let pair = (strips - j).min(2);
+            let b0 = b[j * STRIP * kp..].as_ptr();
+            // A single last strip multiplies its own B twice and stores half.
+            let b1 = b[(j + pair - 1) * STRIP * kp..].as_ptr();
+            // SAFETY: each step reads A's tiles at k 32q (16 rows of 64 bytes, a_stride
+            // apart, inside the rows), B's at pair-row 16q (1 KB inside the strip), and
+            // the stores write the 32×32 floats of `values`.
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for q in 0..kp / super::K_STEP {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(32 * q),
+                        a1 = in(reg) a1.add(32 * q),
+                        b0 = in(reg) b0.add(512 * q),
+                        b1 = in(reg) b1.add(512 * q),
+                        sa = in(reg) a_stride,
+                        sb = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                }
+                let v = values.as_mut_ptr();
+                asm!(
+                    "tilestored [{c00} + {sc}*1], tmm0",
+                    "tilestored [{c01} + {sc}*1], tmm1",
+                    "tilestored [{c10} + {sc}*1], tmm2",
+                    "tilestored [{c11} + {sc}*1], tmm3",
+                    c00 = in(reg) v,
+                    c01 = in(reg) v.add(16),
+                    c10 = in(reg) v.add(16 * 32),
+                    c11 = in(reg) v.add(16 * 32 + 16),
+                    sc = in(reg) c_stride,
+                    options(nostack),
+                );
+            }
+            let rows = if two_rows { 32 } else { 16 };
+            block.store(&values, 32, g * 16, rows, j, pair);
+        }
+        g += if two_rows { 2 } else { 1 };
+    }
+}
