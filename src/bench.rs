@@ -85,6 +85,14 @@ pub fn fma_peak_gflops() -> f64 {
     rates.iter().sum::<f64>() / 1e9
 }
 
+/// The arithmetic peak of the bf16 path in use on all threads (`engine::bf16::peak`), in
+/// GFLOP/s; None on the emulated path.
+pub fn bf16_peak_gflops() -> Option<f64> {
+    let path = crate::engine::bf16::path();
+    let rates = rayon::broadcast(|_| crate::engine::bf16::peak::flops_per_thread(path, 20));
+    rates.into_iter().sum::<Option<f64>>().map(|r| r / 1e9)
+}
+
 /// The CPU's model name (Linux's /proc/cpuinfo), or "unknown CPU".
 pub fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

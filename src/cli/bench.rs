@@ -26,7 +26,7 @@ pub struct Args {
     /// AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
     precision: resnet::engine::Precision,
-    /// Skip measuring the machine's f32 GEMM peak.
+    /// Skip measuring the machine's arithmetic peaks (f32 GEMM and registers, bf16).
     #[arg(long)]
     no_peak: bool,
     /// Also measure the training input pipeline alone on this image folder (decode, the
@@ -112,6 +112,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
             100.0 * r.train_gflops / fma,
             100.0 * r.infer_gflops / fma
         );
+        if a.precision == resnet::engine::Precision::Bf16 {
+            let path = resnet::engine::bf16::path();
+            match bench::bf16_peak_gflops() {
+                Some(peak) => println!(
+                    "bf16 peak: {peak:.1} GFLOP/s ({path}, {threads} threads); train step: {:.0}%, inference: {:.0}% of it",
+                    100.0 * r.train_gflops / peak,
+                    100.0 * r.infer_gflops / peak
+                ),
+                None => println!("bf16 peak: that of f32 above (the {path} path widens bf16 to f32)"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

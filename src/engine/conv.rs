@@ -333,6 +333,8 @@ pub struct Prepared {
     winograd: Option<Vec<f32>>,
     /// Packed in bf16 for `bf16::product`.
     bf16: Option<Vec<u16>>,
+    /// Packed in bf16 for `bf16::conv3x3`.
+    bf16_3x3: Option<Vec<u16>>,
 }
 
 /// The weights of an im2col GEMM as its kernel reads them.
@@ -377,8 +379,13 @@ fn convolve(
     ws: &mut Workspace,
 ) {
     if ws.precision == Precision::Bf16 && bf16::applies(s.c_out) {
-        // Every bf16 convolution is an im2col GEMM, as oneDNN's are: Winograd's transforms
-        // would take the place of bf16's rounding error with their own, larger one.
+        // Every bf16 convolution is a GEMM, as oneDNN's are: Winograd's transforms would
+        // add their own rounding error to bf16's. 3×3 stride-1 layers on AMX read their
+        // input in place (`bf16::conv3x3`), the others through im2col.
+        #[cfg(target_arch = "x86_64")]
+        if bf16::conv3x3::applies(s) {
+            return conv3x3_bf16(s, n, x, w, y, accumulate, epi, prepared, ws);
+        }
         let packed = match prepared {
             Some(p) => Packed::Bf16(p.bf16.get_or_insert_with(|| {
                 let mut packed = vec![0u16; bf16::packed_len(s.patch(), s.c_out)];
@@ -409,6 +416,43 @@ fn convolve(
         _ => Packed::No,
     };
     im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws)
+}
+
+/// `y (+)= epilogue(conv(x, w))` by `bf16::conv3x3`, on weights packed once in `prepared`
+/// if given, else here.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn conv3x3_bf16(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+    prepared: Option<&mut Prepared>,
+    ws: &mut Workspace,
+) {
+    use bf16::conv3x3;
+    let finish = epi.map(|e| e.for_block(0, s.c_out, 0..s.c_out));
+    let store = panel::Store { accumulate, finish };
+    match prepared {
+        Some(p) => {
+            let packed = p.bf16_3x3.get_or_insert_with(|| {
+                let mut packed = vec![0u16; conv3x3::packed_len(s)];
+                conv3x3::pack_weights(s, w, &mut packed);
+                packed
+            });
+            conv3x3::forward(s, n, x, packed, y, store, ws);
+        }
+        None => {
+            let mut packed = std::mem::take(&mut ws.packed_bf16);
+            ensure_len(&mut packed, conv3x3::packed_len(s));
+            conv3x3::pack_weights(s, w, &mut packed);
+            conv3x3::forward(s, n, x, &packed, y, store, ws);
+            ws.packed_bf16 = packed;
+        }
+    }
 }
 
 /// The OHWI weights as the GEMM's B (patch × c_out).
@@ -612,8 +656,10 @@ pub fn backward_im2col(
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
-            with_flipped_kernel(s, w, ws, |t, flipped, ws| {
-                im2col_gemm(t, n, dy, flipped, Packed::No, dx, add, None, ws)
+            with_flipped_kernel(s, w, ws, |t, flipped, ws| match ws.precision {
+                // bf16 picks its own way (`convolve`).
+                Precision::Bf16 => convolve(t, n, dy, flipped, dx, add, None, None, ws),
+                Precision::F32 => im2col_gemm(t, n, dy, flipped, Packed::No, dx, add, None, ws),
             });
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),

@@ -94,6 +94,8 @@ pub struct Workspace {
     pub packed_weights: Vec<f32>,
     /// The same in bf16, for `bf16::product`.
     pub packed_bf16: Vec<u16>,
+    /// A batch rounded to bf16 with a border of zeros (see `bf16::conv3x3`).
+    pub padded_bf16: Vec<u16>,
     /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
     pub partials: Vec<f32>,
     /// BatchNorm's room.
@@ -116,6 +118,7 @@ impl Workspace {
             direct_weights: Vec::new(),
             packed_weights: Vec::new(),
             packed_bf16: Vec::new(),
+            padded_bf16: Vec::new(),
             partials: Vec::new(),
             bn: batchnorm::Scratch::default(),
             algo: ConvAlgo::Auto,

@@ -86,7 +86,7 @@ unsafe fn product_avx512(mut block: Block, a: &[u16], kp: usize, b: &[u16]) {
     let groups = block.m.div_ceil(16);
     // Tiles of C, stored as 32 rows of 32 floats.
     let mut values = [0f32; 32 * 32];
-    let (a_stride, c_stride) = (2 * kp, 4 * 32usize);
+    let a_stride = 2 * kp;
     let mut g = 0;
     while g < groups {
         let two_rows = g + 1 < groups;
@@ -100,44 +100,100 @@ unsafe fn product_avx512(mut block: Block, a: &[u16], kp: usize, b: &[u16]) {
             // SAFETY: each step reads A's tiles at k 32q (16 rows of 64 bytes, a_stride
             // apart, inside the rows), B's at pair-row 16q (1 KB inside the strip), and
             // the stores write the 32×32 floats of `values`.
-            unsafe {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-                for q in 0..kp / super::K_STEP {
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(32 * q),
-                        a1 = in(reg) a1.add(32 * q),
-                        b0 = in(reg) b0.add(512 * q),
-                        b1 = in(reg) b1.add(512 * q),
-                        sa = in(reg) a_stride,
-                        sb = in(reg) 64usize,
-                        options(nostack, readonly),
-                    );
-                }
-                let v = values.as_mut_ptr();
-                asm!(
-                    "tilestored [{c00} + {sc}*1], tmm0",
-                    "tilestored [{c01} + {sc}*1], tmm1",
-                    "tilestored [{c10} + {sc}*1], tmm2",
-                    "tilestored [{c11} + {sc}*1], tmm3",
-                    c00 = in(reg) v,
-                    c01 = in(reg) v.add(16),
-                    c10 = in(reg) v.add(16 * 32),
-                    c11 = in(reg) v.add(16 * 32 + 16),
-                    sc = in(reg) c_stride,
-                    options(nostack),
-                );
-            }
+            unsafe { tiles(|q| a0.add(32 * q), kp / super::K_STEP, a_stride, a1.offset_from(a0), b0, b1, &mut values) };
             let rows = if two_rows { 32 } else { 16 };
             block.store(&values, 32, g * 16, rows, j, pair);
         }
         g += if two_rows { 2 } else { 1 };
     }
+}
+
+/// The tiles of 32 rows × 2 strips of C: for each of the `steps` steps q of 32 along k,
+/// A's rows 0–15 at `a_at(q)` and 16–31 `second` u16 further on, `a_stride` bytes apart,
+/// and B's pair-rows at `b0`/`b1` + 512q. Stores C as 32 rows of 32 floats in `values`.
+/// `a_at` makes the same kernel the GEMM's (A's rows in a block) and `conv3x3`'s
+/// implicit GEMM (the padded input read in place).
+///
+/// # Safety
+/// Tiles configured on this thread ([`Tiles`]); every A row read (16 rows of 64 bytes
+/// from each `a_at(q)` and from `+ second`) and B's `steps` KB per strip lie in bounds.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn tiles(
+    a_at: impl Fn(usize) -> *const u16,
+    steps: usize,
+    a_stride: usize,
+    second: isize,
+    b0: *const u16,
+    b1: *const u16,
+    values: &mut [f32; 32 * 32],
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        for q in 0..steps {
+            let a0 = a_at(q);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a0.offset(second),
+                b0 = in(reg) b0.add(512 * q),
+                b1 = in(reg) b1.add(512 * q),
+                sa = in(reg) a_stride,
+                sb = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        let v = values.as_mut_ptr();
+        asm!(
+            "tilestored [{c00} + {sc}*1], tmm0",
+            "tilestored [{c01} + {sc}*1], tmm1",
+            "tilestored [{c10} + {sc}*1], tmm2",
+            "tilestored [{c11} + {sc}*1], tmm3",
+            c00 = in(reg) v,
+            c01 = in(reg) v.add(16),
+            c10 = in(reg) v.add(16 * 32),
+            c11 = in(reg) v.add(16 * 32 + 16),
+            sc = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+}
+
+/// `steps` rounds of four independent `tdpbf16ps` on tiles that stay in place (the
+/// arithmetic peak: nothing read but the first A and B); returns the operations done.
+///
+/// # Safety
+/// Tiles configured on this thread ([`Tiles`]).
+pub(super) unsafe fn peak(steps: usize) -> usize {
+    let zeros = [0u16; 16 * 32];
+    // SAFETY: A and B load 16 rows of 64 bytes from `zeros` (1 KB).
+    unsafe {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        asm!(
+            "tileloadd tmm4, [{z} + {s}*1]",
+            "tileloadd tmm5, [{z} + {s}*1]",
+            "tileloadd tmm6, [{z} + {s}*1]",
+            "tileloadd tmm7, [{z} + {s}*1]",
+            z = in(reg) zeros.as_ptr(), s = in(reg) 64usize, options(nostack, readonly),
+        );
+        for _ in 0..steps {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem),
+            );
+        }
+    }
+    // Each: 16 × 16 sums of 32 products, a multiply and an add.
+    steps * 4 * 16 * 16 * 32 * 2
 }

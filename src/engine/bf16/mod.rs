@@ -20,8 +20,11 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod conv3x3;
 mod convert;
 mod kernels;
+pub mod peak;
 
 use super::conv::Residual;
 use super::matmul::Mat;
