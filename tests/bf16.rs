@@ -90,6 +90,8 @@ fn every_path_convolves_as_float64_on_operands_rounded_to_bf16() {
         (2, ConvShape { c_in: 32, c_out: 64, kernel: 1, stride: 2, pad: 0, h: 9, w: 9 }),
         (2, ConvShape { c_in: 3, c_out: 16, kernel: 7, stride: 2, pad: 3, h: 13, w: 10 }),
         (2, ConvShape { c_in: 128, c_out: 96, kernel: 3, stride: 1, pad: 1, h: 12, w: 11 }),
+        // An odd number of 16-channel strips (the last one alone), 32 channels in.
+        (2, ConvShape { c_in: 32, c_out: 48, kernel: 3, stride: 1, pad: 1, h: 5, w: 6 }),
         (1, ConvShape { c_in: 256, c_out: 512, kernel: 1, stride: 2, pad: 0, h: 7, w: 7 }),
     ];
     on_every_path(|path| {

@@ -259,6 +259,44 @@ fn lower<T: Lowered>(s: &ConvShape, x: &[f32], rows: std::ops::Range<usize>, col
     )
 }
 
+/// The column matrix of output rows `rows` (k = rows, n = patch) packed as `bf16::pack`
+/// packs it, without the f32 im2col: each pair of rows' 16 values of a strip are one
+/// tap's 16 channels of two input pixels (or zeros). Requires 16s of input channels.
+fn lower_packed(s: &ConvShape, x: &[f32], rows: std::ops::Range<usize>, out: &mut [u16]) {
+    const ZEROS: [f32; 16] = [0.0; 16];
+    assert!(s.c_in.is_multiple_of(16) && rows.len() <= TILE_ROWS);
+    let (patch, kp) = (s.patch(), rows.len().next_multiple_of(bf16::K_STEP));
+    assert!(out.len() >= kp * patch);
+    // Each row's image offset and the input pixel of its patch's first tap.
+    let mut origin = [(0usize, 0isize, 0isize); TILE_ROWS];
+    for_each_row(s, rows.clone(), |r, img, oy, ox| {
+        let (iy, ix) = ((oy * s.stride) as isize - s.pad as isize, (ox * s.stride) as isize - s.pad as isize);
+        origin[r - rows.start] = (img * s.in_len(), iy, ix);
+    });
+    let origin = &origin[..rows.len()];
+    let source = |row: usize, ky: usize, kx: usize, channel: usize| -> &[f32] {
+        let Some(&(base, iy, ix)) = origin.get(row) else { return &ZEROS };
+        let (y, x_) = (iy + ky as isize, ix + kx as isize);
+        if y < 0 || x_ < 0 || y >= s.h as isize || x_ >= s.w as isize {
+            return &ZEROS;
+        }
+        &x[base + (y as usize * s.w + x_ as usize) * s.c_in + channel..][..16]
+    };
+    bf16::run(
+        #[inline(always)]
+        || {
+            for (j, strip) in out[..kp * patch].chunks_exact_mut(16 * kp).enumerate() {
+                let (tap, channel) = (16 * j / s.c_in, 16 * j % s.c_in);
+                let (ky, kx) = (tap / s.kernel, tap % s.kernel);
+                for (q, pair) in strip.chunks_exact_mut(32).enumerate() {
+                    let first = source(2 * q, ky, kx, channel);
+                    bf16::round_pair_row(first, Some(source(2 * q + 1, ky, kx, channel)), pair);
+                }
+            }
+        },
+    )
+}
+
 /// Adds the column gradients of output rows `rows` back onto the input-gradient images
 /// (the adjoint of `im2col`); `dx` holds the images of `images` only.
 fn col2im_add(
@@ -550,11 +588,11 @@ fn im2col_gemm(
                     panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
                 }
                 Packed::Bf16(packed) if lowered_bf16 => {
-                    let (kp, rows) = (patch.next_multiple_of(bf16::K_STEP), bf16::rows_for(m));
-                    ensure_len(&mut scr.b_bf16, rows * kp);
-                    let rounded = &mut scr.b_bf16[..rows * kp];
-                    lower(s, x, start..end, rounded, kp);
-                    rounded[m * kp..].fill(0);
+                    let (lda, rows) = (bf16::row_stride(patch), bf16::rows_for(m));
+                    ensure_len(&mut scr.b_bf16, rows * lda);
+                    let rounded = &mut scr.b_bf16[..rows * lda];
+                    lower(s, x, start..end, rounded, lda);
+                    rounded[m * lda..].fill(0);
                     let a = bf16::Rows::Rounded { a: rounded };
                     bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
                 }
@@ -760,6 +798,8 @@ fn weights_and_scatter(
                 let dyg = &dy[start * s.c_out..end * s.c_out];
                 let col: &[f32] = if s.is_pointwise() {
                     &x[start * s.c_in..end * s.c_in]
+                } else if bf16_dw {
+                    &[] // lowered straight into bf16's packed B below
                 } else {
                     ensure_len(&mut scr.col, m * s.patch());
                     im2col(s, x, start..end, &mut scr.col);
@@ -768,7 +808,10 @@ fn weights_and_scatter(
                 if bf16_dw {
                     // dw[c_out × patch] += dyᵀ[c_out × m] · col[m × patch], col packed.
                     ensure_len(&mut scr.b_bf16, bf16::packed_len(m, s.patch()));
-                    bf16::pack(Mat::rows(col, s.patch()), m, s.patch(), &mut scr.b_bf16);
+                    match s.is_pointwise() {
+                        true => bf16::pack(Mat::rows(col, s.patch()), m, s.patch(), &mut scr.b_bf16),
+                        false => lower_packed(s, x, start..end, &mut scr.b_bf16),
+                    }
                     let strips = 0..s.patch() / panel::STRIP;
                     let at = bf16::Rows::Transposed { at: dyg, ldat: s.c_out };
                     let store = panel::Store { accumulate: true, finish: None };

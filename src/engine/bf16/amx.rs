@@ -7,7 +7,7 @@
 //! tmm6–7. Linux hands a process the tile state only on request (`arch_prctl`,
 //! [`usable`]), and each thread loads the tiles' shapes before use ([`Tiles`]).
 
-use super::{Block, STRIP};
+use super::{Block, RoundedRows, STRIP};
 use std::arch::asm;
 
 /// Whether the CPU has AMX with bf16 and the operating system lets this process use it
@@ -71,32 +71,33 @@ impl Drop for Tiles {
     }
 }
 
-/// C's block: A's rows (a multiple of 16 rows of kp bf16), B's packed strips. Runs
-/// while a [`Tiles`] lives on this thread.
-pub(super) fn product(block: Block, a: &[u16], kp: usize, b: &[u16]) {
-    assert!(a.len() >= block.m.next_multiple_of(16) * kp && kp.is_multiple_of(super::K_STEP));
+/// C's block: A's rows (a multiple of 16 rows), B's packed strips. Runs while a
+/// [`Tiles`] lives on this thread.
+pub(super) fn product(block: Block, a: RoundedRows, b: &[u16]) {
+    let rows = block.m.next_multiple_of(16);
+    assert!(a.a.len() >= (rows - 1) * a.lda + a.kp && a.kp.is_multiple_of(super::K_STEP));
     // SAFETY: AMX is configured (caller) and AVX-512 present (the path is AMX only on an
     // AVX-512 kernel set); sizes checked above and by `bf16::product`.
-    unsafe { product_avx512(block, a, kp, b) }
+    unsafe { product_avx512(block, a, b) }
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn product_avx512(mut block: Block, a: &[u16], kp: usize, b: &[u16]) {
+unsafe fn product_avx512(mut block: Block, a: RoundedRows, b: &[u16]) {
+    let RoundedRows { a, lda, kp } = a;
     let strips = b.len() / (STRIP * kp);
     let groups = block.m.div_ceil(16);
     // Tiles of C, stored as 32 rows of 32 floats.
     let mut values = [0f32; 32 * 32];
-    let a_stride = 2 * kp;
+    let a_stride = 2 * lda;
     let mut g = 0;
     while g < groups {
         let two_rows = g + 1 < groups;
-        let a0 = a[g * 16 * kp..].as_ptr();
-        let a1 = if two_rows { a[(g + 1) * 16 * kp..].as_ptr() } else { a0 };
+        let a0 = a[g * 16 * lda..].as_ptr();
+        let a1 = if two_rows { a[(g + 1) * 16 * lda..].as_ptr() } else { a0 };
         for j in (0..strips).step_by(2) {
             let pair = (strips - j).min(2);
             let b0 = b[j * STRIP * kp..].as_ptr();
-            // A single last strip multiplies its own B twice and stores half.
-            let b1 = b[(j + pair - 1) * STRIP * kp..].as_ptr();
+            let b1 = if pair == 2 { b[(j + 1) * STRIP * kp..].as_ptr() } else { std::ptr::null() };
             // SAFETY: each step reads A's tiles at k 32q (16 rows of 64 bytes, a_stride
             // apart, inside the rows), B's at pair-row 16q (1 KB inside the strip), and
             // the stores write the 32×32 floats of `values`.
@@ -110,7 +111,8 @@ unsafe fn product_avx512(mut block: Block, a: &[u16], kp: usize, b: &[u16]) {
 
 /// The tiles of 32 rows × 2 strips of C: for each of the `steps` steps q of 32 along k,
 /// A's rows 0–15 at `a_at(q)` and 16–31 `second` u16 further on, `a_stride` bytes apart,
-/// and B's pair-rows at `b0`/`b1` + 512q. Stores C as 32 rows of 32 floats in `values`.
+/// and B's pair-rows at `b0`/`b1` + 512q (`b1` null: one strip, half the work). Stores C
+/// as 32 rows of 32 floats in `values` (of 16 columns for one strip).
 /// `a_at` makes the same kernel the GEMM's (A's rows in a block) and `conv3x3`'s
 /// implicit GEMM (the padded input read in place).
 ///
@@ -131,7 +133,25 @@ pub(super) unsafe fn tiles(
     // SAFETY: the caller's.
     unsafe {
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-        for q in 0..steps {
+        if b1.is_null() {
+            for q in 0..steps {
+                let a0 = a_at(q);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.offset(second),
+                    b0 = in(reg) b0.add(512 * q),
+                    sa = in(reg) a_stride,
+                    sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        for q in (0..steps).filter(|_| !b1.is_null()) {
             let a0 = a_at(q);
             asm!(
                 "tileloadd tmm4, [{a0} + {sa}*1]",

@@ -84,25 +84,31 @@ impl Rows {
         img * self.h * self.w + if y >= self.h { self.h * self.w } else { y * self.w + x.min(self.w) }
     }
 
-    /// The row of y that virtual row v computes, if any.
-    fn output(&self, v: usize) -> Option<usize> {
-        let rem = v % self.pixels;
-        (rem / self.pw < self.h && rem % self.pw < self.w).then(|| self.outputs_before(v))
+    /// The runs of consecutive virtual rows in `span` that compute output pixels, as
+    /// (first virtual row, first row of y, length), in order.
+    fn runs(&self, span: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, usize)) {
+        let mut v = span.start;
+        while v < span.end {
+            let rem = v % self.pixels;
+            let (y, x) = (rem / self.pw, rem % self.pw);
+            if y >= self.h {
+                // The padding rows below the image: on to the next image.
+                v += self.pixels - rem;
+            } else if x >= self.w {
+                v += self.pw - x;
+            } else {
+                let len = (self.w - x).min(span.end - v);
+                f(v, self.outputs_before(v), len);
+                v += len;
+            }
+        }
     }
 }
 
 /// `y (+)= epilogue(conv(x, w))` by the implicit GEMM, on the weights packed by
 /// [`pack_weights`]. Requires [`applies`].
 #[allow(clippy::too_many_arguments)]
-pub fn forward(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    packed: &[u16],
-    y: &mut [f32],
-    store: Store,
-    ws: &mut Workspace,
-) {
+pub fn forward(s: &ConvShape, n: usize, x: &[f32], packed: &[u16], y: &mut [f32], store: Store, ws: &mut Workspace) {
     assert!(applies(s) && x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && packed.len() >= packed_len(s));
     let (cp, rows) = (padded(s), Rows::new(s));
     // The last output pixel's virtual row, the groups of 32 rows past it, and the taps'
@@ -162,18 +168,16 @@ unsafe fn item_avx512(
         for j in (0..strips).step_by(2) {
             let pair = (strips - j).min(2);
             let b0 = packed[j * STRIP * kp..].as_ptr();
-            let b1 = packed[(j + pair - 1) * STRIP * kp..].as_ptr();
+            let b1 = if pair == 2 { packed[(j + 1) * STRIP * kp..].as_ptr() } else { std::ptr::null() };
             // SAFETY: A's tiles read virtual rows g..g+32 plus a tap's offset, inside
             // `input` (its length covers the groups past the last row and the reach of
             // the taps); B's 9·cp/32 steps lie inside each strip.
             unsafe {
                 amx::tiles(|q| base.add(offsets[q]), offsets.len(), 2 * cp, (16 * cp) as isize, b0, b1, &mut values)
             };
-            for (r, v) in (g..(g + 32).min(span.end)).enumerate() {
-                if let Some(row) = rows.output(v) {
-                    block.store(&values[r * 32..], 32, row - block.first_row, 1, j, pair);
-                }
-            }
+            rows.runs(g..(g + 32).min(span.end), |v, row, len| {
+                block.store(&values[(v - g) * 32..], 32, row - block.first_row, len, j, pair)
+            });
         }
     }
 }
@@ -188,16 +192,25 @@ fn pad_input(s: &ConvShape, n: usize, x: &[f32], cp: usize, out: &mut [u16]) {
         super::run(
             #[inline(always)]
             || {
-                for (p, pixel) in dst.chunks_exact_mut(cp).enumerate() {
-                    let (py, px) = (p / pw, p % pw);
-                    if py == 0 || py > s.h || px == 0 || px > s.w {
-                        pixel.fill(0);
+                for (py, row) in dst.chunks_exact_mut(pw * cp).enumerate() {
+                    if py == 0 || py > s.h {
+                        row.fill(0);
                         continue;
                     }
-                    let at = ((py - 1) * s.w + px - 1) * s.c_in;
-                    let (values, padding) = pixel.split_at_mut(s.c_in);
-                    super::round_row(&src[at..at + s.c_in], values);
-                    padding.fill(0);
+                    let (left, rest) = row.split_at_mut(cp);
+                    let (inside, right) = rest.split_at_mut(s.w * cp);
+                    left.fill(0);
+                    right.fill(0);
+                    let src = &src[(py - 1) * s.w * s.c_in..][..s.w * s.c_in];
+                    if cp == s.c_in {
+                        super::round_row(src, inside);
+                        continue;
+                    }
+                    for (pixel, values) in inside.chunks_exact_mut(cp).zip(src.chunks_exact(s.c_in)) {
+                        let (rounded, padding) = pixel.split_at_mut(s.c_in);
+                        super::round_row(values, rounded);
+                        padding.fill(0);
+                    }
                 }
             },
         )

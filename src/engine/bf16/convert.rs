@@ -45,7 +45,7 @@ pub(super) fn pair_row(first: &[f32], second: Option<&[f32]>, dst: &mut [u16]) {
 }
 
 /// Rows `first..first+m` of A given by its transpose (`A[r][p]` at `at[p·ldat + r]`),
-/// rounded, into `out` as rows of kp (k ≤ kp; the caller zeros past k).
+/// rounded, into `out` as rows `kp` apart (k ≤ kp; the caller zeros past k).
 pub(super) fn transposed(at: &[f32], ldat: usize, first: usize, m: usize, k: usize, kp: usize, out: &mut [u16]) {
     assert!(k <= kp && out.len() >= m * kp && (k == 0 || at.len() >= (k - 1) * ldat + first + m));
     #[cfg(target_arch = "x86_64")]

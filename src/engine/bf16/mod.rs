@@ -14,7 +14,7 @@
 //!   f32 additions).
 //!
 //! All three read the same layouts: A (rows of the output) as bf16 rows of `kp` values, k
-//! rounded up to a multiple of 32 with zeros; B (the weights, or a tile of the output
+//! rounded up to a multiple of 32 with zeros, [`row_stride`] apart; B (the weights, or a tile of the output
 //! gradient) packed in 16-column strips of pairs along k, `[kp/2][16][2]`, the layout of
 //! an AMX B tile and of `vdpbf16ps`'s operand.
 
@@ -131,18 +131,22 @@ static SELECTED: AtomicU8 = AtomicU8::new(0);
 /// The path bf16 products take: [`select`]'s, or on first use the environment's
 /// (`RESNET_BF16=amx|avx512-bf16|emulated` forces a slower one; one the CPU lacks falls
 /// back to the fastest it has, with a warning).
+#[inline]
 pub fn path() -> Path {
     match SELECTED.load(Ordering::Relaxed) {
-        0 => {
-            let path = from_env().unwrap_or_else(|e| {
-                eprintln!("warning: {e}; bf16 products run on {}", Path::detected());
-                Path::detected()
-            });
-            SELECTED.store(1 + path as u8, Ordering::Relaxed);
-            path
-        }
+        0 => choose(),
         n => Path::ALL[n as usize - 1],
     }
+}
+
+#[cold]
+fn choose() -> Path {
+    let path = from_env().unwrap_or_else(|e| {
+        eprintln!("warning: {e}; bf16 products run on {}", Path::detected());
+        Path::detected()
+    });
+    SELECTED.store(1 + path as u8, Ordering::Relaxed);
+    path
 }
 
 /// The path `RESNET_BF16` asks for, or the fastest; an error names a value that is
@@ -248,7 +252,7 @@ pub enum Rows<'a> {
     /// output gradient, as the layer leaves it).
     Transposed { at: &'a [f32], ldat: usize },
     /// Already rounded: at most `MC` rows of kp (k rounded up to 32, zeros after k),
-    /// [`rows_for`]`(m)` of them, zeros after m.
+    /// [`row_stride`]`(k)` apart, [`rows_for`]`(m)` of them, zeros after m.
     Rounded { a: &'a [u16] },
 }
 
@@ -256,6 +260,11 @@ pub enum Rows<'a> {
 /// kernel's row blocks.
 pub fn rows_for(m: usize) -> usize {
     m.next_multiple_of(row_step(path()))
+}
+
+/// u16s from one row of A in bf16 to the next, for k: k rounded up to 32.
+pub fn row_stride(k: usize) -> usize {
+    k.next_multiple_of(K_STEP)
 }
 
 /// Rows each kernel computes at a time.
@@ -272,6 +281,13 @@ fn row_step(path: Path) -> usize {
 #[inline(always)]
 pub fn round_row(src: &[f32], dst: &mut [u16]) {
     convert::row(src, dst)
+}
+
+/// One pair-row of a packed strip (see [`pack`]): `dst[2·col + h] = round(rows[h][col])`
+/// for 16 columns, the second row zeros where absent. Inlined as [`round_row`].
+#[inline(always)]
+pub fn round_pair_row(first: &[f32], second: Option<&[f32]>, dst: &mut [u16]) {
+    convert::pair_row(first, second, dst)
 }
 
 /// Runs `f` compiled for AVX-512 BF16 where the path uses it, so that the conversions
@@ -312,12 +328,12 @@ pub fn product(
     a_block: &mut Vec<u16>,
 ) {
     let width = strips.len() * STRIP;
-    let kp = k.next_multiple_of(K_STEP);
+    let (kp, lda) = (k.next_multiple_of(K_STEP), row_stride(k));
     assert!(k > 0 && ldc >= width && m.checked_sub(1).is_none_or(|last| c.len() >= last * ldc + width));
     match a {
         Rows::Direct { a, lda } => assert!(lda >= k && m.checked_sub(1).is_none_or(|l| a.len() >= l * lda + k)),
         Rows::Transposed { at, ldat } => assert!(ldat >= m && at.len() >= (k - 1) * ldat + m),
-        Rows::Rounded { a } => assert!(m <= MC && a.len() >= rows_for(m) * kp),
+        Rows::Rounded { a } => assert!(m <= MC && a.len() >= rows_for(m) * lda),
     }
     assert!(packed.len() >= strips.end * STRIP * kp, "bf16 product: packed B out of bounds");
     if let Some(f) = store.finish {
@@ -333,43 +349,52 @@ pub fn product(
         let mc = MC.min(m - i0);
         let rows = mc.next_multiple_of(row_step);
         let a: &[u16] = match a {
-            Rows::Rounded { a } => &a[..rows * kp],
+            Rows::Rounded { a } => &a[..rows * lda],
             _ => {
-                super::ensure_len(a_block, rows * kp);
-                convert_rows(a, i0, mc, k, kp, &mut a_block[..rows * kp]);
-                &a_block[..rows * kp]
+                super::ensure_len(a_block, rows * lda);
+                convert_rows(a, i0, mc, k, lda, &mut a_block[..rows * lda]);
+                &a_block[..rows * lda]
             }
         };
         let block = Block { c: &mut c[i0 * ldc..], ldc, m: mc, first_row: i0, store };
+        let a = RoundedRows { a, lda, kp };
         match path {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx => amx::product(block, a, kp, b),
+            Path::Amx => amx::product(block, a, b),
             #[cfg(not(target_arch = "x86_64"))]
             Path::Amx => unreachable!("AMX is x86-64's"),
-            Path::Dot => kernels::dot_product(block, a, kp, b),
-            Path::Emulated => kernels::emulated_product(block, a, kp, b),
+            Path::Dot => kernels::dot_product(block, a, b),
+            Path::Emulated => kernels::emulated_product(block, a, b),
         }
     }
 }
 
-/// Rows `first..first+m` of A, rounded to bf16, into `out` (rows of kp, zeros past k and
-/// in the rows after m).
-fn convert_rows(a: Rows, first: usize, m: usize, k: usize, kp: usize, out: &mut [u16]) {
+/// A's rows in bf16 as the kernels read them: `kp` values `lda` apart.
+#[derive(Clone, Copy)]
+struct RoundedRows<'a> {
+    a: &'a [u16],
+    lda: usize,
+    kp: usize,
+}
+
+/// Rows `first..first+m` of A, rounded to bf16, into `out` (rows `stride` apart, zeros past
+/// k and in the rows after m).
+fn convert_rows(a: Rows, first: usize, m: usize, k: usize, stride: usize, out: &mut [u16]) {
     run(
         #[inline(always)]
         || {
-            let (used, padding) = out.split_at_mut(m * kp);
+            let (used, padding) = out.split_at_mut(m * stride);
             padding.fill(0);
             match a {
                 Rows::Direct { a, lda } => {
-                    for (r, row) in used.chunks_exact_mut(kp).enumerate() {
+                    for (r, row) in used.chunks_exact_mut(stride).enumerate() {
                         convert::row(&a[(first + r) * lda..][..k], &mut row[..k]);
                     }
                 }
-                Rows::Transposed { at, ldat } => convert::transposed(at, ldat, first, m, k, kp, used),
+                Rows::Transposed { at, ldat } => convert::transposed(at, ldat, first, m, k, stride, used),
                 Rows::Rounded { .. } => unreachable!("rounded rows are not converted"),
             }
-            for row in used.chunks_exact_mut(kp) {
+            for row in used.chunks_exact_mut(stride) {
                 row[k..].fill(0);
             }
         },
