@@ -2,7 +2,8 @@
 //! forward runs it (weights as stored, prepared per call) and as inference runs it
 //! (weights prepared once and kept), and sums each over the network.
 //!
-//!     cargo run --release --example resnet50_layers -- 16     # batch (default 1)
+//!     cargo run --release --example resnet50_layers -- 16        # batch (default 1)
+//!     cargo run --release --example resnet50_layers -- 16 bf16   # and precision (default f32)
 
 use resnet::engine::Workspace;
 use resnet::engine::conv::{self, ConvShape};
@@ -66,9 +67,11 @@ fn layers() -> Vec<(ConvShape, usize)> {
 
 fn main() {
     let n: usize = std::env::args().nth(1).map(|s| s.parse().expect("batch size")).unwrap_or(1);
+    let precision = std::env::args().nth(2).map_or(Ok(Default::default()), |s| resnet::engine::Precision::parse(&s));
     let mut ws = Workspace::new();
+    ws.precision = precision.expect("precision");
     let (mut per_call, mut prepared_once) = (0.0, 0.0);
-    println!("batch {n}: ms per call, weights prepared per call -> prepared once");
+    println!("batch {n}, {}: ms per call, weights prepared per call -> prepared once", ws.precision);
     for (s, count) in layers() {
         let x = vec![0.5f32; n * s.in_len()];
         let w = vec![0.01f32; s.weight_len()];
