@@ -694,6 +694,18 @@ pub fn backward_im2col(
             // col2im scatter: the ResNet-20 training step ran 1.05-1.6x (median 1.2x) faster
             // in six alternating pairs; ResNet-50 (few such layers) did not change.
             weights_and_scatter(s, n, x, w, dy, dw, None, ws);
+            #[cfg(target_arch = "x86_64")]
+            if ws.precision == Precision::Bf16 && bf16::conv3x3::applies(&bf16::conv3x3::flipped(s)) {
+                // The flipped kernel packed straight from w (no flipped copy).
+                let t = bf16::conv3x3::flipped(s);
+                let mut packed = std::mem::take(&mut ws.packed_bf16);
+                ensure_len(&mut packed, bf16::conv3x3::packed_len(&t));
+                bf16::conv3x3::pack_flipped(s, w, &mut packed);
+                let store = panel::Store { accumulate: add, finish: None };
+                bf16::conv3x3::forward(&t, n, dy, &packed, dx, store, ws);
+                ws.packed_bf16 = packed;
+                return;
+            }
             with_flipped_kernel(s, w, ws, |t, flipped, ws| match ws.precision {
                 // bf16 picks its own way (`convolve`).
                 Precision::Bf16 => convolve(t, n, dy, flipped, dx, add, None, None, ws),

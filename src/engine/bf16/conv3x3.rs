@@ -49,18 +49,60 @@ pub fn packed_len(s: &ConvShape) -> usize {
 pub fn pack_weights(s: &ConvShape, w: &[f32], out: &mut [u16]) {
     let (cp, kp) = (padded(s), 9 * padded(s));
     assert!(w.len() == s.weight_len() && out.len() >= packed_len(s));
-    for (j, strip) in out[..kp * s.c_out].chunks_exact_mut(STRIP * kp).enumerate() {
-        for (p, pair) in (0..kp).map(|p| (p, (p / 2) * 2 * STRIP + p % 2)) {
-            let (tap, channel) = (p / cp, p % cp);
-            for col in 0..STRIP {
-                let o = j * STRIP + col;
-                strip[pair + 2 * col] = match channel < s.c_in {
-                    true => super::round(w[(o * 9 + tap) * s.c_in + channel]),
-                    false => 0,
-                };
-            }
-        }
+    let out = &mut out[..kp * s.c_out];
+    if cp > s.c_in {
+        out.fill(0);
     }
+    super::run(
+        #[inline(always)]
+        || {
+            for (j, strip) in out.chunks_exact_mut(STRIP * kp).enumerate() {
+                for col in 0..STRIP {
+                    // Output channel o's weights run (tap, channel) along memory.
+                    let o = j * STRIP + col;
+                    for tap in 0..9 {
+                        let src = &w[(o * 9 + tap) * s.c_in..][..s.c_in];
+                        super::round_column(src, strip, col, tap * cp / 2);
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The weights of the convolution that takes `dy` to `dx` for `s` (stride 1, so itself a
+/// 3×3 stride-1 convolution: channels swapped, the kernel turned by 180°), packed as
+/// [`pack_weights`] packs that convolution's, straight from `s`'s OHWI weights: its B
+/// holds `w[o][2-ky][2-kx][i]` at k = (ky, kx, o), column i, so each pair-row is 16
+/// channels i of two rows o of `w`, along memory. Requires [`applies`] to the flipped
+/// shape (`flipped`).
+pub fn pack_flipped(s: &ConvShape, w: &[f32], out: &mut [u16]) {
+    let t = flipped(s);
+    let (cp, kp) = (padded(&t), 9 * padded(&t));
+    assert!(w.len() == s.weight_len() && out.len() >= packed_len(&t) && super::applies(t.c_out));
+    let row = |o: usize, tap: usize, i: usize| &w[(o * 9 + 8 - tap) * s.c_in + i..][..STRIP];
+    super::run(
+        #[inline(always)]
+        || {
+            for (j, strip) in out[..kp * t.c_out].chunks_exact_mut(STRIP * kp).enumerate() {
+                for (q, pair) in strip.chunks_exact_mut(2 * STRIP).enumerate() {
+                    let (tap, o) = (2 * q / cp, 2 * q % cp);
+                    match o < s.c_out {
+                        true => {
+                            let second = (o + 1 < s.c_out).then(|| row(o + 1, tap, j * STRIP));
+                            super::round_pair_row(row(o, tap, j * STRIP), second, pair)
+                        }
+                        false => pair.fill(0),
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The shape of the convolution that takes `dy` to `dx` for a 3×3 stride-1 `s`.
+pub fn flipped(s: &ConvShape) -> ConvShape {
+    ConvShape { c_in: s.c_out, c_out: s.c_in, h: s.out_h(), w: s.out_w(), ..*s }
 }
 
 /// The batch's virtual rows, for n images (see the module comment).

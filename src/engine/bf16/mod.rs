@@ -223,6 +223,14 @@ pub fn pack(b: Mat, k: usize, n: usize, out: &mut [u16]) {
                     }
                     continue;
                 }
+                if b.rs == 1 {
+                    // Columns of B along memory (the weights, by output channel).
+                    for col in 0..STRIP {
+                        convert::column(&b.data[(j * STRIP + col) * b.cs..][..k], strip, col, 0);
+                    }
+                    strip[k.div_ceil(2) * 2 * STRIP..].fill(0);
+                    continue;
+                }
                 for (q, pair_row) in strip.chunks_exact_mut(2 * STRIP).enumerate() {
                     for half in 0..2 {
                         let p = 2 * q + half;
@@ -281,6 +289,13 @@ fn row_step(path: Path) -> usize {
 #[inline(always)]
 pub fn round_row(src: &[f32], dst: &mut [u16]) {
     convert::row(src, dst)
+}
+
+/// One column of a packed strip (see [`pack`]) from values along k: pair i of `src`
+/// (zero-padded) into column `col` of pair-row `first_pair + i`.
+#[inline(always)]
+pub fn round_column(src: &[f32], strip: &mut [u16], col: usize, first_pair: usize) {
+    convert::column(src, strip, col, first_pair)
 }
 
 /// One pair-row of a packed strip (see [`pack`]): `dst[2·col + h] = round(rows[h][col])`
@@ -518,6 +533,16 @@ mod product_tests {
                 let bm = Mat::rows(&b, n);
                 let mut packed = vec![0u16; packed_len(k, n)];
                 pack(bm, k, n, &mut packed);
+                // B given by columns along memory (weights) packs to the same bits, and
+                // so does B with any strides.
+                let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                let mut by_columns = vec![1u16; packed_len(k, n)];
+                pack(Mat::transposed(&bt, k), k, n, &mut by_columns);
+                assert_eq!(by_columns, packed, "{path} {k}x{n} by columns");
+                let spaced: Vec<f32> = b.iter().flat_map(|&v| [v, 0.0]).collect();
+                let mut strided = vec![1u16; packed_len(k, n)];
+                pack(Mat { data: &spaced, rs: 2 * n, cs: 2 }, k, n, &mut strided);
+                assert_eq!(strided, packed, "{path} {k}x{n} strided");
                 let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
                 let (scale, shift, res) = (values(n, 3), values(n, 4), values(m * n, 5));
                 let exact = |i: usize, j: usize| {
