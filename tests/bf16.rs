@@ -100,11 +100,11 @@ fn every_path_convolves_as_float64_on_operands_rounded_to_bf16() {
             let x = random(&mut rng, n * s.in_len());
             let w = random(&mut rng, s.weight_len());
             let dy = random(&mut rng, n * s.out_len());
-            let (y_ref, mut dx_ref, mut dw_ref) = conv_ref(&s, n, &rounded(&x), &rounded(&w), &rounded(&dy));
-            // The gradients of a layer whose patches do not come in 16s (the stems) run
-            // in f32's kernels.
+            let (y_ref, mut dx_ref, dw_ref) = conv_ref(&s, n, &rounded(&x), &rounded(&w), &rounded(&dy));
+            // The input gradient of a layer whose patches do not come in 16s (the stems)
+            // runs in f32's kernels.
             if !bf16::applies(s.patch()) {
-                (_, dx_ref, dw_ref) = conv_ref(&s, n, &x, &w, &dy);
+                dx_ref = conv_ref(&s, n, &x, &w, &dy).1;
             }
             let mut ws = Workspace::new();
             ws.precision = Precision::Bf16;
