@@ -10,12 +10,11 @@
 
 mod common;
 
-use common::{random, rel_err, rel_err32};
+use common::{Grads, conv_ref, forward_backward, random, rel_err, rel_err32};
 use resnet::engine::bf16::{self, Path};
 use resnet::engine::conv::{self, ConvShape, Epilogue, InputGrad, Residual};
 use resnet::engine::{Precision, Workspace};
 use resnet::model::{ModelConfig, ResNet};
-use resnet::nn::Slot;
 use resnet::rng::Rng;
 use std::sync::Mutex;
 
@@ -37,40 +36,6 @@ fn on_every_path(mut f: impl FnMut(Path)) {
 
 fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| bf16::widen(bf16::round(x))).collect()
-}
-
-/// Naive float64 convolution (NHWC, OHWI) of the given operands: (y, dx, dw).
-fn conv_ref(s: &ConvShape, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
-    let mut y = vec![0f64; n * s.out_len()];
-    let mut dx = vec![0f64; n * s.in_len()];
-    let mut dw = vec![0f64; s.weight_len()];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for co in 0..s.c_out {
-                    let yi = ((b * oh + oy) * ow + ox) * s.c_out + co;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                                continue;
-                            }
-                            for ci in 0..s.c_in {
-                                let xi = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c_in + ci;
-                                let wi = ((co * k + ky) * k + kx) * s.c_in + ci;
-                                y[yi] += x[xi] as f64 * w[wi] as f64;
-                                dx[xi] += dy[yi] as f64 * w[wi] as f64;
-                                dw[wi] += dy[yi] as f64 * x[xi] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (y, dx, dw)
 }
 
 /// bf16's products are exact in f32 and summed in f32: against float64 on the rounded
@@ -146,26 +111,11 @@ fn every_path_convolves_as_float64_on_operands_rounded_to_bf16() {
     });
 }
 
-/// Each parameter's name and gradient.
-type Grads = Vec<(String, Vec<f32>)>;
-
 /// One ResNet-20 training step's loss and parameter gradients.
 fn resnet20_step(precision: Precision, images: &[f32], labels: &[u32]) -> (f32, Grads) {
-    let n = labels.len();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 3);
     model.set_precision(precision);
-    let logits = model.forward(true, n, (32, 32), images).to_vec();
-    let mut dlogits = vec![0f32; n * 10];
-    let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, labels, &mut dlogits);
-    model.backward(&dlogits);
-    let grads = model
-        .named()
-        .iter()
-        .filter_map(|t| match &t.slot {
-            Slot::Param(p) => Some((t.name.clone(), p.grad.to_host())),
-            _ => None,
-        })
-        .collect();
+    let (_, loss, grads) = forward_backward(&mut model, images, labels);
     (loss, grads)
 }
 
@@ -241,4 +191,18 @@ fn the_published_resnet20_scores_within_half_a_point_of_f32() {
         assert!(got.abs_diff(932) <= 5, "{path}: {got} of 1017 in bf16, 932 in f32");
         println!("{path}: {got} of 1017 in bf16");
     });
+}
+
+#[test]
+fn the_cli_names_its_bf16_path_and_refuses_an_unknown_one() {
+    let exe = env!("CARGO_BIN_EXE_resnet");
+    let run =
+        |value: &str| std::process::Command::new(exe).env("RESNET_BF16", value).arg("--version").output().unwrap();
+    let out = run("emulated");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bf16: emulated"), "{out:?}");
+    let out = run("tpu");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RESNET_BF16") && err.contains("tpu") && err.contains("amx"), "{err}");
 }

@@ -21,7 +21,6 @@ use resnet::engine::ConvAlgo;
 use resnet::engine::isa::{self, Isa};
 use resnet::engine::sgd::SgdConfig;
 use resnet::model::{ModelConfig, ResNet};
-use resnet::nn::Slot;
 use resnet::rng::Rng;
 use std::process::Command;
 
@@ -34,26 +33,14 @@ const TOL: f64 = 1e-5;
 struct Step {
     logits: Vec<f32>,
     loss: f32,
-    grads: Vec<(String, Vec<f32>)>,
+    grads: common::Grads,
     params: Vec<(String, Vec<f32>)>,
 }
 
 fn resnet20_step(algo: ConvAlgo, images: &[f32], labels: &[u32]) -> Step {
-    let n = labels.len();
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 3);
     model.set_conv_algo(algo);
-    let logits = model.forward(true, n, (32, 32), images).to_vec();
-    let mut dlogits = vec![0f32; n * 10];
-    let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, labels, &mut dlogits);
-    model.backward(&dlogits);
-    let grads = model
-        .named()
-        .iter()
-        .filter_map(|t| match &t.slot {
-            Slot::Param(p) => Some((t.name.clone(), p.grad.to_host())),
-            _ => None,
-        })
-        .collect();
+    let (logits, loss, grads) = common::forward_backward(&mut model, images, labels);
     // A fresh model (the same seed) for the full step, whose update reads the gradients.
     let mut model = ResNet::new(ModelConfig::from_name("resnet20", None, 10).unwrap(), 3);
     model.set_conv_algo(algo);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{random, rel_err};
+use common::{conv_ref, random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::device::{Epilogue, Residual};
@@ -16,40 +16,6 @@ const TOL: f64 = 1e-5;
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
-}
-
-/// Naive convolution (NHWC, OHWI): returns (y, dx, dw) for upstream gradient `dy`.
-fn conv_ref(s: &ConvShape, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
-    let mut y = vec![0f64; n * s.out_len()];
-    let mut dx = vec![0f64; n * s.in_len()];
-    let mut dw = vec![0f64; s.weight_len()];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for co in 0..s.c_out {
-                    let yi = ((b * oh + oy) * ow + ox) * s.c_out + co;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                                continue;
-                            }
-                            for ci in 0..s.c_in {
-                                let xi = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c_in + ci;
-                                let wi = ((co * k + ky) * k + kx) * s.c_in + ci;
-                                y[yi] += x[xi] as f64 * w[wi] as f64;
-                                dx[xi] += dy[yi] as f64 * w[wi] as f64;
-                                dw[wi] += dy[yi] as f64 * x[xi] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (y, dx, dw)
 }
 
 #[test]

@@ -51,6 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(dir) => Some(bench::pipeline_ips(dir, 224, a.batch, images, a.loader_threads)?),
         None => None,
     };
+    super::warn_if_emulated(a.precision);
     let r = bench::run(&a.model, a.shortcut, a.batch, a.steps, a.warmup, a.conv, a.precision)?;
     let threads = rayon::current_num_threads();
     let ips = |seconds: f64| a.batch as f64 / seconds;

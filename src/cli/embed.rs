@@ -66,6 +66,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, _, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
     model.set_precision(a.precision);
+    super::warn_if_emulated(a.precision);
     let width = model.config.features();
     let threads = rayon::current_num_threads().clamp(1, 4);
     let mut files = Vec::new();

@@ -92,6 +92,7 @@ struct Report {
 pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     model.set_precision(a.precision);
+    super::warn_if_emulated(a.precision);
     let report = if is_folder(&a, model.config.family)? {
         eval_folder(&a, &mut model, &file)?
     } else {

@@ -78,7 +78,13 @@ fn version_line() -> &'static str {
 pub fn run() -> Result<ExitCode> {
     // A RESNET_ISA the CPU cannot run, or that names nothing, is an error here rather than
     // the library's warning and fallback.
-    match resnet::engine::isa::from_env().and_then(resnet::engine::isa::select) {
+    // The same for RESNET_BF16 (after RESNET_ISA, which rules out the AVX-512 paths when it
+    // forces a lower set).
+    let forced = resnet::engine::isa::from_env().and_then(resnet::engine::isa::select).and_then(|()| {
+        use resnet::engine::bf16;
+        bf16::from_env().and_then(bf16::select)
+    });
+    match forced {
         Ok(()) => {}
         Err(e) => {
             eprintln!("error: {e}");
@@ -173,6 +179,17 @@ fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
 
 fn parse_shortcut(s: &str) -> Result<resnet::model::Shortcut, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+/// Warns where bf16 is asked for on a CPU that can only emulate it.
+fn warn_if_emulated(precision: resnet::engine::Precision) {
+    use resnet::engine::bf16::{Path, path};
+    if precision == resnet::engine::Precision::Bf16 && path() == Path::Emulated {
+        eprintln!(
+            "warning: this CPU (with the kernels in use) has neither AMX nor AVX-512 BF16: bf16 products are \
+             emulated in f32, several times slower than --precision f32"
+        );
+    }
 }
 
 fn parse_conv(s: &str) -> Result<resnet::engine::ConvAlgo, String> {

@@ -63,6 +63,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     let (mut model, file, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
     model.set_precision(a.precision);
+    super::warn_if_emulated(a.precision);
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));

@@ -472,6 +472,9 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
         let run_dir = claim_dir(&cfg.out, claim)?;
         (cfg, None, run_dir)
     };
+    if root {
+        super::warn_if_emulated(cfg.precision);
+    }
     let data = data::load(&cfg, saved_norm)?;
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     if !a.resume {

@@ -4,6 +4,9 @@
 pub mod cli;
 pub mod images;
 
+use resnet::engine::conv::ConvShape;
+use resnet::model::ResNet;
+use resnet::nn::Slot;
 use resnet::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -71,4 +74,61 @@ pub fn shared_data(rel: &str) -> Option<PathBuf> {
         eprintln!("SKIP: {} not found (the shared data folder is not beside the checkout)", p.display());
         None
     }
+}
+
+/// Naive convolution (NHWC, OHWI): returns (y, dx, dw) for upstream gradient `dy`.
+pub fn conv_ref(s: &ConvShape, n: usize, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
+    let mut y = vec![0f64; n * s.out_len()];
+    let mut dx = vec![0f64; n * s.in_len()];
+    let mut dw = vec![0f64; s.weight_len()];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..s.c_out {
+                    let yi = ((b * oh + oy) * ow + ox) * s.c_out + co;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                            if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                continue;
+                            }
+                            for ci in 0..s.c_in {
+                                let xi = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c_in + ci;
+                                let wi = ((co * k + ky) * k + kx) * s.c_in + ci;
+                                y[yi] += x[xi] as f64 * w[wi] as f64;
+                                dx[xi] += dy[yi] as f64 * w[wi] as f64;
+                                dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+/// Each parameter's name and gradient.
+pub type Grads = Vec<(String, Vec<f32>)>;
+
+/// A training forward of `images` (32×32, 10 classes) through `model`, softmax
+/// cross-entropy against `labels`, and the backward pass: the logits, the loss and every
+/// parameter's gradient.
+pub fn forward_backward(model: &mut ResNet, images: &[f32], labels: &[u32]) -> (Vec<f32>, f32, Grads) {
+    let n = labels.len();
+    let logits = model.forward(true, n, (32, 32), images).to_vec();
+    let mut dlogits = vec![0f32; n * 10];
+    let (loss, _) = resnet::engine::ops::softmax_cross_entropy(n, 10, &logits, labels, &mut dlogits);
+    model.backward(&dlogits);
+    let grads = model
+        .named()
+        .iter()
+        .filter_map(|t| match &t.slot {
+            Slot::Param(p) => Some((t.name.clone(), p.grad.to_host())),
+            _ => None,
+        })
+        .collect();
+    (logits, loss, grads)
 }

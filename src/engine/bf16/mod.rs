@@ -158,7 +158,9 @@ pub fn from_env() -> Result<Path, String> {
             let path = Path::parse(&v).map_err(|e| format!("RESNET_BF16: {e}"))?;
             match path <= Path::detected() {
                 true => Ok(path),
-                false => Err(format!("RESNET_BF16={v}: this CPU has only {}", Path::detected())),
+                false => {
+                    Err(format!("RESNET_BF16={v}: this CPU, with the kernels in use, has only {}", Path::detected()))
+                }
             }
         }
     }

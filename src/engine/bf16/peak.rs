@@ -35,8 +35,8 @@ unsafe fn dot(steps: usize) -> f64 {
     // SAFETY: bit patterns of 32 small bf16s, reinterpreted.
     let (a, b): (__m512bh, __m512bh) = unsafe {
         (
-            std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x3f80_3f80))),
-            std::mem::transmute(_mm512_set1_epi32(0x3380_3380)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(std::hint::black_box(0x3f80_3f80))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3380_3380)),
         )
     };
     for _ in 0..steps {
