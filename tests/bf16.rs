@@ -1,9 +1,9 @@
 //! `--precision bf16`: every bf16 path this CPU has (AMX, AVX-512 BF16, emulated)
 //! convolves, forward and backward, as a float64 convolution of the same operands rounded
 //! to bf16; a ResNet-20 training step on each stays as close to f32's as PyTorch's
-//! autocast does, and AVX-512 BF16 gives the emulated path's bits; and the published ResNet-20 scores within half a point of its f32
-//! accuracy (932 of the 1017 exact official test images). Paths the CPU lacks are
-//! skipped with a printed reason.
+//! autocast does, and AVX-512 BF16 gives the emulated path's bits; and the published
+//! ResNet-20 scores within half a point of its f32 accuracy (932 of the 1017 exact
+//! official test images). Paths the CPU lacks are skipped with a printed reason.
 //!
 //! The path is process-wide, so each test that changes it walks every path in turn, and
 //! the tests that do hold one lock.

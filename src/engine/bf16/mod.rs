@@ -14,9 +14,9 @@
 //!   f32 additions).
 //!
 //! All three read the same layouts: A (rows of the output) as bf16 rows of `kp` values, k
-//! rounded up to a multiple of 32 with zeros, [`row_stride`] apart; B (the weights, or a tile of the output
-//! gradient) packed in 16-column strips of pairs along k, `[kp/2][16][2]`, the layout of
-//! an AMX B tile and of `vdpbf16ps`'s operand.
+//! rounded up to a multiple of 32 with zeros, [`row_stride`] apart; B (the weights, or a
+//! tile of the output gradient) packed in 16-column strips of pairs along k,
+//! `[kp/2][16][2]`, the layout of an AMX B tile and of `vdpbf16ps`'s operand.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
