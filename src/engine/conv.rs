@@ -588,11 +588,11 @@ fn im2col_gemm(
                     panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
                 }
                 Packed::Bf16(packed) if lowered_bf16 => {
-                    let (lda, rows) = (bf16::row_stride(patch), bf16::rows_for(m));
-                    ensure_len(&mut scr.b_bf16, rows * lda);
-                    let rounded = &mut scr.b_bf16[..rows * lda];
-                    lower(s, x, start..end, rounded, lda);
-                    rounded[m * lda..].fill(0);
+                    let (kp, rows) = (patch.next_multiple_of(bf16::K_STEP), bf16::rows_for(m));
+                    ensure_len(&mut scr.b_bf16, rows * kp);
+                    let rounded = &mut scr.b_bf16[..rows * kp];
+                    lower(s, x, start..end, rounded, kp);
+                    rounded[m * kp..].fill(0);
                     let a = bf16::Rows::Rounded { a: rounded };
                     bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
                 }

@@ -75,7 +75,7 @@ impl Drop for Tiles {
 /// [`Tiles`] lives on this thread.
 pub(super) fn product(block: Block, a: RoundedRows, b: &[u16]) {
     let rows = block.m.next_multiple_of(16);
-    assert!(a.a.len() >= (rows - 1) * a.lda + a.kp && a.kp.is_multiple_of(super::K_STEP));
+    assert!(a.a.len() >= rows * a.kp && a.kp.is_multiple_of(super::K_STEP));
     // SAFETY: AMX is configured (caller) and AVX-512 present (the path is AMX only on an
     // AVX-512 kernel set); sizes checked above and by `bf16::product`.
     unsafe { product_avx512(block, a, b) }
@@ -83,17 +83,17 @@ pub(super) fn product(block: Block, a: RoundedRows, b: &[u16]) {
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn product_avx512(mut block: Block, a: RoundedRows, b: &[u16]) {
-    let RoundedRows { a, lda, kp } = a;
+    let RoundedRows { a, kp } = a;
     let strips = b.len() / (STRIP * kp);
     let groups = block.m.div_ceil(16);
     // Tiles of C, stored as 32 rows of 32 floats.
     let mut values = [0f32; 32 * 32];
-    let a_stride = 2 * lda;
+    let a_stride = 2 * kp;
     let mut g = 0;
     while g < groups {
         let two_rows = g + 1 < groups;
-        let a0 = a[g * 16 * lda..].as_ptr();
-        let a1 = if two_rows { a[(g + 1) * 16 * lda..].as_ptr() } else { a0 };
+        let a0 = a[g * 16 * kp..].as_ptr();
+        let a1 = if two_rows { a[(g + 1) * 16 * kp..].as_ptr() } else { a0 };
         for j in (0..strips).step_by(2) {
             let pair = (strips - j).min(2);
             let b0 = b[j * STRIP * kp..].as_ptr();

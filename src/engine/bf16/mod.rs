@@ -14,7 +14,7 @@
 //!   f32 additions).
 //!
 //! All three read the same layouts: A (rows of the output) as bf16 rows of `kp` values, k
-//! rounded up to a multiple of 32 with zeros, [`row_stride`] apart; B (the weights, or a
+//! rounded up to a multiple of 32 with zeros; B (the weights, or a
 //! tile of the output gradient) packed in 16-column strips of pairs along k,
 //! `[kp/2][16][2]`, the layout of an AMX B tile and of `vdpbf16ps`'s operand.
 
@@ -262,7 +262,7 @@ pub enum Rows<'a> {
     /// output gradient, as the layer leaves it).
     Transposed { at: &'a [f32], ldat: usize },
     /// Already rounded: at most `MC` rows of kp (k rounded up to 32, zeros after k),
-    /// [`row_stride`]`(k)` apart, [`rows_for`]`(m)` of them, zeros after m.
+    /// [`rows_for`]`(m)` of them, zeros after m.
     Rounded { a: &'a [u16] },
 }
 
@@ -270,11 +270,6 @@ pub enum Rows<'a> {
 /// kernel's row blocks.
 pub fn rows_for(m: usize) -> usize {
     m.next_multiple_of(row_step(path()))
-}
-
-/// u16s from one row of A in bf16 to the next, for k: k rounded up to 32.
-pub fn row_stride(k: usize) -> usize {
-    k.next_multiple_of(K_STEP)
 }
 
 /// Rows each kernel computes at a time.
@@ -345,12 +340,12 @@ pub fn product(
     a_block: &mut Vec<u16>,
 ) {
     let width = strips.len() * STRIP;
-    let (kp, lda) = (k.next_multiple_of(K_STEP), row_stride(k));
+    let kp = k.next_multiple_of(K_STEP);
     assert!(k > 0 && ldc >= width && m.checked_sub(1).is_none_or(|last| c.len() >= last * ldc + width));
     match a {
         Rows::Direct { a, lda } => assert!(lda >= k && m.checked_sub(1).is_none_or(|l| a.len() >= l * lda + k)),
         Rows::Transposed { at, ldat } => assert!(ldat >= m && at.len() >= (k - 1) * ldat + m),
-        Rows::Rounded { a } => assert!(m <= MC && a.len() >= rows_for(m) * lda),
+        Rows::Rounded { a } => assert!(m <= MC && a.len() >= rows_for(m) * kp),
     }
     assert!(packed.len() >= strips.end * STRIP * kp, "bf16 product: packed B out of bounds");
     if let Some(f) = store.finish {
@@ -366,15 +361,15 @@ pub fn product(
         let mc = MC.min(m - i0);
         let rows = mc.next_multiple_of(row_step);
         let a: &[u16] = match a {
-            Rows::Rounded { a } => &a[..rows * lda],
+            Rows::Rounded { a } => &a[..rows * kp],
             _ => {
-                super::ensure_len(a_block, rows * lda);
-                convert_rows(a, i0, mc, k, lda, &mut a_block[..rows * lda]);
-                &a_block[..rows * lda]
+                super::ensure_len(a_block, rows * kp);
+                convert_rows(a, i0, mc, k, kp, &mut a_block[..rows * kp]);
+                &a_block[..rows * kp]
             }
         };
         let block = Block { c: &mut c[i0 * ldc..], ldc, m: mc, first_row: i0, store };
-        let a = RoundedRows { a, lda, kp };
+        let a = RoundedRows { a, kp };
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Amx => amx::product(block, a, b),
@@ -386,32 +381,31 @@ pub fn product(
     }
 }
 
-/// A's rows in bf16 as the kernels read them: `kp` values `lda` apart.
+/// A's rows in bf16 as the kernels read them: rows of `kp` values.
 #[derive(Clone, Copy)]
 struct RoundedRows<'a> {
     a: &'a [u16],
-    lda: usize,
     kp: usize,
 }
 
-/// Rows `first..first+m` of A, rounded to bf16, into `out` (rows `stride` apart, zeros past
-/// k and in the rows after m).
-fn convert_rows(a: Rows, first: usize, m: usize, k: usize, stride: usize, out: &mut [u16]) {
+/// Rows `first..first+m` of A, rounded to bf16, into `out` (rows of kp, zeros past k and
+/// in the rows after m).
+fn convert_rows(a: Rows, first: usize, m: usize, k: usize, kp: usize, out: &mut [u16]) {
     run(
         #[inline(always)]
         || {
-            let (used, padding) = out.split_at_mut(m * stride);
+            let (used, padding) = out.split_at_mut(m * kp);
             padding.fill(0);
             match a {
                 Rows::Direct { a, lda } => {
-                    for (r, row) in used.chunks_exact_mut(stride).enumerate() {
+                    for (r, row) in used.chunks_exact_mut(kp).enumerate() {
                         convert::row(&a[(first + r) * lda..][..k], &mut row[..k]);
                     }
                 }
-                Rows::Transposed { at, ldat } => convert::transposed(at, ldat, first, m, k, stride, used),
+                Rows::Transposed { at, ldat } => convert::transposed(at, ldat, first, m, k, kp, used),
                 Rows::Rounded { .. } => unreachable!("rounded rows are not converted"),
             }
-            for row in used.chunks_exact_mut(stride) {
+            for row in used.chunks_exact_mut(kp) {
                 row[k..].fill(0);
             }
         },
