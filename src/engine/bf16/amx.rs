@@ -150,26 +150,27 @@ pub(super) unsafe fn tiles(
                     options(nostack, readonly),
                 );
             }
-        }
-        for q in (0..steps).filter(|_| !b1.is_null()) {
-            let a0 = a_at(q);
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a0.offset(second),
-                b0 = in(reg) b0.add(512 * q),
-                b1 = in(reg) b1.add(512 * q),
-                sa = in(reg) a_stride,
-                sb = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+        } else {
+            for q in 0..steps {
+                let a0 = a_at(q);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.offset(second),
+                    b0 = in(reg) b0.add(512 * q),
+                    b1 = in(reg) b1.add(512 * q),
+                    sa = in(reg) a_stride,
+                    sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
         }
         let v = values.as_mut_ptr();
         asm!(
