@@ -9,7 +9,7 @@ use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::device::{Epilogue, Residual};
 use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
-use resnet::engine::{self, ConvAlgo, DeviceVec, Workspace, ops, panel, sgd, winograd};
+use resnet::engine::{self, ConvAlgo, DeviceVec, GradMode, Workspace, ops, panel, sgd, winograd};
 use resnet::rng::Rng;
 
 const TOL: f64 = 1e-5;
@@ -92,6 +92,14 @@ fn check_conv_cases(cases: &[(usize, ConvShape)], algo: ConvAlgo) {
         let mut dw2 = vec![0f32; s.weight_len()];
         conv::backward(&s, n, &x, &w, &dy, &mut dw2, InputGrad::Skip, &mut ws);
         assert_eq!(dw, dw2);
+        // Accumulating adds the weight gradient to what `dw` holds (micro-batches).
+        let base = random(&mut rng, s.weight_len());
+        let mut dw3 = base.clone();
+        ws.grad_mode = GradMode::Accumulate;
+        conv::backward(&s, n, &x, &w, &dy, &mut dw3, InputGrad::Skip, &mut ws);
+        ws.grad_mode = GradMode::Overwrite;
+        let dw_ref: Vec<f64> = dw_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
+        assert!(rel_err(&dw3, &dw_ref) < TOL, "backward-weights add {algo:?} {s:?} n={n}: {}", rel_err(&dw3, &dw_ref));
     }
 }
 
@@ -278,13 +286,18 @@ fn pooling_linear_softmax_match_reference() {
     assert!(rel_err(&y, &y_ref) < TOL);
     let gy = random(&mut rng, n * o);
     let (mut dw, mut db, mut dxl) = (vec![0f32; o * c], vec![0f32; o], vec![0f32; n * c]);
-    ops::linear_backward(n, c, o, &pooled, &w, &gy, &mut dw, &mut db, &mut dxl);
+    ops::linear_backward(n, c, o, &pooled, &w, &gy, &mut dw, &mut db, &mut dxl, false);
     let dw_ref: Vec<f64> =
         (0..o * c).map(|i| (0..n).map(|r| gy[r * o + i / c] as f64 * pooled[r * c + i % c] as f64).sum()).collect();
     let db_ref: Vec<f64> = (0..o).map(|j| (0..n).map(|r| gy[r * o + j] as f64).sum()).collect();
     let dx_ref: Vec<f64> =
         (0..n * c).map(|i| (0..o).map(|j| gy[i / c * o + j] as f64 * w[j * c + i % c] as f64).sum()).collect();
     assert!(rel_err(&dw, &dw_ref) < TOL && rel_err(&db, &db_ref) < TOL && rel_err(&dxl, &dx_ref) < TOL);
+    // Accumulating: the weight and bias gradients add to what they hold, dx does not.
+    ops::linear_backward(n, c, o, &pooled, &w, &gy, &mut dw, &mut db, &mut dxl, true);
+    let twice = |r: &[f64]| r.iter().map(|v| 2.0 * v).collect::<Vec<f64>>();
+    assert!(rel_err(&dw, &twice(&dw_ref)) < TOL && rel_err(&db, &twice(&db_ref)) < TOL);
+    assert!(rel_err(&dxl, &dx_ref) < TOL);
 
     let labels = [1u32, 5, 0];
     let mut grad = vec![0f32; n * o];

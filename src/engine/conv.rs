@@ -636,11 +636,36 @@ fn im2col_gemm(
     ws.packed_bf16 = own_bf16;
 }
 
-/// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten) and the input gradient
-/// `convᵀ(dy)` into `dx` as it says, by the algorithm the workspace picks. (Writing a
-/// fresh gradient outright saves clearing it and reading it back.)
+/// Gradients of a convolution: `dw = Σ dyᵀ·col(x)` (overwritten, or added to as
+/// `ws.grad_mode` says) and the input gradient `convᵀ(dy)` into `dx` as it says, by the
+/// algorithm the workspace picks. The kernels write a fresh gradient outright (which saves
+/// clearing it and reading it back); one to be added is made apart and added.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dx: InputGrad<&mut [f32]>,
+    ws: &mut Workspace,
+) {
+    if ws.grad_mode == super::GradMode::Overwrite {
+        return backward_overwriting(s, n, x, w, dy, dw, dx, ws);
+    }
+    let mut sum = std::mem::take(&mut ws.grad_sum);
+    ensure_len(&mut sum, dw.len());
+    let fresh = &mut sum[..dw.len()];
+    ws.grad_mode = super::GradMode::Overwrite;
+    backward_overwriting(s, n, x, w, dy, fresh, dx, ws);
+    ws.grad_mode = super::GradMode::Accumulate;
+    dw.iter_mut().zip(&*fresh).for_each(|(g, f)| *g += f);
+    ws.grad_sum = sum;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_overwriting(
     s: &ConvShape,
     n: usize,
     x: &[f32],

@@ -23,8 +23,7 @@ use super::batchnorm::{self as bn, BnParams};
 use super::conv::{self, ConvShape, InputGrad};
 use super::ops::{self, ShortcutA};
 use super::pool::{self, PoolShape};
-use super::sgd::{self, SgdConfig};
-use super::{Workspace, ensure_len};
+use super::{GradMode, Workspace, ensure_len};
 use std::ops::{Bound, RangeBounds};
 
 /// A growable buffer in the engine's memory. Grows only ([`DeviceVec::ensure_len`]), so
@@ -99,6 +98,9 @@ impl<T: Copy + Default> DeviceVec<T> {
 }
 
 impl<'a, T: Copy> View<'a, T> {
+    pub(in crate::engine) fn new(values: &'a [T]) -> Self {
+        View(values)
+    }
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -118,6 +120,9 @@ impl<'a, T: Copy> View<'a, T> {
 }
 
 impl<'a, T: Copy> ViewMut<'a, T> {
+    pub(in crate::engine) fn new(values: &'a mut [T]) -> Self {
+        ViewMut(values)
+    }
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -133,6 +138,10 @@ impl<'a, T: Copy> ViewMut<'a, T> {
     }
     pub fn view(&self) -> View<'_, T> {
         View(&*self.0)
+    }
+    /// Replaces the contents with `values`, of the same length.
+    pub fn copy_from_host(self, values: &[T]) {
+        self.0.copy_from_slice(values);
     }
     pub(in crate::engine) fn host(self) -> &'a mut [T] {
         self.0
@@ -353,13 +362,21 @@ pub fn linear_forward(n: usize, i: usize, o: usize, x: View, w: View, b: View, y
     ops::linear_forward(n, i, o, x.host(), w.host(), b.host(), y.host());
 }
 
-/// Gradients of the weights, bias and input ([`ops::linear_backward`]).
+/// Gradients of the weights and bias (written or added to, as `mode` says) and of the
+/// input ([`ops::linear_backward`]).
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(n: usize, i: usize, o: usize, x: View, w: View, g: View, dw: ViewMut, db: ViewMut, dx: ViewMut) {
-    ops::linear_backward(n, i, o, x.host(), w.host(), g.host(), dw.host(), db.host(), dx.host());
-}
-
-/// One SGD step on a parameter ([`sgd::step`]).
-pub fn sgd_step(cfg: SgdConfig, param: ViewMut, grad: View, momentum: ViewMut) {
-    sgd::step(cfg, param.host(), grad.host(), momentum.host());
+pub fn linear_backward(
+    n: usize,
+    i: usize,
+    o: usize,
+    x: View,
+    w: View,
+    g: View,
+    dw: ViewMut,
+    db: ViewMut,
+    dx: ViewMut,
+    mode: GradMode,
+) {
+    let add = mode == GradMode::Accumulate;
+    ops::linear_backward(n, i, o, x.host(), w.host(), g.host(), dw.host(), db.host(), dx.host(), add);
 }

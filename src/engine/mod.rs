@@ -24,6 +24,7 @@ pub mod bf16;
 pub mod conv;
 pub mod device;
 pub mod direct;
+pub mod flat;
 pub mod isa;
 pub mod matmul;
 pub mod ops;
@@ -37,6 +38,7 @@ pub mod winograd_small;
 
 pub use bf16::Precision;
 pub use device::{DeviceVec, View, ViewMut};
+pub use flat::ParamVec;
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +105,20 @@ pub struct Workspace {
     pub algo: ConvAlgo,
     /// The number format of the convolutions' GEMMs.
     pub precision: Precision,
+    /// Whether backward passes replace the weight gradients or add to them.
+    pub grad_mode: GradMode,
+    /// A weight gradient on its way to being added (see `conv::backward`).
+    pub grad_sum: Vec<f32>,
+}
+
+/// How a backward pass leaves the parameters' gradients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradMode {
+    /// Replaces them.
+    #[default]
+    Overwrite,
+    /// Adds to them: the micro-batches of a step summed in place.
+    Accumulate,
 }
 
 impl Workspace {
@@ -123,6 +139,8 @@ impl Workspace {
             bn: batchnorm::Scratch::default(),
             algo: ConvAlgo::Auto,
             precision: Precision::F32,
+            grad_mode: GradMode::Overwrite,
+            grad_sum: Vec::new(),
         }
     }
 }

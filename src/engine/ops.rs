@@ -103,8 +103,9 @@ pub fn linear_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f
     })
 }
 
-/// Backward of the fully connected layer: overwrites `dw`, `db` and `dx`. Row by row of
-/// `w`, as the forward, so that `w` and `dw` are each passed over once.
+/// Backward of the fully connected layer: overwrites `dx`, and `dw` and `db` or, with
+/// `accumulate`, adds to them. Row by row of `w`, as the forward, so that `w` and `dw` are
+/// each passed over once.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     n: usize,
@@ -116,20 +117,31 @@ pub fn linear_backward(
     dw: &mut [f32],
     db: &mut [f32],
     dx: &mut [f32],
+    accumulate: bool,
 ) {
     let (x, w, g, dx) = (&x[..n * i], &w[..o * i], &g[..n * o], &mut dx[..n * i]);
     // dw[o, i] = Σ_r g[r, o]·x[r, i]; db[o] = Σ_r g[r, o]; dx[r, i] = Σ_o g[r, o]·w[o, i]
     dx.fill(0.0);
+    // A gradient to be added is made apart and added whole (old + new), as the sums of
+    // micro-batches or of ranks are, so that both round alike.
+    let mut fresh = vec![0f32; if accumulate { i } else { 0 }];
     crate::simd!({
         let rows = dw[..o * i].chunks_exact_mut(i).zip(&mut db[..o]).zip(w.chunks_exact(i));
         for (col, ((dwr, db), wr)) in rows.enumerate() {
-            dwr.fill(0.0);
-            *db = 0.0;
+            let sum: &mut [f32] = if accumulate { &mut fresh } else { &mut *dwr };
+            sum.fill(0.0);
+            let mut bias = 0.0;
             for (row, (xr, dxr)) in x.chunks_exact(i).zip(dx.chunks_exact_mut(i)).enumerate() {
                 let gv = g[row * o + col];
-                axpy(gv, xr, dwr);
-                *db += gv;
+                axpy(gv, xr, sum);
+                bias += gv;
                 axpy(gv, wr, dxr);
+            }
+            if accumulate {
+                dwr.iter_mut().zip(&fresh).for_each(|(d, f)| *d += f);
+                *db += bias;
+            } else {
+                *db = bias;
             }
         }
     })

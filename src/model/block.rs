@@ -82,7 +82,7 @@ impl ConvBn {
         dx: InputGrad<ViewMut>,
         ws: &mut Workspace,
     ) {
-        self.bn.backward(self.pre.view(), relu, g.reborrow(), &mut ws.bn);
+        self.bn.backward(self.pre.view(), relu, g.reborrow(), ws.grad_mode, &mut ws.bn);
         self.conv.backward(n, self.in_hw, x, g.view(), dx, ws);
     }
 

@@ -6,8 +6,11 @@
 use super::block::{Block, ConvBn, Hw};
 use super::config::ModelConfig;
 use super::spec::{LayerRow, NetSpec};
-use crate::engine::device::{self, DeviceVec, Residual};
+use crate::engine::GradMode;
+use crate::engine::device::{self, DeviceVec, Residual, View, ViewMut};
+use crate::engine::flat::FlatParams;
 use crate::engine::pool::PoolShape;
+use crate::engine::sgd::SgdConfig;
 use crate::engine::{Workspace, conv::InputGrad, ensure_len};
 use crate::nn::{Linear, Named, Param, ParamGroup, Slot};
 use crate::rng::Rng;
@@ -22,6 +25,16 @@ impl MaxPool {
     fn shape(c: usize, (h, w): Hw) -> PoolShape {
         PoolShape { c, kernel: 3, stride: 2, pad: 1, h, w }
     }
+}
+
+/// The parts of a network in the order its backward pass finishes them (apart from
+/// `ResNet`, so that it can be called while `ResNet::flat` is borrowed).
+fn backward_order(fc: &mut Linear, blocks: &mut [Block], stem: &mut ConvBn, f: &mut dyn FnMut(&mut dyn ParamGroup)) {
+    f(fc);
+    for b in blocks.iter_mut().rev() {
+        f(b);
+    }
+    f(stem);
 }
 
 /// `layer{stage}.{index}` for every block, as PyTorch names them.
@@ -58,6 +71,12 @@ pub struct ResNet {
     eval_tmp: [DeviceVec; 3],
     /// The logits of the last forward, copied to the host.
     host_logits: Vec<f32>,
+    /// Every parameter's value, gradient and momentum, in the order of
+    /// [`for_each_group_backward`](ResNet::for_each_group_backward): the classifier's
+    /// first, then the blocks' from the last, then the stem's (see `engine::flat`).
+    flat: FlatParams,
+    /// Floats of the classifier's parameters, at the start of `flat`.
+    classifier_len: usize,
 }
 
 impl ResNet {
@@ -69,7 +88,7 @@ impl ResNet {
         let pool = spec.max_pool.then(|| MaxPool { out: DeviceVec::default(), argmax: DeviceVec::default() });
         let blocks: Vec<Block> = spec.blocks.iter().map(|b| Block::from_spec(b, &mut rng)).collect();
         let fc = Linear::new(spec.features, config.classes, &mut rng);
-        ResNet {
+        let mut net = ResNet {
             config,
             spec,
             stem,
@@ -88,7 +107,84 @@ impl ResNet {
             eval_io: Default::default(),
             eval_tmp: Default::default(),
             host_logits: Vec::new(),
-        }
+            flat: FlatParams::new(0),
+            classifier_len: 0,
+        };
+        net.flatten();
+        net
+    }
+
+    /// Moves every parameter into the flat buffers, in the order the backward pass
+    /// finishes them.
+    fn flatten(&mut self) {
+        let mut total = 0;
+        self.for_each_group_backward(&mut |g| g.for_each_param(&mut |p| total += p.value.len()));
+        let mut flat = FlatParams::new(total);
+        self.for_each_group_backward(&mut |g| {
+            g.for_each_param(&mut |p| {
+                flat.push([&mut p.value, &mut p.grad, &mut p.momentum]);
+            })
+        });
+        self.classifier_len = {
+            let mut n = 0;
+            self.fc.for_each_param(&mut |p| n += p.value.len());
+            n
+        };
+        self.flat = flat;
+    }
+
+    /// The flat buffers, once every parameter is found in its place in them (a parameter
+    /// replaced by another `Param` is not: training refuses it, as the flat step would
+    /// miss it). Visiting the parameters also drops the convolutions' prepared weights,
+    /// which the callers change.
+    fn flat(&mut self) -> &mut FlatParams {
+        let mut at = 0;
+        let mut in_place = true;
+        let flat = &self.flat;
+        let mut check = |p: &mut Param| {
+            in_place &= flat.holds(at, [&p.value, &p.grad, &p.momentum]);
+            at += p.value.len();
+        };
+        backward_order(&mut self.fc, &mut self.blocks, &mut self.stem, &mut |g| g.for_each_param(&mut check));
+        assert!(
+            in_place && at == self.flat.len(),
+            "a parameter of the model was replaced by another; change parameters in place (copy_from_host)"
+        );
+        &mut self.flat
+    }
+
+    /// Floats of all the parameters: the length of [`grads`](ResNet::grads).
+    pub fn flat_len(&self) -> usize {
+        self.flat.len()
+    }
+
+    /// Floats of the classifier's parameters, at the start of [`grads`](ResNet::grads).
+    pub fn classifier_len(&self) -> usize {
+        self.classifier_len
+    }
+
+    /// The gradients of the parameters in `range` of the flat order (that of
+    /// [`for_each_group_backward`](ResNet::for_each_group_backward)).
+    pub fn grads(&mut self, range: std::ops::Range<usize>) -> View<'_> {
+        self.flat().grads(range)
+    }
+
+    /// [`grads`](ResNet::grads), to write.
+    pub fn grads_mut(&mut self, range: std::ops::Range<usize>) -> ViewMut<'_> {
+        self.flat().grads_mut(range)
+    }
+
+    /// One SGD step over the flat buffers: the classifier with `classifier`, every other
+    /// parameter with `backbone` (None: left as they are).
+    pub fn sgd_step(&mut self, backbone: Option<SgdConfig>, classifier: SgdConfig) {
+        let (fc, all) = (self.classifier_len, self.flat.len());
+        crate::engine::in_pool(|| {
+            let flat = self.flat();
+            flat.sgd_step(classifier, 0..fc);
+            if let Some(cfg) = backbone {
+                flat.sgd_step(cfg, fc..all);
+            }
+        })
     }
 
     /// How 3×3 stride-1 convolutions are computed (default: the faster, per layer).
@@ -220,23 +316,27 @@ impl ResNet {
     /// Backpropagates dL/dlogits (on the host) through the network run by the last
     /// training forward, writing every parameter's gradient.
     pub fn backward(&mut self, dlogits: &[f32]) {
-        self.backward_with(dlogits, &mut |_| {})
+        self.backward_with(dlogits, GradMode::Overwrite, &mut |_| {})
     }
 
-    /// [`backward`](ResNet::backward), calling `ready` with each part of the network as its
-    /// gradients are finished: the classifier, the blocks from the last, the stem (the order
-    /// of [`for_each_group_backward`](ResNet::for_each_group_backward)).
-    pub fn backward_with(&mut self, dlogits: &[f32], ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send)) {
-        crate::engine::in_pool(|| self.backward_in_pool(dlogits, ready))
+    /// [`backward`](ResNet::backward), writing the gradients or adding to them as `mode`
+    /// says, and calling `ready` with each part of the network as its gradients are
+    /// finished: the classifier, the blocks from the last, the stem (the order of
+    /// [`for_each_group_backward`](ResNet::for_each_group_backward) and of the flat buffers).
+    pub fn backward_with(
+        &mut self,
+        dlogits: &[f32],
+        mode: GradMode,
+        ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send),
+    ) {
+        self.ws.grad_mode = mode;
+        crate::engine::in_pool(|| self.backward_in_pool(dlogits, ready));
+        self.ws.grad_mode = GradMode::Overwrite;
     }
 
     /// The parts of the network in the order `backward_with` finishes them.
     pub fn for_each_group_backward(&mut self, f: &mut dyn FnMut(&mut dyn ParamGroup)) {
-        f(&mut self.fc);
-        for b in self.blocks.iter_mut().rev() {
-            f(b);
-        }
-        f(&mut self.stem);
+        backward_order(&mut self.fc, &mut self.blocks, &mut self.stem, f)
     }
 
     fn backward_in_pool(&mut self, dlogits: &[f32], ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send)) {
@@ -248,7 +348,8 @@ impl ResNet {
         self.dpooled.ensure_len(n * self.config.features());
         self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
         let [ga, gb, t1, t2] = &mut self.grads;
-        self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut());
+        let mode = self.ws.grad_mode;
+        self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut(), mode);
         ready(&mut self.fc);
         let last = self.blocks.last().expect("at least one block");
         let (h, w) = last.out_hw(*self.block_inputs.last().expect("traced"));
@@ -317,7 +418,8 @@ impl ResNet {
             self.dpooled.ensure_len(n * self.config.features());
             self.dlogits.ensure_len(n * self.config.classes);
             self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
-            self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut());
+            let mode = GradMode::Overwrite;
+            self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut(), mode);
         })
     }
 
@@ -334,5 +436,73 @@ impl ResNet {
     /// Layers at the design input size: stem, each block, head.
     pub fn layer_table(&self) -> Vec<LayerRow> {
         self.config.spec().layer_table()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::nn::Param;
+
+    fn resnet8() -> ResNet {
+        ResNet::new(ModelConfig::from_name("resnet8", None, 10).unwrap(), 3)
+    }
+
+    /// A training forward and backward on `n` random images.
+    fn backward(net: &mut ResNet, n: usize, seed: u64, mode: GradMode) {
+        let mut rng = Rng::new(seed);
+        let images: Vec<f32> = (0..n * 8 * 8 * 3).map(|_| rng.normal() as f32).collect();
+        let logits = net.forward(true, n, (8, 8), &images).to_vec();
+        let dlogits: Vec<f32> = logits.iter().map(|z| z / 10.0 - 0.05).collect();
+        net.backward_with(&dlogits, mode, &mut |_| {});
+    }
+
+    fn each_grad(net: &mut ResNet) -> Vec<f32> {
+        let mut all = Vec::new();
+        net.for_each_group_backward(&mut |g| g.for_each_param(&mut |p| all.extend(p.grad.to_host())));
+        all
+    }
+
+    #[test]
+    fn the_flat_gradients_are_every_parameters_in_backward_order() {
+        let mut net = resnet8();
+        backward(&mut net, 3, 1, GradMode::Overwrite);
+        let all = each_grad(&mut net);
+        assert_eq!(all.len(), net.flat_len());
+        let mut flat = vec![0f32; net.flat_len()];
+        net.grads(0..flat.len()).copy_to_host(&mut flat);
+        assert_eq!(flat, all);
+        assert!(all.iter().any(|&g| g != 0.0));
+        // The classifier's come first.
+        let mut fc = Vec::new();
+        net.fc.for_each_param(&mut |p| fc.extend(p.grad.to_host()));
+        assert_eq!(net.classifier_len(), fc.len());
+        assert_eq!(&all[..fc.len()], &fc[..]);
+    }
+
+    #[test]
+    fn accumulating_adds_the_next_batchs_gradients_in_place() {
+        let mut net = resnet8();
+        backward(&mut net, 3, 1, GradMode::Overwrite);
+        let first = each_grad(&mut net);
+        backward(&mut net, 2, 2, GradMode::Overwrite);
+        let second = each_grad(&mut net);
+        backward(&mut net, 3, 1, GradMode::Overwrite);
+        backward(&mut net, 2, 2, GradMode::Accumulate);
+        let sum = each_grad(&mut net);
+        for (i, ((a, b), s)) in first.iter().zip(&second).zip(&sum).enumerate() {
+            let want = a + b;
+            assert!((s - want).abs() <= 1e-5 * want.abs().max(1e-3), "gradient {i}: {s} against {a} + {b}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "replaced by another")]
+    fn a_parameter_replaced_by_another_is_refused() {
+        let mut net = resnet8();
+        net.fc.bias = Param::new(vec![0.0; 10]);
+        let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+        net.sgd_step(Some(cfg), cfg);
     }
 }

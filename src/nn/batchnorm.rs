@@ -1,7 +1,7 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::batchnorm as bn;
 use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, Residual, View, ViewMut};
-use crate::engine::split_range;
+use crate::engine::{GradMode, split_range};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -124,8 +124,9 @@ impl BatchNorm2d {
 
     /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
-    /// The groups are those of the last training forward.
-    pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, scr: &mut bn::Scratch) {
+    /// The groups are those of the last training forward. γ's and β's gradients are
+    /// written or added to, as `mode` says.
+    pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, mode: GradMode, scr: &mut bn::Scratch) {
         let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
         let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         let c = self.running_mean.len();
@@ -134,7 +135,7 @@ impl BatchNorm2d {
         for (k, (range, saved)) in self.saved.iter().enumerate() {
             let values = range.start * c..range.end * c;
             let (x, g) = (x.slice(values.clone()), g.reborrow().slice_mut(values));
-            if k == 0 {
+            if k == 0 && mode == GradMode::Overwrite {
                 device::bn_backward(
                     p,
                     x,

@@ -1,4 +1,5 @@
 use super::{Layout, Named, Param, Slot};
+use crate::engine::GradMode;
 use crate::engine::device::{self, View, ViewMut};
 use crate::rng::Rng;
 
@@ -24,9 +25,12 @@ impl Linear {
         let (w, b) = (self.weight.value.view(), self.bias.value.view());
         device::linear_forward(n, self.inputs, self.outputs, x, w, b, y);
     }
-    pub fn backward(&mut self, n: usize, x: View, g: View, dx: ViewMut) {
+    /// The gradients of the weights and bias (written or added to, as `mode` says) and of
+    /// the input.
+    pub fn backward(&mut self, n: usize, x: View, g: View, dx: ViewMut, mode: GradMode) {
         let (i, o, w) = (self.inputs, self.outputs, self.weight.value.view());
-        device::linear_backward(n, i, o, x, w, g, self.weight.grad.view_mut(), self.bias.grad.view_mut(), dx);
+        let (dw, db) = (self.weight.grad.view_mut(), self.bias.grad.view_mut());
+        device::linear_backward(n, i, o, x, w, g, dw, db, dx, mode);
     }
     pub fn for_each_param(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);

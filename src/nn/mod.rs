@@ -9,21 +9,24 @@ pub use batchnorm::{BatchNorm2d, bn_group_count};
 pub use conv::Conv2d;
 pub use linear::Linear;
 
-use crate::engine::DeviceVec;
+use crate::engine::{DeviceVec, ParamVec};
 use crate::rng::Rng;
 
 /// A trainable tensor with its gradient and its SGD momentum buffer, in the engine's memory.
+/// A model's parameters are windows into its flat buffers (see `engine::flat`): change
+/// them in place (`copy_from_host`), not by putting another `Param` in their place, which
+/// the model refuses to train.
 pub struct Param {
-    pub value: DeviceVec,
-    pub grad: DeviceVec,
-    pub momentum: DeviceVec,
+    pub value: ParamVec,
+    pub grad: ParamVec,
+    pub momentum: ParamVec,
 }
 
 impl Param {
     /// A parameter made on the host (its initialization) and moved to the engine.
     pub fn new(value: Vec<f32>) -> Self {
         let n = value.len();
-        Param { value: DeviceVec::from_host(value), grad: DeviceVec::zeros(n), momentum: DeviceVec::zeros(n) }
+        Param { value: ParamVec::from_host(value), grad: ParamVec::zeros(n), momentum: ParamVec::zeros(n) }
     }
     pub fn filled(len: usize, v: f32) -> Self {
         Self::new(vec![v; len])
@@ -66,29 +69,29 @@ pub struct Named<'a> {
 }
 
 impl Named<'_> {
-    fn value(&self) -> &DeviceVec {
-        match &self.slot {
-            Slot::Param(p) => &p.value,
-            Slot::Buffer(b) => b,
-        }
-    }
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.value().len()
+        match &self.slot {
+            Slot::Param(p) => p.value.len(),
+            Slot::Buffer(b) => b.len(),
+        }
     }
     pub fn is_empty(&self) -> bool {
-        self.value().is_empty()
+        self.len() == 0
     }
     /// The values, copied to the host in the internal layout.
     pub fn to_host(&self) -> Vec<f32> {
-        self.value().to_host()
+        match &self.slot {
+            Slot::Param(p) => p.value.to_host(),
+            Slot::Buffer(b) => b.to_host(),
+        }
     }
-    /// Replaces the values with host ones in the internal layout.
+    /// Replaces the values with host ones in the internal layout, as many as there are.
     pub fn set_from_host(&mut self, values: Vec<f32>) {
-        let v = DeviceVec::from_host(values);
+        assert_eq!(values.len(), self.len(), "{} keeps its size", self.name);
         match &mut self.slot {
-            Slot::Param(p) => p.value = v,
-            Slot::Buffer(b) => **b = v,
+            Slot::Param(p) => p.value.copy_from_host(&values),
+            Slot::Buffer(b) => b.copy_from_host(&values),
         }
     }
 }

@@ -7,7 +7,6 @@
 use super::TrainConfig;
 use super::run::{CHECKPOINT, PREVIOUS_CHECKPOINT};
 use crate::data::Norm;
-use crate::engine::DeviceVec;
 use crate::files::TempFile;
 use crate::model::ResNet;
 use crate::nn::Slot;
@@ -157,7 +156,7 @@ impl Checkpoint {
         for t in named.iter_mut() {
             if let Slot::Param(p) = &mut t.slot {
                 let v = self.file.get(&momentum_key(&t.name), &t.shape)?;
-                p.momentum = DeviceVec::from_host(weights::from_torch(t.layout, &t.shape, v.to_vec()));
+                p.momentum.copy_from_host(&weights::from_torch(t.layout, &t.shape, v.to_vec()));
             }
         }
         Ok(())

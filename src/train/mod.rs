@@ -17,19 +17,14 @@ pub use record::{EpochRecord, History, Record, Sink, StepRecord};
 pub use run::{Outcome, RunOptions, train};
 
 use crate::dist::{Collective, Single};
-use crate::engine::device::{self, DeviceVec};
-use crate::engine::{ensure_len, ops, sgd};
+use crate::engine::{GradMode, ensure_len, ops, sgd};
 use crate::model::ResNet;
-use crate::nn::Param;
 use reduce::Reducer;
 
 /// Reused buffers of the training step.
 #[derive(Default)]
 pub struct StepScratch {
     dlogits: Vec<f32>,
-    /// Gradients summed over micro-batches, all parameters in the order the backward pass
-    /// finishes them.
-    grads: DeviceVec,
     /// The buckets of the all-reduce across ranks.
     buckets: Vec<Vec<f32>>,
 }
@@ -66,8 +61,9 @@ impl Default for Transfer {
 /// One SGD step on a batch of `labels.len()` images of size `hw`: forward in training
 /// mode, softmax cross-entropy, backward, update. With `accumulate` > 1 the batch runs
 /// as that many micro-batches (BatchNorm statistics per micro-batch, as the paper's
-/// multi-GPU training) whose gradients are summed, each weighted by its share of the
-/// batch, so the update is that of the whole batch's mean loss. Returns (mean loss,
+/// multi-GPU training) whose gradients add up in place, each micro-batch's loss divided
+/// by the whole batch's size, so the update is that of the whole batch's mean loss. The
+/// update is one SGD call over the model's flat buffers. Returns (mean loss,
 /// correct predictions); a non-finite loss returns at once without updating.
 pub fn step(
     model: &mut ResNet,
@@ -112,7 +108,7 @@ pub struct Across {
 }
 
 /// [`step_with`] on this rank's share of a global batch (`images`, `labels`; possibly
-/// none): local gradients, weighted by the share's part of the global batch and summed
+/// none): local gradients of the share's part of the global batch's mean loss, summed
 /// over the ranks (in buckets during the backward pass, see `reduce`), then the same SGD
 /// step on every rank. `stop`: this rank wants to stop after the step (Ctrl-C), which
 /// every rank learns from the result. With one rank this is exactly `step_with`.
@@ -132,46 +128,42 @@ pub fn step_across(
     let comm = ranks.comm;
     let classifier_cfg = sgd::SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
     let n = labels.len();
-    // The global batch first: each rank's gradients are weighed by its share of it as
-    // they go into the all-reduce.
+    // The global batch first: each rank's loss gradient is divided by its size, so that
+    // the ranks' gradients need only be added up.
     let (mut global, mut any_empty) = (n, n == 0);
     if comm.size() > 1 {
         let mut counts = [n as f64, f64::from(u8::from(n == 0))];
         comm.all_reduce_sum_f64(&mut counts);
         (global, any_empty) = (counts[0] as usize, counts[1] > 0.0);
     }
-    // Synchronized BatchNorm needs every rank in every layer's forward and backward, and
-    // the loss of the global batch from the start: each rank's gradients are then its part
-    // of the global batch's, and only added up. A rank without images would miss the
-    // collective operations: such a step normalizes each rank's share alone.
+    // Synchronized BatchNorm needs every rank in every layer's forward and backward. A
+    // rank without images would miss the collective operations: such a step normalizes
+    // each rank's share alone.
     let sync = model.sync_bn().filter(|_| comm.size() > 1 && !transfer.freeze_backbone);
     let synced = sync.is_some() && !any_empty;
     if sync.is_some() && !synced {
         model.set_sync_bn(None);
     }
-    let weight = if synced || global == 0 { 1.0 } else { n as f32 / global as f32 };
-    let StepScratch { dlogits, grads, buckets } = scratch;
+    let StepScratch { dlogits, buckets } = scratch;
     // On a rayon worker as a whole: forward, backward and the SGD updates (see `in_pool`).
     let done = crate::engine::in_pool(|| {
-        let mut reducer = (comm.size() > 1).then(|| Reducer::new(comm, weight, ranks.bucket_mb, buckets));
+        let mut reducer = (comm.size() > 1).then(|| Reducer::new(comm, ranks.bucket_mb, buckets));
         let frozen = transfer.freeze_backbone;
+        // The parameters whose gradients this step makes: a prefix of the flat order.
+        let trained = if frozen { model.classifier_len() } else { model.flat_len() };
         let (loss, correct) = match (n, frozen) {
             (0, _) => (0.0, 0),
-            (_, true) => classifier_gradients(model, hw, images, labels, dlogits),
-            (_, false) => {
-                let batch = synced.then_some(global);
-                gradients(model, hw, images, labels, accumulate, batch, dlogits, grads, reducer.as_mut())
-            }
+            (_, true) => classifier_gradients(model, hw, images, labels, global, dlogits),
+            (_, false) => gradients(model, hw, images, labels, accumulate, global, synced, dlogits, reducer.as_mut()),
         };
         let staged = n > 0 && (loss.is_finite() || synced);
         let mut done = Across { loss, correct, images: n, stop, comm_s: 0.0 };
         if let Some(mut reducer) = reducer {
             let started = std::time::Instant::now();
             match (staged, frozen) {
-                (true, true) => model.fc.for_each_param(&mut |p| reducer.stage(p.grad.view())),
+                (true, true) => reducer.stage(model.grads(0..trained)),
                 (true, false) => {}
-                (false, true) => reducer.stage_all_zeros(|f| f(&mut model.fc)),
-                (false, false) => reducer.stage_all_zeros(|f| model.for_each_group_backward(f)),
+                (false, _) => reducer.stage_zeros(trained),
             }
             let failed = !loss.is_finite();
             let mut totals = [if failed { 0.0 } else { loss as f64 * n as f64 }, correct as f64, 0.0, 0.0];
@@ -179,24 +171,14 @@ pub fn step_across(
             totals[3] = f64::from(u8::from(failed));
             comm.all_reduce_sum_f64(&mut totals);
             let loss = if totals[3] > 0.0 { f32::NAN } else { (totals[0] / global.max(1) as f64) as f32 };
-            match frozen {
-                true => reducer.finish(|f| f(&mut model.fc)),
-                false => reducer.finish(|f| model.for_each_group_backward(f)),
-            }
+            reducer.finish(model.grads_mut(0..trained));
             let comm_s = started.elapsed().as_secs_f64();
             done = Across { loss, correct: totals[1] as usize, images: global, stop: totals[2] > 0.0, comm_s };
         }
         if !done.loss.is_finite() || done.images == 0 {
             return done;
         }
-        if !frozen {
-            model.for_each_backbone_param(&mut |p| {
-                device::sgd_step(cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
-            });
-        }
-        model.fc.for_each_param(&mut |p| {
-            device::sgd_step(classifier_cfg, p.value.view_mut(), p.grad.view(), p.momentum.view_mut())
-        });
+        model.sgd_step((!frozen).then_some(cfg), classifier_cfg);
         done
     });
     if sync.is_some() && !synced {
@@ -206,13 +188,13 @@ pub fn step_across(
 }
 
 /// Forward and backward of the whole network on the batch, in `accumulate` micro-batches
-/// whose gradients are summed (in `sums`), each weighted by its share: the gradients of the
-/// batch's mean loss. With `global`, the batch is this rank's part of a global batch of
-/// that many images, taken whole: the gradients are its part of the global batch's mean
-/// loss. With `reducer`, each part of the network goes into the all-reduce as the last
-/// micro-batch's backward pass finishes it. Returns (mean loss, correct); a non-finite
-/// loss returns at once, before anything is staged, except with `global` (synchronized
-/// BatchNorm), where the backward pass runs for the other ranks' sake.
+/// whose gradients add up in place, each micro-batch's loss gradient divided by `global`:
+/// the gradients of this batch's part of the mean loss of a global batch of that many
+/// images (this batch, on one process). With `synced` (synchronized BatchNorm) the batch
+/// is taken whole. With `reducer`, each part of the network goes into the all-reduce as
+/// the last micro-batch's backward pass finishes it. Returns (mean loss over this batch,
+/// correct); a non-finite loss returns at once, before anything is staged, except when
+/// `synced`, where the backward pass runs for the other ranks' sake.
 #[allow(clippy::too_many_arguments)]
 fn gradients(
     model: &mut ResNet,
@@ -220,13 +202,13 @@ fn gradients(
     images: &[f32],
     labels: &[u32],
     accumulate: usize,
-    global: Option<usize>,
+    global: usize,
+    synced: bool,
     dlogits: &mut Vec<f32>,
-    sums: &mut DeviceVec,
     mut reducer: Option<&mut Reducer>,
 ) -> (f32, usize) {
     let n = labels.len();
-    let parts = if global.is_some() { 1 } else { accumulate.clamp(1, n.max(1)) };
+    let parts = if synced { 1 } else { accumulate.clamp(1, n.max(1)) };
     let classes = model.classes();
     let image_len = hw.0 * hw.1 * 3;
     let (mut loss, mut correct) = (0f32, 0);
@@ -235,66 +217,41 @@ fn gradients(
         let m = range.len();
         ensure_len(dlogits, m * classes);
         let logits = model.forward(true, m, hw, &images[range.start * image_len..range.end * image_len]);
-        let labels = &labels[range.clone()];
-        let batch = global.unwrap_or(m);
-        let (l, ok) = ops::softmax_cross_entropy_of(m, batch, classes, logits, labels, dlogits);
+        let (l, ok) = ops::softmax_cross_entropy_of(m, global, classes, logits, &labels[range], dlogits);
         // With synchronized BatchNorm every rank must make the backward pass's collective
         // operations; the step is dropped after it, as every rank learns.
-        if !l.is_finite() && global.is_none() {
+        if !l.is_finite() && !synced {
             return (l, correct);
         }
         let share = m as f32 / n as f32;
         (loss, correct) = (loss + share * l, correct + ok);
+        let mode = if k == 0 { GradMode::Overwrite } else { GradMode::Accumulate };
         // Into the all-reduce only once the micro-batches are summed: in the last one.
         let mut reducer = reducer.as_deref_mut().filter(|_| k + 1 == parts);
-        let mut off = 0;
-        let mut ready = |p: &mut Param| {
-            if parts == 1 {
-                if let Some(r) = reducer.as_deref_mut() {
-                    r.stage(p.grad.view());
-                }
-                return;
-            }
-            let len = p.grad.len();
-            sums.ensure_len(off + len);
-            let sum = sums.slice_mut(off..off + len);
-            match k {
-                0 => device::scaled_copy(sum, share, p.grad.view()),
-                _ => device::add_scaled(sum, share, p.grad.view()),
-            }
+        model.backward_with(dlogits, mode, &mut |group| {
             if let Some(r) = reducer.as_deref_mut() {
-                r.stage(sums.slice(off..off + len));
+                group.for_each_param(&mut |p| r.stage(p.grad.view()));
             }
-            off += len;
-        };
-        model.backward_with(dlogits, &mut |group| group.for_each_param(&mut ready));
-    }
-    if parts > 1 && reducer.is_none() {
-        let mut off = 0;
-        model.for_each_group_backward(&mut |group| {
-            group.for_each_param(&mut |p| {
-                let len = p.grad.len();
-                device::copy(p.grad.view_mut(), sums.slice(off..off + len));
-                off += len;
-            })
         });
     }
     (loss, correct)
 }
 
-/// The classifier's gradients alone: the backbone runs as in inference (BatchNorm on its
-/// running statistics, nothing kept for a backward pass), so the whole batch goes at once.
+/// The classifier's gradients alone, of this batch's part of the mean loss of a global
+/// batch of `global` images: the backbone runs as in inference (BatchNorm on its running
+/// statistics, nothing kept for a backward pass), so the whole batch goes at once.
 fn classifier_gradients(
     model: &mut ResNet,
     hw: (usize, usize),
     images: &[f32],
     labels: &[u32],
+    global: usize,
     dlogits: &mut Vec<f32>,
 ) -> (f32, usize) {
     let (n, classes) = (labels.len(), model.classes());
     ensure_len(dlogits, n * classes);
     let logits = model.forward(false, n, hw, images);
-    let (loss, correct) = ops::softmax_cross_entropy(n, classes, logits, labels, dlogits);
+    let (loss, correct) = ops::softmax_cross_entropy_of(n, global, classes, logits, labels, dlogits);
     if loss.is_finite() {
         model.backward_classifier(n, dlogits);
     }

@@ -3,11 +3,11 @@
 //! first, the stem last), each bucket's all-reduce started as soon as it is full, so the
 //! communication of the last layers overlaps the backward pass of the first. Every value
 //! is still summed over the ranks in rank order, so the buckets change when the sums are
-//! made, never what they are.
+//! made, never what they are. The gradients are staged in the order of the model's flat
+//! buffers, so the sums go back as one contiguous range.
 
 use crate::dist::{Collective, Pending};
-use crate::engine::device::View;
-use crate::nn::{Param, ParamGroup};
+use crate::engine::device::{View, ViewMut};
 
 /// The first bucket is small, so that communication starts early (DDP's choice too).
 const FIRST_BUCKET_VALUES: usize = (1 << 20) / 4;
@@ -15,8 +15,6 @@ const FIRST_BUCKET_VALUES: usize = (1 << 20) / 4;
 /// One step's gradients on their way through the all-reduce.
 pub struct Reducer<'a> {
     comm: &'a dyn Collective,
-    /// This rank's share of the global batch: its gradients' weight in the sum.
-    weight: f32,
     /// Values per bucket after the first (usize::MAX: one bucket, after the backward pass).
     bucket_values: usize,
     filling: Vec<f32>,
@@ -27,32 +25,24 @@ pub struct Reducer<'a> {
 
 impl<'a> Reducer<'a> {
     /// `bucket_mb`: megabytes of gradients per all-reduce (0: one, after the backward pass).
-    pub fn new(comm: &'a dyn Collective, weight: f32, bucket_mb: usize, spare: &'a mut Vec<Vec<f32>>) -> Self {
+    pub fn new(comm: &'a dyn Collective, bucket_mb: usize, spare: &'a mut Vec<Vec<f32>>) -> Self {
         let bucket_values = match bucket_mb {
             0 => usize::MAX,
             mb => (mb << 20) / 4,
         };
-        Self::with_bucket_values(comm, weight, bucket_values, spare)
+        Self::with_bucket_values(comm, bucket_values, spare)
     }
 
-    fn with_bucket_values(
-        comm: &'a dyn Collective,
-        weight: f32,
-        bucket_values: usize,
-        spare: &'a mut Vec<Vec<f32>>,
-    ) -> Self {
+    fn with_bucket_values(comm: &'a dyn Collective, bucket_values: usize, spare: &'a mut Vec<Vec<f32>>) -> Self {
         let filling = spare.pop().unwrap_or_default();
-        Reducer { comm, weight, bucket_values, filling, started: Vec::new(), spare }
+        Reducer { comm, bucket_values, filling, started: Vec::new(), spare }
     }
 
-    /// Adds a finished gradient to the buckets (weighted by the rank's share).
+    /// Adds finished gradients, the next ones of the flat order, to the buckets.
     pub fn stage(&mut self, grad: View) {
         let start = self.filling.len();
         self.filling.resize(start + grad.len(), 0.0);
         grad.copy_to_host(&mut self.filling[start..]);
-        if self.weight != 1.0 {
-            self.filling[start..].iter_mut().for_each(|g| *g *= self.weight);
-        }
         self.start_if_full();
     }
 
@@ -61,11 +51,6 @@ impl<'a> Reducer<'a> {
     pub fn stage_zeros(&mut self, len: usize) {
         self.filling.resize(self.filling.len() + len, 0.0);
         self.start_if_full();
-    }
-
-    /// Zeros for every parameter of `groups`.
-    pub fn stage_all_zeros(&mut self, groups: impl FnOnce(&mut dyn FnMut(&mut dyn ParamGroup))) {
-        groups(&mut |g| g.for_each_param(&mut |p| self.stage_zeros(p.grad.len())));
     }
 
     fn start_if_full(&mut self) {
@@ -85,25 +70,19 @@ impl<'a> Reducer<'a> {
         self.started.push(self.comm.start_all_reduce_sum(full));
     }
 
-    /// Waits for every bucket and writes the sums into the gradients of `groups`, visited in
-    /// the order they were staged.
-    pub fn finish(mut self, groups: impl FnOnce(&mut dyn FnMut(&mut dyn ParamGroup))) {
+    /// Waits for every bucket and writes the sums into `grads`, the range of the flat
+    /// gradients that was staged.
+    pub fn finish(mut self, mut grads: ViewMut) {
         self.start();
-        let sums: Vec<Vec<f32>> = self.started.drain(..).map(Pending::wait).collect();
-        let (mut bucket, mut at) = (0, 0);
-        let mut scatter = |p: &mut Param| {
-            let len = p.grad.len();
-            if at == sums[bucket].len() {
-                (bucket, at) = (bucket + 1, 0);
-            }
-            p.grad.copy_from_host(&sums[bucket][at..at + len]);
-            at += len;
-        };
-        groups(&mut |g| g.for_each_param(&mut scatter));
-        for mut used in sums {
-            used.clear();
-            self.spare.push(used);
+        let mut at = 0;
+        for pending in std::mem::take(&mut self.started) {
+            let mut sum = pending.wait();
+            grads.reborrow().slice_mut(at..at + sum.len()).copy_from_host(&sum);
+            at += sum.len();
+            sum.clear();
+            self.spare.push(sum);
         }
+        assert_eq!(at, grads.len(), "the gradients staged are those of the range");
         let mut last = std::mem::take(&mut self.filling);
         last.clear();
         self.spare.push(last);
@@ -165,13 +144,13 @@ mod tests {
             let values = numbered(&mut net);
             let comm = TwoRanks(Mutex::new(Vec::new()));
             let mut spare = Vec::new();
-            let mut reducer = Reducer::with_bucket_values(&comm, 0.5, bucket_values, &mut spare);
+            let mut reducer = Reducer::with_bucket_values(&comm, bucket_values, &mut spare);
             // Staged in the order the backward pass finishes them.
             net.for_each_group_backward(&mut |g| g.for_each_param(&mut |p| reducer.stage(p.grad.view())));
-            reducer.finish(|f| net.for_each_group_backward(f));
+            reducer.finish(net.grads_mut(0..total));
             let mut i = 0;
             net.for_each_param(&mut |p| {
-                let want: Vec<f32> = values[i].iter().map(|v| 2.0 * (0.5 * v) + 1.0).collect();
+                let want: Vec<f32> = values[i].iter().map(|v| 2.0 * v + 1.0).collect();
                 assert_eq!(p.grad.to_host(), want, "parameter {i}, buckets of {bucket_values}");
                 i += 1;
             });
@@ -192,9 +171,9 @@ mod tests {
         numbered(&mut net);
         let comm = TwoRanks(Mutex::new(Vec::new()));
         let mut spare = Vec::new();
-        let mut reducer = Reducer::with_bucket_values(&comm, 0.5, 300, &mut spare);
-        reducer.stage_all_zeros(|f| net.for_each_group_backward(f));
-        reducer.finish(|f| net.for_each_group_backward(f));
+        let mut reducer = Reducer::with_bucket_values(&comm, 300, &mut spare);
+        reducer.stage_zeros(net.flat_len());
+        reducer.finish(net.grads_mut(0..net.flat_len()));
         net.for_each_param(&mut |p| assert!(p.grad.to_host().iter().all(|&g| g == 1.0)));
     }
 }
