@@ -9,6 +9,7 @@
 //! - Gradients all-reduced in buckets during the backward pass give exactly what one
 //!   all-reduce after it gives.
 //! - A rank that dies ends the job.
+//! - The all-reduce adds the ranks' values in rank order, bit for bit, on 2, 3 and 4 ranks.
 //!
 //! Skipped, saying why, without `mpirun` or without MPI in the binary.
 //!
@@ -129,6 +130,55 @@ fn same_training(reference: &Path, ranks: &Path) {
     }
     let e = weights_differ(ranks, reference);
     assert!(e <= 1e-4, "final weights differ by {e:.2e}");
+}
+
+/// What rank `rank` contributes to the all-reduce test: values of several magnitudes, so
+/// that the order of the additions shows in the sums' last bits.
+fn contribution(rank: usize, len: usize) -> Vec<f64> {
+    (0..len).map(|i| ((i * 7919 + rank * 104_729) % 1013) as f64 * 10f64.powi((i % 7) as i32 - 3) / 3.0).collect()
+}
+
+/// One rank of the job `all_reduce_adds_in_rank_order` starts: it takes no part in a plain
+/// test run.
+#[test]
+#[ignore = "a rank of the MPI job of all_reduce_adds_in_rank_order"]
+fn rank_of_the_all_reduce_job() {
+    let comm = resnet::dist::init().unwrap();
+    let (rank, ranks) = (comm.rank(), comm.size());
+    // Several of the chain's 1 MB messages and a short last one, and a single value.
+    for len in [700_001, 1] {
+        let mut values: Vec<f32> = contribution(rank, len).iter().map(|&v| v as f32).collect();
+        let mut wide = contribution(rank, len);
+        comm.all_reduce_sum(&mut values);
+        comm.all_reduce_sum_f64(&mut wide);
+        // The sums of one process adding the ranks' values in order.
+        let mut want: Vec<f32> = contribution(0, len).iter().map(|&v| v as f32).collect();
+        let mut want_wide = contribution(0, len);
+        for r in 1..ranks {
+            want.iter_mut().zip(contribution(r, len)).for_each(|(s, v)| *s += v as f32);
+            want_wide.iter_mut().zip(contribution(r, len)).for_each(|(s, v)| *s += v);
+        }
+        assert!(values.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {rank} of {ranks}, f32");
+        assert!(wide.iter().zip(&want_wide).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {rank} of {ranks}, f64");
+    }
+    println!("rank {rank} of {ranks}: sums in rank order");
+}
+
+#[test]
+fn all_reduce_adds_in_rank_order() {
+    let Some((_alone, _)) = job_dir("mpi_all_reduce") else { return };
+    let me = std::env::current_exe().unwrap();
+    for ranks in ["2", "3", "4"] {
+        let out = Command::new("mpirun")
+            .args(["-n", ranks])
+            .arg(&me)
+            .args(["--ignored", "--exact", "rank_of_the_all_reduce_job", "--nocapture", "--test-threads", "1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{ranks} ranks: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.matches("sums in rank order").count(), ranks.parse::<usize>().unwrap(), "{stdout}");
+    }
 }
 
 #[test]
