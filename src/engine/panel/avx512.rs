@@ -1,8 +1,9 @@
 //! The panel product's register kernel on AVX-512: a 16-column strip is one 512-bit
 //! register, and its 32 registers hold 12 rows of C, two of `interleave`'s groups of 6,
-//! where AVX2's kernel holds 6. Each step of k loads one row of B and broadcasts 12 values
-//! of A (folded into the multiply-adds) for 12 multiply-adds: twice the work per load of
-//! the AVX2 kernel's 12 multiply-adds, 2 loads and 6 broadcasts.
+//! by two strips, where AVX2's kernel holds 6 rows of one strip. Each step of k loads two
+//! rows of B and broadcasts 12 values of A (folded into the multiply-adds) for 24
+//! multiply-adds: four times the work per load of the AVX2 kernel's 12 multiply-adds, 2
+//! loads and 6 broadcasts.
 //!
 //! Each value of C is summed over k in the same order, by the same fused multiply-adds, as
 //! in the AVX2 kernel, and the epilogue is the same arithmetic: both give the same bits.
@@ -13,14 +14,21 @@ use crate::engine::simd::{V16, prefetch};
 /// Rows of C in registers: two groups of `MR`.
 const ROWS: usize = 2 * MR;
 
-/// [`super::row_groups`] on AVX-512: one strip of C for all m rows, 12 rows at a time.
+/// [`super::row_groups`] on AVX-512: `S` (1 or 2) strips of C for all m rows, 12 rows at a
+/// time. With two strips, strip 1's B lies `b_apart` floats after strip 0's, and its
+/// columns of C (and of the tail) 16 floats after strip 0's.
+///
+/// Two strips at once hold 24 sums in registers: each step of k loads 2 rows of B and
+/// broadcasts 12 values of A for 24 multiply-adds, where one strip takes 13 loads for 12
+/// (the cores load twice per cycle and multiply-add twice, so one strip was bound by its
+/// loads), and each block of A is read once per two strips.
 ///
 /// # Safety
-/// As `super::row_groups`; and the calling code is compiled with AVX-512 F (an
-/// `isa::run_registers` copy whose flag is set).
+/// As `super::row_groups`, for each strip; and the calling code is compiled with AVX-512 F
+/// (an `isa::run_registers` copy whose flag is set).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn row_groups<const INTERLEAVED: bool>(
+pub(super) unsafe fn row_groups<const INTERLEAVED: bool, const S: usize>(
     c: *mut f32,
     ldc: usize,
     m: usize,
@@ -28,6 +36,7 @@ pub(super) unsafe fn row_groups<const INTERLEAVED: bool>(
     lda: usize,
     kc: usize,
     b: *const f32,
+    b_apart: usize,
     next_b: *const f32,
     accumulate: bool,
     tail: Option<Tail>,
@@ -45,8 +54,12 @@ pub(super) unsafe fn row_groups<const INTERLEAVED: bool>(
             macro_rules! call {
                 ($r:literal, $ahead:literal) => {
                     match accumulate {
-                        false => strip::<$r, false, INTERLEAVED, $ahead>(a, lda, kc, b, next_b, c, ldc, tail),
-                        true => strip::<$r, true, INTERLEAVED, $ahead>(a, lda, kc, b, next_b, c, ldc, tail),
+                        false => {
+                            strips::<$r, S, false, INTERLEAVED, $ahead>(a, lda, kc, b, b_apart, next_b, c, ldc, tail)
+                        }
+                        true => {
+                            strips::<$r, S, true, INTERLEAVED, $ahead>(a, lda, kc, b, b_apart, next_b, c, ldc, tail)
+                        }
                     }
                 };
             }
@@ -70,20 +83,22 @@ pub(super) unsafe fn row_groups<const INTERLEAVED: bool>(
     }
 }
 
-/// `c[r][0..16] (+)= Σ_{p<kc} A[r][p] · b[16p..][0..16]` for the `R` ≤ 12 rows r, with
-/// `A[r][p]` at `a[r*lda + p]`, or when `INTERLEAVED` in groups of 6 (`a[6p + r]`, then
-/// `a[6kc + 6p + r-6]`); otherwise as `super::strip`.
+/// `c[r][16s..16s+16] (+)= Σ_{p<kc} A[r][p] · b_s[16p..][0..16]` for the `R` ≤ 12 rows r and
+/// the `S` strips s (`b_s = b + s·b_apart`), with `A[r][p]` at `a[r*lda + p]`, or when
+/// `INTERLEAVED` in groups of 6 (`a[6p + r]`, then `a[6kc + 6p + r-6]`); otherwise as
+/// `super::strip`.
 ///
 /// # Safety
-/// As `super::strip`, for R rows (the second group's rows, when interleaved, 6·kc floats
-/// after the first's).
+/// As `super::strip`, for R rows and each of the S strips (the second group's rows, when
+/// interleaved, 6·kc floats after the first's).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool, const AHEAD: bool>(
+unsafe fn strips<const R: usize, const S: usize, const ACC: bool, const INTERLEAVED: bool, const AHEAD: bool>(
     a: *const f32,
     lda: usize,
     kc: usize,
     b: *const f32,
+    b_apart: usize,
     next_b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -91,31 +106,37 @@ unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool, const 
 ) {
     // SAFETY: the caller's contract bounds every access; AVX-512 F is enabled (caller).
     unsafe {
-        prefetch_rows(R, c, ldc, tail);
+        for s in 0..S {
+            prefetch_rows(R, c.add(16 * s), ldc, tail.map(|t| t.columns_from(16 * s)));
+        }
         let second = a.add(MR * kc);
-        let mut acc = [V16::zero(); R];
+        let mut acc = [[V16::zero(); S]; R];
         for p in 0..kc {
             if AHEAD {
                 prefetch(next_b.wrapping_add(p * 16));
             }
-            let bv = V16::read(b.add(p * 16));
+            let bv: [V16; S] = std::array::from_fn(|s| V16::read(b.add(s * b_apart + p * 16)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = match INTERLEAVED {
+                let x = V16::splat(match INTERLEAVED {
                     true if r < MR => *a.add(MR * p + r),
                     true => *second.add(MR * p + r - MR),
                     false => *a.add(r * lda + p),
-                };
-                *acc = V16::splat(x).mul_add(bv, *acc);
+                });
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = x.mul_add(bv, *acc);
+                }
             }
         }
-        for (r, &sum) in acc.iter().enumerate() {
-            let c = c.add(r * ldc);
-            let mut v = if ACC { V16::read(c) + sum } else { sum };
-            if let Some(t) = tail {
-                let residual = (!t.residual.is_null()).then(|| V16::read(t.residual.add(r * ldc)));
-                v = v.finish(V16::read(t.scale), V16::read(t.shift), residual, t.relu);
+        for (r, acc) in acc.iter().enumerate() {
+            for (s, &sum) in acc.iter().enumerate() {
+                let c = c.add(r * ldc + 16 * s);
+                let mut v = if ACC { V16::read(c) + sum } else { sum };
+                if let Some(t) = tail.map(|t| t.columns_from(16 * s)) {
+                    let residual = (!t.residual.is_null()).then(|| V16::read(t.residual.add(r * ldc)));
+                    v = v.finish(V16::read(t.scale), V16::read(t.shift), residual, t.relu);
+                }
+                v.write(c);
             }
-            v.write(c);
         }
     }
 }

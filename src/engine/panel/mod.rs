@@ -159,12 +159,16 @@ pub fn product_packed(
                     super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
                     interleave(block, lda, mc, kc, a_panel);
                 }
-                for (col, j) in strips.clone().enumerate() {
+                // Two strips at a time where the registers hold them (AVX-512).
+                let mut j = strips.start;
+                while j < strips.end {
+                    let pair = wide && j + 1 < strips.end;
+                    let col = j - strips.start;
                     // SAFETY: rows i0..i0+mc of A from column k0 (kc floats each), or their
                     // interleaved copy (mc rows rounded up to groups of 6, kc columns), rows
-                    // i0..i0+mc of C and of the residual from column 16·col (16 floats each),
-                    // columns 16·col.. of the epilogue, and the kc rows of strip j from row k0
-                    // are in bounds (asserts above).
+                    // i0..i0+mc of C and of the residual from column 16·col (16 floats each, 32
+                    // for a pair), columns 16·col.. of the epilogue, and the kc rows of strip j
+                    // (and j + 1) from row k0 are in bounds (asserts above).
                     unsafe {
                         let b = packed.as_ptr().add((j * k + k0) * STRIP);
                         let offset = i0 * ldc + col * STRIP;
@@ -182,16 +186,20 @@ pub fn product_packed(
                         });
                         let accumulate = store.accumulate || k0 > 0;
                         // The rows of B the next strip (or the next block's first) starts with.
-                        let next_b = match (j + 1 < strips.end, k0 + kc < k) {
-                            (true, _) => packed.as_ptr().add(((j + 1) * k + k0) * STRIP),
+                        let after = j + 1 + usize::from(pair);
+                        let next_b = match (after < strips.end, k0 + kc < k) {
+                            (true, _) => packed.as_ptr().add((after * k + k0) * STRIP),
                             (false, true) => packed.as_ptr().add((strips.start * k + k0 + kc) * STRIP),
                             (false, false) => std::ptr::null(),
                         };
+                        let (a, lda) = if interleaved { (a_panel.as_ptr(), 0) } else { (block.as_ptr(), lda) };
+                        let product = Product { c, ldc, m: mc, a, lda, kc, b, b_apart: k * STRIP, next_b, accumulate, tail };
                         match interleaved {
-                            true => widest::<true>(wide, c, ldc, mc, a_panel.as_ptr(), 0, kc, b, next_b, accumulate, tail),
-                            false => widest::<false>(wide, c, ldc, mc, block.as_ptr(), lda, kc, b, next_b, accumulate, tail),
+                            true => widest::<true>(wide, pair, product),
+                            false => widest::<false>(wide, pair, product),
                         }
                     }
+                    j += 1 + usize::from(pair);
                 }
             }
         }
@@ -229,16 +237,24 @@ pub fn product_packed_transposed(
                 let kc = KC.min(k - k0);
                 super::ensure_len(a_panel, mc.next_multiple_of(MR) * kc);
                 group_columns(&at[k0 * ldat + i0..], ldat, mc, kc, a_panel);
-                for (col, j) in strips.clone().enumerate() {
+                let mut j = strips.start;
+                while j < strips.end {
+                    let pair = wide && j + 1 < strips.end;
+                    let col = j - strips.start;
                     // SAFETY: the grouped copy of A's rows i0..i0+mc (rounded up to groups of
-                    // 6, kc steps), rows i0..i0+mc of C from column 16·col (16 floats each)
-                    // and the kc rows of strip j from row k0 are in bounds (asserts above).
+                    // 6, kc steps), rows i0..i0+mc of C from column 16·col (16 floats each, 32
+                    // for a pair) and the kc rows of strip j (and j + 1) from row k0 are in
+                    // bounds (asserts above).
                     unsafe {
                         let b = packed.as_ptr().add((j * k + k0) * STRIP);
                         let c = c.as_mut_ptr().add(i0 * ldc + col * STRIP);
                         let accumulate = accumulate || k0 > 0;
-                        widest::<true>(wide, c, ldc, mc, a_panel.as_ptr(), 0, kc, b, std::ptr::null(), accumulate, None);
+                        let (a, next_b) = (a_panel.as_ptr(), std::ptr::null());
+                        let product =
+                            Product { c, ldc, m: mc, a, lda: 0, kc, b, b_apart: k * STRIP, next_b, accumulate, tail: None };
+                        widest::<true>(wide, pair, product);
                     }
+                    j += 1 + usize::from(pair);
                 }
             }
         }
@@ -276,14 +292,11 @@ fn interleave(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
     }
 }
 
-/// [`row_groups`] on the widest registers of the calling copy: AVX-512's where `wide`.
-///
-/// # Safety
-/// As `row_groups`; `wide` only in `simd!`'s AVX-512 copy.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn widest<const INTERLEAVED: bool>(
-    wide: bool,
+/// The operands of one call of the register kernels: m rows of C from `c` (`ldc` apart)
+/// at one strip, or two (`pair`), of B from `b` (the second `b_apart` floats on), A's rows
+/// at `a` (`lda` apart, or interleaved), kc steps; `next_b` and `tail` as `row_groups`.
+#[derive(Clone, Copy)]
+struct Product {
     c: *mut f32,
     ldc: usize,
     m: usize,
@@ -291,18 +304,36 @@ unsafe fn widest<const INTERLEAVED: bool>(
     lda: usize,
     kc: usize,
     b: *const f32,
+    b_apart: usize,
     next_b: *const f32,
     accumulate: bool,
     tail: Option<Tail>,
-) {
+}
+
+/// [`row_groups`] on the widest registers of the calling copy: AVX-512's where `wide`,
+/// for two strips at once where `pair` (only then).
+///
+/// # Safety
+/// As `row_groups`, for each strip; `wide` only in `simd!`'s AVX-512 copy.
+#[inline(always)]
+unsafe fn widest<const INTERLEAVED: bool>(wide: bool, pair: bool, p: Product) {
+    let Product { c, ldc, m, a, lda, kc, b, b_apart, next_b, accumulate, tail } = p;
     // SAFETY: the caller's.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         if wide {
-            return avx512::row_groups::<INTERLEAVED>(c, ldc, m, a, lda, kc, b, next_b, accumulate, tail);
+            return match pair {
+                true => {
+                    avx512::row_groups::<INTERLEAVED, 2>(c, ldc, m, a, lda, kc, b, b_apart, next_b, accumulate, tail)
+                }
+                false => {
+                    avx512::row_groups::<INTERLEAVED, 1>(c, ldc, m, a, lda, kc, b, b_apart, next_b, accumulate, tail)
+                }
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = wide;
+        let _ = (wide, b_apart);
+        debug_assert!(!pair, "pairs of strips only on AVX-512");
         row_groups::<INTERLEAVED>(c, ldc, m, a, lda, kc, b, next_b, accumulate, tail)
     }
 }
@@ -432,6 +463,19 @@ impl Tail {
         // SAFETY: as the caller promises.
         let residual = if self.residual.is_null() { self.residual } else { unsafe { self.residual.add(offset) } };
         Tail { residual, ..self }
+    }
+
+    /// The same tail `offset` columns further right (the next strip: `offset` = 16).
+    ///
+    /// # Safety
+    /// The scales, shifts and residual extend that far.
+    #[inline(always)]
+    unsafe fn columns_from(self, offset: usize) -> Tail {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let residual = if self.residual.is_null() { self.residual } else { self.residual.add(offset) };
+            Tail { scale: self.scale.add(offset), shift: self.shift.add(offset), residual, relu: self.relu }
+        }
     }
 }
 
