@@ -113,7 +113,11 @@ unsafe fn strips<const R: usize, const S: usize, const ACC: bool, const INTERLEA
         let mut acc = [[V16::zero(); S]; R];
         for p in 0..kc {
             if AHEAD {
-                prefetch(next_b.wrapping_add(p * 16));
+                // The next call's strips: with pairs, two (where the next is a single
+                // strip, the second is a hint at some other line, which costs nothing).
+                for s in 0..S {
+                    prefetch(next_b.wrapping_add(s * b_apart + p * 16));
+                }
             }
             let bv: [V16; S] = std::array::from_fn(|s| V16::read(b.add(s * b_apart + p * 16)));
             for (r, acc) in acc.iter_mut().enumerate() {
