@@ -31,8 +31,26 @@ struct Cli {
     /// Worker threads for the compute engine (default: all cores).
     #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
+    /// Where networks run: cpu, or cuda (an NVIDIA GPU; builds with `--features cuda`).
+    #[arg(long, global = true, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// Why `--device cuda` cannot run the command: this build has no CUDA support, the
+/// machine no GPU, or (with both) networks do not run on the GPU yet.
+fn cuda_refusal() -> String {
+    #[cfg(feature = "cuda")]
+    return resnet::engine::cuda::device_line();
+    #[cfg(not(feature = "cuda"))]
+    "--device cuda: this build has no CUDA support; build it with `cargo build --release --features cuda`".into()
 }
 
 // Built once per process, so the size of the training variant's arguments does not matter.
@@ -72,7 +90,8 @@ enum Command {
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let mpi = if cfg!(feature = "mpi") { "; MPI" } else { "" };
-    LINE.get_or_init(|| format!("{} ({}{mpi})", env!("CARGO_PKG_VERSION"), resnet::bench::isa_line()))
+    let cuda = if cfg!(feature = "cuda") { "; CUDA kernels" } else { "" };
+    LINE.get_or_init(|| format!("{} ({}{mpi}{cuda})", env!("CARGO_PKG_VERSION"), resnet::bench::isa_line()))
 }
 
 pub fn run() -> Result<ExitCode> {
@@ -101,6 +120,10 @@ pub fn run() -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if cli.device == Device::Cuda {
+        eprintln!("error: {}", cuda_refusal());
+        return Ok(ExitCode::from(2));
+    }
     if let Some(t) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }

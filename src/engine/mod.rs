@@ -4,8 +4,9 @@
 //! training hold their tensors in its [`DeviceVec`]s and compute on them only through its
 //! functions; the compiler holds them to that, since the floats of a `DeviceVec` are
 //! private to this module. The other modules are the CPU backend's kernels, on host
-//! slices with explicit shapes. A CUDA backend would supply `device`'s memory and
-//! functions over GPU memory, and nothing above this module would change.
+//! slices with explicit shapes. The CUDA backend ([`cuda`], feature `cuda`) is to supply
+//! `device`'s memory and functions over GPU memory, so that nothing above this module
+//! changes; so far it has its own kernels and their launches.
 //!
 //! Conventions:
 //! - activations are channels-last (NHWC), contiguous;
@@ -22,6 +23,8 @@ pub mod alloc;
 pub mod batchnorm;
 pub mod bf16;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod direct;
 pub mod flat;

@@ -1,0 +1,169 @@
+//! The CUDA backend (cargo feature `cuda`): GPU memory, streams and kernels through
+//! `cudarc`, which loads `libcuda` and `libnvrtc` when first asked, so a build needs no
+//! CUDA installed and a binary built with the feature still runs on machines without a GPU.
+//!
+//! What exists: the backend's own kernels (`kernels.cu`: BatchNorm in training and
+//! inference, the ReLU's backward, the option-A shortcut, max and average pooling,
+//! softmax cross-entropy and the SGD step), compiled by NVRTC at first use for the
+//! device's architecture, and launched on GPU buffers by [`Gpu`]'s methods in [`ops`].
+//! Each computes what its CPU counterpart in `engine` computes, in the same order where
+//! the order decides the rounding (`tests/cuda.rs` compares them). Compiled without
+//! contracting multiply-adds into FMAs, for the same reason.
+//!
+//! Not built yet: convolutions (cuDNN) and the classifier (cuBLAS), and `device`'s
+//! boundary over GPU memory, so networks run on the CPU only and `--device cuda` says so.
+
+pub mod ops;
+
+use anyhow::{Context, Result, anyhow, bail};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The kernels' CUDA C source.
+pub const SOURCE: &str = include_str!("kernels.cu");
+
+/// Every kernel `SOURCE` defines, by its (unmangled) name.
+pub const KERNELS: &[&str] = &[
+    "relu_backward",
+    "bn_sums",
+    "bn_stats",
+    "bn_apply",
+    "bn_eval_affine",
+    "bn_backward_sums",
+    "bn_backward_coef",
+    "bn_backward_input",
+    "shortcut_a_forward",
+    "shortcut_a_backward",
+    "avgpool_forward",
+    "avgpool_backward",
+    "maxpool_forward",
+    "maxpool_backward",
+    "softmax_xent",
+    "sgd_step",
+];
+
+/// The architectures CI compiles the kernels for: Ampere (A100) and Hopper (H100/H200).
+pub const CI_ARCHS: &[&str] = &["compute_80", "compute_90"];
+
+/// Why NVRTC cannot be used here, if it cannot: its library is found through
+/// `LD_LIBRARY_PATH` (the `nvidia-cuda-nvrtc` pip wheel's `nvidia/cu13/lib` will do).
+pub fn nvrtc_missing() -> Option<String> {
+    // SAFETY: only tries to open the library by its usual names.
+    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    (!present).then(|| "NVRTC (libnvrtc.so.13) is not on the library path (LD_LIBRARY_PATH)".to_string())
+}
+
+/// Why no GPU can be used here, if none can: no driver library, or no device behind it.
+pub fn gpu_missing() -> Option<String> {
+    // SAFETY: only tries to open the library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver: libcuda.so.1 is not on the library path (is an NVIDIA driver installed?)".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => None,
+        Ok(_) => Some("the CUDA driver reports no GPU".into()),
+        Err(e) => Some(format!("the CUDA driver found no usable GPU ({e})")),
+    }
+}
+
+/// Compiles `SOURCE` to PTX for `arch` (`compute_90`, ...); an error carries NVRTC's log.
+pub fn compile(arch: &'static str) -> Result<String> {
+    if let Some(why) = nvrtc_missing() {
+        bail!("cannot compile the CUDA kernels: {why}");
+    }
+    let opts =
+        CompileOptions { arch: Some(arch), fmad: Some(false), name: Some("kernels.cu".into()), ..Default::default() };
+    match cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts) {
+        Ok(ptx) => Ok(ptx.to_src()),
+        Err(CompileError::CompileError { log, .. }) => {
+            bail!("NVRTC could not compile kernels.cu for {arch}:\n{}", log.to_string_lossy())
+        }
+        Err(e) => Err(anyhow!("NVRTC failed on kernels.cu for {arch}: {e:?}")),
+    }
+}
+
+/// One GPU with the kernels loaded, and the stream every launch goes to.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+    capability: (i32, i32),
+}
+
+impl Gpu {
+    /// The first GPU, with the kernels compiled for it. Every failure is one line that
+    /// says what is missing.
+    pub fn open() -> Result<Gpu> {
+        if let Some(why) = gpu_missing() {
+            bail!("{why}");
+        }
+        let ctx = CudaContext::new(0).context("could not open GPU 0")?;
+        let capability = ctx.compute_capability().context("could not read the GPU's compute capability")?;
+        let name = ctx.name().unwrap_or_else(|_| "an NVIDIA GPU".into());
+        // One compile per process; the architecture string lives as long as the module.
+        let arch: &'static str = Box::leak(format!("compute_{}{}", capability.0, capability.1).into_boxed_str());
+        let ptx = compile(arch)?;
+        let module = ctx.load_module(Ptx::from_src(ptx)).context("the driver rejected the compiled kernels")?;
+        let mut functions = HashMap::new();
+        for &k in KERNELS {
+            functions.insert(k, module.load_function(k).with_context(|| format!("kernel {k} is missing"))?);
+        }
+        let stream = ctx.default_stream();
+        Ok(Gpu { ctx, stream, _module: module, functions, name, capability })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        Ok(self.stream.clone_dtoh(dev)?)
+    }
+
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    /// Waits for every launch so far; a kernel's failure surfaces here.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    #[allow(dead_code)]
+    fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+}
+
+/// The line `--device cuda` prints: what this build and machine can do on a GPU.
+pub fn device_line() -> String {
+    match Gpu::open() {
+        Ok(gpu) => {
+            let (major, minor) = gpu.capability();
+            format!(
+                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but convolutions \
+                 do not run on the GPU yet: networks train and run on the CPU only (leave out --device)",
+                gpu.name()
+            )
+        }
+        Err(e) => format!("--device cuda: {e:#}"),
+    }
+}

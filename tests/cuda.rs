@@ -1,0 +1,277 @@
+//! The CUDA backend's kernels (feature `cuda`).
+//!
+//! Without a GPU: NVRTC compiles every kernel for Ampere and Hopper, and `ptxas` assembles
+//! the result for sm_80 and sm_90. Each step skips, saying why, when its tool is not
+//! found, except under `RESNET_REQUIRE_NVRTC=1` (set by `.ci/run`, which installs both
+//! from pip), where a missing tool fails.
+//!
+//! On a GPU: each kernel against its CPU counterpart on the shapes of ResNet-20 and
+//! ResNet-50, on random data. The kernels add in the CPU's order where the order decides
+//! the rounding, so most must match bit for bit; BatchNorm's statistics are summed in
+//! another order, so it matches to 1e-5 relative. Without a GPU these skip, saying why.
+#![cfg(feature = "cuda")]
+
+use resnet::engine::batchnorm::{self, BnParams, Saved, Scratch};
+use resnet::engine::cuda::{self, Gpu, ops::BnLayer};
+use resnet::engine::ops::{self, ShortcutA};
+use resnet::engine::pool::{self, PoolShape};
+use resnet::engine::sgd::{self, SgdConfig};
+use resnet::rng::Rng;
+use std::process::Command;
+
+/// Whether the environment variable `name` is `1`.
+fn set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+fn required() -> bool {
+    set("RESNET_REQUIRE_NVRTC")
+}
+
+/// `ptxas`, from `$PTXAS` or the path.
+fn ptxas() -> Option<String> {
+    let candidate = std::env::var("PTXAS").unwrap_or_else(|_| "ptxas".into());
+    Command::new(&candidate).arg("--version").output().ok().filter(|o| o.status.success()).map(|_| candidate)
+}
+
+#[test]
+fn kernels_compile_for_ampere_and_hopper() {
+    if let Some(why) = cuda::nvrtc_missing() {
+        assert!(!required(), "RESNET_REQUIRE_NVRTC=1, but {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let assembler = ptxas();
+    if assembler.is_none() {
+        assert!(!required(), "RESNET_REQUIRE_NVRTC=1, but ptxas is neither $PTXAS nor on the path");
+        println!("ptxas not found ($PTXAS or the path): compiling to PTX only");
+    }
+    let dir = std::env::temp_dir().join(format!("resnet-cuda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for arch in cuda::CI_ARCHS {
+        let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e:#}"));
+        for kernel in cuda::KERNELS {
+            assert!(ptx.contains(&format!(".entry {kernel}(")), "{arch}: the PTX has no kernel {kernel}");
+        }
+        let Some(ptxas) = &assembler else { continue };
+        let sm = arch.replace("compute_", "sm_");
+        let (src, out) = (dir.join(format!("{arch}.ptx")), dir.join(format!("{sm}.cubin")));
+        std::fs::write(&src, &ptx).unwrap();
+        let run = Command::new(ptxas).arg(format!("-arch={sm}")).arg(&src).arg("-o").arg(&out).output().unwrap();
+        assert!(run.status.success(), "ptxas -arch={sm} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+        assert!(std::fs::metadata(&out).unwrap().len() > 0);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The GPU, or None (after printing why) on a machine without one. A GPU that is there
+/// but cannot be used is a failure, and so is a missing one under `RESNET_REQUIRE_GPU=1`
+/// (`tools/device_check.sh` sets it).
+fn gpu() -> Option<Gpu> {
+    if let Some(why) = cuda::gpu_missing() {
+        assert!(!set("RESNET_REQUIRE_GPU"), "RESNET_REQUIRE_GPU=1, but {why}");
+        println!("skipped: {why}");
+        return None;
+    }
+    Some(Gpu::open().unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+fn random(rng: &mut Rng, len: usize, scale: f32, offset: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.normal() as f32 * scale + offset).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs() / w.abs().max(1.0);
+        assert!(err <= tol, "{what}[{i}]: GPU {g}, CPU {w} (error {err:e} > {tol:e})");
+    }
+}
+
+fn assert_same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: GPU {g}, CPU {w}");
+    }
+}
+
+#[test]
+fn relu_backward_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    let len = 128 * 32 * 32 * 16;
+    let (g, out) = (random(&mut rng, len, 1.0, 0.0), random(&mut rng, len, 1.0, 0.0));
+    let (mut want, mut want_copy) = (g.clone(), vec![0.0; len]);
+    ops::relu_backward(&mut want, &out, Some(&mut want_copy));
+    let (mut dg, dout, mut dcopy) = (gpu.upload(&g).unwrap(), gpu.upload(&out).unwrap(), gpu.zeros(len).unwrap());
+    gpu.relu_backward(&mut dg, &dout, Some(&mut dcopy)).unwrap();
+    assert_same("g", &gpu.download(&dg).unwrap(), &want);
+    assert_same("copy", &gpu.download(&dcopy).unwrap(), &want_copy);
+}
+
+/// BatchNorm's training forward and backward on `rows` × `c`, with the residual and ReLU
+/// of a block's last BN, the ReLU of its first, or neither.
+fn check_batchnorm(gpu: &Gpu, rows: usize, c: usize, residual: bool, relu: bool) {
+    let what = format!("rows {rows} c {c} residual {residual} relu {relu}");
+    let mut rng = Rng::new((rows * c) as u64);
+    let len = rows * c;
+    // A mean well away from zero, as after a convolution without bias.
+    let x = random(&mut rng, len, 2.0, 3.0);
+    let res = random(&mut rng, len, 1.0, 0.0);
+    let dy = random(&mut rng, len, 1.0, 0.0);
+    let (gamma, beta) = (random(&mut rng, c, 0.2, 1.0), random(&mut rng, c, 0.2, 0.0));
+    let (mut rm, mut rv) = (random(&mut rng, c, 0.1, 0.0), random(&mut rng, c, 0.1, 1.0));
+    let (rm0, rv0) = (rm.clone(), rv.clone());
+    let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5, sync: None };
+    let (mut saved, mut scr, mut y) = (Saved::new(c), Scratch::default(), vec![0.0; len]);
+    let r = residual.then_some(&res[..]);
+    batchnorm::forward_train(&p, &x, rows, 0.1, &mut rm, &mut rv, &mut saved, r, relu, &mut y, &mut scr);
+    // The backward's ReLU mask is recomputed from x only without a residual (a block's
+    // last BN has its ReLU masked before, by `relu_backward`).
+    let bwd_relu = relu && !residual;
+    let (mut g, mut dgamma, mut dbeta) = (dy.clone(), vec![0.0; c], vec![0.0; c]);
+    batchnorm::backward(&p, &x, rows, &saved, bwd_relu, &mut g, &mut dgamma, &mut dbeta, &mut scr);
+
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (dgamma_d, dbeta_d, dx) = (up(&gamma), up(&beta), up(&x));
+    let layer = BnLayer { gamma: &dgamma_d, beta: &dbeta_d, eps: 1e-5 };
+    let (mut drm, mut drv, dres) = (up(&rm0), up(&rv0), up(&res));
+    let (mut dsaved, mut dy_out) = (gpu.zeros::<f32>(4 * c).unwrap(), gpu.zeros::<f32>(len).unwrap());
+    let dr = residual.then_some(&dres);
+    gpu.bn_forward_train(&layer, &dx, rows, 0.1, (&mut drm, &mut drv), &mut dsaved, dr, relu, &mut dy_out).unwrap();
+    let got_saved = gpu.download(&dsaved).unwrap();
+    assert_close(&format!("{what}: mean"), &got_saved[..c], &saved.mean, 1e-5);
+    assert_close(&format!("{what}: invstd"), &got_saved[c..2 * c], &saved.invstd, 1e-5);
+    assert_close(&format!("{what}: y"), &gpu.download(&dy_out).unwrap(), &y, 1e-5);
+    assert_close(&format!("{what}: running mean"), &gpu.download(&drm).unwrap(), &rm, 1e-5);
+    assert_close(&format!("{what}: running var"), &gpu.download(&drv).unwrap(), &rv, 1e-5);
+
+    let (mut dg, mut ddgamma, mut ddbeta) = (up(&dy), gpu.zeros::<f32>(c).unwrap(), gpu.zeros::<f32>(c).unwrap());
+    gpu.bn_backward(&dgamma_d, &dx, rows, &dsaved, bwd_relu, &mut dg, &mut ddgamma, &mut ddbeta).unwrap();
+    assert_close(&format!("{what}: dbeta"), &gpu.download(&ddbeta).unwrap(), &dbeta, 1e-5);
+    assert_close(&format!("{what}: dgamma"), &gpu.download(&ddgamma).unwrap(), &dgamma, 1e-5);
+    assert_close(&format!("{what}: dx"), &gpu.download(&dg).unwrap(), &g, 1e-4);
+}
+
+#[test]
+fn batchnorm_training_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    // ResNet-20's first stage at batch 128, ResNet-50's last at batch 2, and an odd size.
+    check_batchnorm(&gpu, 128 * 32 * 32, 16, true, true);
+    check_batchnorm(&gpu, 128 * 32 * 32, 16, false, true);
+    check_batchnorm(&gpu, 2 * 7 * 7, 2048, false, false);
+    check_batchnorm(&gpu, 1000, 40, true, false);
+}
+
+#[test]
+fn batchnorm_inference_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (rows, c) = (2 * 56 * 56, 64);
+    let mut rng = Rng::new(7);
+    let x = random(&mut rng, rows * c, 1.0, 0.5);
+    let res = random(&mut rng, rows * c, 1.0, 0.0);
+    let (gamma, beta) = (random(&mut rng, c, 0.2, 1.0), random(&mut rng, c, 0.2, 0.0));
+    let (rm, rv) = (random(&mut rng, c, 0.1, 0.0), random(&mut rng, c, 0.1, 1.0));
+    let p = BnParams { gamma: &gamma, beta: &beta, eps: 1e-5, sync: None };
+    let mut y = vec![0.0; rows * c];
+    batchnorm::forward_eval(&p, &x, rows, &rm, &rv, Some(&res), true, &mut y, &mut Scratch::default());
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (dgamma, dbeta, drm, drv, dx, dres) = (up(&gamma), up(&beta), up(&rm), up(&rv), up(&x), up(&res));
+    let (mut affine, mut dy) = (gpu.zeros::<f32>(2 * c).unwrap(), gpu.zeros::<f32>(rows * c).unwrap());
+    let layer = BnLayer { gamma: &dgamma, beta: &dbeta, eps: 1e-5 };
+    gpu.bn_forward_eval(&layer, &dx, rows, (&drm, &drv), &mut affine, Some(&dres), true, &mut dy).unwrap();
+    assert_same("y", &gpu.download(&dy).unwrap(), &y);
+}
+
+#[test]
+fn option_a_shortcut_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (n, s) = (4, ShortcutA { h: 32, w: 32, c_in: 16, stride: 2, pad: 8 });
+    let mut rng = Rng::new(3);
+    let x = random(&mut rng, n * 32 * 32 * 16, 1.0, 0.0);
+    let out_len = n * s.out_h() * s.out_w() * s.c_out();
+    let mut y = vec![0.0; out_len];
+    s.forward(n, &x, &mut y);
+    let g = random(&mut rng, out_len, 1.0, 0.0);
+    let mut dx = vec![1.0; x.len()];
+    s.backward(n, &g, &mut dx);
+    let (xd, gd) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
+    let (mut yd, mut dxd) = (gpu.zeros::<f32>(out_len).unwrap(), gpu.upload(&vec![1.0f32; x.len()]).unwrap());
+    gpu.shortcut_a_forward(&s, n, &xd, &mut yd).unwrap();
+    gpu.shortcut_a_backward(&s, n, &gd, &mut dxd).unwrap();
+    assert_same("y", &gpu.download(&yd).unwrap(), &y);
+    assert_same("dx", &gpu.download(&dxd).unwrap(), &dx);
+}
+
+#[test]
+fn pooling_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    // The global average pool of ResNet-50 (7×7×2048) at batch 3.
+    let (n, pixels, c) = (3, 49, 2048);
+    let x = random(&mut rng, n * pixels * c, 1.0, 0.0);
+    let g = random(&mut rng, n * c, 1.0, 0.0);
+    let (mut y, mut dx) = (vec![0.0; n * c], vec![0.0; n * pixels * c]);
+    pool::avgpool_forward(n, pixels, c, &x, &mut y);
+    pool::avgpool_backward(n, pixels, c, &g, &mut dx);
+    let (xd, gd) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
+    let (mut yd, mut dxd) = (gpu.zeros::<f32>(n * c).unwrap(), gpu.zeros::<f32>(n * pixels * c).unwrap());
+    gpu.avgpool_forward(n, pixels, c, &xd, &mut yd).unwrap();
+    gpu.avgpool_backward(n, pixels, c, &gd, &mut dxd).unwrap();
+    assert_same("avg y", &gpu.download(&yd).unwrap(), &y);
+    assert_same("avg dx", &gpu.download(&dxd).unwrap(), &dx);
+
+    // The stem's 3×3/2 max pool (pad 1) at 112×112×64, batch 2, on values rounded to a
+    // coarse grid so that windows hold ties, which the first index must win.
+    let s = PoolShape { c: 64, kernel: 3, stride: 2, pad: 1, h: 112, w: 112 };
+    let n = 2;
+    let x: Vec<f32> = random(&mut rng, n * s.in_len(), 2.0, 0.0).iter().map(|v| v.round()).collect();
+    let (mut y, mut arg) = (vec![0.0; n * s.out_len()], vec![0u32; n * s.out_len()]);
+    pool::maxpool_forward(&s, n, &x, &mut y, &mut arg);
+    let g = random(&mut rng, n * s.out_len(), 1.0, 0.0);
+    let mut dx = vec![0.0; n * s.in_len()];
+    pool::maxpool_backward(&s, n, &g, &arg, &mut dx);
+    let (xd, gd) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
+    let (mut yd, mut argd) = (gpu.zeros::<f32>(n * s.out_len()).unwrap(), gpu.zeros::<u32>(n * s.out_len()).unwrap());
+    let mut dxd = gpu.zeros::<f32>(n * s.in_len()).unwrap();
+    gpu.maxpool_forward(&s, n, &xd, &mut yd, &mut argd).unwrap();
+    gpu.maxpool_backward(&s, n, &gd, &argd, &mut dxd).unwrap();
+    assert_same("max y", &gpu.download(&yd).unwrap(), &y);
+    assert_eq!(gpu.download(&argd).unwrap(), arg, "max pool argmax");
+    assert_same("max dx", &gpu.download(&dxd).unwrap(), &dx);
+}
+
+#[test]
+fn softmax_cross_entropy_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(9);
+    for (n, batch, classes) in [(128, 128, 10), (16, 32, 1000)] {
+        let logits = random(&mut rng, n * classes, 3.0, 0.0);
+        let labels: Vec<u32> = (0..n).map(|i| ((i * 7919) % classes) as u32).collect();
+        let mut grad = vec![0.0; n * classes];
+        let (loss, right) = ops::softmax_cross_entropy_of(n, batch, classes, &logits, &labels, &mut grad);
+        let (ld, lab) = (gpu.upload(&logits).unwrap(), gpu.upload(&labels).unwrap());
+        let mut gd = gpu.zeros::<f32>(n * classes).unwrap();
+        let (gloss, gright) = gpu.softmax_cross_entropy(n, batch, classes, &ld, &lab, &mut gd).unwrap();
+        assert_close("grad", &gpu.download(&gd).unwrap(), &grad, 1e-6);
+        assert!((gloss - loss).abs() <= 1e-6 * loss.abs(), "loss: GPU {gloss}, CPU {loss}");
+        assert_eq!(gright, right, "right predictions");
+    }
+}
+
+#[test]
+fn sgd_step_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    // ResNet-20's parameter count.
+    let len = 272_474;
+    let (p, g, b) =
+        (random(&mut rng, len, 0.1, 0.0), random(&mut rng, len, 0.01, 0.0), random(&mut rng, len, 0.01, 0.0));
+    let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    let (mut want_p, mut want_b) = (p.clone(), b.clone());
+    sgd::step(cfg, &mut want_p, &g, &mut want_b);
+    let (mut pd, gd, mut bd) = (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&b).unwrap());
+    gpu.sgd_step(cfg, &mut pd, &gd, &mut bd).unwrap();
+    assert_same("param", &gpu.download(&pd).unwrap(), &want_p);
+    assert_same("momentum", &gpu.download(&bd).unwrap(), &want_b);
+}

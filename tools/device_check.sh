@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The whole GPU check, in two halves, so that the GPU machine builds nothing.
+#
+#   tools/device_check.sh prepare        # here: builds with --features cuda and puts the
+#                                        # release binary and the GPU test binary in target/device/
+#   tools/device_check.sh run [DIR]      # on the GPU machine (target/device/ carried there):
+#                                        # runs the GPU tests and the benchmarks, and writes
+#                                        # every figure to DIR/device_check.txt (DIR: $OUT, else target/device)
+#
+# `run` finds CUDA's libraries (NVRTC, and the driver's libcuda) in the PyTorch installation's
+# `nvidia` packages and the usual driver folders, and ptxas beside nvcc. Each step has its own
+# time limit; the whole run takes under 8 minutes on an H100. A step that fails is reported
+# and the run goes on, so that one call gathers everything; the exit status is that of the
+# GPU tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEVICE_DIR=target/device
+
+prepare() {
+  set -e
+  cargo build --release --features cuda
+  local tests
+  tests=$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
+        print(m["executable"])')
+  mkdir -p "$DEVICE_DIR"
+  cp target/release/resnet "$DEVICE_DIR/resnet"
+  cp "$tests" "$DEVICE_DIR/cuda-tests"
+  echo "ready: $DEVICE_DIR/resnet and $DEVICE_DIR/cuda-tests; on the GPU machine: tools/device_check.sh run"
+}
+
+# Folders holding CUDA's shared libraries: the pip `nvidia` packages PyTorch brings, then the
+# driver's usual places.
+library_path() {
+  python3 - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+dirs = [d for r in roots for d in sorted(glob.glob(os.path.join(r, "*", "lib")))]
+dirs += [d for d in ("/usr/local/nvidia/lib64", "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu") if os.path.isdir(d)]
+print(":".join(dirs))
+EOF
+}
+
+step() {
+  local title=$1 limit=$2
+  shift 2
+  echo "== $title" >>"$REPORT"
+  echo "\$ $*" >>"$REPORT"
+  local start=$SECONDS
+  timeout "$limit" "$@" >>"$REPORT" 2>&1
+  local rc=$?
+  echo "(exit $rc, $((SECONDS - start)) s)" >>"$REPORT"
+  echo >>"$REPORT"
+  echo "$title: exit $rc"
+  return $rc
+}
+
+run() {
+  local out=${1:-${OUT:-$DEVICE_DIR}}
+  mkdir -p "$out"
+  REPORT="$out/device_check.txt"
+  : >"$REPORT"
+  for f in "$DEVICE_DIR/resnet" "$DEVICE_DIR/cuda-tests"; do
+    [ -x "$f" ] || { echo "missing $f: run 'tools/device_check.sh prepare' on the build machine and carry $DEVICE_DIR"; exit 2; }
+  done
+  export LD_LIBRARY_PATH="$(library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local ptxas
+  ptxas=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true)
+  {
+    echo "device check, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+    python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1
+    echo "ptxas: ${ptxas:-not found}"
+    echo
+  } >>"$REPORT"
+  # The kernels against the CPU engine; on this machine no test may skip.
+  PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
+    step "GPU kernel tests" 120 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
+  local tests_rc=$?
+  step "the CLI on the GPU" 60 "$DEVICE_DIR/resnet" --device cuda bench --model resnet20
+  # PyTorch on the same card, the figures ours will stand beside.
+  local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
+  step "PyTorch ResNet-50 batch 256 bf16" 120 $bench --model resnet50 --batch 256 --precision bf16
+  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 240 $bench --model resnet50 --batch 256 --precision bf16 --compile
+  step "PyTorch ResNet-50 batch 1 bf16" 60 $bench --model resnet50 --batch 1 --precision bf16
+  step "PyTorch ResNet-20 batch 128 f32" 60 $bench --depth 20 --batch 128
+  step "PyTorch ResNet-56 batch 128 bf16" 60 $bench --depth 56 --batch 128 --precision bf16
+  echo "report: $REPORT"
+  return $tests_rc
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: tools/device_check.sh prepare | run [DIR]" >&2; exit 2 ;;
+esac
