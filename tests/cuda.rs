@@ -5,13 +5,15 @@
 //! found, except under `RESNET_REQUIRE_NVRTC=1` (set by `.ci/run`, which installs both
 //! from pip), where a missing tool fails.
 //!
-//! On a GPU: each kernel against its CPU counterpart on the shapes of ResNet-20 and
-//! ResNet-50, on random data. The kernels add in the CPU's order where the order decides
+//! On a GPU: each kernel, and each pass of cuDNN's convolutions, against its CPU
+//! counterpart on the shapes of ResNet-20 and ResNet-50, on random data. The kernels add in the CPU's order where the order decides
 //! the rounding, so most must match bit for bit; BatchNorm's statistics are summed in
 //! another order, so it matches to 1e-5 relative. Without a GPU these skip, saying why.
 #![cfg(feature = "cuda")]
 
+use resnet::engine::Workspace;
 use resnet::engine::batchnorm::{self, BnParams, Saved, Scratch};
+use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::cuda::{self, Gpu, ops::BnLayer};
 use resnet::engine::ops::{self, ShortcutA};
 use resnet::engine::pool::{self, PoolShape};
@@ -274,4 +276,67 @@ fn sgd_step_matches_the_cpu() {
     gpu.sgd_step(cfg, &mut pd, &gd, &mut bd).unwrap();
     assert_same("param", &gpu.download(&pd).unwrap(), &want_p);
     assert_same("momentum", &gpu.download(&bd).unwrap(), &want_b);
+}
+
+/// Every pass of one convolution on the GPU (cuDNN) against the CPU engine, within 1e-4
+/// of the largest value (the sums run in another order).
+fn check_convolution(gpu: &Gpu, s: ConvShape, n: usize) {
+    let what = format!("{s:?} batch {n}");
+    let mut rng = Rng::new((s.c_in * s.c_out * s.h) as u64);
+    let x = random(&mut rng, n * s.in_len(), 1.0, 0.0);
+    let w = random(&mut rng, s.weight_len(), 0.1, 0.0);
+    let dy = random(&mut rng, n * s.out_len(), 1.0, 0.0);
+    let mut ws = Workspace::new();
+    let mut y = vec![0.0; n * s.out_len()];
+    conv::forward(&s, n, &x, &w, &mut y, &mut ws);
+    let (mut dw, mut dx) = (vec![0.0; s.weight_len()], vec![0.0; n * s.in_len()]);
+    conv::backward(&s, n, &x, &w, &dy, &mut dw, InputGrad::Set(&mut dx), &mut ws);
+
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (xd, wd, dyd) = (up(&x), up(&w), up(&dy));
+    let mut yd = gpu.zeros::<f32>(y.len()).unwrap();
+    let (mut dwd, mut dxd) = (gpu.zeros::<f32>(dw.len()).unwrap(), gpu.zeros::<f32>(dx.len()).unwrap());
+    gpu.conv_forward(&s, n, &xd, &wd, &mut yd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    gpu.conv_backward_weights(&s, n, &xd, &dyd, &mut dwd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let scaled = |what: &str, got: &[f32], want: &[f32]| {
+        let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
+        assert!(err <= 1e-4, "{what}: largest error {err:e} of the largest value {top}");
+    };
+    scaled(&format!("{what}: y"), &gpu.download(&yd).unwrap(), &y);
+    scaled(&format!("{what}: dx"), &gpu.download(&dxd).unwrap(), &dx);
+    scaled(&format!("{what}: dw"), &gpu.download(&dwd).unwrap(), &dw);
+}
+
+#[test]
+fn convolutions_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    if let Some(why) = cuda::conv::cudnn_missing() {
+        assert!(!set("RESNET_REQUIRE_GPU"), "RESNET_REQUIRE_GPU=1, but {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let conv = |c_in, c_out, kernel: usize, stride, hw| ConvShape {
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        pad: kernel / 2,
+        h: hw,
+        w: hw,
+    };
+    // ResNet-20: a 3×3 layer of each stage and the stride-2 one; ResNet-50: the stem, a
+    // bottleneck's 1×1 layers and its strided projection.
+    for (s, n) in [
+        (conv(3, 16, 3, 1, 32), 8),
+        (conv(16, 16, 3, 1, 32), 8),
+        (conv(16, 32, 3, 2, 32), 8),
+        (conv(64, 64, 3, 1, 8), 8),
+        (conv(3, 64, 7, 2, 64), 2),
+        (conv(256, 64, 1, 1, 14), 2),
+        (conv(512, 1024, 1, 2, 14), 2),
+    ] {
+        check_convolution(&gpu, s, n);
+    }
 }

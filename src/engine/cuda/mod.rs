@@ -2,24 +2,30 @@
 //! `cudarc`, which loads `libcuda` and `libnvrtc` when first asked, so a build needs no
 //! CUDA installed and a binary built with the feature still runs on machines without a GPU.
 //!
-//! What exists: the backend's own kernels (`kernels.cu`: BatchNorm in training and
-//! inference, the ReLU's backward, the option-A shortcut, max and average pooling,
-//! softmax cross-entropy and the SGD step), compiled by NVRTC at first use for the
-//! device's architecture, and launched on GPU buffers by [`Gpu`]'s methods in [`ops`].
-//! Each computes what its CPU counterpart in `engine` computes, in the same order where
-//! the order decides the rounding (`tests/cuda.rs` compares them). Compiled without
-//! contracting multiply-adds into FMAs, for the same reason.
+//! What exists:
+//! - the backend's own kernels (`kernels.cu`: BatchNorm in training and inference, the
+//!   ReLU's backward, the option-A shortcut, max and average pooling, softmax
+//!   cross-entropy and the SGD step), compiled by NVRTC at first use for the device's
+//!   architecture and launched on GPU buffers by [`Gpu`]'s methods in [`ops`]. Each
+//!   computes what its CPU counterpart in `engine` computes, in the same order where the
+//!   order decides the rounding; compiled without contracting multiply-adds into FMAs,
+//!   for the same reason;
+//! - convolutions forward and backward through cuDNN ([`conv`]), in NHWC;
+//! - `tests/cuda.rs`, which compares every one with the CPU engine.
 //!
-//! Not built yet: convolutions (cuDNN) and the classifier (cuBLAS), and `device`'s
-//! boundary over GPU memory, so networks run on the CPU only and `--device cuda` says so.
+//! Not built yet: the classifier (cuBLAS), and `device`'s boundary over GPU memory, which
+//! layers and models compute through. Until then networks run on the CPU only, and
+//! `--device cuda` says so.
 
+pub mod conv;
 pub mod ops;
 
 use anyhow::{Context, Result, anyhow, bail};
+use cudarc::cudnn::Cudnn;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The kernels' CUDA C source.
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -92,6 +98,9 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     capability: (i32, i32),
+    /// cuDNN, started at the first convolution (the kernels above need none).
+    cudnn: OnceLock<Arc<Cudnn>>,
+    algorithms: Mutex<conv::Algorithms>,
 }
 
 impl Gpu {
@@ -113,7 +122,16 @@ impl Gpu {
             functions.insert(k, module.load_function(k).with_context(|| format!("kernel {k} is missing"))?);
         }
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, _module: module, functions, name, capability })
+        Ok(Gpu {
+            ctx,
+            stream,
+            _module: module,
+            functions,
+            name,
+            capability,
+            cudnn: OnceLock::new(),
+            algorithms: Default::default(),
+        })
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -159,8 +177,8 @@ pub fn device_line() -> String {
         Ok(gpu) => {
             let (major, minor) = gpu.capability();
             format!(
-                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but convolutions \
-                 do not run on the GPU yet: networks train and run on the CPU only (leave out --device)",
+                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but networks do \
+                 not run on the GPU yet: they train and run on the CPU only (leave out --device)",
                 gpu.name()
             )
         }
