@@ -340,3 +340,37 @@ fn convolutions_match_the_cpu() {
         check_convolution(&gpu, s, n);
     }
 }
+
+#[test]
+fn classifier_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    if let Some(why) = cuda::linear::cublas_missing() {
+        assert!(!set("RESNET_REQUIRE_GPU"), "RESNET_REQUIRE_GPU=1, but {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let mut rng = Rng::new(13);
+    // ResNet-20's classifier at batch 128 and ResNet-50's at batch 4.
+    for (n, i, o) in [(128, 64, 10), (4, 2048, 1000)] {
+        let what = format!("n {n} in {i} out {o}");
+        let (x, w, b) =
+            (random(&mut rng, n * i, 1.0, 0.0), random(&mut rng, o * i, 0.05, 0.0), random(&mut rng, o, 0.1, 0.0));
+        let g = random(&mut rng, n * o, 0.1, 0.0);
+        let mut y = vec![0.0; n * o];
+        ops::linear_forward(n, i, o, &x, &w, &b, &mut y);
+        // Accumulating onto gradients already there, as with micro-batches.
+        let (dw0, db0) = (random(&mut rng, o * i, 0.01, 0.0), random(&mut rng, o, 0.01, 0.0));
+        let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![0.0; n * i]);
+        ops::linear_backward(n, i, o, &x, &w, &g, &mut dw, &mut db, &mut dx, true);
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let (xd, wd, bd, gd) = (up(&x), up(&w), up(&b), up(&g));
+        let (mut yd, mut dxd) = (gpu.zeros::<f32>(n * o).unwrap(), gpu.zeros::<f32>(n * i).unwrap());
+        let (mut dwd, mut dbd) = (up(&dw0), up(&db0));
+        gpu.linear_forward(n, i, o, &xd, &wd, &bd, &mut yd).unwrap();
+        gpu.linear_backward((n, i, o), &xd, &wd, &gd, &mut dwd, &mut dbd, &mut dxd, true).unwrap();
+        assert_close(&format!("{what}: y"), &gpu.download(&yd).unwrap(), &y, 1e-4);
+        assert_close(&format!("{what}: dx"), &gpu.download(&dxd).unwrap(), &dx, 1e-4);
+        assert_close(&format!("{what}: dw"), &gpu.download(&dwd).unwrap(), &dw, 1e-4);
+        assert_same(&format!("{what}: db"), &gpu.download(&dbd).unwrap(), &db);
+    }
+}

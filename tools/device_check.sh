@@ -7,7 +7,7 @@
 #                                        # runs the GPU tests and the benchmarks, and writes
 #                                        # every figure to DIR/device_check.txt (DIR: $OUT, else target/device)
 #
-# `run` finds CUDA's libraries (NVRTC, cuDNN, and the driver's libcuda) in the PyTorch installation's
+# `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch installation's
 # `nvidia` packages and the usual driver folders, and ptxas beside nvcc. Each step has its own
 # time limit; the whole run takes under 8 minutes on an H100. A step that fails is reported
 # and the run goes on, so that one call gathers everything; the exit status is that of the

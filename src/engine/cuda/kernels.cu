@@ -296,6 +296,22 @@ __global__ void maxpool_backward(const float* g, const unsigned* argmax, int n, 
     }
 }
 
+// ---------------------------------------------------------------- the classifier's bias
+// y[r][j] = b[j] for n rows of o: the start the classifier's GEMM adds x·wᵀ to.
+__global__ void bias_rows(float* y, const float* b, int n, int o) {
+    GRID_STRIDE(i, (i64)n * o) { y[i] = b[i % o]; }
+}
+
+// db[j] (+)= Σ_r g[r][j], rows in order as `ops::linear_backward` adds them; one thread per
+// column. With `accumulate` the sum is made apart and then added, as on the CPU.
+__global__ void bias_grad(const float* g, int n, int o, float* db, int accumulate) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= o) return;
+    float s = 0.0f;
+    for (int r = 0; r < n; r++) s += g[(i64)r * o + j];
+    db[j] = accumulate ? db[j] + s : s;
+}
+
 // ---------------------------------------------------------------- loss and optimizer
 // Softmax cross-entropy of `n` rows of a batch of `batch`, one thread per row, in f64 as
 // `ops::softmax_cross_entropy_of`: the gradient of the batch's mean loss in `grad`, each

@@ -10,17 +10,20 @@
 //!   computes what its CPU counterpart in `engine` computes, in the same order where the
 //!   order decides the rounding; compiled without contracting multiply-adds into FMAs,
 //!   for the same reason;
-//! - convolutions forward and backward through cuDNN ([`conv`]), in NHWC;
+//! - convolutions forward and backward through cuDNN ([`conv`]), in NHWC, and the
+//!   classifier through cuBLAS ([`linear`]);
 //! - `tests/cuda.rs`, which compares every one with the CPU engine.
 //!
-//! Not built yet: the classifier (cuBLAS), and `device`'s boundary over GPU memory, which
-//! layers and models compute through. Until then networks run on the CPU only, and
+//! Not built yet: `device`'s boundary over GPU memory, which layers and models compute
+//! through. Until then networks run on the CPU only, and
 //! `--device cuda` says so.
 
 pub mod conv;
+pub mod linear;
 pub mod ops;
 
 use anyhow::{Context, Result, anyhow, bail};
+use cudarc::cublas::CudaBlas;
 use cudarc::cudnn::Cudnn;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
@@ -46,6 +49,8 @@ pub const KERNELS: &[&str] = &[
     "avgpool_backward",
     "maxpool_forward",
     "maxpool_backward",
+    "bias_rows",
+    "bias_grad",
     "softmax_xent",
     "sgd_step",
 ];
@@ -100,6 +105,8 @@ pub struct Gpu {
     capability: (i32, i32),
     /// cuDNN, started at the first convolution (the kernels above need none).
     cudnn: OnceLock<Arc<Cudnn>>,
+    /// cuBLAS, started at the classifier's first use.
+    cublas: OnceLock<CudaBlas>,
     algorithms: Mutex<conv::Algorithms>,
 }
 
@@ -130,6 +137,7 @@ impl Gpu {
             name,
             capability,
             cudnn: OnceLock::new(),
+            cublas: OnceLock::new(),
             algorithms: Default::default(),
         })
     }
