@@ -1,7 +1,7 @@
 //! The CUDA backend's kernels (feature `cuda`).
 //!
-//! Without a GPU: NVRTC compiles every kernel for Ampere and Hopper, and `ptxas` assembles
-//! the result for sm_80 and sm_90. Each step skips, saying why, when its tool is not
+//! Without a GPU: NVRTC compiles every kernel for Ampere and Hopper, to machine code (what
+//! a GPU loads) and to PTX, which `ptxas` assembles for sm_80 and sm_90. Each step skips, saying why, when its tool is not
 //! found, except under `RESNET_REQUIRE_NVRTC=1` (set by `.ci/run`, which installs both
 //! from pip), where a missing tool fails.
 //!
@@ -51,16 +51,20 @@ fn kernels_compile_for_ampere_and_hopper() {
     let dir = std::env::temp_dir().join(format!("resnet-cuda-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for arch in cuda::CI_ARCHS {
-        let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e:#}"));
+        // The machine code `Gpu::open` loads, straight from NVRTC.
+        let cubin = cuda::compile(&format!("sm_{arch}")).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "sm_{arch}: NVRTC's cubin is not an ELF image");
+        // PTX, assembled apart by ptxas.
+        let ptx =
+            String::from_utf8(cuda::compile(&format!("compute_{arch}")).unwrap_or_else(|e| panic!("{e:#}"))).unwrap();
         for kernel in cuda::KERNELS {
-            assert!(ptx.contains(&format!(".entry {kernel}(")), "{arch}: the PTX has no kernel {kernel}");
+            assert!(ptx.contains(&format!(".entry {kernel}(")), "compute_{arch}: the PTX has no kernel {kernel}");
         }
         let Some(ptxas) = &assembler else { continue };
-        let sm = arch.replace("compute_", "sm_");
-        let (src, out) = (dir.join(format!("{arch}.ptx")), dir.join(format!("{sm}.cubin")));
+        let (src, out) = (dir.join(format!("compute_{arch}.ptx")), dir.join(format!("sm_{arch}.cubin")));
         std::fs::write(&src, &ptx).unwrap();
-        let run = Command::new(ptxas).arg(format!("-arch={sm}")).arg(&src).arg("-o").arg(&out).output().unwrap();
-        assert!(run.status.success(), "ptxas -arch={sm} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+        let run = Command::new(ptxas).arg(format!("-arch=sm_{arch}")).arg(&src).arg("-o").arg(&out).output().unwrap();
+        assert!(run.status.success(), "ptxas -arch=sm_{arch} failed:\n{}", String::from_utf8_lossy(&run.stderr));
         assert!(std::fs::metadata(&out).unwrap().len() > 0);
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -109,6 +113,10 @@ fn relu_backward_matches_the_cpu() {
     gpu.relu_backward(&mut dg, &dout, Some(&mut dcopy)).unwrap();
     assert_same("g", &gpu.download(&dg).unwrap(), &want);
     assert_same("copy", &gpu.download(&dcopy).unwrap(), &want_copy);
+    // Without the copy (a null pointer to the kernel).
+    let mut dg = gpu.upload(&g).unwrap();
+    gpu.relu_backward(&mut dg, &dout, None).unwrap();
+    assert_same("g alone", &gpu.download(&dg).unwrap(), &want);
 }
 
 /// BatchNorm's training forward and backward on `rows` × `c`, with the residual and ReLU
@@ -148,8 +156,13 @@ fn check_batchnorm(gpu: &Gpu, rows: usize, c: usize, residual: bool, relu: bool)
     assert_close(&format!("{what}: running mean"), &gpu.download(&drm).unwrap(), &rm, 1e-5);
     assert_close(&format!("{what}: running var"), &gpu.download(&drv).unwrap(), &rv, 1e-5);
 
+    assert_close(&format!("{what}: scale"), &got_saved[2 * c..3 * c], &saved.scale, 1e-5);
+    assert_close(&format!("{what}: shift"), &got_saved[3 * c..], &saved.shift, 1e-5);
+    // The backward from the CPU's saved values: the GPU's may differ in the last bit, and
+    // a value that close to zero would flip the ReLU mask the backward recomputes.
+    let cpu_saved = up(&[&saved.mean[..], &saved.invstd, &saved.scale, &saved.shift].concat());
     let (mut dg, mut ddgamma, mut ddbeta) = (up(&dy), gpu.zeros::<f32>(c).unwrap(), gpu.zeros::<f32>(c).unwrap());
-    gpu.bn_backward(&dgamma_d, &dx, rows, &dsaved, bwd_relu, &mut dg, &mut ddgamma, &mut ddbeta).unwrap();
+    gpu.bn_backward(&dgamma_d, &dx, rows, &cpu_saved, bwd_relu, &mut dg, &mut ddgamma, &mut ddbeta).unwrap();
     assert_close(&format!("{what}: dbeta"), &gpu.download(&ddbeta).unwrap(), &dbeta, 1e-5);
     assert_close(&format!("{what}: dgamma"), &gpu.download(&ddgamma).unwrap(), &dgamma, 1e-5);
     assert_close(&format!("{what}: dx"), &gpu.download(&dg).unwrap(), &g, 1e-4);
@@ -183,26 +196,41 @@ fn batchnorm_inference_matches_the_cpu() {
     let layer = BnLayer { gamma: &dgamma, beta: &dbeta, eps: 1e-5 };
     gpu.bn_forward_eval(&layer, &dx, rows, (&drm, &drv), &mut affine, Some(&dres), true, &mut dy).unwrap();
     assert_same("y", &gpu.download(&dy).unwrap(), &y);
+    // A projection shortcut's BN: no residual, no ReLU.
+    batchnorm::forward_eval(&p, &x, rows, &rm, &rv, None, false, &mut y, &mut Scratch::default());
+    gpu.bn_forward_eval(&layer, &dx, rows, (&drm, &drv), &mut affine, None, false, &mut dy).unwrap();
+    assert_same("y without residual and ReLU", &gpu.download(&dy).unwrap(), &y);
 }
 
 #[test]
 fn option_a_shortcut_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let (n, s) = (4, ShortcutA { h: 32, w: 32, c_in: 16, stride: 2, pad: 8 });
     let mut rng = Rng::new(3);
-    let x = random(&mut rng, n * 32 * 32 * 16, 1.0, 0.0);
+    // ResNet-20's two, and odd sizes.
+    for (n, s) in [
+        (4, ShortcutA { h: 32, w: 32, c_in: 16, stride: 2, pad: 8 }),
+        (4, ShortcutA { h: 16, w: 16, c_in: 32, stride: 2, pad: 16 }),
+        (3, ShortcutA { h: 7, w: 5, c_in: 8, stride: 1, pad: 4 }),
+        (3, ShortcutA { h: 7, w: 5, c_in: 8, stride: 2, pad: 4 }),
+    ] {
+        check_shortcut(&gpu, &mut rng, n, s);
+    }
+}
+
+fn check_shortcut(gpu: &Gpu, rng: &mut Rng, n: usize, s: ShortcutA) {
+    let x = random(rng, n * s.h * s.w * s.c_in, 1.0, 0.0);
     let out_len = n * s.out_h() * s.out_w() * s.c_out();
     let mut y = vec![0.0; out_len];
     s.forward(n, &x, &mut y);
-    let g = random(&mut rng, out_len, 1.0, 0.0);
+    let g = random(rng, out_len, 1.0, 0.0);
     let mut dx = vec![1.0; x.len()];
     s.backward(n, &g, &mut dx);
     let (xd, gd) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
     let (mut yd, mut dxd) = (gpu.zeros::<f32>(out_len).unwrap(), gpu.upload(&vec![1.0f32; x.len()]).unwrap());
     gpu.shortcut_a_forward(&s, n, &xd, &mut yd).unwrap();
     gpu.shortcut_a_backward(&s, n, &gd, &mut dxd).unwrap();
-    assert_same("y", &gpu.download(&yd).unwrap(), &y);
-    assert_same("dx", &gpu.download(&dxd).unwrap(), &dx);
+    assert_same(&format!("{s:?}: y"), &gpu.download(&yd).unwrap(), &y);
+    assert_same(&format!("{s:?}: dx"), &gpu.download(&dxd).unwrap(), &dx);
 }
 
 #[test]
@@ -258,6 +286,11 @@ fn softmax_cross_entropy_matches_the_cpu() {
         assert_close("grad", &gpu.download(&gd).unwrap(), &grad, 1e-6);
         assert!((gloss - loss).abs() <= 1e-6 * loss.abs(), "loss: GPU {gloss}, CPU {loss}");
         assert_eq!(gright, right, "right predictions");
+        // A label out of range is an error, as it is a panic on the CPU.
+        let mut bad = labels.clone();
+        bad[n - 1] = classes as u32;
+        let err = gpu.softmax_cross_entropy(n, batch, classes, &ld, &gpu.upload(&bad).unwrap(), &mut gd).unwrap_err();
+        assert!(format!("{err}").contains(&format!("row {}", n - 1)), "{err}");
     }
 }
 
@@ -351,23 +384,23 @@ fn classifier_matches_the_cpu() {
     }
     let mut rng = Rng::new(13);
     // ResNet-20's classifier at batch 128 and ResNet-50's at batch 4.
-    for (n, i, o) in [(128, 64, 10), (4, 2048, 1000)] {
-        let what = format!("n {n} in {i} out {o}");
+    for (n, i, o, accumulate) in [(128, 64, 10, false), (4, 2048, 1000, true)] {
+        let what = format!("n {n} in {i} out {o} accumulate {accumulate}");
         let (x, w, b) =
             (random(&mut rng, n * i, 1.0, 0.0), random(&mut rng, o * i, 0.05, 0.0), random(&mut rng, o, 0.1, 0.0));
         let g = random(&mut rng, n * o, 0.1, 0.0);
         let mut y = vec![0.0; n * o];
         ops::linear_forward(n, i, o, &x, &w, &b, &mut y);
-        // Accumulating onto gradients already there, as with micro-batches.
+        // Overwriting, and adding to gradients already there, as with micro-batches.
         let (dw0, db0) = (random(&mut rng, o * i, 0.01, 0.0), random(&mut rng, o, 0.01, 0.0));
         let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![0.0; n * i]);
-        ops::linear_backward(n, i, o, &x, &w, &g, &mut dw, &mut db, &mut dx, true);
+        ops::linear_backward(n, i, o, &x, &w, &g, &mut dw, &mut db, &mut dx, accumulate);
         let up = |v: &[f32]| gpu.upload(v).unwrap();
         let (xd, wd, bd, gd) = (up(&x), up(&w), up(&b), up(&g));
         let (mut yd, mut dxd) = (gpu.zeros::<f32>(n * o).unwrap(), gpu.zeros::<f32>(n * i).unwrap());
         let (mut dwd, mut dbd) = (up(&dw0), up(&db0));
         gpu.linear_forward(n, i, o, &xd, &wd, &bd, &mut yd).unwrap();
-        gpu.linear_backward((n, i, o), &xd, &wd, &gd, &mut dwd, &mut dbd, &mut dxd, true).unwrap();
+        gpu.linear_backward((n, i, o), &xd, &wd, &gd, &mut dwd, &mut dbd, &mut dxd, accumulate).unwrap();
         assert_close(&format!("{what}: y"), &gpu.download(&yd).unwrap(), &y, 1e-4);
         assert_close(&format!("{what}: dx"), &gpu.download(&dxd).unwrap(), &dx, 1e-4);
         assert_close(&format!("{what}: dw"), &gpu.download(&dwd).unwrap(), &dw, 1e-4);

@@ -7,11 +7,11 @@
 #                                        # runs the GPU tests and the benchmarks, and writes
 #                                        # every figure to DIR/device_check.txt (DIR: $OUT, else target/device)
 #
-# `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch installation's
-# `nvidia` packages and the usual driver folders, and ptxas beside nvcc. Each step has its own
-# time limit; the whole run takes under 8 minutes on an H100. A step that fails is reported
-# and the run goes on, so that one call gathers everything; the exit status is that of the
-# GPU tests.
+# `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch
+# installation's `nvidia` packages and the usual driver folders, and ptxas beside that NVRTC
+# (else beside nvcc). Each step has its own time limit, 470 s in all, under the GPU machine's
+# 600 s per command. A step that fails is reported and the run goes on, so that one call
+# gathers everything; the exit status is that of the GPU tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE_DIR=target/device
@@ -20,12 +20,13 @@ prepare() {
   set -e
   cargo build --release --features cuda
   local tests
-  tests=$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
+  tests=$(cargo test --release --features cuda --test cuda --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
         print(m["executable"])')
+  [ -n "$tests" ] || { echo "could not find the test binary of tests/cuda.rs" >&2; exit 1; }
   mkdir -p "$DEVICE_DIR"
   cp target/release/resnet "$DEVICE_DIR/resnet"
   cp "$tests" "$DEVICE_DIR/cuda-tests"
@@ -46,6 +47,18 @@ dirs = [d for r in roots for d in sorted(glob.glob(os.path.join(r, "*", "lib")))
 dirs += [d for d in ("/usr/local/nvidia/lib64", "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu") if os.path.isdir(d)]
 print(":".join(dirs))
 EOF
+}
+
+# ptxas from the same toolkit as the NVRTC found first (a pip `nvidia/*/bin`), else the path's.
+find_ptxas() {
+  local dir
+  for dir in ${LD_LIBRARY_PATH//:/ }; do
+    if ls "$dir"/libnvrtc.so* >/dev/null 2>&1; then
+      [ -x "$dir/../bin/ptxas" ] && { echo "$dir/../bin/ptxas"; return; }
+      break
+    fi
+  done
+  command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true
 }
 
 step() {
@@ -70,9 +83,11 @@ run() {
   for f in "$DEVICE_DIR/resnet" "$DEVICE_DIR/cuda-tests"; do
     [ -x "$f" ] || { echo "missing $f: run 'tools/device_check.sh prepare' on the build machine and carry $DEVICE_DIR"; exit 2; }
   done
-  export LD_LIBRARY_PATH="$(library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local libs
+  libs=$(library_path)
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+${libs:+:}$LD_LIBRARY_PATH}"
   local ptxas
-  ptxas=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true)
+  ptxas=$(find_ptxas)
   {
     echo "device check, $(date -u '+%Y-%m-%d %H:%M UTC')"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
@@ -82,16 +97,17 @@ run() {
   } >>"$REPORT"
   # The kernels against the CPU engine; on this machine no test may skip.
   PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
-    step "GPU kernel tests" 120 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
+    step "GPU kernel tests" 90 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
   local tests_rc=$?
-  step "the CLI on the GPU" 60 "$DEVICE_DIR/resnet" --device cuda bench --model resnet20
+  # Refuses by design (exit 2) until networks run on the GPU; its line names the GPU found.
+  step "the CLI on the GPU (refuses, exit 2, naming the GPU)" 20 "$DEVICE_DIR/resnet" --device cuda bench --model resnet20
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
-  step "PyTorch ResNet-50 batch 256 bf16" 120 $bench --model resnet50 --batch 256 --precision bf16
-  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 240 $bench --model resnet50 --batch 256 --precision bf16 --compile
-  step "PyTorch ResNet-50 batch 1 bf16" 60 $bench --model resnet50 --batch 1 --precision bf16
-  step "PyTorch ResNet-20 batch 128 f32" 60 $bench --depth 20 --batch 128
-  step "PyTorch ResNet-56 batch 128 bf16" 60 $bench --depth 56 --batch 128 --precision bf16
+  step "PyTorch ResNet-50 batch 256 bf16" 90 $bench --model resnet50 --batch 256 --precision bf16
+  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 150 $bench --model resnet50 --batch 256 --precision bf16 --compile
+  step "PyTorch ResNet-50 batch 1 bf16" 40 $bench --model resnet50 --batch 1 --precision bf16
+  step "PyTorch ResNet-20 batch 128 f32" 40 $bench --depth 20 --batch 128
+  step "PyTorch ResNet-56 batch 128 bf16" 40 $bench --depth 56 --batch 128 --precision bf16
   echo "report: $REPORT"
   return $tests_rc
 }

@@ -1,8 +1,10 @@
 //! Convolutions on the GPU through cuDNN: NHWC activations and OHWI weights, which is
 //! cuDNN's NHWC filter layout (k × r × s × c), so the CPU engine's tensors go to the GPU
 //! unchanged. f32 with cuDNN's FMA math, not TF32, so results match the CPU engine to
-//! float rounding. Each pass's algorithm is picked by cuDNN's heuristics once per shape
-//! and batch, and kept.
+//! float rounding. Each pass's algorithm is cuDNN's heuristics' first choice, once per
+//! shape and batch, and kept. That choice may be one that adds with atomics (backward
+//! passes), so two runs can differ in the last bits: choosing among the deterministic
+//! algorithms needs cuDNN's descriptors below `cudarc`'s safe layer, still to be done.
 
 use super::Gpu;
 use crate::engine::conv::ConvShape;
@@ -21,7 +23,7 @@ type Buf = CudaSlice<f32>;
 pub fn cudnn_missing() -> Option<String> {
     // SAFETY: only tries to open the library by its usual names.
     let present = unsafe { cudarc::cudnn::sys::is_culib_present() };
-    (!present).then(|| "cuDNN (libcudnn.so.9) is not on the library path (LD_LIBRARY_PATH)".to_string())
+    (!present).then(|| "cuDNN (libcudnn.so) is not on the library path (LD_LIBRARY_PATH)".to_string())
 }
 
 /// The algorithms picked so far, by batch and shape.

@@ -17,7 +17,7 @@ const T: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
 pub fn cublas_missing() -> Option<String> {
     // SAFETY: only tries to open the library by its usual names.
     let present = unsafe { cudarc::cublas::sys::is_culib_present() };
-    (!present).then(|| "cuBLAS (libcublas.so.13) is not on the library path (LD_LIBRARY_PATH)".to_string())
+    (!present).then(|| "cuBLAS (libcublas.so) is not on the library path (LD_LIBRARY_PATH)".to_string())
 }
 
 /// `C (m × n) = alpha·op(A)·op(B) + beta·C`, all column-major with the given leading
@@ -63,6 +63,7 @@ impl Gpu {
     /// `ops::linear_forward`: `y[n, o] = x[n, i]·wᵀ + b` with `w` as `[o, i]`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_forward(&self, n: usize, i: usize, o: usize, x: &Buf, w: &Buf, b: &Buf, y: &mut Buf) -> Result<()> {
+        assert!(n > 0 && i > 0 && o > 0, "linear layer of an empty shape");
         assert!(x.len() >= n * i && w.len() >= o * i && b.len() >= o && y.len() >= n * o);
         let dims = [n as i32, o as i32];
         {
@@ -90,6 +91,7 @@ impl Gpu {
         dx: &mut Buf,
         accumulate: bool,
     ) -> Result<()> {
+        assert!(n > 0 && i > 0 && o > 0, "linear layer of an empty shape");
         assert!(x.len() >= n * i && w.len() >= o * i && g.len() >= n * o);
         assert!(dw.len() >= o * i && db.len() >= o && dx.len() >= n * i);
         // dxᵀ (i × n) = wᵀ (i × o, stored as is) · gᵀ (o × n).

@@ -26,8 +26,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use cudarc::cublas::CudaBlas;
 use cudarc::cudnn::Cudnn;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The kernels' CUDA C source.
@@ -56,14 +57,14 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The architectures CI compiles the kernels for: Ampere (A100) and Hopper (H100/H200).
-pub const CI_ARCHS: &[&str] = &["compute_80", "compute_90"];
+pub const CI_ARCHS: &[&str] = &["80", "90"];
 
 /// Why NVRTC cannot be used here, if it cannot: its library is found through
 /// `LD_LIBRARY_PATH` (the `nvidia-cuda-nvrtc` pip wheel's `nvidia/cu13/lib` will do).
 pub fn nvrtc_missing() -> Option<String> {
     // SAFETY: only tries to open the library by its usual names.
     let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    (!present).then(|| "NVRTC (libnvrtc.so.13) is not on the library path (LD_LIBRARY_PATH)".to_string())
+    (!present).then(|| "NVRTC (libnvrtc.so) is not on the library path (LD_LIBRARY_PATH)".to_string())
 }
 
 /// Why no GPU can be used here, if none can: no driver library, or no device behind it.
@@ -79,19 +80,48 @@ pub fn gpu_missing() -> Option<String> {
     }
 }
 
-/// Compiles `SOURCE` to PTX for `arch` (`compute_90`, ...); an error carries NVRTC's log.
-pub fn compile(arch: &'static str) -> Result<String> {
+/// Compiles `SOURCE` for `target`: PTX for a virtual architecture (`compute_90`), machine
+/// code (a cubin) for a real one (`sm_90`). An error carries NVRTC's log.
+pub fn compile(target: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::result;
     if let Some(why) = nvrtc_missing() {
         bail!("cannot compile the CUDA kernels: {why}");
     }
-    let opts =
-        CompileOptions { arch: Some(arch), fmad: Some(false), name: Some("kernels.cu".into()), ..Default::default() };
-    match cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts) {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(CompileError::CompileError { log, .. }) => {
-            bail!("NVRTC could not compile kernels.cu for {arch}:\n{}", log.to_string_lossy())
+    let src = CString::new(SOURCE).expect("kernels.cu holds no NUL");
+    let prog = result::create_program(&src, Some(c"kernels.cu")).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+    // SAFETY: `prog` was just created from `src`, which outlives it, and is destroyed once.
+    let out = unsafe { compile_program(prog, target) };
+    // SAFETY: as above.
+    unsafe { result::destroy_program(prog) }.ok();
+    out
+}
+
+/// Compiles a created NVRTC program for `target` and returns its PTX or cubin.
+///
+/// # Safety
+/// `prog` is a live program.
+unsafe fn compile_program(prog: cudarc::nvrtc::sys::nvrtcProgram, target: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    let nvrtc = |e| anyhow!("NVRTC: {e:?}");
+    // NUL-terminated C strings: bytes as they are, up to the first NUL.
+    let text =
+        |chars: Vec<std::ffi::c_char>| -> Vec<u8> { chars.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect() };
+    let options = [format!("--gpu-architecture={target}"), "--fmad=false".to_string()];
+    // SAFETY (all calls): `prog` is live (the caller's promise); each size query sizes the
+    // buffer its getter fills.
+    unsafe {
+        if result::compile_program(prog, &options).is_err() {
+            let log = text(result::get_program_log(prog).unwrap_or_default());
+            bail!("NVRTC could not compile kernels.cu for {target}:\n{}", String::from_utf8_lossy(&log));
         }
-        Err(e) => Err(anyhow!("NVRTC failed on kernels.cu for {arch}: {e:?}")),
+        if !target.starts_with("sm_") {
+            return Ok(text(result::get_ptx(prog).map_err(nvrtc)?));
+        }
+        let mut size = 0usize;
+        sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(nvrtc)?;
+        let mut cubin = vec![0u8; size];
+        sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()).result().map_err(nvrtc)?;
+        Ok(cubin)
     }
 }
 
@@ -121,9 +151,10 @@ impl Gpu {
         let capability = ctx.compute_capability().context("could not read the GPU's compute capability")?;
         let name = ctx.name().unwrap_or_else(|_| "an NVIDIA GPU".into());
         // One compile per process; the architecture string lives as long as the module.
-        let arch: &'static str = Box::leak(format!("compute_{}{}", capability.0, capability.1).into_boxed_str());
-        let ptx = compile(arch)?;
-        let module = ctx.load_module(Ptx::from_src(ptx)).context("the driver rejected the compiled kernels")?;
+        // Machine code for this GPU, not PTX: the driver would have to compile PTX itself,
+        // and refuses PTX from an NVRTC newer than it is.
+        let cubin = compile(&format!("sm_{}{}", capability.0, capability.1))?;
+        let module = ctx.load_module(Ptx::from_binary(cubin)).context("the driver rejected the compiled kernels")?;
         let mut functions = HashMap::new();
         for &k in KERNELS {
             functions.insert(k, module.load_function(k).with_context(|| format!("kernel {k} is missing"))?);

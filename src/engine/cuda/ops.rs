@@ -113,8 +113,9 @@ impl Gpu {
     ) -> Result<()> {
         let c = p.gamma.len();
         let len = rows * c;
-        assert!(rows > 0 && x.len() >= len && y.len() >= len && saved.len() >= 4 * c);
-        assert!(residual.is_none_or(|r| r.len() >= len));
+        assert!(rows > 0 && c > 0 && x.len() >= len && y.len() >= len && saved.len() >= 4 * c);
+        assert!(residual.is_none_or(|r| r.len() >= len) && p.beta.len() >= c);
+        assert!(running.0.len() >= c && running.1.len() >= c, "BatchNorm: running statistics too short");
         let parts = Parts::new(rows);
         let mut partials = self.zeros::<f64>(parts.count * 2 * c)?;
         let (rows64, c32, len64, relu32) = (rows as i64, c as i32, len as i64, i32::from(relu));
@@ -153,7 +154,8 @@ impl Gpu {
     ) -> Result<()> {
         let c = p.gamma.len();
         let len = rows * c;
-        assert!(x.len() >= len && y.len() >= len && affine.len() >= 2 * c);
+        assert!(c > 0 && x.len() >= len && y.len() >= len && affine.len() >= 2 * c);
+        assert!(p.beta.len() >= c && running.0.len() >= c && running.1.len() >= c);
         assert!(residual.is_none_or(|r| r.len() >= len));
         let (c32, len64, relu32) = (c as i32, len as i64, i32::from(relu));
         let mut b = self.stream.launch_builder(self.function("bn_eval_affine"));
@@ -170,7 +172,8 @@ impl Gpu {
 
     /// `batchnorm::backward`, in place: `g` holds dL/dy on entry and dL/dx on return;
     /// `dgamma` and `dbeta` are overwritten. `relu`: the forward's ReLU came straight
-    /// after the normalization (no residual). `saved` as `bn_forward_train` left it.
+    /// after the normalization (no residual). `saved` as `bn_forward_train` left it, and
+    /// `rows` the rows its statistics covered (this call's: no synchronized BatchNorm yet).
     #[allow(clippy::too_many_arguments)]
     pub fn bn_backward(
         &self,
@@ -185,7 +188,7 @@ impl Gpu {
     ) -> Result<()> {
         let c = gamma.len();
         let len = rows * c;
-        assert!(rows > 0 && x.len() >= len && g.len() >= len && saved.len() >= 4 * c);
+        assert!(rows > 0 && c > 0 && x.len() >= len && g.len() >= len && saved.len() >= 4 * c);
         assert!(dgamma.len() >= c && dbeta.len() >= c);
         let parts = Parts::new(rows);
         let mut partials = self.zeros::<f64>(parts.count * 2 * c)?;
@@ -298,6 +301,7 @@ impl Gpu {
         labels: &CudaSlice<u32>,
         grad: &mut Buf,
     ) -> Result<(f32, usize)> {
+        assert!(n > 0 && classes > 0, "softmax cross-entropy of no rows or classes");
         assert!(logits.len() >= n * classes && labels.len() >= n && grad.len() >= n * classes);
         let mut loss = self.zeros::<f64>(n)?;
         let mut correct = self.zeros::<u32>(n)?;
@@ -306,9 +310,13 @@ impl Gpu {
         b.arg(logits).arg(labels).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
         b.arg(grad).arg(&mut loss).arg(&mut correct);
         self.launch(b, grid_stride(n))?;
+        let correct = self.download(&correct)?;
+        if let Some(r) = correct.iter().position(|&c| c == u32::MAX) {
+            anyhow::bail!("softmax cross-entropy: row {r}'s label is not below {classes}");
+        }
         // The rows' losses are added in order on the host, as the CPU adds them.
         let total: f64 = self.download(&loss)?.iter().sum();
-        let right = self.download(&correct)?.iter().map(|&c| c as usize).sum();
+        let right = correct.iter().map(|&c| c as usize).sum();
         Ok(((total / n as f64) as f32, right))
     }
 
