@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The whole GPU check, in two halves, so that the GPU machine builds nothing.
 #
-#   tools/device_check.sh prepare        # here: builds with --features cuda and puts the
-#                                        # release binary and the GPU test binary in target/device/
+#   tools/device_check.sh prepare        # here: builds with --features cuda and puts the release
+#                                        # binary, the GPU tests and cuda_bench in target/device/
 #   tools/device_check.sh run [DIR]      # on the GPU machine (target/device/ carried there):
 #                                        # runs the GPU tests and the benchmarks, and writes
 #                                        # every figure to DIR/device_check.txt (DIR: $OUT, else target/device)
 #
 # `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch
 # installation's `nvidia` packages and the usual driver folders, and ptxas beside that NVRTC
-# (else beside nvcc). Each step has its own time limit, 470 s in all, under the GPU machine's
+# (else beside nvcc). Each step has its own time limit, 480 s in all, under the GPU machine's
 # 600 s per command. A step that fails is reported and the run goes on, so that one call
 # gathers everything; the exit status is that of the GPU tests.
 set -uo pipefail
@@ -18,7 +18,7 @@ DEVICE_DIR=target/device
 
 prepare() {
   set -e
-  cargo build --release --features cuda
+  cargo build --release --features cuda --bin resnet --example cuda_bench
   local tests
   tests=$(cargo test --release --features cuda --test cuda --no-run --message-format=json \
     | python3 -c 'import json,sys
@@ -30,7 +30,8 @@ for line in sys.stdin:
   mkdir -p "$DEVICE_DIR"
   cp target/release/resnet "$DEVICE_DIR/resnet"
   cp "$tests" "$DEVICE_DIR/cuda-tests"
-  echo "ready: $DEVICE_DIR/resnet and $DEVICE_DIR/cuda-tests; on the GPU machine: tools/device_check.sh run"
+  cp target/release/examples/cuda_bench "$DEVICE_DIR/cuda-bench"
+  echo "ready: $DEVICE_DIR/{resnet,cuda-tests,cuda-bench}; on the GPU machine: tools/device_check.sh run"
 }
 
 # Folders holding CUDA's shared libraries: the pip `nvidia` packages PyTorch brings, then the
@@ -80,7 +81,7 @@ run() {
   mkdir -p "$out"
   REPORT="$out/device_check.txt"
   : >"$REPORT"
-  for f in "$DEVICE_DIR/resnet" "$DEVICE_DIR/cuda-tests"; do
+  for f in "$DEVICE_DIR/resnet" "$DEVICE_DIR/cuda-tests" "$DEVICE_DIR/cuda-bench"; do
     [ -x "$f" ] || { echo "missing $f: run 'tools/device_check.sh prepare' on the build machine and carry $DEVICE_DIR"; exit 2; }
   done
   local libs
@@ -101,10 +102,11 @@ run() {
   local tests_rc=$?
   # Refuses by design (exit 2) until networks run on the GPU; its line names the GPU found.
   step "the CLI on the GPU (refuses, exit 2, naming the GPU)" 20 "$DEVICE_DIR/resnet" --device cuda bench --model resnet20
+  step "our kernels and cuDNN's convolutions, timed" 40 "$DEVICE_DIR/cuda-bench"
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
   step "PyTorch ResNet-50 batch 256 bf16" 90 $bench --model resnet50 --batch 256 --precision bf16
-  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 150 $bench --model resnet50 --batch 256 --precision bf16 --compile
+  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 120 $bench --model resnet50 --batch 256 --precision bf16 --compile
   step "PyTorch ResNet-50 batch 1 bf16" 40 $bench --model resnet50 --batch 1 --precision bf16
   step "PyTorch ResNet-20 batch 128 f32" 40 $bench --depth 20 --batch 128
   step "PyTorch ResNet-56 batch 128 bf16" 40 $bench --depth 56 --batch 128 --precision bf16
