@@ -6,7 +6,8 @@
 //! from pip), where a missing tool fails.
 //!
 //! On a GPU: each kernel, and each pass of cuDNN's convolutions, against its CPU
-//! counterpart on the shapes of ResNet-20 and ResNet-50, on random data. The kernels add in the CPU's order where the order decides
+//! counterpart on the shapes of ResNet-20 and ResNet-50, on random data; then whole
+//! networks' inference against the CPU engine's. The kernels add in the CPU's order where the order decides
 //! the rounding, so most must match bit for bit; BatchNorm's statistics are summed in
 //! another order, so it matches to 1e-5 relative. Without a GPU these skip, saying why.
 #![cfg(feature = "cuda")]
@@ -18,6 +19,8 @@ use resnet::engine::cuda::{self, Gpu, ops::BnLayer};
 use resnet::engine::ops::{self, ShortcutA};
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::sgd::{self, SgdConfig};
+use resnet::model::cuda::GpuNet;
+use resnet::model::{ModelConfig, ResNet, Shortcut};
 use resnet::rng::Rng;
 use std::process::Command;
 
@@ -405,5 +408,30 @@ fn classifier_matches_the_cpu() {
         assert_close(&format!("{what}: dx"), &gpu.download(&dxd).unwrap(), &dx, 1e-4);
         assert_close(&format!("{what}: dw"), &gpu.download(&dwd).unwrap(), &dw, 1e-4);
         assert_same(&format!("{what}: db"), &gpu.download(&dbd).unwrap(), &db);
+    }
+}
+
+/// Whole networks' inference on the GPU (`model::cuda::GpuNet`) against `ResNet::forward`:
+/// CIFAR's option A, and ImageNet's projections, max pool and bottlenecks, with running
+/// statistics moved off their initial values by training-mode forwards.
+#[test]
+fn networks_infer_on_the_gpu_as_on_the_cpu() {
+    let Some(_) = gpu() else { return };
+    for (name, shortcut, side) in
+        [("resnet20", Shortcut::A, 32), ("resnet18", Shortcut::B, 64), ("resnet50", Shortcut::B, 64)]
+    {
+        let mut net = ResNet::new(ModelConfig::from_name(name, Some(shortcut), 10).unwrap(), 7);
+        let mut rng = Rng::new(17);
+        let n = 3;
+        let images = random(&mut rng, n * side * side * 3, 1.0, 0.0);
+        for _ in 0..2 {
+            net.forward(true, n, (side, side), &random(&mut rng, n * side * side * 3, 1.0, 0.5));
+        }
+        let want = net.forward(false, n, (side, side), &images).to_vec();
+        let gpu_net = GpuNet::new(&mut net).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let got = gpu_net.forward(n, (side, side), &images).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
+        assert!(err <= 1e-4, "{name}: logits differ by {err:e} of the largest ({got:?} against {want:?})");
     }
 }

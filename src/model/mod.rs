@@ -3,6 +3,8 @@
 
 mod block;
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod resnet;
 mod spec;
 
