@@ -77,6 +77,36 @@ pub fn run(
     })
 }
 
+/// Inference on the GPU (`model::cuda::GpuNet`), for `resnet --device cuda bench`: the
+/// device's name and the step times (min, median, max), each step a batch uploaded, run
+/// and its logits downloaded, as `eval` would use it. Training does not run on the GPU yet.
+#[cfg(feature = "cuda")]
+pub fn cuda_infer(
+    model: &str,
+    shortcut: Option<Shortcut>,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> anyhow::Result<(String, (f64, f64, f64))> {
+    let family = ModelConfig::from_name(model, shortcut, 1)?.family;
+    let classes = if family == Family::Cifar { 10 } else { 1000 };
+    let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 1);
+    let gpu_net = crate::model::cuda::GpuNet::new(&mut net)?;
+    let s = net.config.image_size;
+    let mut rng = Rng::new(7);
+    let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();
+    let mut failure = None;
+    let times = time_steps(warmup, steps, || {
+        if failure.is_none() {
+            failure = gpu_net.forward(batch, (s, s), &images).err();
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((gpu_net.gpu().name().to_string(), times)),
+    }
+}
+
 /// The arithmetic peak of all threads on the selected instruction set (registers only), in
 /// GFLOP/s: the physical limit a network's effective rate is set against.
 pub fn fma_peak_gflops() -> f64 {

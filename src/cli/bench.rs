@@ -41,6 +41,27 @@ pub struct Args {
     json: bool,
 }
 
+/// `resnet --device cuda bench`: inference on the GPU.
+#[cfg(feature = "cuda")]
+pub fn run_cuda(a: Args) -> Result<ExitCode> {
+    if a.batch == 0 || a.steps == 0 {
+        anyhow::bail!("--batch and --steps must be at least 1");
+    }
+    let measured = bench::cuda_infer(&a.model, a.shortcut, a.batch, a.steps, a.warmup);
+    let (device, (fast, median, slow)) = anyhow::Context::context(measured, "--device cuda")?;
+    let ips = |seconds: f64| a.batch as f64 / seconds;
+    println!("model: {} batch {} on {device} (f32), median of {} steps (slowest-fastest)", a.model, a.batch, a.steps);
+    println!("train: not on the GPU yet");
+    println!(
+        "infer: {:.1} img/s ({:.1}-{:.1}; {:.2} ms/batch, images uploaded and logits downloaded)",
+        ips(median),
+        ips(slow),
+        ips(fast),
+        median * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     if a.batch == 0 || a.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");

@@ -121,6 +121,11 @@ pub fn run() -> Result<ExitCode> {
         }
     };
     if cli.device == Device::Cuda {
+        // Inference in `bench` is what runs on the GPU so far.
+        #[cfg(feature = "cuda")]
+        if let Command::Bench(a) = cli.command {
+            return bench::run_cuda(a);
+        }
         eprintln!("error: {}", cuda_refusal());
         return Ok(ExitCode::from(2));
     }
