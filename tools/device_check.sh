@@ -9,7 +9,7 @@
 #
 # `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch
 # installation's `nvidia` packages and the usual driver folders, and ptxas beside that NVRTC
-# (else beside nvcc). Each step has its own time limit, 460 s in all, under the GPU machine's
+# (else beside nvcc). Each step has its own time limit, 480 s in all, under the GPU machine's
 # 600 s per command. A step that fails is reported and the run goes on, so that one call
 # gathers everything; the exit status is that of the GPU tests.
 set -uo pipefail
@@ -31,6 +31,12 @@ for line in sys.stdin:
   cp target/release/resnet "$DEVICE_DIR/resnet"
   cp "$tests" "$DEVICE_DIR/cuda-tests"
   cp target/release/examples/cuda_bench "$DEVICE_DIR/cuda-bench"
+  # The published ResNet-20 and the exact official test records it scores 932/1017 on.
+  local shared=../shared/data
+  if [ -d "$shared" ]; then
+    cp "$shared/resnet-cifar10-pretrained/resnet20-12fca82f.safetensors" \
+      "$shared/cifar-10-official-partial/test_batch.first1017.bin" "$DEVICE_DIR/"
+  fi
   echo "ready: $DEVICE_DIR/{resnet,cuda-tests,cuda-bench}; on the GPU machine: tools/device_check.sh run"
 }
 
@@ -100,6 +106,11 @@ run() {
   PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
     step "GPU kernel tests" 90 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
   local tests_rc=$?
+  if [ -e "$DEVICE_DIR/test_batch.first1017.bin" ]; then
+    step "ours: the published ResNet-20 on the 1017 exact test images (the CPU and PyTorch: 932/1017)" 30 \
+      "$DEVICE_DIR/resnet" --device cuda eval --model resnet20 --norm imagenet \
+      --weights "$DEVICE_DIR/resnet20-12fca82f.safetensors" --data "$DEVICE_DIR/test_batch.first1017.bin"
+  fi
   # Our inference on the GPU (training does not run there yet).
   local ours="$DEVICE_DIR/resnet --device cuda bench --warmup 3 --steps 10"
   step "ours: ResNet-50 inference batch 256" 40 $ours --model resnet50 --batch 256
@@ -109,7 +120,7 @@ run() {
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
   step "PyTorch ResNet-50 batch 256 f32" 60 $bench --model resnet50 --batch 256
-  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 100 $bench --model resnet50 --batch 256 --precision bf16 --compile
+  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 90 $bench --model resnet50 --batch 256 --precision bf16 --compile
   step "PyTorch ResNet-50 batch 1 f32" 30 $bench --model resnet50 --batch 1
   step "PyTorch ResNet-20 batch 128 f32" 30 $bench --depth 20 --batch 128
   step "PyTorch ResNet-56 batch 128 bf16" 30 $bench --depth 56 --batch 128 --precision bf16

@@ -67,6 +67,26 @@ pub struct Args {
     /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
     precision: resnet::engine::Precision,
+    /// Set by `--device cuda`: the network runs on the GPU.
+    #[arg(skip)]
+    pub cuda: bool,
+}
+
+/// `samples` scored by the network: on the CPU, or with `--device cuda` on the GPU.
+fn score(
+    a: &Args,
+    model: &mut resnet::model::ResNet,
+    samples: Arc<dyn Samples>,
+    progress: &resnet::progress::Bar,
+) -> Result<EvalResult> {
+    #[cfg(feature = "cuda")]
+    if a.cuda {
+        use anyhow::Context;
+        let net = resnet::model::cuda::GpuNet::new(model).context("--device cuda")?;
+        return resnet::eval::evaluate_on_gpu(&net, samples, a.batch.max(1), a.loader_threads, progress)
+            .context("--device cuda");
+    }
+    Ok(evaluate(model, samples, a.batch.max(1), a.loader_threads, progress))
 }
 
 /// Image folder or CIFAR: `--dataset`, else the data's look, else the model's family.
@@ -90,6 +110,12 @@ struct Report {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.cuda && a.precision != resnet::engine::Precision::F32 {
+        bail!("--device cuda: the GPU evaluates in f32 only so far (leave out --precision)");
+    }
+    if a.cuda && a.protocol == "multiscale" {
+        bail!("--device cuda: --protocol multiscale runs on the CPU only so far");
+    }
     let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     model.set_precision(a.precision);
     super::warn_if_emulated(a.precision);
@@ -190,7 +216,7 @@ fn eval_cifar(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weight
     let data = cifar::load(&a.data, kind, false)?;
     let samples = Arc::new(CifarSamples { data: Arc::new(data), norm: Arc::new(norm) });
     let progress = resnet::progress::bar("eval", samples.len(), true);
-    let result = evaluate(model, samples, a.batch.max(1), a.loader_threads, &progress);
+    let result = score(a, model, samples, &progress)?;
     let names = common::class_list(a.labels.as_deref(), file, model.classes())?
         .map(|l| l.names)
         .unwrap_or_else(|| kind.class_names());
@@ -238,7 +264,7 @@ fn eval_folder(a: &Args, model: &mut resnet::model::ResNet, file: &resnet::weigh
                 c = view.crop
             );
             let progress = resnet::progress::bar("eval", folder.len(), true);
-            (desc, evaluate(model, samples, a.batch.max(1), a.loader_threads, &progress))
+            (desc, score(a, model, samples, &progress)?)
         }
         "multiscale" => {
             if a.scales.is_empty() || a.scales.contains(&0) {

@@ -121,10 +121,15 @@ pub fn run() -> Result<ExitCode> {
         }
     };
     if cli.device == Device::Cuda {
-        // Inference in `bench` is what runs on the GPU so far.
+        // Inference (`bench` and `eval`) is what runs on the GPU so far.
         #[cfg(feature = "cuda")]
-        if let Command::Bench(a) = cli.command {
-            return bench::run_cuda(a);
+        match cli.command {
+            Command::Bench(a) => return bench::run_cuda(a),
+            Command::Eval(mut a) => {
+                a.cuda = true;
+                return eval::run(a);
+            }
+            _ => {}
         }
         eprintln!("error: {}", cuda_refusal());
         return Ok(ExitCode::from(2));

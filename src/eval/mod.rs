@@ -94,8 +94,37 @@ pub fn evaluate(
     progress: &crate::progress::Bar,
 ) -> EvalResult {
     let all = 0..data.len();
-    let r = evaluate_samples(model, data, all, batch, workers, progress);
+    let classes = model.classes();
+    let r = on_cpu(evaluate_samples(classes, data, all, batch, workers, progress, cpu_logits(model)));
     r.finish()
+}
+
+/// [`evaluate`] with the network on the GPU.
+#[cfg(feature = "cuda")]
+pub fn evaluate_on_gpu(
+    net: &crate::model::cuda::GpuNet,
+    data: Arc<dyn Samples>,
+    batch: usize,
+    workers: usize,
+    progress: &crate::progress::Bar,
+) -> anyhow::Result<EvalResult> {
+    let all = 0..data.len();
+    let logits = |n: usize, hw: (usize, usize), images: &[f32]| net.forward(n, hw, images);
+    Ok(evaluate_samples(net.classes(), data, all, batch, workers, progress, logits)?.finish())
+}
+
+/// The logits of a batch from the CPU engine, which cannot fail.
+fn cpu_logits(
+    model: &mut ResNet,
+) -> impl FnMut(usize, (usize, usize), &[f32]) -> Result<Vec<f32>, std::convert::Infallible> + '_ {
+    |n, hw, images| Ok(model.forward(false, n, hw, images).to_vec())
+}
+
+fn on_cpu(r: Result<EvalResult, std::convert::Infallible>) -> EvalResult {
+    match r {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
 }
 
 /// [`evaluate`] shared by the ranks of a job: each scores its contiguous part of `data`,
@@ -110,7 +139,8 @@ pub fn evaluate_across(
     comm: &dyn crate::dist::Collective,
 ) -> EvalResult {
     let part = crate::engine::split_range(data.len(), comm.size(), comm.rank());
-    let mut r = evaluate_samples(model, data, part, batch, workers, progress);
+    let classes = model.classes();
+    let mut r = on_cpu(evaluate_samples(classes, data, part, batch, workers, progress, cpu_logits(model)));
     if comm.size() > 1 {
         let mut sums = vec![r.loss, r.correct as f64, r.correct5 as f64, r.total as f64];
         sums.extend(r.per_class.iter().flat_map(|&(c, t)| [c as f64, t as f64]));
@@ -128,16 +158,17 @@ pub fn evaluate_across(
     r.finish()
 }
 
-/// The summed scores of the samples `part` of `data`, in order.
-fn evaluate_samples(
-    model: &mut ResNet,
+/// The summed scores of the samples `part` of `data`, in order, `logits(n, hw, images)`
+/// giving a batch's logits.
+fn evaluate_samples<E>(
+    classes: usize,
     data: Arc<dyn Samples>,
     part: std::ops::Range<usize>,
     batch: usize,
     workers: usize,
     progress: &crate::progress::Bar,
-) -> EvalResult {
-    let classes = model.classes();
+    mut logits: impl FnMut(usize, (usize, usize), &[f32]) -> Result<Vec<f32>, E>,
+) -> Result<EvalResult, E> {
     let views = data.views();
     let per_batch = (batch / views).max(1);
     let order = Arc::new((part.start as u32..part.end as u32).collect::<Vec<_>>());
@@ -147,8 +178,8 @@ fn evaluate_samples(
         r.skipped.extend(b.errors.iter().cloned());
         progress.inc((b.len() + b.errors.len()) as u64);
         if !b.is_empty() {
-            let logits = model.forward(false, b.len() * views, b.hw, &b.images);
-            let probs = average_views(&softmax(logits, classes), classes, views);
+            let logits = logits(b.len() * views, b.hw, &b.images)?;
+            let probs = average_views(&softmax(&logits, classes), classes, views);
             for (p, &label) in probs.chunks_exact(classes).zip(&b.labels) {
                 r.add(p, label);
             }
@@ -156,5 +187,5 @@ fn evaluate_samples(
         spare.put(b);
     }
     progress.finish_and_clear();
-    r
+    Ok(r)
 }

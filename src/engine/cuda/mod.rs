@@ -16,8 +16,8 @@
 //!
 //! Not built yet: `device`'s boundary over GPU memory, which layers and models compute
 //! through. Until then a network's inference runs on the GPU through
-//! `model::cuda::GpuNet` (`resnet --device cuda bench`), and training and the other
-//! commands on the CPU only, which `--device cuda` says.
+//! `model::cuda::GpuNet` (`resnet --device cuda bench` and `eval`), and training and the
+//! other commands on the CPU only, which `--device cuda` says.
 
 pub mod conv;
 pub mod linear;
@@ -217,8 +217,8 @@ pub fn device_line() -> String {
         Ok(gpu) => {
             let (major, minor) = gpu.capability();
             format!(
-                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but only `bench`'s \
-                 inference runs on the GPU so far: networks train and evaluate on the CPU (leave out --device)",
+                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but only inference \
+                 (`bench`, `eval`) runs on the GPU so far: networks train and predict on the CPU (leave out --device)",
                 gpu.name()
             )
         }
