@@ -34,7 +34,7 @@ for line in sys.stdin:
   # The published ResNet-20 and the exact official test records it scores 932/1017 on.
   local shared=../shared/data
   if [ -d "$shared" ]; then
-    cp "$shared/resnet-cifar10-pretrained/resnet20-12fca82f.safetensors" \
+    cp -f "$shared/resnet-cifar10-pretrained/resnet20-12fca82f.safetensors" \
       "$shared/cifar-10-official-partial/test_batch.first1017.bin" "$DEVICE_DIR/"
   fi
   echo "ready: $DEVICE_DIR/{resnet,cuda-tests,cuda-bench}; on the GPU machine: tools/device_check.sh run"
