@@ -63,15 +63,7 @@ fn main() -> Result<()> {
     let sgd = time(&gpu, || gpu.sgd_step(cfg, &mut p, &grad, &mut m))?;
     println!("sgd step resnet50: {sgd:.3} ms ({:.0} GB/s)", 5.0 * (len * 4) as f64 / 1e6 / sgd);
     // cuDNN in f32 (no TF32) on ResNet-50's layers at batch 256.
-    let conv = |c_in, c_out, kernel: usize, stride, hw| ConvShape {
-        c_in,
-        c_out,
-        kernel,
-        stride,
-        pad: kernel / 2,
-        h: hw,
-        w: hw,
-    };
+    let conv = ConvShape::square;
     for s in [conv(3, 64, 7, 2, 224), conv(64, 64, 3, 1, 56), conv(256, 64, 1, 1, 56), conv(512, 512, 3, 1, 7)] {
         let n = 256;
         let (x, w, dy) = (filled(&gpu, n * s.in_len())?, filled(&gpu, s.weight_len())?, filled(&gpu, n * s.out_len())?);

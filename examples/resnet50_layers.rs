@@ -34,15 +34,7 @@ fn layers() -> Vec<(ConvShape, usize)> {
         Some(e) => e.1 += 1,
         None => shapes.push((s, 1)),
     };
-    let conv = |c_in, c_out, kernel: usize, stride, hw| ConvShape {
-        c_in,
-        c_out,
-        kernel,
-        stride,
-        pad: kernel / 2,
-        h: hw,
-        w: hw,
-    };
+    let conv = ConvShape::square;
     add(conv(3, 64, 7, 2, 224));
     let mut c_in = 64;
     for (stage, (width, blocks, hw)) in [(64, 3, 56), (128, 4, 28), (256, 6, 14), (512, 3, 7)].into_iter().enumerate() {

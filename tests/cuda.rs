@@ -353,15 +353,7 @@ fn convolutions_match_the_cpu() {
         println!("skipped: {why}");
         return;
     }
-    let conv = |c_in, c_out, kernel: usize, stride, hw| ConvShape {
-        c_in,
-        c_out,
-        kernel,
-        stride,
-        pad: kernel / 2,
-        h: hw,
-        w: hw,
-    };
+    let conv = ConvShape::square;
     // ResNet-20: a 3×3 layer of each stage and the stride-2 one; ResNet-50: the stem, a
     // bottleneck's 1×1 layers and its strided projection.
     for (s, n) in [

@@ -35,6 +35,11 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// A k×k convolution padded by k/2, as all of ResNet's are, on an `hw`×`hw` input.
+    pub fn square(c_in: usize, c_out: usize, kernel: usize, stride: usize, hw: usize) -> Self {
+        ConvShape { c_in, c_out, kernel, stride, pad: kernel / 2, h: hw, w: hw }
+    }
+
     pub fn out_h(&self) -> usize {
         (self.h + 2 * self.pad - self.kernel) / self.stride + 1
     }

@@ -7,7 +7,6 @@
 //! network runs on a GPU; `tests/cuda.rs` compares its logits with `ResNet::forward`'s.
 
 use super::{NetSpec, ResNet, ShortcutSpec, UnitSpec};
-use crate::engine::conv::ConvShape;
 use crate::engine::cuda::{Gpu, ops::BnLayer};
 use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
@@ -121,15 +120,7 @@ impl GpuNet {
         relu: bool,
     ) -> Result<Buf> {
         let gpu = &self.gpu;
-        let s = ConvShape {
-            c_in: u.c_in,
-            c_out: u.c_out,
-            kernel: u.kernel,
-            stride: u.stride,
-            pad: u.pad(),
-            h: hw.0,
-            w: hw.1,
-        };
+        let s = u.conv_shape(hw);
         let mut y = gpu.zeros::<f32>(n * s.out_len())?;
         gpu.conv_forward(&s, n, x, self.tensor(&format!("{conv}.weight"))?, &mut y)?;
         let get = |what: &str| self.tensor(&format!("{bn}.{what}"));

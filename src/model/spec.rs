@@ -31,6 +31,12 @@ impl UnitSpec {
         self.kernel * self.kernel * self.c_in * self.c_out + 2 * self.c_out
     }
 
+    /// The convolution's shape on an input of `hw`.
+    pub fn conv_shape(&self, (h, w): (usize, usize)) -> crate::engine::conv::ConvShape {
+        let (c_in, c_out, kernel, stride) = (self.c_in, self.c_out, self.kernel, self.stride);
+        crate::engine::conv::ConvShape { c_in, c_out, kernel, stride, pad: self.pad(), h, w }
+    }
+
     pub fn mult_adds(&self, hw: (usize, usize)) -> usize {
         let (oh, ow) = self.out_hw(hw);
         oh * ow * self.kernel * self.kernel * self.c_in * self.c_out

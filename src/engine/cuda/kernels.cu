@@ -12,6 +12,24 @@ typedef long long i64;
 #define GRID_STRIDE(i, len) \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (len); i += (i64)gridDim.x * blockDim.x)
 
+// The end of `bn_sums` and `bn_backward_sums`: each of the block's 32 channels adds its
+// 8 row lanes' two sums in lane order and stores them as its part's.
+__device__ __forceinline__ void store_part(double (*a)[32], double (*b)[32], double s, double t, int ch, int c,
+                                           int part, double* partials) {
+    a[threadIdx.y][threadIdx.x] = s;
+    b[threadIdx.y][threadIdx.x] = t;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+        double ts = 0.0, tt = 0.0;
+        for (int l = 0; l < blockDim.y; l++) {
+            ts += a[l][threadIdx.x];
+            tt += b[l][threadIdx.x];
+        }
+        partials[(i64)part * 2 * c + ch] = ts;
+        partials[(i64)part * 2 * c + c + ch] = tt;
+    }
+}
+
 extern "C" {
 
 // g *= (out > 0), copied to `copy` when it is not null (a residual block's two branches).
@@ -48,18 +66,7 @@ __global__ void bn_sums(const float* x, i64 rows, int c, const float* shift, i64
             q += d * d;
         }
     }
-    s_sum[threadIdx.y][threadIdx.x] = s;
-    s_sq[threadIdx.y][threadIdx.x] = q;
-    __syncthreads();
-    if (threadIdx.y == 0 && ch < c) {
-        double ts = 0.0, tq = 0.0;
-        for (int l = 0; l < blockDim.y; l++) {
-            ts += s_sum[l][threadIdx.x];
-            tq += s_sq[l][threadIdx.x];
-        }
-        partials[(i64)part * 2 * c + ch] = ts;
-        partials[(i64)part * 2 * c + c + ch] = tq;
-    }
+    store_part(s_sum, s_sq, s, q, ch, c, part, partials);
 }
 
 // One thread per channel. `saved` holds mean, invstd, scale and shift, c each.
@@ -136,18 +143,7 @@ __global__ void bn_backward_sums(const float* g, const float* x, i64 rows, int c
             t += (double)(dy * ((xv - mu) * is));
         }
     }
-    s_dy[threadIdx.y][threadIdx.x] = s;
-    s_dyx[threadIdx.y][threadIdx.x] = t;
-    __syncthreads();
-    if (threadIdx.y == 0 && ch < c) {
-        double ts = 0.0, tt = 0.0;
-        for (int l = 0; l < blockDim.y; l++) {
-            ts += s_dy[l][threadIdx.x];
-            tt += s_dyx[l][threadIdx.x];
-        }
-        partials[(i64)part * 2 * c + ch] = ts;
-        partials[(i64)part * 2 * c + c + ch] = tt;
-    }
+    store_part(s_dy, s_dyx, s, t, ch, c, part, partials);
 }
 
 // One thread per channel: γ's and β's gradients, and `coef` = k, a, b (c each) of

@@ -8,7 +8,7 @@ use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
 use crate::engine::sgd::SgdConfig;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
 
 type Buf = CudaSlice<f32>;
 
@@ -118,7 +118,7 @@ impl Gpu {
         assert!(running.0.len() >= c && running.1.len() >= c, "BatchNorm: running statistics too short");
         let parts = Parts::new(rows);
         let mut partials = self.zeros::<f64>(parts.count * 2 * c)?;
-        let (rows64, c32, len64, relu32) = (rows as i64, c as i32, len as i64, i32::from(relu));
+        let (rows64, c32) = (rows as i64, c as i32);
         let (part_rows, part_count) = (parts.rows_per_part as i64, parts.count as i32);
         // The first row is the shift the sums are taken around (see `channel_sums`).
         let mut b = self.stream.launch_builder(self.function("bn_sums"));
@@ -131,8 +131,24 @@ impl Gpu {
         b.arg(&mut *saved);
         self.launch(b, per_channel(c))?;
         let (scale, shift) = (saved.slice(2 * c..3 * c), saved.slice(3 * c..4 * c));
+        self.bn_apply(x, len, c, (&scale, &shift), residual, relu, y)
+    }
+
+    /// `y = [relu](x·scale + shift [+ residual])` over `len` values of `c` channels.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_apply(
+        &self,
+        x: &Buf,
+        len: usize,
+        c: usize,
+        (scale, shift): (&CudaView<f32>, &CudaView<f32>),
+        residual: Option<&Buf>,
+        relu: bool,
+        y: &mut Buf,
+    ) -> Result<()> {
+        let (c32, len64, relu32) = (c as i32, len as i64, i32::from(relu));
         let mut b = self.stream.launch_builder(self.function("bn_apply"));
-        b.arg(x).arg(&len64).arg(&c32).arg(&scale).arg(&shift);
+        b.arg(x).arg(&len64).arg(&c32).arg(scale).arg(shift);
         optional(&mut b, residual);
         b.arg(&relu32).arg(y);
         self.launch(b, grid_stride(len))
@@ -157,17 +173,13 @@ impl Gpu {
         assert!(c > 0 && x.len() >= len && y.len() >= len && affine.len() >= 2 * c);
         assert!(p.beta.len() >= c && running.0.len() >= c && running.1.len() >= c);
         assert!(residual.is_none_or(|r| r.len() >= len));
-        let (c32, len64, relu32) = (c as i32, len as i64, i32::from(relu));
+        let c32 = c as i32;
         let mut b = self.stream.launch_builder(self.function("bn_eval_affine"));
         b.arg(p.gamma).arg(p.beta).arg(&p.eps).arg(running.0).arg(running.1).arg(&c32);
         b.arg(&mut *affine);
         self.launch(b, per_channel(c))?;
         let (scale, shift) = (affine.slice(..c), affine.slice(c..2 * c));
-        let mut b = self.stream.launch_builder(self.function("bn_apply"));
-        b.arg(x).arg(&len64).arg(&c32).arg(&scale).arg(&shift);
-        optional(&mut b, residual);
-        b.arg(&relu32).arg(y);
-        self.launch(b, grid_stride(len))
+        self.bn_apply(x, len, c, (&scale, &shift), residual, relu, y)
     }
 
     /// `batchnorm::backward`, in place: `g` holds dL/dy on entry and dL/dx on return;
