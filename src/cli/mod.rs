@@ -31,7 +31,8 @@ struct Cli {
     /// Worker threads for the compute engine (default: all cores).
     #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
-    /// Where networks run: cpu, or cuda (an NVIDIA GPU; builds with `--features cuda`).
+    /// Where networks run: cpu, or cuda (an NVIDIA GPU: inference in `eval` and `bench` so far;
+    /// needs a build with `--features cuda`).
     #[arg(long, global = true, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     #[command(subcommand)]
