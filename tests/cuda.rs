@@ -12,6 +12,8 @@
 //! another order, so it matches to 1e-5 relative. Without a GPU these skip, saying why.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use resnet::engine::Workspace;
 use resnet::engine::batchnorm::{self, BnParams, Saved, Scratch};
 use resnet::engine::conv::{self, ConvShape, InputGrad};
@@ -85,8 +87,9 @@ fn gpu() -> Option<Gpu> {
     Some(Gpu::open().unwrap_or_else(|e| panic!("{e:#}")))
 }
 
+/// `common::random`'s normal values, scaled and shifted.
 fn random(rng: &mut Rng, len: usize, scale: f32, offset: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.normal() as f32 * scale + offset).collect()
+    common::random(rng, len).into_iter().map(|v| v * scale + offset).collect()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
