@@ -50,7 +50,7 @@ fn main() {
         let mut dx = vec![0f32; n * s.in_len()];
         let mut passes = [[0f64; 3]; 3];
         for (a, algo) in ALGOS.into_iter().enumerate() {
-            ws.algo = algo;
+            ws.set_algo(algo);
             passes[0][a] = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
             let both = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, InputGrad::Set(&mut dx), &mut ws));
             passes[2][a] = time(|| conv::backward(&s, n, &x, &w, &y, &mut dw, InputGrad::Skip, &mut ws));

@@ -7,9 +7,9 @@
 //!
 //! 50176 × 64 × 256 is ResNet-50's 64→256 layer at batch 16 (56×56 pixels per image).
 
-use resnet::engine::conv::Residual;
+use resnet::engine::epilogue::{Epilogue, Residual, Store};
 use resnet::engine::matmul::Mat;
-use resnet::engine::panel::{self, Finish, Store};
+use resnet::engine::panel;
 use std::time::Instant;
 
 /// As the `resnet` binary: large buffers start on a cache line.
@@ -50,23 +50,12 @@ fn measure(m: usize, k: usize, n: usize, rounds: usize) -> [f64; 3] {
         for variant in order {
             let residual = match variant {
                 0 => Residual::None,
-                1 => Residual::Separate(&residual),
+                1 => Residual::Separate(&residual[..]),
                 _ => Residual::InOutput,
             };
-            let finish = Some(Finish { scale: &scale, shift: &shift, residual, relu: true });
+            let store = Store::Finish(Epilogue { scale: &scale[..], shift: &shift[..], residual, relu: true });
             let t = Instant::now();
-            panel::product_packed(
-                &mut c,
-                n,
-                m,
-                0..n / 16,
-                k,
-                &a,
-                k,
-                &packed,
-                Store { accumulate: false, finish },
-                &mut a_panel,
-            );
+            panel::product_packed(&mut c, n, m, 0..n / 16, k, &a, k, &packed, store, &mut a_panel);
             times[variant].push(t.elapsed().as_secs_f64());
         }
     }

@@ -7,6 +7,7 @@
 
 use resnet::engine::Workspace;
 use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::epilogue::Store;
 use std::time::Instant;
 
 /// As the `resnet` binary: large buffers start on a cache line.
@@ -61,16 +62,16 @@ fn main() {
     let n: usize = std::env::args().nth(1).map(|s| s.parse().expect("batch size")).unwrap_or(1);
     let precision = std::env::args().nth(2).map_or(Ok(Default::default()), |s| resnet::engine::Precision::parse(&s));
     let mut ws = Workspace::new();
-    ws.precision = precision.expect("precision");
+    ws.set_precision(precision.expect("precision"));
     let (mut per_call, mut prepared_once) = (0.0, 0.0);
-    println!("batch {n}, {}: ms per call, weights prepared per call -> prepared once", ws.precision);
+    println!("batch {n}, {}: ms per call, weights prepared per call -> prepared once", ws.precision());
     for (s, count) in layers() {
         let x = vec![0.5f32; n * s.in_len()];
         let w = vec![0.01f32; s.weight_len()];
         let mut y = vec![0f32; n * s.out_len()];
         let mut prepared = conv::Prepared::default();
         let a = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
-        let b = time(|| conv::forward_with(&s, n, &x, &w, &mut y, None, Some(&mut prepared), &mut ws));
+        let b = time(|| conv::forward_with(&s, n, &x, &w, &mut y, Store::Overwrite, Some(&mut prepared), &mut ws));
         let gflops = 2.0 * (n * s.out_len() * s.patch()) as f64 / b / 1e6;
         println!(
             "{count} × {k}×{k}/{st} {:4}→{:<4} {:3}×{:<3}: {a:7.3} -> {b:7.3} ({gflops:5.1} GFLOP/s)",

@@ -12,7 +12,8 @@ mod common;
 
 use common::{Grads, conv_ref, forward_backward, random, rel_err, rel_err32};
 use resnet::engine::bf16::{self, Path};
-use resnet::engine::conv::{self, ConvShape, Epilogue, InputGrad, Residual};
+use resnet::engine::conv::{self, ConvShape, InputGrad};
+use resnet::engine::epilogue::{Epilogue, Residual, Store};
 use resnet::engine::{Precision, Workspace};
 use resnet::model::{ModelConfig, ResNet};
 use resnet::rng::Rng;
@@ -72,7 +73,7 @@ fn every_path_convolves_as_float64_on_operands_rounded_to_bf16() {
                 dx_ref = conv_ref(&s, n, &x, &w, &dy).1;
             }
             let mut ws = Workspace::new();
-            ws.precision = Precision::Bf16;
+            ws.set_precision(Precision::Bf16);
             let mut y = vec![0f32; n * s.out_len()];
             conv::forward(&s, n, &x, &w, &mut y, &mut ws);
             let e = rel_err(&y, &y_ref);
@@ -93,10 +94,15 @@ fn every_path_convolves_as_float64_on_operands_rounded_to_bf16() {
             // Inference: weights packed once, the BatchNorm, residual and ReLU epilogue.
             let (scale, shift) = (random(&mut rng, s.c_out), random(&mut rng, s.c_out));
             let residual = random(&mut rng, n * s.out_len());
-            let epi = Epilogue { scale: &scale, shift: &shift, residual: Residual::Separate(&residual), relu: true };
+            let epi = Epilogue {
+                scale: &scale[..],
+                shift: &shift[..],
+                residual: Residual::Separate(&residual[..]),
+                relu: true,
+            };
             let mut prepared = conv::Prepared::default();
             for _ in 0..2 {
-                conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), Some(&mut prepared), &mut ws);
+                conv::forward_with(&s, n, &x, &w, &mut y, Store::Finish(epi), Some(&mut prepared), &mut ws);
                 let want: Vec<f64> = (0..y.len())
                     .map(|i| {
                         let c = i % s.c_out;

@@ -7,6 +7,7 @@ use common::{conv_ref, random, rel_err};
 use resnet::engine::batchnorm::{self, BnParams};
 use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::device::{Epilogue, Residual};
+use resnet::engine::epilogue::{self, Store};
 use resnet::engine::matmul::Mat;
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::{self, ConvAlgo, DeviceVec, GradMode, Workspace, ops, panel, sgd, winograd};
@@ -67,7 +68,7 @@ fn conv_forward_and_backward_match_naive_reference() {
 fn check_conv_cases(cases: &[(usize, ConvShape)], algo: ConvAlgo) {
     let mut rng = Rng::new(1);
     let mut ws = Workspace::new();
-    ws.algo = algo;
+    ws.set_algo(algo);
     for &(n, s) in cases {
         let x = random(&mut rng, n * s.in_len());
         let w = random(&mut rng, s.weight_len());
@@ -95,9 +96,9 @@ fn check_conv_cases(cases: &[(usize, ConvShape)], algo: ConvAlgo) {
         // Accumulating adds the weight gradient to what `dw` holds (micro-batches).
         let base = random(&mut rng, s.weight_len());
         let mut dw3 = base.clone();
-        ws.grad_mode = GradMode::Accumulate;
+        ws.set_grad_mode(GradMode::Accumulate);
         conv::backward(&s, n, &x, &w, &dy, &mut dw3, InputGrad::Skip, &mut ws);
-        ws.grad_mode = GradMode::Overwrite;
+        ws.set_grad_mode(GradMode::Overwrite);
         let dw_ref: Vec<f64> = dw_ref.iter().zip(&base).map(|(r, b)| r + *b as f64).collect();
         assert!(rel_err(&dw3, &dw_ref) < TOL, "backward-weights add {algo:?} {s:?} n={n}: {}", rel_err(&dw3, &dw_ref));
     }
@@ -356,7 +357,7 @@ fn panel_packed_product_matches_naive_reference() {
         InC,
     }
     let modes =
-        [(false, None), (true, None), (false, Some(Res::Separate)), (true, Some(Res::No)), (false, Some(Res::InC))];
+        [(false, None), (true, None), (false, Some(Res::Separate)), (false, Some(Res::No)), (false, Some(Res::InC))];
     for ((m, n, k, strips, lda), (accumulate, finish)) in
         cases.into_iter().flat_map(|c| modes.map(|mode| (c.clone(), mode)))
     {
@@ -383,17 +384,20 @@ fn panel_packed_product_matches_naive_reference() {
                 }
             })
             .collect();
-        let finish = finish.map(|res| panel::Finish {
-            scale: &scale,
-            shift: &shift,
+        let finish = finish.map(|res| epilogue::Epilogue {
+            scale: &scale[..],
+            shift: &shift[..],
             residual: match res {
-                Res::No => conv::Residual::None,
-                Res::Separate => conv::Residual::Separate(&residual),
-                Res::InC => conv::Residual::InOutput,
+                Res::No => epilogue::Residual::None,
+                Res::Separate => epilogue::Residual::Separate(&residual[..]),
+                Res::InC => epilogue::Residual::InOutput,
             },
             relu: true,
         });
-        let store = panel::Store { accumulate, finish };
+        let store = match finish {
+            Some(f) => Store::Finish(f),
+            None => Store::adding(accumulate),
+        };
         for b in [Mat::transposed(&w, k), Mat::rows(&b_rows, n)] {
             let mut packed = vec![f32::NAN; n * k];
             panel::pack(b, k, n, &mut packed);
@@ -404,9 +408,9 @@ fn panel_packed_product_matches_naive_reference() {
             let epilogue = finish.map(|f| f.residual);
             let residual = match epilogue {
                 None => "no epilogue",
-                Some(conv::Residual::None) => "epilogue",
-                Some(conv::Residual::Separate(_)) => "epilogue, residual",
-                Some(conv::Residual::InOutput) => "epilogue, residual in C",
+                Some(epilogue::Residual::None) => "epilogue",
+                Some(epilogue::Residual::Separate(_)) => "epilogue, residual",
+                Some(epilogue::Residual::InOutput) => "epilogue, residual in C",
             };
             assert!(e < TOL, "packed product m={m} n={n} k={k} accumulate {accumulate} {residual}: {e}");
             let beyond = (0..m).flat_map(|i| (cols.len()..ldc).map(move |j| i * ldc + j));
@@ -490,11 +494,11 @@ fn winograd_matches_naive_reference() {
         let ways = [winograd::Way::InBlocks, winograd::Way::ByPosition];
         for way in ways.into_iter().filter(|&w| w == winograd::Way::InBlocks || panel::applies(c_out)) {
             let mut y = vec![f32::NAN; n * s.out_len()];
-            winograd::forward(way, &s, n, &x, &wt, None, &mut y, false, None, &mut ws);
+            winograd::forward(way, &s, n, &x, &wt, None, &mut y, Store::Overwrite, &mut ws);
             let e = rel_err(&y, &y_ref);
             assert!(e < TOL, "winograd forward {way:?} {s:?} n={n}: {e}");
             // Accumulating forward: y + conv(x) = 2·conv(x).
-            winograd::forward(way, &s, n, &x, &wt, None, &mut y, true, None, &mut ws);
+            winograd::forward(way, &s, n, &x, &wt, None, &mut y, Store::Accumulate, &mut ws);
             let twice: Vec<f64> = y_ref.iter().map(|v| 2.0 * v).collect();
             assert!(rel_err(&y, &twice) < TOL, "winograd accumulate {way:?} {s:?}");
         }
@@ -516,7 +520,7 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
     let mut rng = Rng::new(10);
     for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Direct] {
         let mut ws = Workspace::new();
-        ws.algo = algo;
+        ws.set_algo(algo);
         for (n, s) in [
             (3, ConvShape { c_in: 16, c_out: 24, kernel: 3, stride: 1, pad: 1, h: 9, w: 7 }),
             (2, ConvShape { c_in: 6, c_out: 32, kernel: 3, stride: 1, pad: 1, h: 5, w: 6 }),
@@ -547,16 +551,16 @@ fn conv_epilogue_fuses_batchnorm_residual_and_relu() {
                     .map(|(i, v)| if full { (v + residual[i] as f64).max(0.0) } else { v })
                     .collect();
                 let res = match (full, in_output) {
-                    (false, _) => conv::Residual::None,
-                    (true, false) => conv::Residual::Separate(&residual),
-                    (true, true) => conv::Residual::InOutput,
+                    (false, _) => epilogue::Residual::None,
+                    (true, false) => epilogue::Residual::Separate(&residual[..]),
+                    (true, true) => epilogue::Residual::InOutput,
                 };
-                let epi = conv::Epilogue { scale: &scale, shift: &shift, residual: res, relu: full };
+                let epi = epilogue::Epilogue { scale: &scale[..], shift: &shift[..], residual: res, relu: full };
                 let mut prepared = conv::Prepared::default();
                 for prepare in [false, true, true] {
                     let mut y = if in_output { residual.clone() } else { vec![f32::NAN; n * s.out_len()] };
                     let p = prepare.then_some(&mut prepared);
-                    conv::forward_with(&s, n, &x, &w, &mut y, Some(&epi), p, &mut ws);
+                    conv::forward_with(&s, n, &x, &w, &mut y, Store::Finish(epi), p, &mut ws);
                     let e = rel_err(&y, &want);
                     assert!(
                         e < TOL,
@@ -671,11 +675,11 @@ fn sgd_matches_pytorch_formula() {
 /// last case is too large for a group per item, so groups hold several items.
 #[test]
 fn sum_groups_adds_every_item_once_in_a_fixed_order() {
-    let mut ws = Workspace::new();
+    // Per-thread scratch for two workers, and room for the partial sums.
+    let mut room: (Vec<engine::Scratch>, Vec<f32>) = ((0..2).map(|_| Default::default()).collect(), Vec::new());
     let term = |item: usize, j: usize| ((item * 31 + j) % 17 + 1) as f32 * 10f32.powi((item % 7) as i32 - 3);
     for (len, items) in [(5, 1), (7, 50), (1 << 19, 13)] {
-        let sum = |ws: &mut Workspace| {
-            let Workspace { threads, partials, .. } = ws;
+        let sum = |(threads, partials): &mut (Vec<engine::Scratch>, Vec<f32>)| {
             engine::sum_groups(threads, partials, len, items, |_, group, part| {
                 for item in group {
                     part.iter_mut().enumerate().for_each(|(j, p)| *p += term(item, j));
@@ -683,9 +687,9 @@ fn sum_groups_adds_every_item_once_in_a_fixed_order() {
             })
             .to_vec()
         };
-        let first = sum(&mut ws);
+        let first = sum(&mut room);
         for _ in 0..3 {
-            assert_eq!(sum(&mut ws), first, "len {len}, {items} items: the sum changed between runs");
+            assert_eq!(sum(&mut room), first, "len {len}, {items} items: the sum changed between runs");
         }
         for j in (0..len).step_by(len / 5 + 1) {
             let want: f64 = (0..items).map(|i| term(i, j) as f64).sum();

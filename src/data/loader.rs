@@ -121,7 +121,6 @@ impl Spare {
 pub struct BatchLoader(Prefetch<Batch>);
 
 impl BatchLoader {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         data: Arc<dyn Samples>,
         order: Arc<Vec<u32>>,

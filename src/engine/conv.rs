@@ -13,6 +13,7 @@
 //! neighbouring rows overlaps), tile by tile within each group, and sums the groups'
 //! weight gradients in a fixed order (`sum_groups`).
 
+use super::epilogue::{Residual, Store};
 use super::matmul::{Mat, matmul};
 use super::{
     Precision, SharedOut, Workspace, bf16, direct, ensure_len, for_each_item, panel, split_range, sum_groups, winograd,
@@ -64,118 +65,6 @@ impl ConvShape {
     }
     fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.pad == 0
-    }
-}
-
-/// What happens to each output value right after it is computed, in inference: the
-/// BatchNorm affine transform, the residual addition and the ReLU,
-/// `y = relu(y·scale + shift + residual)`, while the tile is still in cache.
-#[derive(Clone, Copy)]
-pub struct Epilogue<'a> {
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    pub residual: Residual<'a>,
-    pub relu: bool,
-}
-
-/// The residual an [`Epilogue`] adds after the affine transform.
-#[derive(Clone, Copy)]
-pub enum Residual<'a> {
-    None,
-    /// Its own buffer, NHWC like the output.
-    Separate(&'a [f32]),
-    /// The output buffer holds it on entry: each value is read just before its result
-    /// replaces it. An inference block writes its output over its shortcut this way, so
-    /// the output needs no buffer of its own, and the lines read for the residual are
-    /// in cache when the result is stored; a separate output's lines are fetched as well.
-    /// The panel product of ResNet-50's 64→256 layer at batch 16 ran 22% faster alone,
-    /// the whole inference 1.5–3.5% (BENCHMARKS.md).
-    InOutput,
-}
-
-impl<'a> Residual<'a> {
-    /// The same residual from element `offset` on.
-    fn at(self, offset: usize) -> Residual<'a> {
-        match self {
-            Residual::Separate(r) => Residual::Separate(&r[offset..]),
-            other => other,
-        }
-    }
-
-    /// Whether a separate residual (if any) holds at least `len` values.
-    pub(crate) fn covers(self, len: usize) -> bool {
-        !matches!(self, Residual::Separate(r) if r.len() < len)
-    }
-}
-
-impl Epilogue<'_> {
-    /// The same epilogue as the GEMM kernel applies it to a block of C: output pixels from
-    /// `pixel` on (counted over the batch), channels `cols`, of a layer with `c_out`
-    /// channels.
-    pub(crate) fn for_block(&self, pixel: usize, c_out: usize, cols: std::ops::Range<usize>) -> panel::Finish<'_> {
-        panel::Finish {
-            scale: &self.scale[cols.clone()],
-            shift: &self.shift[cols.clone()],
-            residual: self.residual.at(pixel * c_out + cols.start),
-            relu: self.relu,
-        }
-    }
-
-    /// Applies to `out`, the channels `cols` of output pixel `pixel` (counted over the
-    /// batch), of a layer with `c_out` channels, whose values `out` holds. Always inlined,
-    /// so that a caller with a constant number of channels gets vector code. Not for a
-    /// residual in the output, which `out` no longer holds (see [`Epilogue::apply_over`]).
-    #[inline(always)]
-    pub fn apply(&self, out: &mut [f32], pixel: usize, c_out: usize, cols: std::ops::Range<usize>) {
-        // Every slice is cut to `out.len()`: when the caller's length is a constant the
-        // loops below become straight vector code without bounds checks. One fused pass,
-        // because this runs on each freshly computed tile while it is still in L1.
-        let n = out.len();
-        debug_assert_eq!(n, cols.len());
-        let (scale, shift) = (&self.scale[cols.start..][..n], &self.shift[cols.start..][..n]);
-        let relu = |v: f32| if self.relu { v.max(0.0) } else { v };
-        match self.residual {
-            Residual::Separate(res) => {
-                let res = &res[pixel * c_out + cols.start..][..n];
-                for i in 0..n {
-                    out[i] = relu(out[i] * scale[i] + shift[i] + res[i]);
-                }
-            }
-            Residual::None => {
-                for i in 0..n {
-                    out[i] = relu(out[i] * scale[i] + shift[i]);
-                }
-            }
-            Residual::InOutput => panic!("Epilogue::apply: the residual in the output was overwritten"),
-        }
-    }
-
-    /// `out = epilogue(values)`, as [`Epilogue::apply`] with the values apart, so that
-    /// `out` may hold the residual.
-    #[inline(always)]
-    pub fn apply_over(
-        &self,
-        values: &[f32],
-        out: &mut [f32],
-        pixel: usize,
-        c_out: usize,
-        cols: std::ops::Range<usize>,
-    ) {
-        let n = out.len();
-        debug_assert_eq!(n, cols.len());
-        let (values, scale, shift) = (&values[..n], &self.scale[cols.start..][..n], &self.shift[cols.start..][..n]);
-        let relu = |v: f32| if self.relu { v.max(0.0) } else { v };
-        match self.residual {
-            Residual::InOutput => {
-                for i in 0..n {
-                    out[i] = relu(values[i] * scale[i] + shift[i] + out[i]);
-                }
-            }
-            Residual::Separate(_) | Residual::None => {
-                out.copy_from_slice(values);
-                self.apply(out, pixel, c_out, cols);
-            }
-        }
     }
 }
 
@@ -362,7 +251,7 @@ impl InputGrad<&mut [f32]> {
 
 /// `y = conv(x, w)` for a batch of `n` images, by the algorithm the workspace picks.
 pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], ws: &mut Workspace) {
-    forward_with(s, n, x, w, y, None, None, ws)
+    forward_with(s, n, x, w, y, Store::Overwrite, None, ws)
 }
 
 /// A convolution's weights in the forms its inference kernels read, made from the OHWI
@@ -389,9 +278,11 @@ enum Packed<'a> {
     Bf16(&'a [u16]),
 }
 
-/// `y = epilogue(conv(x, w))`: by Winograd or the direct kernel where they apply, else
-/// by im2col + GEMM. With `prepared` (inference), Winograd reads weights transformed once
-/// (and so pays off from 16 tiles on) and the GEMM weights packed once.
+/// `conv(x, w)` into `y` as `store` says: by Winograd or the direct kernel where they
+/// apply, else by im2col + GEMM; the one choice for the forward and for the input gradient
+/// (a forward on `dy` with the flipped kernel). With `prepared` (inference), Winograd
+/// reads weights transformed once (and so pays off from 16 tiles on) and the GEMM weights
+/// packed once.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     s: &ConvShape,
@@ -399,25 +290,7 @@ pub fn forward_with(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    epi: Option<&Epilogue>,
-    prepared: Option<&mut Prepared>,
-    ws: &mut Workspace,
-) {
-    convolve(s, n, x, w, y, false, epi, prepared, ws)
-}
-
-/// `y (+)= epilogue(conv(x, w))` by the algorithm that applies: the one choice for the
-/// forward and for the input gradient (a forward on `dy` with the flipped kernel), which
-/// adds to `y` when `accumulate` (then `epi` must be `None`).
-#[allow(clippy::too_many_arguments)]
-fn convolve(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
@@ -427,7 +300,7 @@ fn convolve(
         // input in place (`bf16::conv3x3`), the others through im2col.
         #[cfg(target_arch = "x86_64")]
         if bf16::conv3x3::applies(s) {
-            return conv3x3_bf16(s, n, x, w, y, accumulate, epi, prepared, ws);
+            return conv3x3_bf16(s, n, x, w, y, store, prepared, ws);
         }
         let packed = match prepared {
             Some(p) => Packed::Bf16(p.bf16.get_or_insert_with(|| {
@@ -437,18 +310,18 @@ fn convolve(
             })),
             None => Packed::No,
         };
-        return im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws);
+        return im2col_gemm(s, n, x, w, packed, y, store, ws);
     }
     let small = winograd_small::applies(s, ws.algo);
     if small || winograd::applies(s, n, ws.threads.len(), ws.algo, prepared.is_some()) {
         let u = prepared.map(|p| &**p.winograd.get_or_insert_with(|| winograd::transform_weights(s, w)));
         return match small {
-            true => winograd_small::forward(s, n, x, w, u, y, accumulate, epi, ws),
-            false => winograd::forward(winograd::way_for(s, n), s, n, x, w, u, y, accumulate, epi, ws),
+            true => winograd_small::forward(s, n, x, w, u, y, store, ws),
+            false => winograd::forward(winograd::way_for(s, n), s, n, x, w, u, y, store, ws),
         };
     }
     if direct::applies(s, n, ws.threads.len(), ws.algo) {
-        return direct::forward(s, n, x, w, y, accumulate, epi, ws);
+        return direct::forward(s, n, x, w, y, store, ws);
     }
     let packed = match prepared {
         Some(p) if panel::applies(s.c_out) => Packed::F32(p.gemm.get_or_insert_with(|| {
@@ -458,11 +331,11 @@ fn convolve(
         })),
         _ => Packed::No,
     };
-    im2col_gemm(s, n, x, w, packed, y, accumulate, epi, ws)
+    im2col_gemm(s, n, x, w, packed, y, store, ws)
 }
 
-/// `y (+)= epilogue(conv(x, w))` by `bf16::conv3x3`, on weights packed once in `prepared`
-/// if given, else here.
+/// `conv(x, w)` into `y` as `store` says, by `bf16::conv3x3`, on weights packed once in
+/// `prepared` if given, else here.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn conv3x3_bf16(
@@ -471,14 +344,11 @@ fn conv3x3_bf16(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     prepared: Option<&mut Prepared>,
     ws: &mut Workspace,
 ) {
     use bf16::conv3x3;
-    let finish = epi.map(|e| e.for_block(0, s.c_out, 0..s.c_out));
-    let store = panel::Store { accumulate, finish };
     match prepared {
         Some(p) => {
             let packed = p.bf16_3x3.get_or_insert_with(|| {
@@ -508,8 +378,8 @@ fn pack_weights(s: &ConvShape, w: &[f32], out: &mut [f32]) {
     panel::pack(weights_as_b(s, w), s.patch(), s.c_out, out);
 }
 
-/// `y (+)= epilogue(conv(x, w))` by im2col + GEMM, whatever the shape: `accumulate` adds
-/// to `y` (then `epi` must be `None`). The GEMM runs on `bf16::product` in bf16, else on
+/// `conv(x, w)` into `y` as `store` says, by im2col + GEMM, whatever the shape. The GEMM
+/// runs on `bf16::product` in bf16, else on
 /// `panel::product_packed` where it applies, on `packed` if given, else on weights packed
 /// here once for all tiles.
 #[allow(clippy::too_many_arguments)]
@@ -520,11 +390,9 @@ fn im2col_gemm(
     w: &[f32],
     packed: Packed,
     y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     ws: &mut Workspace,
 ) {
-    debug_assert!(!(accumulate && epi.is_some()));
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     let mut own = std::mem::take(&mut ws.packed_weights);
     let mut own_bf16 = std::mem::take(&mut ws.packed_bf16);
@@ -586,11 +454,24 @@ fn im2col_gemm(
                 )
             };
             let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-            let finish = epi.map(|e| e.for_block(start, s.c_out, cols.clone()));
-            let store = panel::Store { accumulate, finish };
+            let block_store = match store {
+                Store::Finish(e) => Store::Finish(e.for_block(start, s.c_out, cols.clone())),
+                other => other,
+            };
             match packed {
                 Packed::F32(packed) => {
-                    panel::product_packed(dst, s.c_out, m, strips, patch, a, patch, packed, store, &mut scr.a_panel);
+                    panel::product_packed(
+                        dst,
+                        s.c_out,
+                        m,
+                        strips,
+                        patch,
+                        a,
+                        patch,
+                        packed,
+                        block_store,
+                        &mut scr.a_panel,
+                    );
                 }
                 Packed::Bf16(packed) if lowered_bf16 => {
                     let (kp, rows) = (patch.next_multiple_of(bf16::K_STEP), bf16::rows_for(m));
@@ -599,17 +480,17 @@ fn im2col_gemm(
                     lower(s, x, start..end, rounded, kp);
                     rounded[m * kp..].fill(0);
                     let a = bf16::Rows::Rounded { a: rounded };
-                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
+                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, block_store, &mut scr.a_bf16);
                 }
                 Packed::Bf16(packed) => {
                     let a = bf16::Rows::Direct { a, lda: patch };
-                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, store, &mut scr.a_bf16);
+                    bf16::product(dst, s.c_out, m, strips, patch, a, packed, block_store, &mut scr.a_bf16);
                 }
                 Packed::No => {
                     let wt = weights_as_b(s, &w[cols.start * patch..cols.end * patch]);
                     let width = cols.len();
-                    match epi {
-                        Some(epi) if matches!(epi.residual, Residual::InOutput) => {
+                    match store {
+                        Store::Finish(epi) if matches!(epi.residual, Residual::InOutput) => {
                             // The residual is in dst: the products go to a tile of their own.
                             ensure_len(&mut scr.dcol, m * width);
                             let tile = &mut scr.dcol[..m * width];
@@ -625,8 +506,8 @@ fn im2col_gemm(
                             }
                         }
                         _ => {
-                            matmul(dst, s.c_out, m, width, patch, Mat::rows(a, patch), wt, accumulate);
-                            if let Some(epi) = epi {
+                            matmul(dst, s.c_out, m, width, patch, Mat::rows(a, patch), wt, store.accumulates());
+                            if let Store::Finish(epi) = store {
                                 for r in 0..m {
                                     epi.apply(&mut dst[r * s.c_out..][..width], start + r, s.c_out, cols.clone());
                                 }
@@ -699,7 +580,9 @@ fn backward_overwriting(
     if let Some((dx, add)) = dx.target() {
         // The same choice as the forward's, made on the flipped shape (channel counts
         // swapped); Winograd's depends on them symmetrically, so it matches the choice above.
-        with_flipped_kernel(s, w, ws, |t, flipped, ws| convolve(t, n, dy, flipped, dx, add, None, None, ws));
+        with_flipped_kernel(s, w, ws, |t, flipped, ws| {
+            forward_with(t, n, dy, flipped, dx, Store::adding(add), None, ws)
+        });
     }
 }
 
@@ -731,15 +614,14 @@ pub fn backward_im2col(
                 let mut packed = std::mem::take(&mut ws.packed_bf16);
                 ensure_len(&mut packed, bf16::conv3x3::packed_len(&t));
                 bf16::conv3x3::pack_flipped(s, w, &mut packed);
-                let store = panel::Store { accumulate: add, finish: None };
-                bf16::conv3x3::forward(&t, n, dy, &packed, dx, store, ws);
+                bf16::conv3x3::forward(&t, n, dy, &packed, dx, Store::adding(add), ws);
                 ws.packed_bf16 = packed;
                 return;
             }
             with_flipped_kernel(s, w, ws, |t, flipped, ws| match ws.precision {
                 // bf16 picks its own way (`convolve`).
-                Precision::Bf16 => convolve(t, n, dy, flipped, dx, add, None, None, ws),
-                Precision::F32 => im2col_gemm(t, n, dy, flipped, Packed::No, dx, add, None, ws),
+                Precision::Bf16 => forward_with(t, n, dy, flipped, dx, Store::adding(add), None, ws),
+                Precision::F32 => im2col_gemm(t, n, dy, flipped, Packed::No, dx, Store::adding(add), ws),
             });
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),
@@ -862,7 +744,7 @@ fn weights_and_scatter(
                     }
                     let strips = 0..s.patch() / panel::STRIP;
                     let at = bf16::Rows::Transposed { at: dyg, ldat: s.c_out };
-                    let store = panel::Store { accumulate: true, finish: None };
+                    let store = Store::Accumulate;
                     let (b, a_block) = (&scr.b_bf16, &mut scr.a_bf16);
                     bf16::product(dwt, s.patch(), s.c_out, strips, m, at, b, store, a_block);
                 } else if bf16_dw_by_columns {
@@ -871,7 +753,7 @@ fn weights_and_scatter(
                     bf16::pack(Mat::rows(dyg, s.c_out), m, s.c_out, &mut scr.b_bf16);
                     let strips = 0..s.c_out / panel::STRIP;
                     let at = bf16::Rows::Transposed { at: col, ldat: s.patch() };
-                    let store = panel::Store { accumulate: true, finish: None };
+                    let store = Store::Accumulate;
                     let (b, a_block) = (&scr.b_bf16, &mut scr.a_bf16);
                     bf16::product(dwt, s.c_out, s.patch(), strips, m, at, b, store, a_block);
                 } else if transposed_dw {
@@ -908,7 +790,7 @@ fn weights_and_scatter(
                         (&mut scr.dcol[..m * s.patch()], false)
                     };
                     let (patch, c_out) = (s.patch(), s.c_out);
-                    let store = panel::Store { accumulate, finish: None };
+                    let store = Store::adding(accumulate);
                     let strips = 0..patch / panel::STRIP;
                     match packed {
                         Packed::F32(packed) => {

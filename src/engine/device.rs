@@ -12,6 +12,11 @@
 //! let floats: &[f32] = v.view().host(); // private to the engine
 //! ```
 //!
+//! The rest of the state the layers keep is opaque too: a convolution's [`Prepared`]
+//! weights, BatchNorm's [`BnSaved`] statistics, and the `Workspace` every function takes
+//! (scratch, algorithm, number format, gradient mode). Results reach their output as one
+//! `epilogue::Store` says: overwritten, added to, or finished by an [`Epilogue`].
+//!
 //! On this CPU backend device memory is host memory and each function calls the CPU
 //! kernels of the sibling modules. A CUDA backend would make `DeviceVec` hold device
 //! memory as well (cudarc's `CudaSlice`, views as its `CudaView`/`CudaViewMut`) and
@@ -20,7 +25,10 @@
 //! backend's, and `tests/kernels.rs` tests them directly.
 
 use super::batchnorm::{self as bn, BnParams};
-use super::conv::{self, ConvShape, InputGrad};
+use super::conv::{self, ConvShape};
+// The input gradient's destination and a convolution's prepared weights, as layers hold them.
+pub use super::conv::{InputGrad, Prepared};
+use super::epilogue::{self, Store};
 use super::ops::{self, ShortcutA};
 use super::pool::{self, PoolShape};
 use super::{GradMode, Workspace, ensure_len};
@@ -148,6 +156,17 @@ impl<'a, T: Copy> ViewMut<'a, T> {
     }
 }
 
+/// What a BatchNorm training forward keeps for its backward: per channel the batch mean,
+/// 1/std and the folded scale and shift, and the rows they cover. Engine memory, opaque
+/// above the engine.
+pub struct BnSaved(bn::Saved);
+
+impl BnSaved {
+    pub fn new(channels: usize) -> Self {
+        BnSaved(bn::Saved::new(channels))
+    }
+}
+
 /// The BatchNorm affine parameters as the BatchNorm operations take them.
 #[derive(Clone, Copy)]
 pub struct BnWeights<'a> {
@@ -164,39 +183,11 @@ impl<'a> BnWeights<'a> {
     }
 }
 
-/// An inference epilogue (`relu(y·scale + shift + residual)`, see [`conv::Epilogue`]).
-#[derive(Clone, Copy)]
-pub struct Epilogue<'a> {
-    pub scale: View<'a>,
-    pub shift: View<'a>,
-    pub residual: Residual<'a>,
-    pub relu: bool,
-}
+/// An inference epilogue on the engine's memory (see [`epilogue::Epilogue`]).
+pub type Epilogue<'a> = epilogue::Epilogue<View<'a>>;
 
-/// The residual an [`Epilogue`] adds (see [`conv::Residual`]).
-#[derive(Clone, Copy)]
-pub enum Residual<'a> {
-    None,
-    /// Its own buffer, laid out as the output.
-    Separate(View<'a>),
-    /// The output buffer holds it on entry; the result replaces it.
-    InOutput,
-}
-
-impl<'a> Epilogue<'a> {
-    fn host(self) -> conv::Epilogue<'a> {
-        conv::Epilogue {
-            scale: self.scale.host(),
-            shift: self.shift.host(),
-            residual: match self.residual {
-                Residual::None => conv::Residual::None,
-                Residual::Separate(r) => conv::Residual::Separate(r.host()),
-                Residual::InOutput => conv::Residual::InOutput,
-            },
-            relu: self.relu,
-        }
-    }
-}
+/// The residual an [`Epilogue`] adds (see [`epilogue::Residual`]).
+pub type Residual<'a> = epilogue::Residual<View<'a>>;
 
 fn input_grad(dx: InputGrad<ViewMut<'_>>) -> InputGrad<&mut [f32]> {
     match dx {
@@ -222,10 +213,10 @@ pub fn conv_forward_fused(
     w: View,
     y: ViewMut,
     epi: Epilogue,
-    prepared: &mut conv::Prepared,
+    prepared: &mut Prepared,
     ws: &mut Workspace,
 ) {
-    conv::forward_with(s, n, x.host(), w.host(), y.host(), Some(&epi.host()), Some(prepared), ws);
+    conv::forward_with(s, n, x.host(), w.host(), y.host(), Store::Finish(epi.map(View::host)), Some(prepared), ws);
 }
 
 /// The weight gradient into `dw`, and the input gradient as `dx` says ([`conv::backward`]).
@@ -254,15 +245,27 @@ pub fn bn_forward_train(
     momentum: f32,
     running_mean: ViewMut,
     running_var: ViewMut,
-    saved: &mut bn::Saved,
+    saved: &mut BnSaved,
     residual: Option<View>,
     relu: bool,
     y: ViewMut,
-    scr: &mut bn::Scratch,
+    ws: &mut Workspace,
 ) {
     let (mean, var) = (running_mean.host(), running_var.host());
     let residual = residual.map(View::host);
-    bn::forward_train(&p.host(), x.host(), rows, momentum, mean, var, saved, residual, relu, y.host(), scr);
+    bn::forward_train(
+        &p.host(),
+        x.host(),
+        rows,
+        momentum,
+        mean,
+        var,
+        &mut saved.0,
+        residual,
+        relu,
+        y.host(),
+        &mut ws.bn,
+    );
 }
 
 /// Inference forward from the running statistics ([`bn::forward_eval`]).
@@ -276,10 +279,10 @@ pub fn bn_forward_eval(
     residual: Option<View>,
     relu: bool,
     y: ViewMut,
-    scr: &mut bn::Scratch,
+    ws: &mut Workspace,
 ) {
     let (mean, var, residual) = (running_mean.host(), running_var.host(), residual.map(View::host));
-    bn::forward_eval(&p.host(), x.host(), rows, mean, var, residual, relu, y.host(), scr);
+    bn::forward_eval(&p.host(), x.host(), rows, mean, var, residual, relu, y.host(), &mut ws.bn);
 }
 
 /// The inference transform `x·scale + shift` ([`bn::eval_affine`]).
@@ -293,14 +296,14 @@ pub fn bn_backward(
     p: BnWeights,
     x: View,
     rows: usize,
-    saved: &bn::Saved,
+    saved: &BnSaved,
     relu: bool,
     g: ViewMut,
     dgamma: ViewMut,
     dbeta: ViewMut,
-    scr: &mut bn::Scratch,
+    ws: &mut Workspace,
 ) {
-    bn::backward(&p.host(), x.host(), rows, saved, relu, g.host(), dgamma.host(), dbeta.host(), scr);
+    bn::backward(&p.host(), x.host(), rows, &saved.0, relu, g.host(), dgamma.host(), dbeta.host(), &mut ws.bn);
 }
 
 // Elementwise, shortcut, pooling, classifier.
@@ -357,7 +360,6 @@ pub fn avgpool_backward(n: usize, pixels: usize, c: usize, g: View, dx: ViewMut)
 }
 
 /// `y = x·wᵀ + b` for `n` rows of `i` inputs, `o` outputs ([`ops::linear_forward`]).
-#[allow(clippy::too_many_arguments)]
 pub fn linear_forward(n: usize, i: usize, o: usize, x: View, w: View, b: View, y: ViewMut) {
     ops::linear_forward(n, i, o, x.host(), w.host(), b.host(), y.host());
 }

@@ -15,8 +15,8 @@
 //! The input gradient of a stride-1 convolution is the forward kernel on `dy` with the
 //! flipped kernel (`conv::with_flipped_kernel`), accumulated into `dx`.
 
-use super::conv::{ConvShape, Epilogue, Residual};
-use super::panel::Finish;
+use super::conv::ConvShape;
+use super::epilogue::{Residual, Store};
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, sum_groups};
 
 /// Output pixels per microkernel call.
@@ -86,21 +86,12 @@ fn pad_image(s: &ConvShape, p: &Padded, img: &[f32], buf: &mut Vec<f32>) {
     })
 }
 
-/// `y = epilogue(conv(x, w))`, or `y += conv(x, w)` when `accumulate`.
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    s: &ConvShape,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
-    ws: &mut Workspace,
-) {
+/// `conv(x, w)` into `y` as `store` says.
+pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], store: Store<&[f32]>, ws: &mut Workspace) {
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     debug_assert!(applies(s, n, 1, ConvAlgo::Direct));
-    assert!(epi.is_none_or(|e| e.residual.covers(n * s.out_len())), "direct conv: residual too short");
+    let covered = store.epilogue().is_none_or(|e| e.residual.covers(n * s.out_len()));
+    assert!(covered, "direct conv: residual too short");
     let p = Padded::new(s);
     // Weights as [block of 16 outputs][tap][c_in][16], so each microkernel step loads
     // one contiguous 16-float row.
@@ -123,11 +114,14 @@ pub fn forward(
             for block in 0..co / CHANNELS {
                 let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
                 let c0 = block * CHANNELS;
-                let finish = epi.map(|e| e.for_block(first_pixel, co, c0..c0 + CHANNELS));
+                let store = match store {
+                    Store::Finish(e) => Store::Finish(e.for_block(first_pixel, co, c0..c0 + CHANNELS)),
+                    other => other,
+                };
                 for q0 in (0..p.run).step_by(PIXELS) {
                     // Each pixel's 16 outputs (and residual), or None for a pad column. One
                     // division per call: the six pixels' positions follow by counting.
-                    let mut tile = TileOut { dst: Default::default(), residual: [None; PIXELS], accumulate, finish };
+                    let mut tile = TileOut { dst: Default::default(), residual: [None; PIXELS], store };
                     let (mut oy, mut ox) = (q0 / p.row, q0 % p.row);
                     for i in 0..PIXELS {
                         if oy < s.h && ox < s.w {
@@ -136,7 +130,7 @@ pub fn forward(
                             // ox < w), which only the worker that took it writes.
                             let dst = unsafe { out.base().add(first_pixel * co + at + c0) };
                             tile.dst[i] = Some(dst);
-                            tile.residual[i] = match finish.map(|f| f.residual) {
+                            tile.residual[i] = match store.epilogue().map(|f| f.residual) {
                                 Some(Residual::Separate(r)) => r[at..].first_chunk::<CHANNELS>().map(|r| r.as_ptr()),
                                 // Read from the output just before the result replaces it.
                                 Some(Residual::InOutput) => Some(dst.cast_const()),
@@ -173,9 +167,9 @@ struct TileOut<'a> {
     /// Each pixel's 16 residual values, where the epilogue has one (its outputs' own for
     /// a residual in the output).
     residual: [Option<*const f32>; PIXELS],
-    accumulate: bool,
-    /// The epilogue at these 16 channels (its residual is read through `residual`).
-    finish: Option<Finish<'a>>,
+    /// How the sums are stored; an epilogue cut to these 16 channels (its residual is
+    /// read through `residual`).
+    store: Store<&'a [f32]>,
 }
 
 /// `dw = Σ dyᵀ·col(x)` (overwritten), OHWI like the weights.
@@ -244,7 +238,7 @@ fn weight_rows(xp: &[f32], ci: usize, s: &ConvShape, p: &Padded, dy: &[f32], par
 /// The register kernels, on `simd::V8`: an AVX register where the build has AVX2. `applies`
 /// keeps other builds on im2col + the `gemm` crate, so the portable form is never timed.
 mod kernels {
-    use super::{CHANNELS, PIXELS, Padded, ROWS, TileOut};
+    use super::{CHANNELS, PIXELS, Padded, ROWS, Store, TileOut};
     use crate::engine::conv::ConvShape;
     use crate::engine::simd::V8;
 
@@ -254,7 +248,7 @@ mod kernels {
     #[inline(always)]
     pub fn forward_6x16(xp: &[f32], q0: usize, ci: usize, p: &Padded, w: &[f32], out: TileOut) {
         assert!((q0 + PIXELS - 1 + p.tap(8) + 1) * ci <= xp.len() && w.len() >= 9 * ci * CHANNELS);
-        if let Some(f) = out.finish {
+        if let Some(f) = out.store.epilogue() {
             assert!(f.scale.len() >= CHANNELS && f.shift.len() >= CHANNELS);
         }
         let mut acc = [V8::zero(); 2 * PIXELS];
@@ -283,14 +277,15 @@ mod kernels {
                 // residual, which may be dst itself, is read before the store.
                 unsafe {
                     let mut v = acc[2 * i + h];
-                    if out.accumulate {
-                        v = V8::read(dst.add(8 * h)) + v;
-                    }
-                    if let Some(f) = out.finish {
-                        let (scale, shift) =
-                            (V8::read(f.scale.as_ptr().add(8 * h)), V8::read(f.shift.as_ptr().add(8 * h)));
-                        let residual = out.residual[i].map(|r| V8::read(r.add(8 * h)));
-                        v = v.finish(scale, shift, residual, f.relu);
+                    match out.store {
+                        Store::Overwrite => {}
+                        Store::Accumulate => v = V8::read(dst.add(8 * h)) + v,
+                        Store::Finish(f) => {
+                            let (scale, shift) =
+                                (V8::read(f.scale.as_ptr().add(8 * h)), V8::read(f.shift.as_ptr().add(8 * h)));
+                            let residual = out.residual[i].map(|r| V8::read(r.add(8 * h)));
+                            v = v.finish(scale, shift, residual, f.relu);
+                        }
                     }
                     v.write(dst.add(8 * h));
                 }
@@ -301,8 +296,8 @@ mod kernels {
     /// `tile[i][·] = Σ_pixels xp[pixel's input + offs[i]] · dy[pixel][·]` over the valid
     /// output pixels of one image, for `ROWS` (tap, channel) rows and 16 output channels.
     /// `dy` starts at the block's first channel; its pixels are `co` floats apart.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub fn weights(
         xp: &[f32],
         offs: &[usize; ROWS],

@@ -4,7 +4,7 @@
 //! training hold their tensors in its [`DeviceVec`]s and compute on them only through its
 //! functions; the compiler holds them to that, since the floats of a `DeviceVec` are
 //! private to this module. The other modules are the CPU backend's kernels, on host
-//! slices with explicit shapes. The CUDA backend ([`cuda`], feature `cuda`) is to supply
+//! slices with explicit shapes. The CUDA backend (`cuda`, feature `cuda`) is to supply
 //! `device`'s memory and functions over GPU memory, so that nothing above this module
 //! changes; so far it has its own kernels and their launches.
 //!
@@ -27,6 +27,7 @@ pub mod conv;
 pub mod cuda;
 pub mod device;
 pub mod direct;
+pub mod epilogue;
 pub mod flat;
 pub mod isa;
 pub mod matmul;
@@ -81,37 +82,40 @@ pub enum ConvAlgo {
     Winograd,
 }
 
-/// Per-thread scratch for all kernels, reused across layers and steps, the shared
-/// transformed weights of the convolutions, and the convolution algorithm.
+/// The engine's context for a network: per-thread scratch for all kernels, reused across
+/// layers and steps, the shared transformed weights of the convolutions, and the settings
+/// every kernel reads (algorithm, number format, gradient mode). Opaque above the engine:
+/// layers and models hand it to the `device` functions and change its settings through
+/// the methods below, so that another backend can keep its own state here.
 pub struct Workspace {
-    pub threads: Vec<Scratch>,
-    pub winograd_u: Vec<f32>,
+    threads: Vec<Scratch>,
+    winograd_u: Vec<f32>,
     /// Every tile's transformed inputs and products, for `winograd`'s passes by position.
-    pub winograd_v: Vec<f32>,
-    pub winograd_m: Vec<f32>,
+    winograd_v: Vec<f32>,
+    winograd_m: Vec<f32>,
     /// Room for the tasks of Winograd's weight transform (see `winograd::weight_transform`).
-    pub weight_transform_bufs: Vec<f32>,
+    weight_transform_bufs: Vec<f32>,
     /// The kernel of a stride-1 convolution's input gradient (see `conv::flip_kernel`).
-    pub flipped_weights: Vec<f32>,
+    flipped_weights: Vec<f32>,
     /// The weights of a direct convolution, repacked (see `direct::forward`).
-    pub direct_weights: Vec<f32>,
+    direct_weights: Vec<f32>,
     /// The weights of a GEMM, packed for `panel::product_packed` (see `conv`).
-    pub packed_weights: Vec<f32>,
+    packed_weights: Vec<f32>,
     /// The same in bf16, for `bf16::product`.
-    pub packed_bf16: Vec<u16>,
+    packed_bf16: Vec<u16>,
     /// A batch rounded to bf16 with a border of zeros (see `bf16::conv3x3`).
-    pub padded_bf16: Vec<u16>,
+    padded_bf16: Vec<u16>,
     /// Partial sums of a weight gradient, one run per group of images (see `sum_groups`).
-    pub partials: Vec<f32>,
+    partials: Vec<f32>,
     /// BatchNorm's room.
-    pub bn: batchnorm::Scratch,
-    pub algo: ConvAlgo,
+    bn: batchnorm::Scratch,
+    algo: ConvAlgo,
     /// The number format of the convolutions' GEMMs.
-    pub precision: Precision,
+    precision: Precision,
     /// Whether backward passes replace the weight gradients or add to them.
-    pub grad_mode: GradMode,
+    grad_mode: GradMode,
     /// A weight gradient on its way to being added (see `conv::backward`).
-    pub grad_sum: Vec<f32>,
+    grad_sum: Vec<f32>,
 }
 
 /// How a backward pass leaves the parameters' gradients.
@@ -125,6 +129,25 @@ pub enum GradMode {
 }
 
 impl Workspace {
+    pub fn algo(&self) -> ConvAlgo {
+        self.algo
+    }
+    pub fn set_algo(&mut self, algo: ConvAlgo) {
+        self.algo = algo;
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+    pub fn grad_mode(&self) -> GradMode {
+        self.grad_mode
+    }
+    pub fn set_grad_mode(&mut self, mode: GradMode) {
+        self.grad_mode = mode;
+    }
+
     pub fn new() -> Self {
         let n = rayon::current_num_threads().max(1);
         Workspace {

@@ -11,7 +11,8 @@
 //! The backward-data pass of such a layer is the same convolution on the output gradient
 //! with the kernel rotated by 180° and its channel roles swapped.
 
-use super::conv::{self, ConvShape, Epilogue, Residual};
+use super::conv::{self, ConvShape};
+use super::epilogue::{Residual, Store};
 use super::matmul::{Mat, matmul};
 use super::panel;
 use super::{ConvAlgo, SharedOut, Workspace, ensure_len, for_each_item, split_range, sum_groups};
@@ -374,10 +375,9 @@ pub enum Way {
 /// up to batch 16. Larger batches run in blocks of tiles.
 const BY_POSITION_FLOATS: usize = 1 << 23;
 
-/// `y (+)= conv3x3(x, w)`, its work ordered `way` (see [`way_for`]); `accumulate` adds to
-/// `y` instead of overwriting it. An epilogue (inference BatchNorm, residual, ReLU) is
-/// applied to each tile as it is written (not with `accumulate`). `u`: the weights
-/// already transformed by `transform_weights`, if the caller keeps them.
+/// `conv3x3(x, w)` into `y` as `store` says, its work ordered `way` (see [`way_for`]); an
+/// epilogue is applied to each tile as it is written. `u`: the weights already
+/// transformed by `transform_weights`, if the caller keeps them.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     way: Way,
@@ -387,11 +387,9 @@ pub fn forward(
     w: &[f32],
     u: Option<&[f32]>,
     y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     ws: &mut Workspace,
 ) {
-    assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(s.kernel == 3 && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
     assert!(way == Way::InBlocks || panel::applies(s.c_out), "winograd by position: c_out must come in 16s");
@@ -401,7 +399,7 @@ pub fn forward(
     // Tiles are disjoint rectangles of the output, each written by the one block or pass
     // item holding it.
     let out = SharedOut(y[..n * s.out_len()].as_mut_ptr());
-    let layer = Layer { s, x, u, grid, tiles, out, accumulate, epi };
+    let layer = Layer { s, x, u, grid, tiles, out, store };
     match way {
         Way::InBlocks => in_blocks(&layer, &mut ws.threads),
         Way::ByPosition => by_position(&layer, &mut ws.threads, (&mut ws.winograd_v, &mut ws.winograd_m)),
@@ -417,13 +415,12 @@ struct Layer<'a> {
     grid: (usize, usize),
     tiles: usize,
     out: SharedOut,
-    accumulate: bool,
-    epi: Option<&'a Epilogue<'a>>,
+    store: Store<&'a [f32]>,
 }
 
 /// [`Way::InBlocks`].
 fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
-    let Layer { s, x, u, grid, tiles, out, accumulate, epi } = *layer;
+    let Layer { s, x, u, grid, tiles, out, store } = *layer;
     let (ci, co) = (s.c_in, s.c_out);
     let block = forward_block(tiles, threads.len(), ci, co);
     let blocks = tiles.div_ceil(block);
@@ -440,8 +437,8 @@ fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
             for p in 0..POS {
                 let (v, m) = (&b.v[p * vs..][..count * ci], &mut b.m[p * ms..][..count * co]);
                 if panel::applies(co) {
-                    let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
-                    panel::product_packed(m, co, count, strips, ci, v, ci, &u[p * ci * co..], store, &mut scr.a_panel);
+                    let (strips, up) = (0..co / panel::STRIP, &u[p * ci * co..]);
+                    panel::product_packed(m, co, count, strips, ci, v, ci, up, Store::Overwrite, &mut scr.a_panel);
                 } else {
                     let up = Mat::rows(&u[p * ci * co..(p + 1) * ci * co], co);
                     matmul(m, co, count, co, ci, Mat::rows(v, ci), up, false);
@@ -449,7 +446,7 @@ fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
             }
             for k in 0..count {
                 let (m, scratch) = (&b.m[..], (&mut b.tile[..], &mut b.tmp[..]));
-                transform_output(s, scratch, m, ms, k, first + k, grid, out, accumulate, epi);
+                transform_output(s, scratch, m, ms, k, first + k, grid, out, store);
             }
         })
     });
@@ -459,7 +456,7 @@ fn in_blocks(layer: &Layer, threads: &mut [super::Scratch]) {
 /// tile's together (`[tile][position][channel]`), so that a tile's pass reads and writes
 /// one run.
 fn by_position(layer: &Layer, threads: &mut [super::Scratch], (v, m): (&mut Vec<f32>, &mut Vec<f32>)) {
-    let Layer { s, x, u, grid, tiles, out, accumulate, epi } = *layer;
+    let Layer { s, x, u, grid, tiles, out, store } = *layer;
     if tiles == 0 {
         return;
     }
@@ -491,8 +488,8 @@ fn by_position(layer: &Layer, threads: &mut [super::Scratch], (v, m): (&mut Vec<
                     std::slice::from_raw_parts_mut(mp.base().add(p * co), (tiles - 1) * tm + co),
                 )
             };
-            let (strips, store) = (0..co / panel::STRIP, panel::Store::default());
-            panel::product_packed(m, tm, tiles, strips, ci, v, tv, &u[p * ci * co..], store, &mut scr.a_panel);
+            let (strips, up) = (0..co / panel::STRIP, &u[p * ci * co..]);
+            panel::product_packed(m, tm, tiles, strips, ci, v, tv, up, Store::Overwrite, &mut scr.a_panel);
         })
     });
     for_each_item(threads, tiles, |scr, tile| {
@@ -502,7 +499,7 @@ fn by_position(layer: &Layer, threads: &mut [super::Scratch], (v, m): (&mut Vec<
             // SAFETY: m is only read in this pass.
             let m = unsafe { std::slice::from_raw_parts(mp.base().add(tile * tm), POS * co) };
             let scratch = (&mut b.tile[..], &mut b.tmp[..]);
-            transform_output(s, scratch, m, co, 0, tile, grid, out, accumulate, epi);
+            transform_output(s, scratch, m, co, 0, tile, grid, out, store);
         })
     });
 }
@@ -581,8 +578,7 @@ fn transform_output(
     tile: usize,
     grid: (usize, usize),
     out: SharedOut,
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
 ) {
     crate::simd!({
         let c = s.c_out;
@@ -594,6 +590,7 @@ fn transform_output(
         let (oy0, ox0) = (ty * T_OUT, tx * T_OUT);
         let full_row = ox0 + T_OUT <= s.w;
         // A residual in the output must be read before the products overwrite it.
+        let (accumulate, epi) = (store.accumulates(), store.epilogue());
         let in_output = epi.is_some_and(|e| matches!(e.residual, Residual::InOutput));
         for r in 0..T_OUT.min(s.h - oy0) {
             let at = ((img * s.h + oy0 + r) * s.w + ox0) * c;
@@ -721,6 +718,6 @@ pub(super) fn weights_from_transformed(s: &ConvShape, du: &[f32], dw: &mut [f32]
 /// kernel rotated by 180° and input/output channels swapped; `add` adds it to `dx`.
 pub fn backward_data(s: &ConvShape, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], add: bool, ws: &mut Workspace) {
     conv::with_flipped_kernel(s, w, ws, |t, flipped, ws| {
-        forward(way_for(t, n), t, n, dy, flipped, None, dx, add, None, ws)
+        forward(way_for(t, n), t, n, dy, flipped, None, dx, Store::adding(add), ws)
     });
 }

@@ -4,8 +4,9 @@
 //! Basic: 3×3, 3×3. Bottleneck: 1×1, 3×3, 1×1 (4× wider output).
 
 use super::spec::{BlockSpec, ShortcutSpec, UnitSpec};
+use crate::engine::device::InputGrad;
 use crate::engine::device::{self, DeviceVec, Residual, View, ViewMut};
-use crate::engine::{Workspace, conv::InputGrad, ops::ShortcutA};
+use crate::engine::{Workspace, ops::ShortcutA};
 use crate::nn::{BatchNorm2d, Conv2d, Named, Param};
 use crate::rng::Rng;
 
@@ -52,7 +53,7 @@ impl ConvBn {
         self.in_hw = hw;
         self.conv.forward(n, hw, x, pre.view_mut(), ws);
         let (oh, ow) = self.conv.out_hw(hw.0, hw.1);
-        self.bn.forward(train, n, n * oh * ow, pre.view(), residual, relu, post, &mut ws.bn);
+        self.bn.forward(train, n, n * oh * ow, pre.view(), residual, relu, post, ws);
     }
 
     /// Training forward into the unit's own saved buffers.
@@ -82,7 +83,7 @@ impl ConvBn {
         dx: InputGrad<ViewMut>,
         ws: &mut Workspace,
     ) {
-        self.bn.backward(self.pre.view(), relu, g.reborrow(), ws.grad_mode, &mut ws.bn);
+        self.bn.backward(self.pre.view(), relu, g.reborrow(), ws);
         self.conv.backward(n, self.in_hw, x, g.view(), dx, ws);
     }
 

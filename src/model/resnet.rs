@@ -7,11 +7,12 @@ use super::block::{Block, ConvBn, Hw};
 use super::config::ModelConfig;
 use super::spec::{LayerRow, NetSpec};
 use crate::engine::GradMode;
+use crate::engine::device::InputGrad;
 use crate::engine::device::{self, DeviceVec, Residual, View, ViewMut};
 use crate::engine::flat::FlatParams;
 use crate::engine::pool::PoolShape;
 use crate::engine::sgd::SgdConfig;
-use crate::engine::{Workspace, conv::InputGrad, ensure_len};
+use crate::engine::{Workspace, ensure_len};
 use crate::nn::{Linear, Named, Param, ParamGroup, Slot};
 use crate::rng::Rng;
 
@@ -189,16 +190,16 @@ impl ResNet {
 
     /// How 3×3 stride-1 convolutions are computed (default: the faster, per layer).
     pub fn set_conv_algo(&mut self, algo: crate::engine::ConvAlgo) {
-        self.ws.algo = algo;
+        self.ws.set_algo(algo);
     }
 
     /// The number format of the convolutions (default f32; see [`crate::engine::bf16`]).
     pub fn set_precision(&mut self, precision: crate::engine::Precision) {
-        self.ws.precision = precision;
+        self.ws.set_precision(precision);
     }
 
     pub fn precision(&self) -> crate::engine::Precision {
-        self.ws.precision
+        self.ws.precision()
     }
 
     /// Training normalizes groups of at most `group` images of a batch, each by its own
@@ -329,9 +330,9 @@ impl ResNet {
         mode: GradMode,
         ready: &mut (dyn FnMut(&mut dyn ParamGroup) + Send),
     ) {
-        self.ws.grad_mode = mode;
+        self.ws.set_grad_mode(mode);
         crate::engine::in_pool(|| self.backward_in_pool(dlogits, ready));
-        self.ws.grad_mode = GradMode::Overwrite;
+        self.ws.set_grad_mode(GradMode::Overwrite);
     }
 
     /// The parts of the network in the order `backward_with` finishes them.
@@ -348,7 +349,7 @@ impl ResNet {
         self.dpooled.ensure_len(n * self.config.features());
         self.dlogits.copy_from_host(&dlogits[..n * self.config.classes]);
         let [ga, gb, t1, t2] = &mut self.grads;
-        let mode = self.ws.grad_mode;
+        let mode = self.ws.grad_mode();
         self.fc.backward(n, self.pooled.view(), self.dlogits.view(), self.dpooled.view_mut(), mode);
         ready(&mut self.fc);
         let last = self.blocks.last().expect("at least one block");

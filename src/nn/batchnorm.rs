@@ -1,7 +1,7 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::batchnorm as bn;
 use crate::engine::device::{self, BnWeights, DeviceVec, Epilogue, Residual, View, ViewMut};
-use crate::engine::{GradMode, split_range};
+use crate::engine::{GradMode, Workspace, split_range};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub struct BatchNorm2d {
     /// of a job (`group` is then None).
     pub sync: Option<Arc<dyn bn::SyncStats>>,
     /// The statistics of each group of the last training forward, and its rows.
-    saved: Vec<(Range<usize>, bn::Saved)>,
+    saved: Vec<(Range<usize>, device::BnSaved)>,
     /// Room for the groups after the first: their running averages (dropped) and their
     /// gradients of γ and β (added to the first's).
     spare: [DeviceVec; 2],
@@ -71,19 +71,19 @@ impl BatchNorm2d {
         residual: Option<View>,
         relu: bool,
         mut y: ViewMut,
-        scr: &mut bn::Scratch,
+        ws: &mut Workspace,
     ) {
         let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
         let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         if !train {
             let (mean, var) = (self.running_mean.view(), self.running_var.view());
-            device::bn_forward_eval(p, x, rows, mean, var, residual, relu, y, scr);
+            device::bn_forward_eval(p, x, rows, mean, var, residual, relu, y, ws);
             return;
         }
         let c = self.running_mean.len();
         let groups = bn_group_count(images, self.group);
         let plane = rows / images.max(1);
-        self.saved.resize_with(groups, || (0..0, bn::Saved::new(c)));
+        self.saved.resize_with(groups, || (0..0, device::BnSaved::new(c)));
         let [spare_mean, spare_var] = &mut self.spare;
         for (k, (range, saved)) in self.saved.iter_mut().enumerate() {
             let images = split_range(images, groups, k);
@@ -108,7 +108,7 @@ impl BatchNorm2d {
                 residual.map(|r| r.slice(values.clone())),
                 relu,
                 y.reborrow().slice_mut(values),
-                scr,
+                ws,
             );
         }
     }
@@ -125,8 +125,9 @@ impl BatchNorm2d {
     /// In place: `g` is dL/d(output) on entry, dL/dx on return. `relu`: the forward's
     /// ReLU came straight after this layer (no residual), and `g` is masked by it.
     /// The groups are those of the last training forward. γ's and β's gradients are
-    /// written or added to, as `mode` says.
-    pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, mode: GradMode, scr: &mut bn::Scratch) {
+    /// written or added to, as the workspace's gradient mode says.
+    pub fn backward(&mut self, x: View, relu: bool, mut g: ViewMut, ws: &mut Workspace) {
+        let mode = ws.grad_mode();
         let (gamma, beta) = (self.weight.value.view(), self.bias.value.view());
         let p = BnWeights { gamma, beta, eps: self.eps, sync: self.sync.as_deref() };
         let c = self.running_mean.len();
@@ -136,21 +137,11 @@ impl BatchNorm2d {
             let values = range.start * c..range.end * c;
             let (x, g) = (x.slice(values.clone()), g.reborrow().slice_mut(values));
             if k == 0 && mode == GradMode::Overwrite {
-                device::bn_backward(
-                    p,
-                    x,
-                    range.len(),
-                    saved,
-                    relu,
-                    g,
-                    gamma_grad.view_mut(),
-                    beta_grad.view_mut(),
-                    scr,
-                );
+                device::bn_backward(p, x, range.len(), saved, relu, g, gamma_grad.view_mut(), beta_grad.view_mut(), ws);
             } else {
                 dgamma.ensure_len(c);
                 dbeta.ensure_len(c);
-                device::bn_backward(p, x, range.len(), saved, relu, g, dgamma.view_mut(), dbeta.view_mut(), scr);
+                device::bn_backward(p, x, range.len(), saved, relu, g, dgamma.view_mut(), dbeta.view_mut(), ws);
                 device::add_scaled(gamma_grad.view_mut(), 1.0, dgamma.view());
                 device::add_scaled(beta_grad.view_mut(), 1.0, dbeta.view());
             }

@@ -1,6 +1,7 @@
 use super::{Layout, Named, Param, Slot};
 use crate::engine::device::{self, Epilogue, View, ViewMut};
-use crate::engine::{Workspace, conv, conv::ConvShape, conv::InputGrad};
+use crate::engine::device::{InputGrad, Prepared};
+use crate::engine::{Workspace, conv::ConvShape};
 use crate::rng::Rng;
 
 /// A bias-free 2-D convolution (every conv in a ResNet is followed by BN). The spatial
@@ -15,7 +16,7 @@ pub struct Conv2d {
     /// `prepared`.
     weight: Param,
     /// The weights as the inference kernels read them, made on first use.
-    prepared: conv::Prepared,
+    prepared: Prepared,
 }
 
 impl Conv2d {

@@ -1,6 +1,6 @@
 //! The paper's training recipes as values: CIFAR-10 (§4.2) and ImageNet (§3.4). `resnet
 //! train` starts from them and changes what its flags say; the experiments use them as
-//! they are, shortened with [`Recipe::length`].
+//! they are, shortened with [`Recipe::set_length`].
 
 use super::TrainConfig;
 use super::schedule::Schedule;

@@ -119,7 +119,6 @@ unsafe fn product_avx512(mut block: Block, a: RoundedRows, b: &[u16]) {
 /// # Safety
 /// Tiles configured on this thread ([`Tiles`]); every A row read (16 rows of 64 bytes
 /// from each `a_at(q)` and from `+ second`) and B's `steps` KB per strip lie in bounds.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) unsafe fn tiles(
     a_at: impl Fn(usize) -> *const u16,

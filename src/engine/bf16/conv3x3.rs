@@ -16,7 +16,7 @@
 
 use super::{Block, Path, STRIP, amx};
 use crate::engine::conv::ConvShape;
-use crate::engine::panel::Store;
+use crate::engine::epilogue::Store;
 use crate::engine::{SharedOut, Workspace, ensure_len, for_each_item};
 use rayon::prelude::*;
 
@@ -149,8 +149,15 @@ impl Rows {
 
 /// `y (+)= epilogue(conv(x, w))` by the implicit GEMM, on the weights packed by
 /// [`pack_weights`]. Requires [`applies`].
-#[allow(clippy::too_many_arguments)]
-pub fn forward(s: &ConvShape, n: usize, x: &[f32], packed: &[u16], y: &mut [f32], store: Store, ws: &mut Workspace) {
+pub fn forward(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    packed: &[u16],
+    y: &mut [f32],
+    store: Store<&[f32]>,
+    ws: &mut Workspace,
+) {
     assert!(applies(s) && x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && packed.len() >= packed_len(s));
     let (cp, rows) = (padded(s), Rows::new(s));
     // The last output pixel's virtual row, the groups of 32 rows past it, and the taps'
@@ -190,8 +197,8 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], packed: &[u16], y: &mut [f32]
 }
 
 /// One work item's virtual rows `span`, 32 at a time, over every pair of strips.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn item_avx512(
     mut block: Block,
     rows: &Rows,

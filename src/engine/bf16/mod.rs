@@ -26,9 +26,9 @@ mod convert;
 mod kernels;
 pub mod peak;
 
-use super::conv::Residual;
+use super::epilogue::Residual;
+use super::epilogue::Store;
 use super::matmul::Mat;
-use super::panel::Store;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Columns per strip of packed B, as `panel::STRIP`.
@@ -336,7 +336,7 @@ pub fn product(
     k: usize,
     a: Rows,
     packed: &[u16],
-    store: Store,
+    store: Store<&[f32]>,
     a_block: &mut Vec<u16>,
 ) {
     let width = strips.len() * STRIP;
@@ -348,7 +348,7 @@ pub fn product(
         Rows::Rounded { a } => assert!(m <= MC && a.len() >= rows_for(m) * kp),
     }
     assert!(packed.len() >= strips.end * STRIP * kp, "bf16 product: packed B out of bounds");
-    if let Some(f) = store.finish {
+    if let Some(f) = store.epilogue() {
         assert!(f.scale.len() >= width && f.shift.len() >= width, "bf16 product: epilogue too short");
         assert!(m == 0 || f.residual.covers((m - 1) * ldc + width), "bf16 product: residual too short");
     }
@@ -419,7 +419,7 @@ struct Block<'a> {
     ldc: usize,
     m: usize,
     first_row: usize,
-    store: Store<'a>,
+    store: Store<&'a [f32]>,
 }
 
 impl Block<'_> {
@@ -430,22 +430,21 @@ impl Block<'_> {
     fn store(&mut self, values: &[f32], stride: usize, row: usize, rows: usize, strip: usize, strips: usize) {
         let rows = rows.min(self.m - row);
         let (col0, width) = (strip * STRIP, strips * STRIP);
-        let (ldc, accumulate) = (self.ldc, self.store.accumulate);
+        let ldc = self.ldc;
         for r in 0..rows {
             let v = &values[r * stride..][..width];
             let at = (row + r) * ldc + col0;
             let dst = &mut self.c[at..][..width];
-            match self.store.finish {
-                None if accumulate => dst.iter_mut().zip(v).for_each(|(d, v)| *d += v),
-                None => dst.copy_from_slice(v),
-                Some(f) => {
+            match self.store {
+                Store::Accumulate => dst.iter_mut().zip(v).for_each(|(d, v)| *d += v),
+                Store::Overwrite => dst.copy_from_slice(v),
+                Store::Finish(f) => {
                     let (scale, shift) = (&f.scale[col0..][..width], &f.shift[col0..][..width]);
                     let relu = |x: f32| if f.relu { x.max(0.0) } else { x };
                     match f.residual {
                         Residual::None => {
                             for i in 0..width {
-                                let x = if accumulate { v[i] + dst[i] } else { v[i] };
-                                dst[i] = relu(x.mul_add(scale[i], shift[i]));
+                                dst[i] = relu(v[i].mul_add(scale[i], shift[i]));
                             }
                         }
                         Residual::InOutput => {
@@ -456,8 +455,7 @@ impl Block<'_> {
                         Residual::Separate(res) => {
                             let res = &res[self.first_row * ldc + at..][..width];
                             for i in 0..width {
-                                let x = if accumulate { v[i] + dst[i] } else { v[i] };
-                                dst[i] = relu(x.mul_add(scale[i], shift[i]) + res[i]);
+                                dst[i] = relu(v[i].mul_add(scale[i], shift[i]) + res[i]);
                             }
                         }
                     }
@@ -503,7 +501,7 @@ mod tests {
 #[cfg(test)]
 mod product_tests {
     use super::*;
-    use crate::engine::panel::Finish;
+    use crate::engine::epilogue::Epilogue;
 
     /// Deterministic values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -550,12 +548,15 @@ mod product_tests {
                     let start = values(m * n, 6);
                     let mut c = start.clone();
                     let residual = match case {
-                        3 => Residual::Separate(&res),
+                        3 => Residual::Separate(&res[..]),
                         4 => Residual::InOutput,
                         _ => Residual::None,
                     };
-                    let finish = (case >= 2).then_some(Finish { scale: &scale, shift: &shift, residual, relu: true });
-                    let store = Store { accumulate: case == 1, finish };
+                    let store = match case {
+                        1 => Store::Accumulate,
+                        2.. => Store::Finish(Epilogue { scale: &scale[..], shift: &shift[..], residual, relu: true }),
+                        _ => Store::Overwrite,
+                    };
                     let rows = match case {
                         0 => Rows::Transposed { at: &at, ldat: m },
                         _ => Rows::Direct { a: &a, lda: k },

@@ -26,8 +26,8 @@ const ROWS: usize = 2 * MR;
 /// # Safety
 /// As `super::row_groups`, for each strip; and the calling code is compiled with AVX-512 F
 /// (an `isa::run_registers` copy whose flag is set).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn row_groups<const INTERLEAVED: bool, const S: usize>(
     c: *mut f32,
     ldc: usize,
@@ -91,8 +91,8 @@ pub(super) unsafe fn row_groups<const INTERLEAVED: bool, const S: usize>(
 /// # Safety
 /// As `super::strip`, for R rows and each of the S strips (the second group's rows, when
 /// interleaved, 6·kc floats after the first's).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn strips<const R: usize, const S: usize, const ACC: bool, const INTERLEAVED: bool, const AHEAD: bool>(
     a: *const f32,
     lda: usize,

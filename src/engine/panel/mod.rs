@@ -11,7 +11,8 @@
 //! `winograd::weight_transform`).
 //!
 //! The kernel keeps 6 rows × 16 columns of C in 12 registers, as the direct convolution's.
-//! In inference it applies the layer's epilogue ([`Finish`]) to them before they are
+//! In inference it applies the layer's epilogue (`epilogue::Epilogue`, cut to the block by
+//! `for_block`) to them before they are
 //! stored, so that C is written once and never read back.
 //!
 //! Where a block of A meets enough strips of B, its rows are first interleaved in groups of
@@ -24,7 +25,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use super::conv::Residual;
+use super::epilogue::{Residual, Store};
 use super::matmul::Mat;
 use super::simd::{V8, prefetch};
 
@@ -90,32 +91,10 @@ pub fn pack(b: Mat, k: usize, n: usize, out: &mut [f32]) {
     })
 }
 
-/// How the product reaches C.
-#[derive(Clone, Copy, Default)]
-pub struct Store<'a> {
-    /// Add to C instead of overwriting it.
-    pub accumulate: bool,
-    /// Applied to each value before it is stored.
-    pub finish: Option<Finish<'a>>,
-}
-
-/// The inference epilogue of a convolution, applied in registers as the kernel finishes
-/// each value: `c = relu(c·scale[col] + shift[col] + residual[row][col])`, BatchNorm's
-/// affine transform, the residual addition and the ReLU. (A separate pass over each
-/// finished tile cost 3% of ResNet-50's inference.)
-#[derive(Clone, Copy)]
-pub struct Finish<'a> {
-    /// One per column of C.
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    /// A separate residual is laid out as C: the same first element and row stride.
-    pub residual: Residual<'a>,
-    pub relu: bool,
-}
-
 /// `C (+)= A · B` on the columns of strips `strips` of B packed by [`pack`] (k rows): A's
 /// m rows of k floats lie `lda` apart, and `c[i*ldc + col]` receives column
-/// `16·strips.start + col`, as `store` says. `a_panel` is the calling thread's room for
+/// `16·strips.start + col`, as `store` says (an epilogue cut to this block of C by
+/// `Epilogue::for_block`). `a_panel` is the calling thread's room for
 /// interleaved rows of A (it grows to at most `MC`·`KC` floats, or `MC`·k for a residual
 /// in C). Requires `applies(16)` and k ≥ 1.
 #[allow(clippy::too_many_arguments)]
@@ -128,7 +107,7 @@ pub fn product_packed(
     a: &[f32],
     lda: usize,
     packed: &[f32],
-    store: Store,
+    store: Store<&[f32]>,
     a_panel: &mut Vec<f32>,
 ) {
     crate::simd!(registers wide => {
@@ -136,7 +115,7 @@ pub fn product_packed(
         assert!(applies(STRIP) && k > 0 && lda >= k && ldc >= width);
         assert!(m == 0 || (c.len() >= (m - 1) * ldc + width && a.len() >= (m - 1) * lda + k));
         assert!(packed.len() >= strips.end * STRIP * k, "panel product: packed B out of bounds");
-        if let Some(f) = store.finish {
+        if let Some(f) = store.epilogue() {
             assert!(f.scale.len() >= width && f.shift.len() >= width, "panel product: epilogue too short");
             assert!(m == 0 || f.residual.covers((m - 1) * ldc + width), "panel product: residual too short");
         }
@@ -144,7 +123,7 @@ pub fn product_packed(
         // rows, the copy costs what it saves (ResNet-20's stride-2 layers, ResNet-50's 64→64).
         // A residual in C must be read before a first k-block's sums overwrite it, so then
         // the product runs as one k-block (4096 ran as fast as 1024, see `KC`).
-        let k_block = match store.finish.map(|f| f.residual) {
+        let k_block = match store.epilogue().map(|f| f.residual) {
             Some(Residual::InOutput) => k,
             _ => KC,
         };
@@ -173,7 +152,7 @@ pub fn product_packed(
                         let b = packed.as_ptr().add((j * k + k0) * STRIP);
                         let offset = i0 * ldc + col * STRIP;
                         let c = c.as_mut_ptr().add(offset);
-                        let tail = store.finish.filter(|_| last).map(|f| Tail {
+                        let tail = store.epilogue().filter(|_| last).map(|f| Tail {
                             scale: f.scale.as_ptr().add(col * STRIP),
                             shift: f.shift.as_ptr().add(col * STRIP),
                             residual: match f.residual {
@@ -184,7 +163,7 @@ pub fn product_packed(
                             },
                             relu: f.relu,
                         });
-                        let accumulate = store.accumulate || k0 > 0;
+                        let accumulate = store.accumulates() || k0 > 0;
                         // The rows of B the next strip (or the next block's first) starts with.
                         let after = j + 1 + usize::from(pair);
                         let next_b = match (after < strips.end, k0 + kc < k) {
@@ -355,8 +334,8 @@ unsafe fn widest<const INTERLEAVED: bool>(wide: bool, pair: bool, p: Product) {
 /// `a` holds m rows of `kc` floats as that says, `b` kc rows of 16 floats, `c` (and the
 /// tail's residual, if any) m rows of 16 floats `ldc` apart, the tail's scale and shift 16
 /// floats.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_groups<const INTERLEAVED: bool>(
     c: *mut f32,
     ldc: usize,
@@ -442,7 +421,7 @@ unsafe fn prefetch_rows(rows: usize, c: *mut f32, ldc: usize, tail: Option<Tail>
     }
 }
 
-/// A [`Finish`] at one 16-column strip: pointers to its 16 scales and shifts, and to the
+/// An epilogue at one 16-column strip: pointers to its 16 scales and shifts, and to the
 /// residual's rows at the strip's first row (`ldc` apart, as C's; C's own for a residual
 /// in the output), or null.
 #[derive(Clone, Copy)]
@@ -488,8 +467,8 @@ impl Tail {
 /// `a` holds R rows of kc floats as that says, `b` kc rows of 16 floats, `c` (and the
 /// tail's residual, if any) R rows of 16 floats `ldc` apart, the tail's scale and shift
 /// 16 floats.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn strip<const R: usize, const ACC: bool, const INTERLEAVED: bool, const AHEAD: bool>(
     a: *const f32,
     lda: usize,

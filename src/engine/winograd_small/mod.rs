@@ -20,7 +20,8 @@
 //! ResNet-20 at batch 128, in-process against the direct kernel (16 channels) and
 //! `winograd` (32 and 64) alternating: inference 1.49× the images/s, training 1.34×.
 
-use super::conv::{ConvShape, Epilogue, Residual};
+use super::conv::ConvShape;
+use super::epilogue::{Residual, Store};
 #[cfg(target_arch = "x86_64")]
 use super::simd::V16;
 use super::simd::{Reg, V8};
@@ -69,8 +70,7 @@ pub struct Bufs {
     m: Vec<f32>,
 }
 
-/// `y (+)= conv3x3(x, w)`, as `winograd::forward`: `accumulate` adds to `y`; `epi`
-/// (inference BatchNorm, residual, ReLU) applies to a fresh output; `u`: the weights
+/// `conv3x3(x, w)` into `y` as `store` says, as `winograd::forward`; `u`: the weights
 /// transformed by `winograd::transform_weights`, if the caller keeps them.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
@@ -80,21 +80,19 @@ pub fn forward(
     w: &[f32],
     u: Option<&[f32]>,
     y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     ws: &mut Workspace,
 ) {
     assert!(applies(s, ConvAlgo::Winograd), "winograd_small: unsupported shape {s:?}");
-    assert!(!(accumulate && epi.is_some()), "an epilogue applies to a fresh output");
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() == s.weight_len());
-    assert!(epi.is_none_or(|e| e.residual.covers(n * s.out_len())));
+    assert!(store.epilogue().is_none_or(|e| e.residual.covers(n * s.out_len())));
     let u = winograd::weights_or_transform(s, w, u, &mut ws.winograd_u, &mut ws.weight_transform_bufs);
     let y = &mut y[..n * s.out_len()];
     match s.c_in {
-        16 => forward_c::<16>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
-        32 => forward_c::<32>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
-        64 => forward_c::<64>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
-        _ => forward_c::<128>(s, n, x, u, y, accumulate, epi, &mut ws.threads),
+        16 => forward_c::<16>(s, n, x, u, y, store, &mut ws.threads),
+        32 => forward_c::<32>(s, n, x, u, y, store, &mut ws.threads),
+        64 => forward_c::<64>(s, n, x, u, y, store, &mut ws.threads),
+        _ => forward_c::<128>(s, n, x, u, y, store, &mut ws.threads),
     }
 }
 
@@ -142,15 +140,13 @@ impl Layout {
 
 /// `forward` for C channels: the batch's tile rows in bands, taken by the threads one at
 /// a time.
-#[allow(clippy::too_many_arguments)]
 fn forward_c<const C: usize>(
     s: &ConvShape,
     n: usize,
     x: &[f32],
     u: &[f32],
     y: &mut [f32],
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
     threads: &mut [Scratch],
 ) {
     let grid = (s.h.div_ceil(T_OUT), s.w.div_ceil(T_OUT));
@@ -173,7 +169,7 @@ fn forward_c<const C: usize>(
             }
             products::<C>(band.tiles(), v, u, m);
             for t in 0..band.tiles() {
-                transform_output::<C>(s, &band, t, m, out, accumulate, epi);
+                transform_output::<C>(s, &band, t, m, out, store);
             }
         })
     });
@@ -187,7 +183,6 @@ fn forward_c<const C: usize>(
 /// `zeros`. `img` is the batch's input or output gradient (the same shape, as stride is 1).
 /// (Raw pointers with bounds asserted once: with slices, index arithmetic and bounds
 /// checks made up most of the code.)
-#[allow(clippy::too_many_arguments)]
 fn transform_row<T: Taps<N, T_IN>, const N: usize, const C: usize>(
     s: &ConvShape,
     img: &[f32],
@@ -207,7 +202,6 @@ fn transform_row<T: Taps<N, T_IN>, const N: usize, const C: usize>(
 }
 
 /// [`transform_row`] on registers of `R`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_in<R: Reg, T: Taps<N, T_IN>, const N: usize, const C: usize>(
     s: &ConvShape,
@@ -293,28 +287,25 @@ fn products<const C: usize>(tiles: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
 }
 
 /// `Aᵀ m A` of the band's tile `t` into its output pixels (clipped at the image's edges):
-/// added to them with `accumulate`, else through the epilogue if any.
-#[allow(clippy::too_many_arguments)]
+/// stored as `store` says.
 fn transform_output<const C: usize>(
     s: &ConvShape,
     band: &Band,
     t: usize,
     m: &[f32],
     out: SharedOut,
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
 ) {
     crate::simd!(registers wide => {
         #[cfg(target_arch = "x86_64")]
         if wide {
-            return tile_out::<V16, C>(s, band, t, m, out, accumulate, epi);
+            return tile_out::<V16, C>(s, band, t, m, out, store);
         }
-        tile_out::<V8, C>(s, band, t, m, out, accumulate, epi)
+        tile_out::<V8, C>(s, band, t, m, out, store)
     })
 }
 
 /// [`transform_output`] on registers of `R`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile_out<R: Reg, const C: usize>(
     s: &ConvShape,
@@ -322,14 +313,14 @@ fn tile_out<R: Reg, const C: usize>(
     t: usize,
     m: &[f32],
     out: SharedOut,
-    accumulate: bool,
-    epi: Option<&Epilogue>,
+    store: Store<&[f32]>,
 ) {
     let (img, ty) = band.row(t / band.grid.1);
     let (oy0, ox0) = (ty * T_OUT, t % band.grid.1 * T_OUT);
     let (height, width) = (T_OUT.min(s.h - oy0), T_OUT.min(s.w - ox0));
     let (first, at) = ((img * s.h + oy0) * s.w + ox0, Layout::new::<C>());
     assert!(m.len() >= at.len(band.tiles()) && t < band.tiles());
+    let epi = store.epilogue();
     assert!(epi.is_none_or(|e| e.scale.len() >= C && e.shift.len() >= C));
     // SAFETY: m holds the band's tiles, 36 positions each (`Layout`); the tile's output
     // rows (r < height) hold `width` pixels inside image img, written by this band only;
@@ -347,9 +338,9 @@ fn tile_out<R: Reg, const C: usize>(
                 let offset = (first + r * s.w) * C + g;
                 for (q, &o) in row.iter().enumerate().take(width) {
                     let dst = out.base().add(offset + q * C);
-                    let value = match (accumulate, epi, affine) {
-                        (true, _, _) => R::read(dst) + o,
-                        (false, Some(e), Some((scale, shift))) => {
+                    let value = match (store, affine) {
+                        (Store::Accumulate, _) => R::read(dst) + o,
+                        (Store::Finish(e), Some((scale, shift))) => {
                             let residual = match e.residual {
                                 Residual::None => None,
                                 Residual::Separate(res) => Some(R::read(res.as_ptr().add(offset + q * C))),
