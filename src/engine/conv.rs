@@ -619,7 +619,7 @@ pub fn backward_im2col(
                 return;
             }
             with_flipped_kernel(s, w, ws, |t, flipped, ws| match ws.precision {
-                // bf16 picks its own way (`convolve`).
+                // bf16 picks its own way (`forward_with`).
                 Precision::Bf16 => forward_with(t, n, dy, flipped, dx, Store::adding(add), None, ws),
                 Precision::F32 => im2col_gemm(t, n, dy, flipped, Packed::No, dx, Store::adding(add), ws),
             });

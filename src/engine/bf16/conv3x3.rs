@@ -147,7 +147,7 @@ impl Rows {
     }
 }
 
-/// `y (+)= epilogue(conv(x, w))` by the implicit GEMM, on the weights packed by
+/// `conv(x, w)` into `y` as `store` says, by the implicit GEMM, on the weights packed by
 /// [`pack_weights`]. Requires [`applies`].
 pub fn forward(
     s: &ConvShape,
