@@ -25,7 +25,12 @@ fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
     let file = options.open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let meta = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if meta.is_dir() {
-        bail!("{}: is a directory, not a file", path.display());
+        // A run directory given where its weights were meant.
+        let hint = (["best.safetensors", "model.safetensors"].iter().map(|f| path.join(f)))
+            .find(|f| f.is_file())
+            .map(|f| format!("; a run's weights are in {}", f.display()))
+            .unwrap_or_default();
+        bail!("{}: is a directory, not a file{hint}", path.display());
     }
     if !meta.is_file() {
         bail!("{}: not a regular file (a device, FIFO or socket cannot be read as data)", path.display());

@@ -49,18 +49,21 @@ fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
         .filter_map(|v| v.get("test_acc").and_then(|a| a.as_f64()))
         .fold(0.0f64, f64::max);
     let confusion = dir.join("confusion.csv");
-    let eval = ok(&resnet(&[
-        "eval",
-        "--model",
-        "resnet8",
-        "--json",
-        "--weights",
-        p(&run.join("best.safetensors")),
-        "--data",
-        p(&dir.join("test.bin")),
-        "--confusion",
-        p(&confusion),
-    ]));
+    let eval_to = |confusion: &Path| {
+        resnet(&[
+            "eval",
+            "--model",
+            "resnet8",
+            "--json",
+            "--weights",
+            p(&run.join("best.safetensors")),
+            "--data",
+            p(&dir.join("test.bin")),
+            "--confusion",
+            p(confusion),
+        ])
+    };
+    let eval = ok(&eval_to(&confusion));
     let report: serde_json::Value = serde_json::from_str(&eval).unwrap();
     let rounded = (best_epoch * 1e6).round() / 1e6;
     assert_eq!(report["top1"].as_f64().unwrap(), rounded, "best.safetensors is not the best epoch's");
@@ -82,6 +85,19 @@ fn a_run_keeps_its_best_weights_logs_plain_lines_and_sums_up() {
         assert_eq!(class["total"].as_u64().unwrap(), (1..=10).map(|j| count(&rows[i], j)).sum::<u64>());
         assert_eq!(class["correct"].as_u64().unwrap(), count(&rows[i], i));
     }
+
+    // The confusion file is checked before the evaluation: an existing one is kept (no
+    // --overwrite), and a path that cannot be written is named, with nothing printed.
+    let kept = std::fs::read(&confusion).unwrap();
+    assert_error(&eval_to(&confusion), &["confusion.csv", "already exists", "--overwrite"]);
+    assert_eq!(std::fs::read(&confusion).unwrap(), kept);
+    let nowhere = eval_to(&dir.join("no-such-folder").join("c.csv"));
+    assert_error(&nowhere, &["c.csv", "there is no folder", "no-such-folder"]);
+    assert!(nowhere.stdout.is_empty(), "evaluated before refusing the path");
+    assert_error(&eval_to(&dir), &["is a directory"]);
+    // The run directory given as weights: its weights file is named.
+    let whole_run = resnet(&["eval", "--model", "resnet8", "--weights", p(&run), "--data", p(&dir.join("test.bin"))]);
+    assert_error(&whole_run, &["is a directory, not a file; a run's weights are in", "best.safetensors"]);
 
     // metrics.csv: a header and one row per epoch, the epoch lines' values.
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();

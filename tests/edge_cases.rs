@@ -186,6 +186,9 @@ fn resume_names_the_flags_it_ignores() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(stderr.contains("ignoring --batch, --lr"), "{stderr}");
     assert_eq!(finished(&out), Some(accuracy));
+    // Another model is not a setting to ignore: the run is refused.
+    let other = resnet(&["train", "--resume", "--out", p(&run), "--model", "resnet14", "--quiet"]);
+    assert_error(&other, &["--resume", "trains resnet8, not resnet14"]);
 }
 
 #[test]

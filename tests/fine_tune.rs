@@ -91,6 +91,22 @@ fn a_run_starts_from_weights_with_a_new_classifier() {
         p(&source.join("model.safetensors")),
     ]);
     assert_error(&out, &["model.safetensors", "missing key 'layer1.1.conv1.weight'"]);
+
+    // Weights that do not record their input normalization (a plain PyTorch file's case):
+    // the run asks for --norm rather than guessing one the weights were not trained with.
+    let bare = dir.join("bare.safetensors");
+    let source_dict = StateDict::read(&source.join("model.safetensors")).unwrap();
+    let entries: Vec<_> = (source_dict.tensors.iter())
+        .map(|(name, t)| resnet::weights::Entry::f32(name.clone(), t.shape.clone(), t.values.clone()))
+        .collect();
+    std::fs::write(&bare, resnet::weights::serialize(&entries, Default::default()).unwrap()).unwrap();
+    let bare_run = |extra: &[&str]| {
+        let base = ["train", "--model", "resnet8", "--data", p(&train), "--test-data", p(&test), "--iterations", "1"];
+        let out = dir.join(format!("bare{}", extra.len()));
+        resnet(&[&base[..], &["--quiet", "--out", p(&out), "--weights", p(&bare)], extra].concat())
+    };
+    assert_error(&bare_run(&[]), &["bare.safetensors", "do not record their input normalization", "--norm"]);
+    ok(&bare_run(&["--norm", "cifar"]));
 }
 
 #[test]

@@ -413,6 +413,21 @@ fn safetensors_with_header_len(len: usize) -> Vec<u8> {
     bytes
 }
 
+/// A safetensors file cut short, in its header or in its data, is called truncated, with
+/// how much of it there is, not "not a weights file" or a parser's message.
+#[test]
+fn a_truncated_safetensors_file_is_called_truncated() {
+    let whole = safetensors_with_header_len(300);
+    for cut in [20, 200, 8 + 300 + 4] {
+        let err = resnet::weights::StateDict::from_bytes(&whole[..cut], Path::new("w.safetensors")).err().unwrap();
+        let want = match cut {
+            312 => "w.safetensors: not a valid safetensors file (truncated: it ends after 312 of its 316 bytes)".into(),
+            _ => format!("(truncated: it ends after {cut} bytes, within its 308-byte header)"),
+        };
+        assert!(format!("{err:#}").contains(&want), "cut at {cut}: {err:#}");
+    }
+}
+
 // 9. Formats are told apart by their whole signature: a safetensors header length may
 // begin with any byte, 0x80 (a pickle's PROTO) included.
 #[test]

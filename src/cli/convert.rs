@@ -19,9 +19,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("{}: the output must be a .safetensors file", a.output.display());
     }
-    if a.output.exists() && !a.overwrite {
-        bail!("{}: already exists; pass --overwrite to replace it", a.output.display());
-    }
+    super::check_new_output(&a.output, a.overwrite)?;
     let file = StateDict::read(&a.input)?;
     let integer = |d: TorchDType| !matches!(d, TorchDType::F32 | TorchDType::F64 | TorchDType::F16 | TorchDType::BF16);
     let entries: Vec<Entry> = file

@@ -59,8 +59,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some("npy") => Format::Npy,
         _ => bail!("--out {}: must end in .safetensors or .npy", a.out.display()),
     };
-    if a.out.exists() && !a.overwrite {
-        bail!("{}: already exists; pass --overwrite to replace it", a.out.display());
+    super::check_new_output(&a.out, a.overwrite)?;
+    if matches!(format, Format::Npy) {
+        super::check_new_output(&sidecar(&a.out), a.overwrite)?;
     }
     let images = super::predict::expand_folders(&a.images)?;
     let (mut model, _, norm, view) =

@@ -63,6 +63,9 @@ pub struct Args {
     /// Write the confusion matrix as CSV: a row per true class, a column per predicted class.
     #[arg(long, value_name = "FILE.csv")]
     confusion: Option<PathBuf>,
+    /// Replace the --confusion file if it exists.
+    #[arg(long)]
+    overwrite: bool,
     /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
     /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
@@ -116,6 +119,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.cuda && a.protocol == "multiscale" {
         bail!("--device cuda: --protocol multiscale runs on the CPU only so far");
     }
+    if let Some(path) = &a.confusion {
+        // Before the evaluation, which on ImageNet takes hours, not after it.
+        super::check_new_output(path, a.overwrite)?;
+    }
     let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     model.set_precision(a.precision);
     super::warn_if_emulated(a.precision);
@@ -130,10 +137,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let names =
         |i: usize| report.per_class.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| format!("class {i}"));
-    if let Some(path) = &a.confusion {
-        resnet::files::write_atomic(path, confusion_csv(r, &names).as_bytes())?;
-        eprintln!("confusion matrix written to {}", path.display());
-    }
     if a.json {
         // Six decimals: what a fraction of a million images can tell.
         let round = |x: f64| (x * 1e6).round() / 1e6;
@@ -168,6 +171,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if !r.skipped.is_empty() {
             println!("skipped: {} unreadable images", r.skipped.len());
         }
+    }
+    // After the results are printed, so that a failed write loses nothing.
+    if let Some(path) = &a.confusion {
+        resnet::files::write_atomic(path, confusion_csv(r, &names).as_bytes())?;
+        eprintln!("confusion matrix written to {}", path.display());
     }
     if r.total == 0 {
         bail!("{}: no image could be evaluated", a.data.display());

@@ -40,9 +40,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.out.extension().and_then(|e| e.to_str()) != Some("onnx") {
         bail!("--out {}: must end in .onnx", a.out.display());
     }
-    if a.out.exists() && !a.overwrite {
-        bail!("{}: already exists; pass --overwrite to replace it", a.out.display());
-    }
+    super::check_new_output(&a.out, a.overwrite)?;
     let batch = match a.batch.as_str() {
         "dynamic" => None,
         n => match n.parse::<usize>() {

@@ -187,12 +187,30 @@ fn given_flags(command: &clap::Command, matches: &clap::ArgMatches) -> Vec<Strin
     command.get_arguments().map(clap::Arg::get_id).filter(given).map(|id| id.to_string()).collect()
 }
 
-/// clap's usage error as one line: its message and tips, without the usage block (a bad
-/// flag, like a bad file, gets one line naming what is wrong).
+/// clap's usage error as one line: its message and tips, without the usage block and
+/// clap's own pointer to --help (a bad flag, like a bad file, gets one line naming what is
+/// wrong).
 fn usage_error_line(rendered: &str) -> String {
-    let message: Vec<&str> =
-        rendered.lines().take_while(|l| !l.starts_with("Usage:")).map(str::trim).filter(|l| !l.is_empty()).collect();
-    format!("{} (see --help)", message.join(" "))
+    let message: Vec<&str> = (rendered.lines().take_while(|l| !l.starts_with("Usage:")).map(str::trim))
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    format!("{} (see --help)", message.join("; "))
+}
+
+/// Refuses, before any work is done, an output file that would replace one the user has
+/// (without `--overwrite`) or that cannot be written: a directory, or a missing folder.
+fn check_new_output(path: &std::path::Path, overwrite: bool) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("{}: is a directory; name a file to write", path.display());
+    }
+    if path.exists() && !overwrite {
+        anyhow::bail!("{}: already exists; pass --overwrite to replace it", path.display());
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !folder.is_dir() {
+        anyhow::bail!("{}: cannot be written, there is no folder {}", path.display(), folder.display());
+    }
+    Ok(())
 }
 
 /// Help for every subcommand's model flag.

@@ -28,9 +28,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         _ => bail!("--out {}: must end in .svg or .png", a.out.display()),
     }
     for f in [a.out.with_extension("svg"), a.out.with_extension("png")] {
-        if f.exists() && !a.overwrite {
-            bail!("{}: already exists; pass --overwrite to replace it", f.display());
-        }
+        super::check_new_output(&f, a.overwrite)?;
     }
     let mut series = Vec::new();
     for dir in &a.runs {

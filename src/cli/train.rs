@@ -41,7 +41,8 @@ pub struct Args {
     /// Total iterations (the paper's CIFAR runs: 64000).
     #[arg(long)]
     iterations: Option<usize>,
-    /// Iterations at which lr is divided by 10 (default CIFAR 32000,48000; with --epochs 50%,75%).
+    /// Iterations at which lr is divided by 10 (default CIFAR 32000,48000 of 64000; a shorter
+    /// --epochs or --iterations scales them: 50%,75%).
     #[arg(long, value_delimiter = ',', conflicts_with = "schedule")]
     milestones: Option<Vec<usize>>,
     /// Epochs at which lr is divided by 10 (default for image folders: 30,60 of 90, scaled with --epochs).
@@ -53,7 +54,7 @@ pub struct Args {
     /// Start from these weights instead of a random initialization (fine-tuning): a file, a
     /// checkpoint or published weights by name (torchvision:resnet50, cifar:resnet20; resnet
     /// weights list). A classifier of another class count starts anew. Without --norm, the
-    /// run takes the weights' per-channel normalization.
+    /// run takes the normalization the weights record (weights that record none need --norm).
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Train the classifier alone: the rest keeps its weights, its BatchNorm in inference
@@ -288,7 +289,7 @@ fn config_from_args(a: &Args) -> Result<TrainConfig> {
 }
 
 /// The weights a run starts from (`--weights`, a registry name fetched first) and its
-/// normalization: `--norm`, else the weights' per-channel one, else the paper's pixel mean.
+/// normalization: `--norm`, else the one the weights record (an error if they record none).
 fn start_weights(a: &Args) -> Result<(Option<PathBuf>, String)> {
     let Some(spec) = &a.weights else { return Ok((None, a.norm.clone().unwrap_or_else(|| "pixel-mean".into()))) };
     let (path, published) = resnet::weights::registry::resolve(spec)?;
@@ -301,7 +302,15 @@ fn start_weights(a: &Args) -> Result<(Option<PathBuf>, String)> {
             resnet::weights::metadata_norm(&resnet::weights::StateDict::read(&path)?)?.map(|n| n.label().to_string())
         }
     };
-    let norm = recorded.filter(|n| n != "pixel-mean").unwrap_or_else(|| "pixel-mean".into());
+    // Guessing here would train on inputs the weights were not made for, and the first
+    // epoch's accuracy would be the only hint (a published CIFAR ResNet-20 scored 35%
+    // instead of 91% under the paper's pixel mean).
+    let Some(norm) = recorded else {
+        bail!(
+            "{}: the weights do not record their input normalization; pass --norm imagenet|cifar|pixel-mean, the one they were trained with",
+            path.display()
+        );
+    };
     if norm != "pixel-mean" {
         eprintln!("note: normalizing inputs as the weights expect (--norm {norm})");
     }
@@ -436,6 +445,9 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
         let run_dir = claim_dir(&out, Claim::Resume)?;
         let saved = Checkpoint::latest(&out)?;
         let mut cfg = saved.config;
+        if let Some(model) = a.model.as_deref().filter(|m| !m.eq_ignore_ascii_case(&cfg.model)) {
+            bail!("--resume: the run in {} trains {}, not {model}", out.display(), cfg.model);
+        }
         cfg.out = out;
         if let Some(d) = &a.data {
             cfg.data = d.clone();

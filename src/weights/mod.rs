@@ -137,15 +137,16 @@ impl Format {
     fn of(bytes: &[u8]) -> Format {
         // safetensors: an 8-byte little-endian header length that fits the file, then a
         // JSON object.
-        if let Some((len, rest)) = bytes.split_first_chunk::<8>() {
-            let len = u64::from_le_bytes(*len);
-            if len >= 2 && len <= rest.len() as u64 && rest[0] == b'{' {
-                return Format::Safetensors;
-            }
+        let header = bytes.split_first_chunk::<8>().map(|(len, rest)| (u64::from_le_bytes(*len), rest));
+        let json_after = |&(len, rest): &(u64, &[u8])| len >= 2 && rest.first() == Some(&b'{');
+        if header.filter(json_after).is_some_and(|(len, rest)| len <= rest.len() as u64) {
+            return Format::Safetensors;
         }
         match bytes {
             // torch.save's zip archive, or a pickle: PROTO (0x80) and protocol 2 to 5.
             [b'P', b'K', 3, 4, ..] | [0x80, 2..=5, ..] => Format::Torch,
+            // A header longer than the file: safetensors cut short, said so when parsed.
+            _ if header.filter(json_after).is_some() => Format::Safetensors,
             _ => Format::Unknown,
         }
     }
@@ -153,6 +154,33 @@ impl Format {
 
 /// Named tensors in file order.
 type Tensors = Vec<(String, TorchTensor)>;
+
+/// The bytes a safetensors file declares, so that a file cut short (a copy or download
+/// that stopped) is told from a corrupt one.
+enum Declared {
+    /// Too short for the 8-byte header length.
+    Nothing,
+    /// The 8-byte length and the header, where the header is cut short or unreadable.
+    Header(u64),
+    /// Up to the end of the last tensor's data.
+    Whole(u64),
+}
+
+fn safetensors_length(bytes: &[u8]) -> Declared {
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else { return Declared::Nothing };
+    let header_end = 8u64.saturating_add(u64::from_le_bytes(*len));
+    let Some(header) = usize::try_from(header_end - 8).ok().and_then(|n| rest.get(..n)) else {
+        return Declared::Header(header_end);
+    };
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(header) else {
+        return Declared::Header(header_end);
+    };
+    let data_end = (entries.iter().filter(|(name, _)| *name != "__metadata__"))
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    Declared::Whole(header_end.saturating_add(data_end))
+}
 
 /// The tensors of a weights file (safetensors or PyTorch), converted to f32, with the
 /// file's metadata (safetensors only) and the path for error messages.
@@ -185,6 +213,18 @@ impl StateDict {
     }
 
     fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Tensors, HashMap<String, String>)> {
+        let (path_shown, len) = (path.display(), bytes.len());
+        match safetensors_length(bytes) {
+            Declared::Header(header) if header > len as u64 => bail!(
+                "{path_shown}: not a valid safetensors file (truncated: it ends after {len} bytes, within its {header}-byte header)"
+            ),
+            Declared::Whole(needed) if needed > len as u64 => {
+                bail!(
+                    "{path_shown}: not a valid safetensors file (truncated: it ends after {len} of its {needed} bytes)"
+                )
+            }
+            _ => {}
+        }
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         let metadata = SafeTensors::read_metadata(bytes)
