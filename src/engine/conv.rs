@@ -454,10 +454,7 @@ fn im2col_gemm(
                 )
             };
             let strips = cols.start / panel::STRIP..cols.end / panel::STRIP;
-            let block_store = match store {
-                Store::Finish(e) => Store::Finish(e.for_block(start, s.c_out, cols.clone())),
-                other => other,
-            };
+            let block_store = store.for_block(start, s.c_out, cols.clone());
             match packed {
                 Packed::F32(packed) => {
                     panel::product_packed(

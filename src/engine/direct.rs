@@ -114,10 +114,7 @@ pub fn forward(s: &ConvShape, n: usize, x: &[f32], w: &[f32], y: &mut [f32], sto
             for block in 0..co / CHANNELS {
                 let wb = &wt[block * 9 * ci * CHANNELS..(block + 1) * 9 * ci * CHANNELS];
                 let c0 = block * CHANNELS;
-                let store = match store {
-                    Store::Finish(e) => Store::Finish(e.for_block(first_pixel, co, c0..c0 + CHANNELS)),
-                    other => other,
-                };
+                let store = store.for_block(first_pixel, co, c0..c0 + CHANNELS);
                 for q0 in (0..p.run).step_by(PIXELS) {
                     // Each pixel's 16 outputs (and residual), or None for a pad column. One
                     // division per call: the six pixels' positions follow by counting.

@@ -88,6 +88,17 @@ impl<T: Copy> Store<T> {
     }
 }
 
+impl Store<&[f32]> {
+    /// The same store for a block of the output, its epilogue cut by
+    /// [`Epilogue::for_block`].
+    pub fn for_block(self, pixel: usize, c_out: usize, cols: std::ops::Range<usize>) -> Self {
+        match self {
+            Store::Finish(e) => Store::Finish(e.for_block(pixel, c_out, cols)),
+            other => other,
+        }
+    }
+}
+
 impl Residual<&[f32]> {
     /// The same residual from element `offset` on.
     fn at(self, offset: usize) -> Self {
