@@ -80,3 +80,35 @@ fn download_verifies_and_unpacks() {
     assert!(err.contains("c32a1d4ab5d03f1284b67883e8d87530"), "the official md5 is the default: {err}");
     assert!(!bad_dir.join("cifar-10-batches-bin").exists());
 }
+
+#[test]
+fn an_archive_on_disk_is_checked_and_unpacked_and_a_failed_download_says_how() {
+    let archive = make_archive();
+    let md5: String = Md5::digest(&archive).iter().map(|b| format!("{b:02x}")).collect();
+    let dir = common::temp_dir("download_from");
+    let file = dir.join("cifar-10-binary.tar.gz");
+    std::fs::write(&file, &archive).unwrap();
+    let data = dir.join("data");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_resnet"))
+            .args(["download", "cifar10", "--dir"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The official md5 is the default: this made archive is refused, nothing unpacked.
+    let out = run(&["--from", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("md5 mismatch") && err.contains("cifar-10-binary.tar.gz"), "{err}");
+    assert!(!data.join("cifar-10-batches-bin").exists());
+    let out = run(&["--from", file.to_str().unwrap(), "--md5", &md5]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(resnet::data::cifar::is_present(&data, resnet::data::DatasetKind::Cifar10));
+    assert!(file.exists(), "the user's archive stays");
+
+    // Nothing listens on port 9 of this machine: the error says how to go on offline.
+    let out = run(&["--url", "http://127.0.0.1:9/cifar-10-binary.tar.gz"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("resnet download cifar10 --from FILE"), "{err}");
+}

@@ -206,3 +206,28 @@ fn a_diverging_run_names_its_last_checkpoint_only_if_there_is_one() {
     let out = train(&["--iterations", "20", "--checkpoint-every", "1", "--out", p(&dir.join("saved"))]);
     assert_error(&out, &["loss became", "the last good checkpoint is", "checkpoint.safetensors (iteration"]);
 }
+
+#[test]
+fn impossible_views_and_names_are_refused_before_any_work() {
+    let dir = common::temp_dir("edge_views");
+    let run = tiny_run(&dir);
+    let (weights, photo) = (run.join("model.safetensors"), repo("tests/golden/imagenet/wide.png"));
+    let predict = |extra: &[&str]| resnet(&[&["predict", "--weights", p(&weights), p(&photo)], extra].concat());
+    assert_error(&predict(&["--top", "0"]), &["--top", "at least 1"]);
+    assert_error(&predict(&["--resize", "32", "--crop", "48"]), &["crop of 48", "resized to 32"]);
+    // A misspelt normalization is named before the (missing) data is looked for.
+    let out = resnet(&["eval", "--weights", p(&weights), "--data", "/nonexistent", "--norm", "imagnet"]);
+    assert_error(&out, &["imagnet", "expected pixel-mean, imagenet or cifar"]);
+    // Ten classes: top-5 is printed. Three: every image is in its top 5, so it is not.
+    let out = ok(&resnet(&["eval", "--weights", p(&weights), "--data", p(&dir.join("d.bin"))]));
+    assert!(out.contains("top-1:") && out.contains("top-5:"), "{out}");
+    let data = dir.join("three");
+    image_folder(&data.join("train"), &["a", "b", "c"]);
+    image_folder(&data.join("val"), &["a", "b", "c"]);
+    let run = dir.join("run3");
+    let args = ["--iterations", "1", "--batch", "3", "--crop", "32", "--scale", "32,40", "--out", p(&run), "--quiet"];
+    ok(&resnet(&[&["train", "--model", "resnet18", "--data", p(&data)], &args[..]].concat()));
+    let weights = run.join("model.safetensors");
+    let out = ok(&resnet(&["eval", "--weights", p(&weights), "--data", p(&data.join("val"))]));
+    assert!(out.contains("top-1:") && !out.contains("top-5"), "{out}");
+}

@@ -90,6 +90,11 @@ pub fn view(net: &ResNet, file: &StateDict, resize: Option<usize>, crop: Option<
     // A crop given alone keeps the recorded proportion (224 of 256: 8/7).
     let resize =
         resize.unwrap_or(if crop == default.crop { default.resize } else { crop * default.resize / default.crop });
+    if crop > resize {
+        bail!(
+            "a centre crop of {crop} does not fit in an image whose shorter side is resized to {resize}: lower --crop or raise --resize"
+        );
+    }
     Ok(View { resize, crop })
 }
 

@@ -14,6 +14,9 @@ pub struct Args {
     /// Fetch from this address instead of the official one (mirrors, tests).
     #[arg(long)]
     url: Option<String>,
+    /// Unpack this archive, fetched by other means, instead of downloading (offline machines).
+    #[arg(long, conflicts_with = "url")]
+    from: Option<PathBuf>,
     /// Expected md5 of the archive (default: the official archive's).
     #[arg(long)]
     md5: Option<String>,
@@ -24,7 +27,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let dir = a.dir.unwrap_or_else(download::default_data_dir);
     let url = a.url.as_deref().unwrap_or(src.url);
     let md5 = a.md5.as_deref().unwrap_or(src.md5);
-    let out = download::download(a.dataset, url, md5, &dir, true)?;
+    let out = match &a.from {
+        Some(archive) => download::from_file(a.dataset, archive, md5, &dir)?,
+        None => download::download(a.dataset, url, md5, &dir, true)?,
+    };
     println!("{} ready in {}", a.dataset.name(), out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, value_parser = super::parse_side)]
     crop: Option<usize>,
     /// pixel-mean, imagenet or cifar (default: what the weights record).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,

@@ -47,7 +47,7 @@ pub struct Args {
     scales: Vec<usize>,
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with; imagenet for
     /// ImageNet networks without a record, as torchvision's weights).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
@@ -157,9 +157,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let pct = |x: f64| 100.0 * x;
         println!("protocol: {}", report.protocol);
         println!("top-1: {:.2}% ({}/{})", pct(r.accuracy()), r.correct, r.total);
-        println!("top-5: {:.2}% ({}/{})", pct(r.accuracy5()), r.correct5, r.total);
+        // With five classes or fewer every image is in its top 5: nothing to print.
+        let top5 = model.classes() > 5;
+        if top5 {
+            println!("top-5: {:.2}% ({}/{})", pct(r.accuracy5()), r.correct5, r.total);
+        }
         println!("top-1 error: {:.2}%", pct(1.0 - r.accuracy()));
-        println!("top-5 error: {:.2}%", pct(1.0 - r.accuracy5()));
+        if top5 {
+            println!("top-5 error: {:.2}%", pct(1.0 - r.accuracy5()));
+        }
         println!("loss: {:.4}", r.loss);
         // Per class where there are few enough to read.
         let shown = r.per_class.iter().filter(|(_, total)| *total > 0).count();

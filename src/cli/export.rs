@@ -13,6 +13,7 @@ pub struct Args {
     /// Weights: a file, a checkpoint, or published weights by name (resnet weights list).
     #[arg(long)]
     weights: PathBuf,
+    /// The ONNX file to write (ends in .onnx; an existing one needs --overwrite).
     #[arg(long)]
     out: PathBuf,
     /// Images per call: `dynamic` (a free batch dimension) or a number.
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     fold_bn: bool,
     /// The normalization to record (default: the one the weights record).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,

@@ -229,6 +229,19 @@ fn parse_dataset(s: &str) -> Result<resnet::data::DatasetKind, String> {
     }
 }
 
+/// An input normalization's name, checked when the command line is read (before any data is).
+fn parse_norm(s: &str) -> Result<String, String> {
+    match s {
+        "pixel-mean" | "imagenet" | "cifar" => Ok(s.to_string()),
+        _ => Err(format!("unknown normalization '{s}' (expected pixel-mean, imagenet or cifar)")),
+    }
+}
+
+/// Classes shown per image: at least one.
+fn parse_top(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 1, 1_000_000, "classes shown per image")
+}
+
 fn parse_shortcut(s: &str) -> Result<resnet::model::Shortcut, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }

@@ -30,12 +30,12 @@ pub struct Args {
     #[arg(long)]
     labels: Option<PathBuf>,
     /// pixel-mean, imagenet or cifar (default: what the weights were trained with, else imagenet).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,
     /// Classes shown per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::parse_top)]
     top: usize,
     /// Images per network call.
     #[arg(long, value_parser = super::parse_batch, default_value_t = 16)]
@@ -70,7 +70,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     let threads = rayon::current_num_threads().clamp(1, 4);
     let results = predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads);
     let mut failed = 0;
-    let top_n = a.top.max(1);
+    let top_n = a.top;
     if a.csv {
         let columns: Vec<String> = (1..=top_n)
             .flat_map(|r| [format!("top{r}_index"), format!("top{r}_label"), format!("top{r}_prob")])

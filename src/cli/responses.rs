@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     data: PathBuf,
     /// pixel-mean, imagenet or cifar (default: what the weights record).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     #[arg(long, value_parser = super::parse_shortcut, help = super::SHORTCUT_HELP)]
     shortcut: Option<Shortcut>,

@@ -113,7 +113,7 @@ pub struct Args {
     shortcut: Option<Shortcut>,
     /// Input normalization: pixel-mean (the paper's, the default), imagenet or cifar
     /// (per-channel mean/std).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_norm)]
     norm: Option<String>,
     /// Image folders: training crop size.
     #[arg(long, value_parser = super::parse_side, default_value_t = 224)]

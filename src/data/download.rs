@@ -1,5 +1,5 @@
-//! `resnet download`: fetches the official CIFAR archive over HTTPS, checks its md5,
-//! and unpacks it into the data directory, with a progress bar.
+//! `resnet download`: fetches the official CIFAR archive over HTTPS (or takes one already on
+//! disk), checks its md5, and unpacks it into the data directory, with a progress bar.
 
 use super::cifar::DatasetKind;
 #[cfg(feature = "download")]
@@ -86,19 +86,56 @@ pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progres
     let mut hasher = Md5::new();
     let label = format!("downloading {}", kind.name());
     // Removed on every error path; renamed to `archive` once complete and checked.
-    let partial = fetch(url, &archive, &label, progress, 1 << 31, &mut |chunk| hasher.update(chunk))?;
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if digest != md5_hex {
-        bail!("{url}: md5 mismatch (got {digest}, expected {md5_hex}); the download is corrupt, nothing was unpacked");
-    }
+    let partial = fetch(url, &archive, &label, progress, 1 << 31, &mut |chunk| hasher.update(chunk)).map_err(|e| {
+        let flag = kind.name().to_ascii_lowercase().replace('-', "");
+        anyhow::anyhow!(
+            "{e:#}; without a network, fetch {url} by other means and run `resnet download {flag} --from FILE`"
+        )
+    })?;
+    check_md5(url, hasher, md5_hex)?;
     partial.persist(&archive)?;
-    let opened = std::fs::File::open(&archive).with_context(|| format!("{}: cannot open", archive.display()))?;
+    let out = unpack(kind, &archive, dir)?;
+    let _ = std::fs::remove_file(&archive);
+    Ok(out)
+}
+
+#[cfg(feature = "download")]
+/// Unpacks an archive already on disk (fetched by other means) into `dir` after checking its
+/// md5. The archive itself is left where it is.
+pub fn from_file(kind: DatasetKind, archive: &Path, md5_hex: &str, dir: &Path) -> Result<PathBuf> {
+    let mut file = std::fs::File::open(archive).with_context(|| format!("{}: cannot open", archive.display()))?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", archive.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    check_md5(&archive.display().to_string(), hasher, md5_hex)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
+    unpack(kind, archive, dir)
+}
+
+#[cfg(feature = "download")]
+fn check_md5(source: &str, hasher: Md5, md5_hex: &str) -> Result<()> {
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if digest != md5_hex.to_ascii_lowercase() {
+        bail!(
+            "{source}: md5 mismatch (got {digest}, expected {md5_hex}); the archive is corrupt, nothing was unpacked"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "download")]
+fn unpack(kind: DatasetKind, archive: &Path, dir: &Path) -> Result<PathBuf> {
+    let opened = std::fs::File::open(archive).with_context(|| format!("{}: cannot open", archive.display()))?;
     let tar = flate2::read::GzDecoder::new(opened);
     tar::Archive::new(tar).unpack(dir).with_context(|| format!("{}: cannot unpack archive", archive.display()))?;
-    let out = dir.join(kind.archive_dir());
     if !super::cifar::is_present(dir, kind) {
         bail!("{}: archive unpacked but the {} batch files are not there", archive.display(), kind.name());
     }
-    let _ = std::fs::remove_file(&archive);
-    Ok(out)
+    Ok(dir.join(kind.archive_dir()))
 }
