@@ -45,9 +45,13 @@ fn main() -> Result<()> {
         let (mut rm, mut rv, mut saved) = (gpu.zeros::<f32>(c)?, filled(&gpu, c)?, gpu.zeros::<f32>(4 * c)?);
         let (mut dgamma, mut dbeta) = (gpu.zeros::<f32>(c)?, gpu.zeros::<f32>(c)?);
         let fwd = time(&gpu, || {
+            let (x, mut saved, mut y) = (x.as_view(), saved.as_view_mut(), y.as_view_mut());
             gpu.bn_forward_train(&layer, &x, rows, 0.1, (&mut rm, &mut rv), &mut saved, None, true, &mut y)
         })?;
-        let bwd = time(&gpu, || gpu.bn_backward(&gamma, &x, rows, &saved, true, &mut g, &mut dgamma, &mut dbeta))?;
+        let bwd = time(&gpu, || {
+            let (x, saved, mut g) = (x.as_view(), saved.as_view(), g.as_view_mut());
+            gpu.bn_backward(&gamma, &x, rows, &saved, true, &mut g, (&mut dgamma, &mut dbeta), false)
+        })?;
         // Forward: x read twice, y written; backward: g and x read twice, g written.
         let mb = (rows * c * 4) as f64 / 1e6;
         println!(
@@ -70,7 +74,7 @@ fn main() -> Result<()> {
         let (mut y, mut dx, mut dw) =
             (gpu.zeros::<f32>(n * s.out_len())?, gpu.zeros::<f32>(n * s.in_len())?, gpu.zeros::<f32>(s.weight_len())?);
         let fwd = time(&gpu, || gpu.conv_forward(&s, n, &x, &w, &mut y))?;
-        let data = time(&gpu, || gpu.conv_backward_data(&s, n, &dy, &w, &mut dx))?;
+        let data = time(&gpu, || gpu.conv_backward_data(&s, n, &dy, &w, &mut dx, false))?;
         let filter = time(&gpu, || gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw))?;
         let tflop = 2.0 * (n * s.out_len() * s.patch()) as f64 / 1e9;
         println!(

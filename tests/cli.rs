@@ -112,10 +112,12 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["train", "--model", "resnet20", "--epoch", "3"]), &["'--epoch'", "'--epochs'"]);
     assert_error(&resnet(&["eval", "--model", "resnet20"]), &["required", "--weights", "--data"]);
     // A GPU asked for where there is none (or no CUDA support in this build): one line.
-    let cuda = resnet(&["bench", "--model", "resnet20", "--device", "cuda"]);
-    match cfg!(feature = "cuda") {
-        false => assert_error(&cuda, &["--device cuda", "--features cuda"]),
-        true => assert_error(&cuda, &["--device cuda"]),
+    for command in [&["bench", "--model", "resnet20"][..], &["train", "--model", "resnet8", "--iterations", "1"]] {
+        let cuda = resnet(&[command, &["--device", "cuda"]].concat());
+        match cfg!(feature = "cuda") {
+            false => assert_error(&cuda, &["--device cuda", "--features cuda"]),
+            true => assert_error(&cuda, &["--device cuda"]),
+        }
     }
     let bare = resnet(&[]);
     assert!(!bare.status.success() && String::from_utf8_lossy(&bare.stderr).contains("Commands:"));

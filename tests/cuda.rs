@@ -7,7 +7,7 @@
 //!
 //! On a GPU: each kernel, and each pass of cuDNN's convolutions, against its CPU
 //! counterpart on the shapes of ResNet-20 and ResNet-50, on random data; then whole
-//! networks' inference against the CPU engine's. The kernels add in the CPU's order where the order decides
+//! networks' inference and training steps against the CPU engine's. The kernels add in the CPU's order where the order decides
 //! the rounding, so most must match bit for bit; BatchNorm's statistics are summed in
 //! another order, so it matches to 1e-5 relative. Without a GPU these skip, saying why.
 #![cfg(feature = "cuda")]
@@ -21,8 +21,9 @@ use resnet::engine::cuda::{self, Gpu, ops::BnLayer};
 use resnet::engine::ops::{self, ShortcutA};
 use resnet::engine::pool::{self, PoolShape};
 use resnet::engine::sgd::{self, SgdConfig};
-use resnet::model::cuda::GpuNet;
+use resnet::model::cuda::{GpuNet, GpuTrainer};
 use resnet::model::{ModelConfig, ResNet, Shortcut};
+use resnet::nn::Slot;
 use resnet::rng::Rng;
 use std::process::Command;
 
@@ -154,7 +155,10 @@ fn check_batchnorm(gpu: &Gpu, rows: usize, c: usize, residual: bool, relu: bool)
     let (mut drm, mut drv, dres) = (up(&rm0), up(&rv0), up(&res));
     let (mut dsaved, mut dy_out) = (gpu.zeros::<f32>(4 * c).unwrap(), gpu.zeros::<f32>(len).unwrap());
     let dr = residual.then_some(&dres);
-    gpu.bn_forward_train(&layer, &dx, rows, 0.1, (&mut drm, &mut drv), &mut dsaved, dr, relu, &mut dy_out).unwrap();
+    let (xv, dr) = (dx.as_view(), dr.map(|r| r.as_view()));
+    let (mut saved_v, mut y_v) = (dsaved.as_view_mut(), dy_out.as_view_mut());
+    gpu.bn_forward_train(&layer, &xv, rows, 0.1, (&mut drm, &mut drv), &mut saved_v, dr.as_ref(), relu, &mut y_v)
+        .unwrap();
     let got_saved = gpu.download(&dsaved).unwrap();
     assert_close(&format!("{what}: mean"), &got_saved[..c], &saved.mean, 1e-5);
     assert_close(&format!("{what}: invstd"), &got_saved[c..2 * c], &saved.invstd, 1e-5);
@@ -168,10 +172,19 @@ fn check_batchnorm(gpu: &Gpu, rows: usize, c: usize, residual: bool, relu: bool)
     // a value that close to zero would flip the ReLU mask the backward recomputes.
     let cpu_saved = up(&[&saved.mean[..], &saved.invstd, &saved.scale, &saved.shift].concat());
     let (mut dg, mut ddgamma, mut ddbeta) = (up(&dy), gpu.zeros::<f32>(c).unwrap(), gpu.zeros::<f32>(c).unwrap());
-    gpu.bn_backward(&dgamma_d, &dx, rows, &cpu_saved, bwd_relu, &mut dg, &mut ddgamma, &mut ddbeta).unwrap();
+    let backward = |g: &mut cudarc::driver::CudaSlice<f32>, grads: (&mut _, &mut _), accumulate| {
+        let (x, saved, mut g) = (dx.as_view(), cpu_saved.as_view(), g.as_view_mut());
+        gpu.bn_backward(&dgamma_d, &x, rows, &saved, bwd_relu, &mut g, grads, accumulate).unwrap();
+    };
+    backward(&mut dg, (&mut ddgamma, &mut ddbeta), false);
     assert_close(&format!("{what}: dbeta"), &gpu.download(&ddbeta).unwrap(), &dbeta, 1e-5);
     assert_close(&format!("{what}: dgamma"), &gpu.download(&ddgamma).unwrap(), &dgamma, 1e-5);
     assert_close(&format!("{what}: dx"), &gpu.download(&dg).unwrap(), &g, 1e-4);
+    // A second BatchNorm group adds its γ and β gradients to the first's.
+    backward(&mut up(&dy), (&mut ddgamma, &mut ddbeta), true);
+    let twice = |v: &[f32]| v.iter().map(|x| x + x).collect::<Vec<_>>();
+    assert_close(&format!("{what}: dbeta added"), &gpu.download(&ddbeta).unwrap(), &twice(&dbeta), 1e-5);
+    assert_close(&format!("{what}: dgamma added"), &gpu.download(&ddgamma).unwrap(), &twice(&dgamma), 1e-5);
 }
 
 #[test]
@@ -336,7 +349,7 @@ fn check_convolution(gpu: &Gpu, s: ConvShape, n: usize) {
     let mut yd = gpu.zeros::<f32>(y.len()).unwrap();
     let (mut dwd, mut dxd) = (gpu.zeros::<f32>(dw.len()).unwrap(), gpu.zeros::<f32>(dx.len()).unwrap());
     gpu.conv_forward(&s, n, &xd, &wd, &mut yd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     gpu.conv_backward_weights(&s, n, &xd, &dyd, &mut dwd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     let scaled = |what: &str, got: &[f32], want: &[f32]| {
         let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -345,6 +358,10 @@ fn check_convolution(gpu: &Gpu, s: ConvShape, n: usize) {
     };
     scaled(&format!("{what}: y"), &gpu.download(&yd).unwrap(), &y);
     scaled(&format!("{what}: dx"), &gpu.download(&dxd).unwrap(), &dx);
+    // Added to what is there: a block's first unit adds to the shortcut's gradient.
+    gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd, true).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let twice: Vec<f32> = dx.iter().map(|v| v + v).collect();
+    scaled(&format!("{what}: dx added"), &gpu.download(&dxd).unwrap(), &twice);
     scaled(&format!("{what}: dw"), &gpu.download(&dwd).unwrap(), &dw);
 }
 
@@ -429,4 +446,79 @@ fn networks_infer_on_the_gpu_as_on_the_cpu() {
         let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
         assert!(err <= 1e-4, "{name}: logits differ by {err:e} of the largest ({got:?} against {want:?})");
     }
+}
+
+/// Training steps on the GPU (`model::cuda::GpuTrainer`) against `train::step` on the CPU,
+/// from the same initial weights: option A, projections, the max pool and bottlenecks,
+/// BatchNorm over the whole batch and in `--bn-batch` groups. Two steps, so that the second
+/// starts from the momentum and running statistics of the first; then every parameter,
+/// momentum buffer and running statistic, stored back into a CPU model.
+#[test]
+fn networks_train_on_the_gpu_as_on_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let cases = [
+        ("resnet8", Shortcut::A, 32, Some(3)),
+        ("resnet18", Shortcut::B, 32, None),
+        ("resnet50", Shortcut::B, 64, Some(2)),
+    ];
+    for (name, shortcut, side, group) in cases {
+        let net = || {
+            let mut net = ResNet::new(ModelConfig::from_name(name, Some(shortcut), 10).unwrap(), 7);
+            net.set_bn_group(group);
+            net
+        };
+        let (mut cpu, mut stored) = (net(), net());
+        let mut trainer = GpuTrainer::new(&mut stored).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 };
+        let (n, mut rng) = (5, Rng::new(3));
+        for step in 0..2u32 {
+            let images = random(&mut rng, n * side * side * 3, 1.0, 0.0);
+            let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + step) % 10).collect();
+            let mut scratch = resnet::train::StepScratch::default();
+            let (want, _) = resnet::train::step(&mut cpu, (side, side), &images, &labels, 1, sgd, &mut scratch);
+            let (got, _) =
+                trainer.step((side, side), &images, &labels, sgd).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs(),
+                "{name} step {step}: loss {got} on the GPU, {want} on the CPU"
+            );
+        }
+        trainer.store_into(&mut stored).unwrap();
+        let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
+            let top = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
+            assert!(err <= tol, "{name}: {what} differs by {err:e} of its largest value");
+        };
+        for (mine, theirs) in stored.named().iter().zip(cpu.named().iter()) {
+            close(&mine.name, &mine.to_host(), &theirs.to_host(), 1e-4);
+            if let (Slot::Param(a), Slot::Param(b)) = (&mine.slot, &theirs.slot) {
+                close(&format!("{}'s momentum", mine.name), &a.momentum.to_host(), &b.momentum.to_host(), 1e-3);
+            }
+        }
+    }
+}
+
+/// `resnet --device cuda train` writes the same files as on the CPU, and the run resumes
+/// on the CPU.
+#[test]
+fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let dir = common::temp_dir("cuda_train");
+    let data = dir.join("d.bin");
+    common::write_cifar_file(&data, 40, 1);
+    let (d, run) = (data.to_str().unwrap(), dir.join("run"));
+    let run_s = run.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let args =
+            ["train", "--model", "resnet8", "--data", d, "--test-data", d, "--batch", "10", "--out", run_s, "--quiet"];
+        Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).args(extra).output().unwrap()
+    };
+    let out = train(&["--iterations", "4", "--device", "cuda"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run.join("model.safetensors").exists() && run.join("checkpoint.safetensors").exists());
+    let out = train(&["--resume", "--iterations", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let iters = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"].as_u64());
+    assert_eq!(iters.max().flatten(), Some(8), "{metrics}");
 }

@@ -9,7 +9,7 @@
 #
 # `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch
 # installation's `nvidia` packages and the usual driver folders, and ptxas beside that NVRTC
-# (else beside nvcc). Each step has its own time limit, 480 s in all, under the GPU machine's
+# (else beside nvcc). Each step has its own time limit, 450 s in all, under the GPU machine's
 # 600 s per command. A step that fails is reported and the run goes on, so that one call
 # gathers everything; the exit status is that of the GPU tests.
 set -uo pipefail
@@ -33,10 +33,13 @@ for line in sys.stdin:
   cp target/release/examples/cuda_bench "$DEVICE_DIR/cuda-bench"
   # The published ResNet-20 and the exact official test records it scores 932/1017 on.
   local shared=../shared/data
+  # And the first 1017 records of each training batch in one file, to train on.
   if [ -d "$shared" ]; then
     cp -f "$shared/resnet-cifar10-pretrained/resnet20-12fca82f.safetensors" \
       "$shared/cifar-10-official-partial/test_batch.first1017.bin" "$DEVICE_DIR/"
+    cat "$shared"/cifar-10-official-partial/data_batch_[1-5].first1017.bin >"$DEVICE_DIR/train5085.bin"
   fi
+  du -sh "$DEVICE_DIR"
   echo "ready: $DEVICE_DIR/{resnet,cuda-tests,cuda-bench}; on the GPU machine: tools/device_check.sh run"
 }
 
@@ -104,26 +107,45 @@ run() {
   } >>"$REPORT"
   # The kernels against the CPU engine; on this machine no test may skip.
   PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
-    step "GPU kernel tests" 90 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
+    step "GPU kernel tests" 75 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
   local tests_rc=$?
   if [ -e "$DEVICE_DIR/test_batch.first1017.bin" ]; then
-    step "ours: the published ResNet-20 on the 1017 exact test images (the CPU and PyTorch: 932/1017)" 30 \
+    step "ours: the published ResNet-20 on the 1017 exact test images (the CPU and PyTorch: 932/1017)" 20 \
       "$DEVICE_DIR/resnet" --device cuda eval --model resnet20 --norm imagenet \
       --weights "$DEVICE_DIR/resnet20-12fca82f.safetensors" --data "$DEVICE_DIR/test_batch.first1017.bin"
   fi
-  # Our inference on the GPU (training does not run there yet).
+  # Our inference on the GPU.
   local ours="$DEVICE_DIR/resnet --device cuda bench --warmup 3 --steps 10"
-  step "ours: ResNet-50 inference batch 256" 40 $ours --model resnet50 --batch 256
-  step "ours: ResNet-50 inference batch 1" 20 $ours --model resnet50 --batch 1
-  step "ours: ResNet-20 inference batch 128" 20 $ours --model resnet20 --batch 128
-  step "our kernels and cuDNN's convolutions, timed" 40 "$DEVICE_DIR/cuda-bench"
+  step "ours: ResNet-50 inference batch 256" 30 $ours --model resnet50 --batch 256
+  step "ours: ResNet-50 inference batch 1" 15 $ours --model resnet50 --batch 1
+  step "our kernels and cuDNN's convolutions, timed" 20 "$DEVICE_DIR/cuda-bench"
+  # Training: ResNet-20 for 200 iterations on 5085 exact CIFAR images, on the GPU and on
+  # this machine's CPU from the same seed, their loss curves side by side; then ResNet-56's
+  # training speed on the GPU (its img/s in the log lines).
+  if [ -e "$DEVICE_DIR/train5085.bin" ]; then
+    local data="--data $DEVICE_DIR/train5085.bin --test-data $DEVICE_DIR/test_batch.first1017.bin --seed 1 --overwrite"
+    step "ours: ResNet-20 training on the GPU, 200 iterations" 45 \
+      "$DEVICE_DIR/resnet" --device cuda train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/gpu-resnet20"
+    step "ours: the same on the CPU" 40 \
+      "$DEVICE_DIR/resnet" train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/cpu-resnet20"
+    step "loss curves, GPU against CPU" 5 python3 - "$out/gpu-resnet20/metrics.jsonl" "$out/cpu-resnet20/metrics.jsonl" <<'EOF'
+import json, sys
+curves = [{r["iter"]: r["loss"] for r in map(json.loads, open(f)) if "train_loss" not in r} for f in sys.argv[1:]]
+gpu, cpu = curves
+for it in sorted(gpu):
+    print(f"iter {it:4d}  GPU {gpu[it]:.4f}  CPU {cpu.get(it, float('nan')):.4f}")
+print("largest relative difference:", max(abs(gpu[i] - cpu[i]) / cpu[i] for i in gpu if i in cpu))
+EOF
+    step "ours: ResNet-56 training on the GPU, batch 128" 30 \
+      "$DEVICE_DIR/resnet" --device cuda train --model resnet56 $data --iterations 60 --log-every 20 --out "$out/gpu-resnet56"
+  fi
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
-  step "PyTorch ResNet-50 batch 256 f32" 60 $bench --model resnet50 --batch 256
-  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 90 $bench --model resnet50 --batch 256 --precision bf16 --compile
-  step "PyTorch ResNet-50 batch 1 f32" 30 $bench --model resnet50 --batch 1
-  step "PyTorch ResNet-20 batch 128 f32" 30 $bench --depth 20 --batch 128
-  step "PyTorch ResNet-56 batch 128 bf16" 30 $bench --depth 56 --batch 128 --precision bf16
+  step "PyTorch ResNet-50 batch 256 f32" 40 $bench --model resnet50 --batch 256
+  step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 70 $bench --model resnet50 --batch 256 --precision bf16 --compile
+  step "PyTorch ResNet-50 batch 1 f32" 15 $bench --model resnet50 --batch 1
+  step "PyTorch ResNet-20 batch 128 f32" 20 $bench --depth 20 --batch 128
+  step "PyTorch ResNet-56 batch 128 bf16" 25 $bench --depth 56 --batch 128 --precision bf16
   echo "report: $REPORT"
   return $tests_rc
 }

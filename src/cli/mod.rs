@@ -31,7 +31,7 @@ struct Cli {
     /// Worker threads for the compute engine (default: all cores).
     #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
-    /// Where networks run: cpu, or cuda (an NVIDIA GPU: inference in `eval` and `bench` so far;
+    /// Where networks run: cpu, or cuda (an NVIDIA GPU: `train`, `eval` and `bench` so far;
     /// needs a build with `--features cuda`).
     #[arg(long, global = true, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -121,24 +121,33 @@ pub fn run() -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))] // set below for `--device cuda train`
+    let mut command = cli.command;
     if cli.device == Device::Cuda {
-        // Inference (`bench` and `eval`) is what runs on the GPU so far.
+        // `bench`, `eval` and `train` are what run on the GPU so far.
         #[cfg(feature = "cuda")]
-        match cli.command {
+        match command {
             Command::Bench(a) => return bench::run_cuda(a),
             Command::Eval(mut a) => {
                 a.cuda = true;
                 return eval::run(a);
             }
-            _ => {}
+            Command::Train(ref mut a) if resnet::engine::cuda::gpu_missing().is_none() => a.cuda = true,
+            _ => {
+                eprintln!("error: {}", cuda_refusal());
+                return Ok(ExitCode::from(2));
+            }
         }
-        eprintln!("error: {}", cuda_refusal());
-        return Ok(ExitCode::from(2));
+        #[cfg(not(feature = "cuda"))]
+        {
+            eprintln!("error: {}", cuda_refusal());
+            return Ok(ExitCode::from(2));
+        }
     }
     if let Some(t) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
-    match cli.command {
+    match command {
         Command::Info(a) => info::run(a),
         Command::Train(a) => {
             let command = Cli::command();

@@ -149,6 +149,9 @@ pub struct Args {
     /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
     precision: resnet::engine::Precision,
+    /// Set by `--device cuda`: the steps run on the GPU.
+    #[arg(skip)]
+    pub cuda: bool,
     /// Threads assembling batches in the background (decoding, augmentation).
     #[arg(long, value_parser = super::parse_loader_threads, default_value_t = 2)]
     loader_threads: usize,
@@ -429,6 +432,36 @@ fn bn_group(cfg: &TrainConfig) -> usize {
 const RESUME_FLAGS: [&str; 9] =
     ["resume", "out", "model", "data", "quiet", "threads", "iterations", "epochs", "bucket_mb"];
 
+/// With `--device cuda`, what makes the GPU's copy of the model, after refusing what the
+/// GPU does not do yet.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::DeviceFactory<'static>>> {
+    if !a.cuda {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use resnet::train::run::DeviceSteps;
+        let unsupported = [
+            (cfg.ranks > 1, "several processes (MPI)"),
+            (cfg.accumulate > 1, "--accumulate"),
+            (cfg.precision != resnet::engine::Precision::F32, "--precision other than f32"),
+            (cfg.freeze_backbone || cfg.lr_classifier.is_some(), "--freeze-backbone and --lr-classifier"),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(given, _)| *given) {
+            bail!("--device cuda: training with {what} runs on the CPU only so far");
+        }
+        fn gpu_trainer(model: &mut resnet::model::ResNet) -> Result<Box<dyn DeviceSteps>> {
+            let trainer = resnet::model::cuda::GpuTrainer::new(model).context("--device cuda")?;
+            eprintln!("training on {}", trainer.gpu().name());
+            Ok(Box::new(trainer))
+        }
+        Ok(Some(&gpu_trainer))
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("--device cuda: this build has no CUDA support")
+}
+
 /// `given`: the ids of the arguments given on the command line.
 /// `comm`: the job's processes; rank 0 owns the run directory and speaks for the job.
 pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitCode> {
@@ -487,6 +520,8 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
     if root {
         super::warn_if_emulated(cfg.precision);
     }
+    // What the GPU cannot do yet is refused before the data is loaded.
+    let device = on_device(&a, &cfg)?;
     let data = data::load(&cfg, saved_norm)?;
     let per_epoch = iterations_per_epoch(data.train.len(), cfg.batch);
     if !a.resume {
@@ -535,6 +570,7 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
         cancel: &super::INTERRUPTED,
         sinks: Vec::new(),
         comm: job.clone(),
+        device,
     };
     let outcome = resnet::train::train(&cfg, data, opts)?;
     drop(run_dir);

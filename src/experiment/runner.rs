@@ -229,6 +229,7 @@ fn train_one(
         cancel: opts.cancel,
         sinks: vec![&mut line as &mut dyn Sink],
         comm: std::sync::Arc::new(crate::dist::Single),
+        device: None,
     };
     let outcome = crate::train::train(&cfg, data, run_opts)?;
     drop(claim);

@@ -6,7 +6,7 @@ use super::data::Datasets;
 use super::record::{EpochRecord, History, JsonlSink, Record, Sink, StepRecord};
 use super::schedule::Warmup;
 use super::tensorboard::EventWriter;
-use super::{Ranks, StepScratch, TrainConfig, step_across};
+use super::{Across, Ranks, StepScratch, TrainConfig, step_across};
 use crate::data::{BatchLoader, Spare, loader::epoch_order};
 use crate::dist::{Background, Collective, Part, SyncBn};
 use crate::engine::sgd::SgdConfig;
@@ -41,6 +41,22 @@ pub struct RunOptions<'a> {
     /// The job's processes (`dist::Single` for one). With several, each trains on its
     /// part of every batch; rank 0 alone prints and writes files.
     pub comm: Arc<dyn Collective>,
+    /// Where the steps run when not on the CPU engine: made from the model once it is
+    /// built, resumed or initialized (`--device cuda`).
+    pub device: Option<DeviceFactory<'a>>,
+}
+
+/// Makes a [`DeviceSteps`] holding a copy of the model.
+pub type DeviceFactory<'a> = &'a dyn Fn(&mut ResNet) -> Result<Box<dyn DeviceSteps>>;
+
+/// Training steps on another device (a GPU), which keeps its own copy of the network
+/// between steps. The CPU model is what checkpoints, evaluation and weight files read:
+/// the loop has the device store its state into it before each of them.
+pub trait DeviceSteps {
+    /// One SGD step on a batch: (mean loss, correct predictions), as [`super::step`].
+    fn step(&mut self, hw: (usize, usize), images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)>;
+    /// Copies parameters, momentum and running statistics into `model`.
+    fn store_into(&mut self, model: &mut ResNet) -> Result<()>;
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -61,7 +77,7 @@ pub fn iterations_per_epoch(train_len: usize, batch: usize) -> usize {
 
 /// Trains `cfg` on `data` in the run directory `cfg.out` (claimed by the caller).
 pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outcome> {
-    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm: job } = opts;
+    let RunOptions { resume, progress, cancel, sinks: mut extra_sinks, comm: job, device } = opts;
     // With buckets, the collective operations run on a thread of their own, so that the
     // all-reduce overlaps the backward pass.
     let job = match job.size() > 1 && cfg.bucket_mb > 0 {
@@ -114,6 +130,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
     if comm.size() > 1 {
         broadcast_state(&mut model, comm);
     }
+    let mut device = device.map(|make| make(&mut model)).transpose()?;
     let config_path = out.join("config.json");
     let config_json =
         serde_json::to_string_pretty(cfg).with_context(|| format!("{}: cannot record", config_path.display()))?;
@@ -175,18 +192,25 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                     bar.suspend(|| eprintln!("warning: skipped unreadable image: {e}"));
                 }
             }
-            let done = step_across(
-                &mut model,
-                batch.hw,
-                &batch.images,
-                &batch.labels,
-                cfg.accumulate,
-                sgd,
-                transfer,
-                &mut scratch,
-                Ranks { comm, bucket_mb: cfg.bucket_mb },
-                cancel.load(Ordering::SeqCst),
-            );
+            let done = match &mut device {
+                Some(d) => {
+                    let (loss, correct) = d.step(batch.hw, &batch.images, &batch.labels, sgd)?;
+                    let (images, stop) = (batch.labels.len(), cancel.load(Ordering::SeqCst));
+                    Across { loss, correct, images, stop, comm_s: 0.0 }
+                }
+                None => step_across(
+                    &mut model,
+                    batch.hw,
+                    &batch.images,
+                    &batch.labels,
+                    cfg.accumulate,
+                    sgd,
+                    transfer,
+                    &mut scratch,
+                    Ranks { comm, bucket_mb: cfg.bucket_mb },
+                    cancel.load(Ordering::SeqCst),
+                ),
+            };
             spare.put(batch);
             let (loss, ok, n) = (done.loss, done.correct, done.images);
             if n == 0 {
@@ -257,6 +281,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             }
             if cfg.checkpoint_every > 0 && state.iteration.is_multiple_of(cfg.checkpoint_every) {
                 if root {
+                    store(&mut device, &mut model)?;
                     checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 }
                 last_good = Some(state.iteration);
@@ -267,6 +292,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
                 if !root {
                     return Ok(Outcome::Interrupted { iteration: state.iteration, history: History::default() });
                 }
+                store(&mut device, &mut model)?;
                 checkpoint::save(out, &mut model, cfg, &state, &data.norm, &data.class_names)?;
                 let history = History::read(&metrics_path)?;
                 return Ok(Outcome::Interrupted { iteration: state.iteration, history });
@@ -275,6 +301,7 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
         bar.finish_and_clear();
         let train_ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
         let pass = crate::progress::bar("test", data.test.len(), bar_shown);
+        store(&mut device, &mut model)?;
         // Every rank scores part of the test set, with rank 0's BatchNorm statistics.
         if comm.size() > 1 {
             broadcast_state(&mut model, comm);
@@ -345,6 +372,11 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
     crate::weights::save(&out.join(FINAL_WEIGHTS), &model.named(), metadata)?;
     let history = History::read(&metrics_path)?;
     Ok(Outcome::Finished { test_acc, best_acc: state.best_acc, history })
+}
+
+/// The CPU model brought up to date with the device's, before it is read.
+fn store(device: &mut Option<Box<dyn DeviceSteps>>, model: &mut ResNet) -> Result<()> {
+    device.as_mut().map_or(Ok(()), |d| d.store_into(model))
 }
 
 /// Initializes `model` from the weights at `path` (fine-tuning); a classifier of another

@@ -110,15 +110,26 @@ impl Gpu {
         Ok(())
     }
 
-    /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`.
-    pub fn conv_backward_data(&self, s: &ConvShape, n: usize, dy: &Buf, w: &Buf, dx: &mut Buf) -> Result<()> {
+    /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`, or
+    /// added to it with `accumulate` (a block's first unit, whose input also feeds the shortcut).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_backward_data(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        dy: &Buf,
+        w: &Buf,
+        dx: &mut Buf,
+        accumulate: bool,
+    ) -> Result<()> {
         assert!(dx.len() >= n * s.in_len() && w.len() >= s.weight_len() && dy.len() >= n * s.out_len());
         let d = self.descriptors(s, n)?;
         let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
         let algo = cached(&mut self.algorithms().data, key(s, n), || Ok(op.pick_algorithm()?))?;
         let mut room = self.workspace(op.get_workspace_size(algo)?)?;
         // SAFETY: as in `conv_forward`.
-        unsafe { op.launch(algo, room.as_mut(), (1.0, 0.0), dx, w, dy) }?;
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        unsafe { op.launch(algo, room.as_mut(), (1.0, beta), dx, w, dy) }?;
         Ok(())
     }
 

@@ -148,8 +148,9 @@ __global__ void bn_backward_sums(const float* g, const float* x, i64 rows, int c
 
 // One thread per channel: γ's and β's gradients, and `coef` = k, a, b (c each) of
 // dx = k·(dy − a − x̂·b).
+// `accumulate`: add to dgamma and dbeta (the groups after a batch's first) instead of writing them.
 __global__ void bn_backward_coef(const double* partials, int parts, int c, i64 rows, const float* gamma,
-                                 const float* saved, float* dgamma, float* dbeta, float* coef) {
+                                 const float* saved, float* dgamma, float* dbeta, int accumulate, float* coef) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= c) return;
     double s = 0.0, t = 0.0;
@@ -157,8 +158,13 @@ __global__ void bn_backward_coef(const double* partials, int parts, int c, i64 r
         s += partials[(i64)p * 2 * c + j];
         t += partials[(i64)p * 2 * c + c + j];
     }
-    dbeta[j] = (float)s;
-    dgamma[j] = (float)t;
+    if (accumulate) {
+        dbeta[j] += (float)s;
+        dgamma[j] += (float)t;
+    } else {
+        dbeta[j] = (float)s;
+        dgamma[j] = (float)t;
+    }
     double m = (double)rows;
     coef[j] = gamma[j] * saved[c + j];
     coef[c + j] = (float)(s / m);

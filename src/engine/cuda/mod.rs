@@ -217,8 +217,8 @@ pub fn device_line() -> String {
         Ok(gpu) => {
             let (major, minor) = gpu.capability();
             format!(
-                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but only inference \
-                 (`bench`, `eval`) runs on the GPU so far: networks train and predict on the CPU (leave out --device)",
+                "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but only `train`, \
+                 `eval` and `bench` run on the GPU so far: this command runs on the CPU (leave out --device)",
                 gpu.name()
             )
         }

@@ -8,9 +8,11 @@ use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
 use crate::engine::sgd::SgdConfig;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 
 type Buf = CudaSlice<f32>;
+type View<'a> = CudaView<'a, f32>;
+type ViewMut<'a> = CudaViewMut<'a, f32>;
 
 /// Threads per block of the element-wise kernels, which loop over the grid's stride.
 const THREADS: u32 = 256;
@@ -57,13 +59,6 @@ impl Parts {
 /// A null pointer for an optional buffer argument.
 const NULL: u64 = 0;
 
-fn optional<'a>(b: &mut LaunchArgs<'a>, buf: Option<&'a Buf>) {
-    match buf {
-        Some(buf) => b.arg(buf),
-        None => b.arg(&NULL),
-    };
-}
-
 /// One BatchNorm layer's parameters on the GPU.
 pub struct BnLayer<'a> {
     pub gamma: &'a Buf,
@@ -97,19 +92,20 @@ impl Gpu {
     /// `batchnorm::forward_train` on `rows` rows of `c = gamma.len()` channels: normalizes
     /// `x` with the batch's statistics into `y` (adding `residual`, then the ReLU, if
     /// asked), updates the running averages, and leaves in `saved` (4c floats) the mean,
-    /// 1/std, scale and shift for the backward pass.
+    /// 1/std, scale and shift for the backward pass. Views, so that a batch's BatchNorm
+    /// groups (`--bn-batch`) are ranges of its rows.
     #[allow(clippy::too_many_arguments)]
     pub fn bn_forward_train(
         &self,
         p: &BnLayer,
-        x: &Buf,
+        x: &View,
         rows: usize,
         momentum: f32,
         running: (&mut Buf, &mut Buf),
-        saved: &mut Buf,
-        residual: Option<&Buf>,
+        saved: &mut ViewMut,
+        residual: Option<&View>,
         relu: bool,
-        y: &mut Buf,
+        y: &mut ViewMut,
     ) -> Result<()> {
         let c = p.gamma.len();
         let len = rows * c;
@@ -138,18 +134,21 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     fn bn_apply(
         &self,
-        x: &Buf,
+        x: &View,
         len: usize,
         c: usize,
-        (scale, shift): (&CudaView<f32>, &CudaView<f32>),
-        residual: Option<&Buf>,
+        (scale, shift): (&View, &View),
+        residual: Option<&View>,
         relu: bool,
-        y: &mut Buf,
+        y: &mut ViewMut,
     ) -> Result<()> {
         let (c32, len64, relu32) = (c as i32, len as i64, i32::from(relu));
         let mut b = self.stream.launch_builder(self.function("bn_apply"));
         b.arg(x).arg(&len64).arg(&c32).arg(scale).arg(shift);
-        optional(&mut b, residual);
+        match residual {
+            Some(r) => b.arg(r),
+            None => b.arg(&NULL),
+        };
         b.arg(&relu32).arg(y);
         self.launch(b, grid_stride(len))
     }
@@ -179,24 +178,26 @@ impl Gpu {
         b.arg(&mut *affine);
         self.launch(b, per_channel(c))?;
         let (scale, shift) = (affine.slice(..c), affine.slice(c..2 * c));
-        self.bn_apply(x, len, c, (&scale, &shift), residual, relu, y)
+        let residual = residual.map(|r| r.as_view());
+        self.bn_apply(&x.as_view(), len, c, (&scale, &shift), residual.as_ref(), relu, &mut y.as_view_mut())
     }
 
     /// `batchnorm::backward`, in place: `g` holds dL/dy on entry and dL/dx on return;
-    /// `dgamma` and `dbeta` are overwritten. `relu`: the forward's ReLU came straight
-    /// after the normalization (no residual). `saved` as `bn_forward_train` left it, and
-    /// `rows` the rows its statistics covered (this call's: no synchronized BatchNorm yet).
+    /// `dgamma` and `dbeta` are overwritten, or added to with `accumulate` (a batch's
+    /// BatchNorm groups after the first). `relu`: the forward's ReLU came straight after
+    /// the normalization (no residual). `saved` as `bn_forward_train` left it, and `rows`
+    /// the rows its statistics covered (this call's: no synchronized BatchNorm yet).
     #[allow(clippy::too_many_arguments)]
     pub fn bn_backward(
         &self,
         gamma: &Buf,
-        x: &Buf,
+        x: &View,
         rows: usize,
-        saved: &Buf,
+        saved: &View,
         relu: bool,
-        g: &mut Buf,
-        dgamma: &mut Buf,
-        dbeta: &mut Buf,
+        g: &mut ViewMut,
+        (dgamma, dbeta): (&mut Buf, &mut Buf),
+        accumulate: bool,
     ) -> Result<()> {
         let c = gamma.len();
         let len = rows * c;
@@ -206,13 +207,14 @@ impl Gpu {
         let mut partials = self.zeros::<f64>(parts.count * 2 * c)?;
         let mut coef = self.zeros::<f32>(3 * c)?;
         let (rows64, c32, len64, relu) = (rows as i64, c as i32, len as i64, i32::from(relu));
-        let (part_rows, part_count) = (parts.rows_per_part as i64, parts.count as i32);
+        let (part_rows, part_count, add) = (parts.rows_per_part as i64, parts.count as i32, i32::from(accumulate));
+        let dy = g.slice(..len);
         let mut b = self.stream.launch_builder(self.function("bn_backward_sums"));
-        b.arg(&*g).arg(x).arg(&rows64).arg(&c32).arg(saved).arg(&relu).arg(&part_rows).arg(&mut partials);
+        b.arg(&dy).arg(x).arg(&rows64).arg(&c32).arg(saved).arg(&relu).arg(&part_rows).arg(&mut partials);
         self.launch(b, parts.launch(c))?;
         let mut b = self.stream.launch_builder(self.function("bn_backward_coef"));
         b.arg(&partials).arg(&part_count).arg(&c32).arg(&rows64).arg(gamma).arg(saved);
-        b.arg(dgamma).arg(dbeta).arg(&mut coef);
+        b.arg(dgamma).arg(dbeta).arg(&add).arg(&mut coef);
         self.launch(b, per_channel(c))?;
         let mut b = self.stream.launch_builder(self.function("bn_backward_input"));
         b.arg(g).arg(x).arg(&len64).arg(&c32).arg(saved).arg(&coef).arg(&relu);

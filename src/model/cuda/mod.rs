@@ -6,6 +6,10 @@
 //! Until layers compute through the engine boundary on either backend, this is how a
 //! network runs on a GPU; `tests/cuda.rs` compares its logits with `ResNet::forward`'s.
 
+mod train;
+
+pub use train::GpuTrainer;
+
 use super::{NetSpec, ResNet, ShortcutSpec, UnitSpec};
 use crate::engine::cuda::{Gpu, ops::BnLayer};
 use crate::engine::ops::ShortcutA;
