@@ -112,6 +112,11 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     assert_error(&resnet(&["train", "--model", "resnet20", "--epoch", "3"]), &["'--epoch'", "'--epochs'"]);
     assert_error(&resnet(&["eval", "--model", "resnet20"]), &["required", "--weights", "--data"]);
     // A GPU asked for where there is none (or no CUDA support in this build): one line.
+    // TF32 is for GPUs: the CPU commands refuse it, train and eval name the flag it needs.
+    let out = std::env::temp_dir().join("resnet_cli_tf32");
+    let tf32 = ["train", "--model", "resnet8", "--precision", "tf32", "--out", out.to_str().unwrap()];
+    assert_error(&resnet(&tf32), &["tf32", "--device cuda"]);
+    assert_error(&resnet(&["bench", "--model", "resnet8", "--precision", "tf32"]), &["tf32", "f32 or bf16"]);
     for command in [&["bench", "--model", "resnet20"][..], &["train", "--model", "resnet8", "--iterations", "1"]] {
         let cuda = resnet(&[command, &["--device", "cuda"]].concat());
         match cfg!(feature = "cuda") {

@@ -522,3 +522,25 @@ fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
     let iters = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"].as_u64());
     assert_eq!(iters.max().flatten(), Some(8), "{metrics}");
 }
+
+/// `--precision tf32`: cuDNN on TF32 tensor cores (10 bits of mantissa in the products).
+/// Two steps of ResNet-8 land within TF32's rounding of the CPU's f32 ones.
+#[test]
+fn tf32_training_stays_within_its_rounding() {
+    let Some(_) = gpu() else { return };
+    let net = || ResNet::new(ModelConfig::from_name("resnet8", Some(Shortcut::A), 10).unwrap(), 7);
+    let (mut cpu, mut stored) = (net(), net());
+    stored.set_precision(resnet::engine::Precision::Tf32);
+    let mut trainer = GpuTrainer::new(&mut stored).unwrap();
+    assert!(trainer.gpu().tf32());
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 };
+    let (n, mut rng) = (8, Rng::new(5));
+    for step in 0..2u32 {
+        let images = random(&mut rng, n * 32 * 32 * 3, 1.0, 0.0);
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i + step) % 10).collect();
+        let mut scratch = resnet::train::StepScratch::default();
+        let (want, _) = resnet::train::step(&mut cpu, (32, 32), &images, &labels, 1, sgd, &mut scratch);
+        let (got, _) = trainer.step((32, 32), &images, &labels, sgd).unwrap();
+        assert!((got - want).abs() <= 1e-2 * want.abs(), "step {step}: loss {got} in tf32, {want} in f32");
+    }
+}

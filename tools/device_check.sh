@@ -9,7 +9,7 @@
 #
 # `run` finds CUDA's libraries (NVRTC, cuDNN, cuBLAS, and the driver's libcuda) in the PyTorch
 # installation's `nvidia` packages and the usual driver folders, and ptxas beside that NVRTC
-# (else beside nvcc). Each step has its own time limit, 450 s in all, under the GPU machine's
+# (else beside nvcc). Each step has its own time limit, 470 s in all, under the GPU machine's
 # 600 s per command. A step that fails is reported and the run goes on, so that one call
 # gathers everything; the exit status is that of the GPU tests.
 set -uo pipefail
@@ -107,7 +107,7 @@ run() {
   } >>"$REPORT"
   # The kernels against the CPU engine; on this machine no test may skip.
   PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
-    step "GPU kernel tests" 75 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
+    step "GPU kernel tests" 70 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
   local tests_rc=$?
   if [ -e "$DEVICE_DIR/test_batch.first1017.bin" ]; then
     step "ours: the published ResNet-20 on the 1017 exact test images (the CPU and PyTorch: 932/1017)" 20 \
@@ -138,6 +138,8 @@ print("largest relative difference:", max(abs(gpu[i] - cpu[i]) / cpu[i] for i in
 EOF
     step "ours: ResNet-56 training on the GPU, batch 128" 30 \
       "$DEVICE_DIR/resnet" --device cuda train --model resnet56 $data --iterations 60 --log-every 20 --out "$out/gpu-resnet56"
+    step "ours: the same in tf32" 25 \
+      "$DEVICE_DIR/resnet" --device cuda train --model resnet56 $data --iterations 60 --log-every 20 --precision tf32 --out "$out/gpu-resnet56-tf32"
   fi
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"

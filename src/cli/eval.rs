@@ -67,8 +67,9 @@ pub struct Args {
     #[arg(long)]
     overwrite: bool,
     /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
-    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
-    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them), or
+    /// with --device cuda tf32 (cuDNN on TF32 tensor cores, sums in f32).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Set by `--device cuda`: the network runs on the GPU.
     #[arg(skip)]
@@ -113,8 +114,11 @@ struct Report {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if a.cuda && a.precision != resnet::engine::Precision::F32 {
-        bail!("--device cuda: the GPU evaluates in f32 only so far (leave out --precision)");
+    use resnet::engine::Precision;
+    match (a.cuda, a.precision) {
+        (true, Precision::Bf16) => bail!("--device cuda: the GPU evaluates in f32 or tf32 only so far"),
+        (false, Precision::Tf32) => bail!("--precision tf32 is for NVIDIA GPUs (--device cuda)"),
+        _ => {}
     }
     if a.cuda && a.protocol == "multiscale" {
         bail!("--device cuda: --protocol multiscale runs on the CPU only so far");

@@ -146,8 +146,9 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
     /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
-    /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them).
-    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them),
+    /// or with --device cuda tf32 (cuDNN on TF32 tensor cores, sums in f32).
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Set by `--device cuda`: the steps run on the GPU.
     #[arg(skip)]
@@ -209,6 +210,9 @@ fn check_hyperparameters(a: &Args) -> Result<()> {
 fn config_from_args(a: &Args) -> Result<TrainConfig> {
     let Some(model) = a.model.clone() else { bail!("--model is required (e.g. --model resnet20)") };
     check_hyperparameters(a)?;
+    if a.precision == resnet::engine::Precision::Tf32 && !a.cuda {
+        bail!("--precision tf32 is for NVIDIA GPUs (--device cuda)");
+    }
     let folder = match a.dataset.as_deref() {
         Some("folder") => true,
         Some(name) => {
@@ -436,7 +440,13 @@ const RESUME_FLAGS: [&str; 9] =
 /// GPU does not do yet.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::DeviceFactory<'static>>> {
+    use resnet::engine::Precision;
     if !a.cuda {
+        // A run begun in tf32 on a GPU goes on in f32 here, the nearest the CPU has. (A new
+        // run in tf32 without a GPU is refused with the other flags.)
+        if cfg.precision == Precision::Tf32 {
+            eprintln!("note: the run trained in tf32 on a GPU; the CPU goes on in f32");
+        }
         return Ok(None);
     }
     #[cfg(feature = "cuda")]
@@ -445,7 +455,7 @@ fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::D
         let unsupported = [
             (cfg.ranks > 1, "several processes (MPI)"),
             (cfg.accumulate > 1, "--accumulate"),
-            (cfg.precision != resnet::engine::Precision::F32, "--precision other than f32"),
+            (cfg.precision == Precision::Bf16, "--precision bf16"),
             (cfg.freeze_backbone || cfg.lr_classifier.is_some(), "--freeze-backbone and --lr-classifier"),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(given, _)| *given) {
@@ -453,7 +463,8 @@ fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::D
         }
         fn gpu_trainer(model: &mut resnet::model::ResNet) -> Result<Box<dyn DeviceSteps>> {
             let trainer = resnet::model::cuda::GpuTrainer::new(model).context("--device cuda")?;
-            eprintln!("training on {}", trainer.gpu().name());
+            let math = if trainer.gpu().tf32() { ", convolutions on TF32 tensor cores" } else { "" };
+            eprintln!("training on {}{math}", trainer.gpu().name());
             Ok(Box::new(trainer))
         }
         Ok(Some(&gpu_trainer))

@@ -618,7 +618,9 @@ pub fn backward_im2col(
             with_flipped_kernel(s, w, ws, |t, flipped, ws| match ws.precision {
                 // bf16 picks its own way (`forward_with`).
                 Precision::Bf16 => forward_with(t, n, dy, flipped, dx, Store::adding(add), None, ws),
-                Precision::F32 => im2col_gemm(t, n, dy, flipped, Packed::No, dx, Store::adding(add), ws),
+                Precision::F32 | Precision::Tf32 => {
+                    im2col_gemm(t, n, dy, flipped, Packed::No, dx, Store::adding(add), ws)
+                }
             });
         }
         dx => weights_and_scatter(s, n, x, w, dy, dw, dx, ws),

@@ -48,6 +48,10 @@ pub enum Precision {
     F32,
     /// Operands in bf16, sums in f32 (see the module comment).
     Bf16,
+    /// The GPU's convolutions on TF32 tensor cores (operands rounded to 10 bits of mantissa,
+    /// sums in f32), as PyTorch's `allow_tf32`. An allowance, not a format: the CPU engine
+    /// has no TF32 and computes in f32.
+    Tf32,
 }
 
 impl Precision {
@@ -55,14 +59,25 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Tf32 => "tf32",
         }
     }
 
+    /// f32 or bf16: what the CPU computes in.
     pub fn parse(name: &str) -> Result<Precision, String> {
+        match Precision::parse_any(name)? {
+            Precision::Tf32 => Err("tf32 is for NVIDIA GPUs, and this command runs on the CPU: f32 or bf16".into()),
+            p => Ok(p),
+        }
+    }
+
+    /// f32, bf16 or tf32 (GPUs).
+    pub fn parse_any(name: &str) -> Result<Precision, String> {
         match name.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision {other:?}: f32 or bf16")),
+            "tf32" => Ok(Precision::Tf32),
+            other => Err(format!("unknown precision {other:?}: f32, bf16, or tf32 on GPUs")),
         }
     }
 }

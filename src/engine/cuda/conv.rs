@@ -1,7 +1,7 @@
 //! Convolutions on the GPU through cuDNN: NHWC activations and OHWI weights, which is
 //! cuDNN's NHWC filter layout (k × r × s × c), so the CPU engine's tensors go to the GPU
 //! unchanged. f32 with cuDNN's FMA math, not TF32, so results match the CPU engine to
-//! float rounding. Each pass's algorithm is cuDNN's heuristics' first choice, once per
+//! float rounding, unless TF32 is allowed (`--precision tf32`). Each pass's algorithm is cuDNN's heuristics' first choice, once per
 //! shape and batch, and kept. That choice may be one that adds with atomics (backward
 //! passes), so two runs can differ in the last bits: choosing among the deterministic
 //! algorithms needs cuDNN's descriptors below `cudarc`'s safe layer, still to be done.
@@ -85,7 +85,12 @@ impl Gpu {
         let (p, st) = (s.pad as i32, s.stride as i32);
         let mut conv =
             h.create_conv2d([p, p], [st, st], [1, 1], sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)?;
-        conv.set_math_type(sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
+        // Default math lets cuDNN use TF32 tensor cores for f32 data; FMA math forbids them.
+        let math = match self.tf32() {
+            true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+        };
+        conv.set_math_type(math)?;
         Ok(Descriptors { x, w, y, conv })
     }
 

@@ -139,6 +139,8 @@ pub struct Gpu {
     /// cuBLAS, started at the classifier's first use.
     cublas: OnceLock<CudaBlas>,
     algorithms: Mutex<conv::Algorithms>,
+    /// Whether cuDNN may run f32 convolutions on TF32 tensor cores (`allow_tf32`).
+    tf32: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -171,7 +173,20 @@ impl Gpu {
             cudnn: OnceLock::new(),
             cublas: OnceLock::new(),
             algorithms: Default::default(),
+            tf32: Default::default(),
         })
+    }
+
+    /// Lets cuDNN run the convolutions on TF32 tensor cores (`--precision tf32`), or not (f32
+    /// FMA, the default, which matches the CPU engine to float rounding). The algorithms
+    /// picked so far are forgotten: they were picked for the other math.
+    pub fn allow_tf32(&self, on: bool) {
+        self.tf32.store(on, std::sync::atomic::Ordering::Relaxed);
+        *self.algorithms.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
+    }
+
+    pub fn tf32(&self) -> bool {
+        self.tf32.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

@@ -9,6 +9,7 @@
 //! evaluates and saves weights as it always does, so a run moves between devices.
 
 use super::{Buf, Hw};
+use crate::engine::Precision;
 use crate::engine::cuda::{Gpu, ops::BnLayer};
 use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
@@ -118,6 +119,7 @@ impl GpuTrainer {
             bail!("synchronized BatchNorm (--sync-bn) does not run on the GPU yet");
         }
         let gpu = Gpu::open()?;
+        gpu.allow_tf32(net.precision() == Precision::Tf32);
         let (mut params, mut running) = (HashMap::new(), HashMap::new());
         for t in net.named() {
             match &t.slot {
