@@ -489,6 +489,10 @@ fn networks_train_on_the_gpu_as_on_the_cpu() {
             let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
             assert!(err <= tol, "{name}: {what} differs by {err:e} of its largest value");
         };
+        // The trained network in inference mode, as the evaluation after an epoch runs it.
+        let images = random(&mut rng, n * side * side * 3, 1.0, 0.0);
+        let want = cpu.forward(false, n, (side, side), &images).to_vec();
+        close("inference logits", &trainer.logits(n, (side, side), &images).unwrap(), &want, 1e-4);
         for (mine, theirs) in stored.named().iter().zip(cpu.named().iter()) {
             close(&mine.name, &mine.to_host(), &theirs.to_host(), 1e-4);
             if let (Slot::Param(a), Slot::Param(b)) = (&mine.slot, &theirs.slot) {

@@ -108,9 +108,22 @@ pub fn evaluate_on_gpu(
     workers: usize,
     progress: &crate::progress::Bar,
 ) -> anyhow::Result<EvalResult> {
-    let all = 0..data.len();
     let logits = |n: usize, hw: (usize, usize), images: &[f32]| net.forward(n, hw, images);
-    Ok(evaluate_samples(net.classes(), data, all, batch, workers, progress, logits)?.finish())
+    evaluate_by(net.classes(), data, batch, workers, progress, logits)
+}
+
+/// [`evaluate`] with the logits of each batch from `logits(n, hw, images)`: a network
+/// elsewhere than the CPU engine (a GPU's).
+pub fn evaluate_by(
+    classes: usize,
+    data: Arc<dyn Samples>,
+    batch: usize,
+    workers: usize,
+    progress: &crate::progress::Bar,
+    logits: impl FnMut(usize, (usize, usize), &[f32]) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<EvalResult> {
+    let all = 0..data.len();
+    Ok(evaluate_samples(classes, data, all, batch, workers, progress, logits)?.finish())
 }
 
 /// The logits of a batch from the CPU engine, which cannot fail.

@@ -50,13 +50,21 @@ pub struct RunOptions<'a> {
 pub type DeviceFactory<'a> = &'a dyn Fn(&mut ResNet) -> Result<Box<dyn DeviceSteps>>;
 
 /// Training steps on another device (a GPU), which keeps its own copy of the network
-/// between steps. The CPU model is what checkpoints, evaluation and weight files read:
-/// the loop has the device store its state into it before each of them.
+/// between steps and scores the test set with it. The CPU model is what checkpoints and
+/// weight files read: the loop has the device store its state into it before each of them.
 pub trait DeviceSteps {
     /// One SGD step on a batch: (mean loss, correct predictions), as [`super::step`].
     fn step(&mut self, hw: (usize, usize), images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)>;
     /// Copies parameters, momentum and running statistics into `model`.
     fn store_into(&mut self, model: &mut ResNet) -> Result<()>;
+    /// Scores `data` with the device's network in inference mode, as [`evaluate`].
+    fn evaluate(
+        &mut self,
+        data: Arc<dyn crate::data::Samples>,
+        batch: usize,
+        workers: usize,
+        progress: &crate::progress::Bar,
+    ) -> Result<crate::eval::EvalResult>;
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -306,7 +314,10 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
         if comm.size() > 1 {
             broadcast_state(&mut model, comm);
         }
-        let test = evaluate_across(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass, comm);
+        let test = match &mut device {
+            Some(d) => d.evaluate(data.test.clone(), cfg.batch, cfg.loader_threads, &pass)?,
+            None => evaluate_across(&mut model, data.test.clone(), cfg.batch, cfg.loader_threads, &pass, comm),
+        };
         if !root {
             continue;
         }

@@ -59,8 +59,28 @@ impl GpuNet {
     /// The logits of `n` images of `hw` pixels, NHWC and normalized, as
     /// `ResNet::forward(false, ...)` takes them.
     pub fn forward(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
-        let gpu = &self.gpu;
-        let spec = &self.spec;
+        let tensor = |name: &str| self.tensor(name);
+        Inference { gpu: &self.gpu, spec: &self.spec, naming: self.naming, eps: self.eps, tensor: &tensor }
+            .forward(n, hw, images)
+    }
+}
+
+/// A network's inference walk on the GPU over weights found by name: those of a
+/// [`GpuNet`], or those a [`GpuTrainer`] trains.
+struct Inference<'a> {
+    gpu: &'a Gpu,
+    spec: &'a NetSpec,
+    naming: (&'static str, &'static str),
+    eps: f32,
+    /// Every named tensor (state-dict names), in the engine's layout.
+    tensor: &'a dyn Fn(&str) -> Result<&'a Buf>,
+}
+
+impl Inference<'_> {
+    /// The logits of `n` images of `hw` pixels, NHWC and normalized.
+    pub fn forward(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
+        let gpu = self.gpu;
+        let spec = self.spec;
         let input = gpu.upload(&images[..n * hw.0 * hw.1 * 3])?;
         let mut x = self.conv_bn(&input, n, hw, &spec.stem, "conv1", "bn1", None, true)?;
         let mut hw = spec.stem.out_hw(hw);
@@ -105,7 +125,7 @@ impl GpuNet {
         let (features, classes) = (spec.features, spec.classes);
         let mut pooled = gpu.zeros::<f32>(n * features)?;
         gpu.avgpool_forward(n, hw.0 * hw.1, features, &x, &mut pooled)?;
-        let (w, b) = (self.tensor(&format!("{classifier}.weight"))?, self.tensor(&format!("{classifier}.bias"))?);
+        let (w, b) = ((self.tensor)(&format!("{classifier}.weight"))?, (self.tensor)(&format!("{classifier}.bias"))?);
         let mut logits = gpu.zeros::<f32>(n * classes)?;
         gpu.linear_forward(n, features, classes, &pooled, w, b, &mut logits)?;
         gpu.download(&logits)
@@ -124,11 +144,11 @@ impl GpuNet {
         residual: Option<&Buf>,
         relu: bool,
     ) -> Result<Buf> {
-        let gpu = &self.gpu;
+        let gpu = self.gpu;
         let s = u.conv_shape(hw);
         let mut y = gpu.zeros::<f32>(n * s.out_len())?;
-        gpu.conv_forward(&s, n, x, self.tensor(&format!("{conv}.weight"))?, &mut y)?;
-        let get = |what: &str| self.tensor(&format!("{bn}.{what}"));
+        gpu.conv_forward(&s, n, x, (self.tensor)(&format!("{conv}.weight"))?, &mut y)?;
+        let get = |what: &str| (self.tensor)(&format!("{bn}.{what}"));
         let layer = BnLayer { gamma: get("weight")?, beta: get("bias")?, eps: self.eps };
         let (mut out, mut affine) = (gpu.zeros::<f32>(n * s.out_len())?, gpu.zeros::<f32>(2 * s.c_out)?);
         let running = (get("running_mean")?, get("running_var")?);

@@ -417,11 +417,34 @@ impl GpuTrainer {
     }
 }
 
+impl GpuTrainer {
+    /// The logits of `n` images in inference mode (BatchNorm on the running statistics),
+    /// with the weights as trained so far.
+    pub fn logits(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
+        let tensor = |name: &str| match self.params.get(name) {
+            Some(p) => Ok(&p.value),
+            None => get(&self.running, name),
+        };
+        let (gpu, spec, naming, eps) = (&self.gpu, &self.spec, self.naming, self.eps);
+        super::Inference { gpu, spec, naming, eps, tensor: &tensor }.forward(n, hw, images)
+    }
+}
+
 impl crate::train::run::DeviceSteps for GpuTrainer {
     fn step(&mut self, hw: Hw, images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)> {
         GpuTrainer::step(self, hw, images, labels, cfg)
     }
     fn store_into(&mut self, model: &mut ResNet) -> Result<()> {
         GpuTrainer::store_into(self, model)
+    }
+    fn evaluate(
+        &mut self,
+        data: std::sync::Arc<dyn crate::data::Samples>,
+        batch: usize,
+        workers: usize,
+        progress: &crate::progress::Bar,
+    ) -> Result<crate::eval::EvalResult> {
+        let logits = |n: usize, hw: Hw, images: &[f32]| self.logits(n, hw, images);
+        crate::eval::evaluate_by(self.spec.classes, data, batch, workers, progress, logits)
     }
 }
