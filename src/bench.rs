@@ -77,33 +77,54 @@ pub fn run(
     })
 }
 
-/// Inference on the GPU (`model::cuda::GpuNet`), for `resnet --device cuda bench`: the
-/// device's name and the step times (min, median, max), each step a batch uploaded, run
-/// and its logits downloaded, as `eval` would use it. Training does not run on the GPU yet.
+/// What `resnet --device cuda bench` measured: the device's name and the step times (min,
+/// median, max) of training and of inference.
 #[cfg(feature = "cuda")]
-pub fn cuda_infer(
+pub struct GpuTimes {
+    pub device: String,
+    pub train: (f64, f64, f64),
+    pub infer: (f64, f64, f64),
+}
+
+/// Training steps (`model::cuda::GpuTrainer`: forward, loss, backward, SGD, BatchNorm over
+/// the whole batch) and inference (`GpuNet`) on the GPU, for `resnet --device cuda bench`.
+/// Each step uploads its batch, and inference downloads its logits, as `train` and `eval`
+/// use them. `tf32`: cuDNN may use TF32 tensor cores.
+#[cfg(feature = "cuda")]
+pub fn cuda(
     model: &str,
     shortcut: Option<Shortcut>,
     batch: usize,
-    steps: usize,
-    warmup: usize,
-) -> anyhow::Result<(String, (f64, f64, f64))> {
+    (steps, warmup): (usize, usize),
+    precision: crate::engine::Precision,
+) -> anyhow::Result<GpuTimes> {
     let family = ModelConfig::from_name(model, shortcut, 1)?.family;
     let classes = if family == Family::Cifar { 10 } else { 1000 };
     let mut net = ResNet::new(ModelConfig::from_name(model, shortcut, classes)?, 1);
-    let gpu_net = crate::model::cuda::GpuNet::new(&mut net)?;
+    net.set_precision(precision);
     let s = net.config.image_size;
     let mut rng = Rng::new(7);
     let images: Vec<f32> = (0..batch * s * s * 3).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
     let mut failure = None;
-    let times = time_steps(warmup, steps, || {
+    let mut trainer = crate::model::cuda::GpuTrainer::new(&mut net)?;
+    let sgd = crate::engine::sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
+    let train = time_steps(warmup, steps, || {
+        if failure.is_none() {
+            failure = trainer.step((s, s), &images, &labels, sgd).err();
+        }
+    });
+    let device = trainer.gpu().name().to_string();
+    drop(trainer);
+    let gpu_net = crate::model::cuda::GpuNet::new(&mut net)?;
+    let infer = time_steps(warmup, steps, || {
         if failure.is_none() {
             failure = gpu_net.forward(batch, (s, s), &images).err();
         }
     });
     match failure {
         Some(e) => Err(e),
-        None => Ok((gpu_net.gpu().name().to_string(), times)),
+        None => Ok(GpuTimes { device, train, infer }),
     }
 }
 

@@ -116,7 +116,8 @@ fn unknown_model_and_bad_flags_fail_cleanly() {
     let out = std::env::temp_dir().join("resnet_cli_tf32");
     let tf32 = ["train", "--model", "resnet8", "--precision", "tf32", "--out", out.to_str().unwrap()];
     assert_error(&resnet(&tf32), &["tf32", "--device cuda"]);
-    assert_error(&resnet(&["bench", "--model", "resnet8", "--precision", "tf32"]), &["tf32", "f32 or bf16"]);
+    assert_error(&resnet(&["bench", "--model", "resnet8", "--precision", "tf32"]), &["tf32", "--device cuda"]);
+    assert_error(&resnet(&["predict", "--weights", "w", "--precision", "tf32", "x.png"]), &["tf32", "f32 or bf16"]);
     for command in [&["bench", "--model", "resnet20"][..], &["train", "--model", "resnet8", "--iterations", "1"]] {
         let cuda = resnet(&[command, &["--device", "cuda"]].concat());
         match cfg!(feature = "cuda") {

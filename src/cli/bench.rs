@@ -23,8 +23,8 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: ConvAlgo,
     /// The convolutions' number format: f32, or bf16 (operands in bf16, sums in f32; on
-    /// AMX or AVX-512 BF16 where the CPU has them).
-    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
+    /// AMX or AVX-512 BF16 where the CPU has them), or with --device cuda tf32.
+    #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Skip measuring the machine's arithmetic peaks (f32 GEMM and registers, bf16).
     #[arg(long)]
@@ -41,30 +41,37 @@ pub struct Args {
     json: bool,
 }
 
-/// `resnet --device cuda bench`: inference on the GPU.
+/// `resnet --device cuda bench`: training and inference on the GPU.
 #[cfg(feature = "cuda")]
 pub fn run_cuda(a: Args) -> Result<ExitCode> {
+    use resnet::engine::Precision;
     if a.batch == 0 || a.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");
     }
-    let measured = bench::cuda_infer(&a.model, a.shortcut, a.batch, a.steps, a.warmup);
-    let (device, (fast, median, slow)) = anyhow::Context::context(measured, "--device cuda")?;
+    if a.precision == Precision::Bf16 {
+        anyhow::bail!("--device cuda: the GPU computes in f32 or tf32 only so far");
+    }
+    let measured = bench::cuda(&a.model, a.shortcut, a.batch, (a.steps, a.warmup), a.precision);
+    let t = anyhow::Context::context(measured, "--device cuda")?;
     let ips = |seconds: f64| a.batch as f64 / seconds;
-    println!("model: {} batch {} on {device} (f32), median of {} steps (slowest-fastest)", a.model, a.batch, a.steps);
-    println!("train: not on the GPU yet");
+    let line = |(fast, median, slow): (f64, f64, f64)| {
+        format!("{:.1} img/s ({:.1}-{:.1}; {:.2} ms/batch", ips(median), ips(slow), ips(fast), median * 1e3)
+    };
     println!(
-        "infer: {:.1} img/s ({:.1}-{:.1}; {:.2} ms/batch, images uploaded and logits downloaded)",
-        ips(median),
-        ips(slow),
-        ips(fast),
-        median * 1e3
+        "model: {} batch {} on {} ({}), median of {} steps (slowest-fastest)",
+        a.model, a.batch, t.device, a.precision, a.steps
     );
+    println!("train: {}, images uploaded)", line(t.train));
+    println!("infer: {}, images uploaded and logits downloaded)", line(t.infer));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if a.batch == 0 || a.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");
+    }
+    if a.precision == resnet::engine::Precision::Tf32 {
+        anyhow::bail!("--precision tf32 is for NVIDIA GPUs (--device cuda); the CPU computes in f32 or bf16");
     }
     // The pipeline goes first so that a bad folder fails before the long model benchmark.
     let images = (a.batch * 8).max(256);
