@@ -120,14 +120,14 @@ run() {
   step "ours: ResNet-50 batch 256 tf32" 35 $ours --model resnet50 --batch 256 --precision tf32
   step "ours: ResNet-50 batch 1" 15 $ours --model resnet50 --batch 1
   step "ours: ResNet-56 batch 128 tf32" 20 $ours --model resnet56 --batch 128 --precision tf32
-  step "our kernels and cuDNN's convolutions, timed" 20 "$DEVICE_DIR/cuda-bench"
+  step "our kernels and cuDNN's convolutions, timed" 15 "$DEVICE_DIR/cuda-bench"
   # Training: ResNet-20 for 200 iterations on 5085 exact CIFAR images, on the GPU and on
   # this machine's CPU from the same seed, their loss curves side by side.
   if [ -e "$DEVICE_DIR/train5085.bin" ]; then
     local data="--data $DEVICE_DIR/train5085.bin --test-data $DEVICE_DIR/test_batch.first1017.bin --seed 1 --overwrite"
-    step "ours: ResNet-20 training on the GPU, 200 iterations" 45 \
+    step "ours: ResNet-20 training on the GPU, 200 iterations" 40 \
       "$DEVICE_DIR/resnet" --device cuda train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/gpu-resnet20"
-    step "ours: the same on the CPU" 40 \
+    step "ours: the same on the CPU" 35 \
       "$DEVICE_DIR/resnet" train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/cpu-resnet20"
     step "loss curves, GPU against CPU" 5 python3 - "$out/gpu-resnet20/metrics.jsonl" "$out/cpu-resnet20/metrics.jsonl" <<'EOF'
 import json, sys
@@ -140,11 +140,12 @@ EOF
   fi
   # PyTorch on the same card, the figures ours will stand beside.
   local bench="python3 tools/bench_pytorch.py --device cuda --warmup 5 --steps 20"
-  step "PyTorch ResNet-50 batch 256 f32" 40 $bench --model resnet50 --batch 256
+  step "PyTorch ResNet-50 batch 256 f32" 35 $bench --model resnet50 --batch 256
+  step "PyTorch ResNet-50 batch 256 tf32" 30 $bench --model resnet50 --batch 256 --precision tf32
   step "PyTorch ResNet-50 batch 256 bf16, torch.compile" 70 $bench --model resnet50 --batch 256 --precision bf16 --compile
-  step "PyTorch ResNet-50 batch 1 f32" 15 $bench --model resnet50 --batch 1
+  step "PyTorch ResNet-50 batch 1 f32" 10 $bench --model resnet50 --batch 1
   step "PyTorch ResNet-20 batch 128 f32" 20 $bench --depth 20 --batch 128
-  step "PyTorch ResNet-56 batch 128 bf16" 25 $bench --depth 56 --batch 128 --precision bf16
+  step "PyTorch ResNet-56 batch 128 tf32" 20 $bench --depth 56 --batch 128 --precision tf32
   echo "report: $REPORT"
   return $tests_rc
 }
