@@ -503,7 +503,7 @@ fn networks_train_on_the_gpu_as_on_the_cpu() {
 }
 
 /// `resnet --device cuda train` writes the same files as on the CPU, and the run resumes
-/// on the CPU.
+/// on the CPU; `--device cuda predict` gives the CPU's logits for its weights.
 #[test]
 fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
     let Some(_) = gpu() else { return };
@@ -525,6 +525,18 @@ fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let iters = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"].as_u64());
     assert_eq!(iters.max().flatten(), Some(8), "{metrics}");
+
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/imagenet/wide.png");
+    let weights = run.join("model.safetensors");
+    let logits = |device: &str| {
+        let args = ["--device", device, "predict", "--json", "--logits", "--weights"];
+        let out = Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).arg(&weights).arg(&photo).output().unwrap();
+        assert!(out.status.success(), "{device}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>()
+    };
+    let (gpu, cpu) = (logits("cuda"), logits("cpu"));
+    assert_close("predicted logits", &gpu, &cpu, 1e-4);
 }
 
 /// `--precision tf32`: cuDNN on TF32 tensor cores (10 bits of mantissa in the products).

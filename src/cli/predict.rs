@@ -56,6 +56,9 @@ pub struct Args {
     /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
     precision: resnet::engine::Precision,
+    /// Set by `--device cuda`: the network runs on the GPU.
+    #[arg(skip)]
+    pub cuda: bool,
 }
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
@@ -68,7 +71,10 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
     let threads = rayon::current_num_threads().clamp(1, 4);
-    let results = predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads);
+    let results = match a.cuda {
+        false => predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads),
+        true => on_gpu(&mut model, &a, view, norm, threads)?,
+    };
     let mut failed = 0;
     let top_n = a.top;
     if a.csv {
@@ -133,4 +139,28 @@ pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(images)
+}
+
+/// `predict` with the network on the GPU (`--device cuda`), in f32.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn on_gpu(
+    model: &mut resnet::model::ResNet,
+    a: &Args,
+    view: resnet::data::imagenet::EvalViews,
+    norm: resnet::data::Norm,
+    threads: usize,
+) -> Result<Vec<Result<resnet::eval::predict::Prediction>>> {
+    #[cfg(feature = "cuda")]
+    {
+        use anyhow::Context;
+        if a.precision != resnet::engine::Precision::F32 {
+            bail!("--device cuda: the GPU predicts in f32 only so far (leave out --precision)");
+        }
+        let net = resnet::model::cuda::GpuNet::new(model).context("--device cuda")?;
+        let forward = |n: usize, hw: (usize, usize), images: &[f32]| net.forward_with_features(n, hw, images);
+        let files = a.images.clone();
+        Ok(resnet::eval::predict::predict_by(net.classes(), forward, files, view, Arc::new(norm), (a.batch, threads)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("--device cuda: this build has no CUDA support")
 }

@@ -39,6 +39,25 @@ pub fn predict(
     batch: usize,
     workers: usize,
 ) -> Vec<Result<Prediction>> {
+    let classes = model.classes();
+    let forward = |n: usize, hw: (usize, usize), images: &[f32]| -> Result<(Vec<f32>, Vec<f32>)> {
+        let logits = model.forward(false, n, hw, images).to_vec();
+        Ok((logits, model.pooled_features(n)))
+    };
+    predict_by(classes, forward, files, view, norm, (batch, workers))
+}
+
+/// [`predict`] with each batch's logits and pooled features from `forward(n, hw, images)`:
+/// a network elsewhere than the CPU engine (a GPU's). A batch whose call fails comes back
+/// as that error for each of its files.
+pub fn predict_by(
+    classes: usize,
+    mut forward: impl FnMut(usize, (usize, usize), &[f32]) -> Result<(Vec<f32>, Vec<f32>)>,
+    files: Vec<PathBuf>,
+    view: EvalViews,
+    norm: Arc<Norm>,
+    (batch, workers): (usize, usize),
+) -> Vec<Result<Prediction>> {
     let crop = view.crop();
     let len = crop * crop * 3;
     let files = Arc::new(files);
@@ -49,7 +68,6 @@ pub fn predict(
         norm.normalize_hwc(&view.apply(&img)[0].data, (crop, crop), [0.0; 3], &mut out);
         Ok(out)
     });
-    let classes = model.classes();
     let progress = crate::progress::bar("images", files.len(), true);
     let mut results: Vec<Result<Prediction>> = Vec::with_capacity(files.len());
     let mut pending: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -59,8 +77,16 @@ pub fn predict(
         }
         let images: Vec<f32> = pending.iter().flat_map(|(_, v)| v.iter().copied()).collect();
         let n = pending.len();
-        let logits = model.forward(false, n, (crop, crop), &images).to_vec();
-        let features = model.pooled_features(n);
+        let (logits, features) = match forward(n, (crop, crop), &images) {
+            Ok(out) => out,
+            Err(e) => {
+                for (i, _) in pending.drain(..) {
+                    results[i] = Err(anyhow::anyhow!("{}: {e:#}", files[i].display()));
+                    progress.inc(1);
+                }
+                return;
+            }
+        };
         let width = features.len() / n;
         let probs = softmax(&logits, classes);
         for (k, (i, _)) in pending.drain(..).enumerate() {

@@ -59,9 +59,19 @@ impl GpuNet {
     /// The logits of `n` images of `hw` pixels, NHWC and normalized, as
     /// `ResNet::forward(false, ...)` takes them.
     pub fn forward(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
-        let tensor = |name: &str| self.tensor(name);
-        Inference { gpu: &self.gpu, spec: &self.spec, naming: self.naming, eps: self.eps, tensor: &tensor }
-            .forward(n, hw, images)
+        Ok(self.inference().forward(n, hw, images, false)?.0)
+    }
+
+    /// [`GpuNet::forward`]'s logits, and the pooled features the classifier read (the
+    /// embedding, `features()` values per image).
+    pub fn forward_with_features(&self, n: usize, hw: Hw, images: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (logits, pooled) = self.inference().forward(n, hw, images, true)?;
+        Ok((logits, pooled.unwrap_or_default()))
+    }
+
+    fn inference(&self) -> Inference<'_> {
+        let tensor = Box::new(|name: &str| self.tensor(name));
+        Inference { gpu: &self.gpu, spec: &self.spec, naming: self.naming, eps: self.eps, tensor }
     }
 }
 
@@ -73,12 +83,16 @@ struct Inference<'a> {
     naming: (&'static str, &'static str),
     eps: f32,
     /// Every named tensor (state-dict names), in the engine's layout.
-    tensor: &'a dyn Fn(&str) -> Result<&'a Buf>,
+    tensor: Lookup<'a>,
 }
 
+/// Finds a tensor by its state-dict name.
+type Lookup<'a> = Box<dyn Fn(&str) -> Result<&'a Buf> + 'a>;
+
 impl Inference<'_> {
-    /// The logits of `n` images of `hw` pixels, NHWC and normalized.
-    pub fn forward(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
+    /// The logits of `n` images of `hw` pixels, NHWC and normalized, and with `features`
+    /// the pooled features too.
+    fn forward(&self, n: usize, hw: Hw, images: &[f32], features: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let gpu = self.gpu;
         let spec = self.spec;
         let input = gpu.upload(&images[..n * hw.0 * hw.1 * 3])?;
@@ -122,13 +136,13 @@ impl Inference<'_> {
             }
             (x, hw) = (cur.expect("a block has units"), cur_hw);
         }
-        let (features, classes) = (spec.features, spec.classes);
-        let mut pooled = gpu.zeros::<f32>(n * features)?;
-        gpu.avgpool_forward(n, hw.0 * hw.1, features, &x, &mut pooled)?;
+        let (width, classes) = (spec.features, spec.classes);
+        let mut pooled = gpu.zeros::<f32>(n * width)?;
+        gpu.avgpool_forward(n, hw.0 * hw.1, width, &x, &mut pooled)?;
         let (w, b) = ((self.tensor)(&format!("{classifier}.weight"))?, (self.tensor)(&format!("{classifier}.bias"))?);
         let mut logits = gpu.zeros::<f32>(n * classes)?;
-        gpu.linear_forward(n, features, classes, &pooled, w, b, &mut logits)?;
-        gpu.download(&logits)
+        gpu.linear_forward(n, width, classes, &pooled, w, b, &mut logits)?;
+        Ok((gpu.download(&logits)?, features.then(|| gpu.download(&pooled)).transpose()?))
     }
 
     /// `[relu](bn(conv(x)) [+ residual])` with the running statistics.

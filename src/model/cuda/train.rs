@@ -421,12 +421,12 @@ impl GpuTrainer {
     /// The logits of `n` images in inference mode (BatchNorm on the running statistics),
     /// with the weights as trained so far.
     pub fn logits(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
-        let tensor = |name: &str| match self.params.get(name) {
+        let tensor = Box::new(|name: &str| match self.params.get(name) {
             Some(p) => Ok(&p.value),
             None => get(&self.running, name),
-        };
+        });
         let (gpu, spec, naming, eps) = (&self.gpu, &self.spec, self.naming, self.eps);
-        super::Inference { gpu, spec, naming, eps, tensor: &tensor }.forward(n, hw, images)
+        Ok(super::Inference { gpu, spec, naming, eps, tensor }.forward(n, hw, images, false)?.0)
     }
 }
 
