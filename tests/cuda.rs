@@ -537,6 +537,18 @@ fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
     };
     let (gpu, cpu) = (logits("cuda"), logits("cpu"));
     assert_close("predicted logits", &gpu, &cpu, 1e-4);
+    // And the embedding (the pooled features), as `embed` writes it.
+    let embedding = |device: &str| {
+        let file = dir.join(format!("{device}.safetensors"));
+        let args = ["--device", device, "embed", "--out", file.to_str().unwrap(), "--weights"];
+        let out = Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).arg(&weights).arg(&photo).output().unwrap();
+        assert!(out.status.success(), "{device}: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&file).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let data = tensors.tensor("embeddings").unwrap().data().to_vec();
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<_>>()
+    };
+    assert_close("embedding", &embedding("cuda"), &embedding("cpu"), 1e-4);
 }
 
 /// `--precision tf32`: cuDNN on TF32 tensor cores (10 bits of mantissa in the products).

@@ -1,12 +1,10 @@
 use super::common;
 use anyhow::{Result, bail};
-use resnet::eval::predict::predict;
 use resnet::model::Shortcut;
 use resnet::weights::{Entry, serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +43,9 @@ pub struct Args {
     /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse)]
     precision: resnet::engine::Precision,
+    /// Set by `--device cuda`: the network runs on the GPU.
+    #[arg(skip)]
+    pub cuda: bool,
 }
 
 /// The output formats, by extension.
@@ -72,7 +73,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let threads = rayon::current_num_threads().clamp(1, 4);
     let mut files = Vec::new();
     let mut values = Vec::new();
-    for (path, r) in images.iter().zip(predict(&mut model, images.clone(), view, Arc::new(norm), a.batch, threads)) {
+    let results =
+        super::predict::on_device(a.cuda, &mut model, images.clone(), view, norm, (a.batch, threads), a.precision)?;
+    for (path, r) in images.iter().zip(results) {
         match r {
             Ok(p) => {
                 files.push(path.display().to_string());

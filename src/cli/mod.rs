@@ -31,7 +31,7 @@ struct Cli {
     /// Worker threads for the compute engine (default: all cores).
     #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
-    /// Where networks run: cpu, or cuda (an NVIDIA GPU: `train`, `eval`, `predict` and `bench` so far;
+    /// Where networks run: cpu, or cuda (an NVIDIA GPU: train, eval, predict, embed and bench so far;
     /// needs a build with `--features cuda`).
     #[arg(long, global = true, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -124,7 +124,7 @@ pub fn run() -> Result<ExitCode> {
     #[cfg_attr(not(feature = "cuda"), allow(unused_mut))] // set below for `--device cuda train`
     let mut command = cli.command;
     if cli.device == Device::Cuda {
-        // `bench`, `eval`, `predict` and `train` are what run on the GPU so far.
+        // `bench`, `eval`, `predict`, `embed` and `train` are what run on the GPU so far.
         #[cfg(feature = "cuda")]
         match command {
             Command::Bench(a) => return bench::run_cuda(a),
@@ -135,6 +135,10 @@ pub fn run() -> Result<ExitCode> {
             Command::Predict(mut a) => {
                 a.cuda = true;
                 return predict::run(a);
+            }
+            Command::Embed(mut a) => {
+                a.cuda = true;
+                return embed::run(a);
             }
             Command::Train(ref mut a) if resnet::engine::cuda::gpu_missing().is_none() => a.cuda = true,
             _ => {

@@ -71,10 +71,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
     let threads = rayon::current_num_threads().clamp(1, 4);
-    let results = match a.cuda {
-        false => predict(&mut model, a.images.clone(), view, Arc::new(norm), a.batch, threads),
-        true => on_gpu(&mut model, &a, view, norm, threads)?,
-    };
+    let results = on_device(a.cuda, &mut model, a.images.clone(), view, norm, (a.batch, threads), a.precision)?;
     let mut failed = 0;
     let top_n = a.top;
     if a.csv {
@@ -141,25 +138,30 @@ pub fn expand_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(images)
 }
 
-/// `predict` with the network on the GPU (`--device cuda`), in f32.
+/// `files` through the network (`predict` and `embed`): on the CPU, or with `cuda` on the
+/// GPU (in f32). `(batch, threads)`: images per network call, threads decoding.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-fn on_gpu(
+pub(super) fn on_device(
+    cuda: bool,
     model: &mut resnet::model::ResNet,
-    a: &Args,
+    files: Vec<PathBuf>,
     view: resnet::data::imagenet::EvalViews,
     norm: resnet::data::Norm,
-    threads: usize,
+    (batch, threads): (usize, usize),
+    precision: resnet::engine::Precision,
 ) -> Result<Vec<Result<resnet::eval::predict::Prediction>>> {
+    if !cuda {
+        return Ok(predict(model, files, view, Arc::new(norm), batch, threads));
+    }
     #[cfg(feature = "cuda")]
     {
         use anyhow::Context;
-        if a.precision != resnet::engine::Precision::F32 {
-            bail!("--device cuda: the GPU predicts in f32 only so far (leave out --precision)");
+        if precision != resnet::engine::Precision::F32 {
+            bail!("--device cuda: the GPU runs these in f32 only so far (leave out --precision)");
         }
         let net = resnet::model::cuda::GpuNet::new(model).context("--device cuda")?;
         let forward = |n: usize, hw: (usize, usize), images: &[f32]| net.forward_with_features(n, hw, images);
-        let files = a.images.clone();
-        Ok(resnet::eval::predict::predict_by(net.classes(), forward, files, view, Arc::new(norm), (a.batch, threads)))
+        Ok(resnet::eval::predict::predict_by(net.classes(), forward, files, view, Arc::new(norm), (batch, threads)))
     }
     #[cfg(not(feature = "cuda"))]
     bail!("--device cuda: this build has no CUDA support")

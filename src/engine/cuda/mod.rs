@@ -233,7 +233,7 @@ pub fn device_line() -> String {
             let (major, minor) = gpu.capability();
             format!(
                 "--device cuda: found {} (compute capability {major}.{minor}) and compiled the CUDA kernels for it, but only `train`, \
-                 `eval`, `predict` and `bench` run on the GPU so far: this command runs on the CPU (leave out --device)",
+                 `eval`, `predict`, `embed` and `bench` run on the GPU so far: this command runs on the CPU (leave out --device)",
                 gpu.name()
             )
         }
