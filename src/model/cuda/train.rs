@@ -5,8 +5,9 @@
 //! batch, one SGD configuration for every parameter.
 //!
 //! Parameters, their SGD momentum and the running statistics stay on the GPU between
-//! steps; [`GpuTrainer::store_into`] copies them into the CPU model, which checkpoints,
-//! evaluates and saves weights as it always does, so a run moves between devices.
+//! steps (the test set is scored with them, [`GpuTrainer::logits`]);
+//! [`GpuTrainer::store_into`] copies them into the CPU model, which checkpoints and saves
+//! weights as it always does, so a run moves between devices.
 
 use super::{Buf, Hw};
 use crate::engine::Precision;
