@@ -105,9 +105,10 @@ run() {
     echo "ptxas: ${ptxas:-not found}"
     echo
   } >>"$REPORT"
-  # The kernels against the CPU engine; on this machine no test may skip.
+  # The kernels, whole networks' inference and training steps, and GPU runs of the CLI
+  # against the CPU engine; on this machine no test may skip.
   PTXAS=$ptxas RESNET_REQUIRE_GPU=1 RESNET_REQUIRE_NVRTC=$([ -n "$ptxas" ] && echo 1 || echo 0) \
-    step "GPU kernel tests" 70 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
+    step "GPU tests" 70 "$DEVICE_DIR/cuda-tests" --test-threads=1 --nocapture
   local tests_rc=$?
   if [ -e "$DEVICE_DIR/test_batch.first1017.bin" ]; then
     step "ours: the published ResNet-20 on the 1017 exact test images (the CPU and PyTorch: 932/1017)" 20 \
