@@ -64,6 +64,19 @@ pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
 }
 
 /// [`read_limited`] as text.
+/// Hands the whole file at `path` to `chunk`, a block at a time (checksums of large files).
+pub fn for_each_chunk(path: &Path, chunk: &mut dyn FnMut(&[u8])) -> Result<()> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        chunk(&buf[..n]);
+    }
+}
+
 pub fn read_text_limited(path: &Path, limit: u64, what: &str) -> Result<String> {
     let bytes = read_limited(path, limit, what)?;
     String::from_utf8(bytes)

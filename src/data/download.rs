@@ -103,16 +103,8 @@ pub fn download(kind: DatasetKind, url: &str, md5_hex: &str, dir: &Path, progres
 /// Unpacks an archive already on disk (fetched by other means) into `dir` after checking its
 /// md5. The archive itself is left where it is.
 pub fn from_file(kind: DatasetKind, archive: &Path, md5_hex: &str, dir: &Path) -> Result<PathBuf> {
-    let mut file = std::fs::File::open(archive).with_context(|| format!("{}: cannot open", archive.display()))?;
     let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", archive.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::files::for_each_chunk(archive, &mut |chunk| hasher.update(chunk))?;
     check_md5(&archive.display().to_string(), hasher, md5_hex)?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create data directory", dir.display()))?;
     unpack(kind, archive, dir)

@@ -8,7 +8,6 @@
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One published set of weights.
@@ -202,16 +201,8 @@ pub fn cache_dir() -> PathBuf {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: read failed", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::files::for_each_chunk(path, &mut |chunk| hasher.update(chunk))?;
     Ok(hex(&hasher.finalize()))
 }
 
