@@ -1,12 +1,13 @@
 //! Times every distinct convolution of ResNet-50 (v1.5) at one batch size, as training's
 //! forward runs it (weights as stored, prepared per call) and as inference runs it
-//! (weights prepared once and kept), and sums each over the network.
+//! (weights prepared once and kept), then training's backward pass (input gradient and
+//! weight gradient; the stem has no input gradient), and sums each over the network.
 //!
 //!     cargo run --release --example resnet50_layers -- 16        # batch (default 1)
 //!     cargo run --release --example resnet50_layers -- 16 bf16   # and precision (default f32)
 
 use resnet::engine::Workspace;
-use resnet::engine::conv::{self, ConvShape};
+use resnet::engine::conv::{self, ConvShape, InputGrad};
 use resnet::engine::epilogue::Store;
 use std::time::Instant;
 
@@ -63,27 +64,38 @@ fn main() {
     let precision = std::env::args().nth(2).map_or(Ok(Default::default()), |s| resnet::engine::Precision::parse(&s));
     let mut ws = Workspace::new();
     ws.set_precision(precision.expect("precision"));
-    let (mut per_call, mut prepared_once) = (0.0, 0.0);
-    println!("batch {n}, {}: ms per call, weights prepared per call -> prepared once", ws.precision());
-    for (s, count) in layers() {
+    let (mut per_call, mut prepared_once, mut backward) = (0.0, 0.0, 0.0);
+    println!(
+        "batch {n}, {}: ms per call, forward with weights prepared per call -> prepared once; backward",
+        ws.precision()
+    );
+    for (i, (s, count)) in layers().into_iter().enumerate() {
         let x = vec![0.5f32; n * s.in_len()];
         let w = vec![0.01f32; s.weight_len()];
         let mut y = vec![0f32; n * s.out_len()];
         let mut prepared = conv::Prepared::default();
         let a = time(|| conv::forward(&s, n, &x, &w, &mut y, &mut ws));
         let b = time(|| conv::forward_with(&s, n, &x, &w, &mut y, Store::Overwrite, Some(&mut prepared), &mut ws));
-        let gflops = 2.0 * (n * s.out_len() * s.patch()) as f64 / b / 1e6;
+        let (mut dw, mut dx) = (vec![0f32; s.weight_len()], vec![0f32; n * s.in_len()]);
+        let back = time(|| {
+            let input_grad = if i == 0 { InputGrad::Skip } else { InputGrad::Set(&mut dx[..]) };
+            conv::backward(&s, n, &x, &w, &y, &mut dw, input_grad, &mut ws)
+        });
+        let gflops = |ms: f64, passes: f64| passes * 2.0 * (n * s.out_len() * s.patch()) as f64 / ms / 1e6;
         println!(
-            "{count} × {k}×{k}/{st} {:4}→{:<4} {:3}×{:<3}: {a:7.3} -> {b:7.3} ({gflops:5.1} GFLOP/s)",
+            "{count} × {k}×{k}/{st} {:4}→{:<4} {:3}×{:<3}: {a:7.3} -> {b:7.3} ({:5.1} GFLOP/s); {back:7.3} ({:5.1})",
             s.c_in,
             s.c_out,
             s.h,
             s.w,
+            gflops(b, 1.0),
+            gflops(back, if i == 0 { 1.0 } else { 2.0 }),
             k = s.kernel,
             st = s.stride
         );
         per_call += a * count as f64;
         prepared_once += b * count as f64;
+        backward += back * count as f64;
     }
-    println!("all convolutions: {per_call:.1} -> {prepared_once:.1} ms");
+    println!("all convolutions: forward {per_call:.1} -> {prepared_once:.1} ms, backward {backward:.1} ms");
 }
