@@ -385,7 +385,49 @@ fn convolutions_match_the_cpu() {
         (conv(256, 64, 1, 1, 14), 2),
         (conv(512, 1024, 1, 2, 14), 2),
     ] {
-        check_convolution(&gpu, s, n);
+        // With cuDNN's heuristics' choice of algorithm, and with the fastest as timed.
+        for timed in [false, true] {
+            gpu.choose_by_timing(timed);
+            check_convolution(&gpu, s, n);
+        }
+    }
+}
+
+/// The backward passes give the same bits every time, with algorithms chosen by cuDNN's
+/// heuristics and by timing: only deterministic ones are chosen. The shapes are ResNet-50's
+/// where cuDNN's fastest weight-gradient algorithms add with atomics.
+#[test]
+fn convolutions_repeat_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    if let Some(why) = cuda::conv::cudnn_missing() {
+        assert!(!set("RESNET_REQUIRE_GPU"), "RESNET_REQUIRE_GPU=1, but {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let conv = ConvShape::square;
+    for timed in [false, true] {
+        gpu.choose_by_timing(timed);
+        for (s, n) in [(conv(256, 256, 3, 1, 14), 32), (conv(64, 256, 1, 1, 56), 16), (conv(3, 64, 7, 2, 112), 16)] {
+            let what = format!("{s:?} batch {n}, chosen by timing: {timed}");
+            let mut rng = Rng::new(s.c_out as u64);
+            let up = |v: Vec<f32>| gpu.upload(&v).unwrap();
+            let x = up(random(&mut rng, n * s.in_len(), 1.0, 0.0));
+            let w = up(random(&mut rng, s.weight_len(), 0.1, 0.0));
+            let dy = up(random(&mut rng, n * s.out_len(), 1.0, 0.0));
+            let run = || {
+                let (mut dw, mut dx) =
+                    (gpu.zeros::<f32>(s.weight_len()).unwrap(), gpu.zeros::<f32>(n * s.in_len()).unwrap());
+                gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                gpu.conv_backward_data(&s, n, &dy, &w, &mut dx, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                (gpu.download(&dw).unwrap(), gpu.download(&dx).unwrap())
+            };
+            let first = run();
+            for _ in 0..3 {
+                let again = run();
+                assert!(again.0 == first.0, "{what}: the weight gradient changed between runs");
+                assert!(again.1 == first.1, "{what}: the input gradient changed between runs");
+            }
+        }
     }
 }
 

@@ -1,38 +1,61 @@
 //! Convolutions on the GPU through cuDNN: NHWC activations and OHWI weights, which is
 //! cuDNN's NHWC filter layout (k × r × s × c), so the CPU engine's tensors go to the GPU
 //! unchanged. f32 with cuDNN's FMA math, not TF32, so results match the CPU engine to
-//! float rounding, unless TF32 is allowed (`--precision tf32`). Each pass's algorithm is cuDNN's heuristics' first choice, once per
-//! shape and batch, and kept. That choice may be one that adds with atomics (backward
-//! passes), so two runs can differ in the last bits: choosing among the deterministic
-//! algorithms needs cuDNN's descriptors below `cudarc`'s safe layer, still to be done.
+//! float rounding, unless TF32 is allowed (`--precision tf32`).
+//!
+//! Each convolution, at each batch size, gets a plan at its first call: its
+//! descriptors, made once, and for each pass the algorithm chosen for it, kept. Only
+//! deterministic algorithms are chosen: those that add with atomics (some backward
+//! passes) would make two runs of the same seed differ in the last bits, and a resumed
+//! run differ from an uninterrupted one. The choice is cuDNN's heuristics' first
+//! deterministic algorithm, or with `RESNET_CUDNN_BENCHMARK=1` the fastest deterministic
+//! one as cuDNN measures them on this GPU (PyTorch's `cudnn.benchmark`; the first step
+//! then takes seconds longer). One workspace, grown to the largest any pass needs, serves
+//! every call.
+//!
+//! cuDNN is reached through `cudarc`'s raw bindings (`cudnn.rs`), not its
+//! safe layer, which picks the heuristics' first algorithm, deterministic or not.
 
 use super::Gpu;
+use super::cudnn::{Convolution, Filter, Handle, Tensor, cudnn_error};
 use crate::engine::conv::ConvShape;
-use anyhow::{Context, Result};
-use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor, sys,
-};
-use cudarc::driver::CudaSlice;
+use anyhow::{Context, Result, anyhow};
+use cudarc::cudnn::{result, sys};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ffi::c_void;
 
 type Buf = CudaSlice<f32>;
 
-/// Why cuDNN cannot be used here, if it cannot (its library, `libcudnn.so.9`, comes with
-/// PyTorch's `nvidia-cudnn` package).
-pub fn cudnn_missing() -> Option<String> {
-    // SAFETY: only tries to open the library by its usual names.
-    let present = unsafe { cudarc::cudnn::sys::is_culib_present() };
-    (!present).then(|| "cuDNN (libcudnn.so) is not on the library path (LD_LIBRARY_PATH)".to_string())
+/// The most workspace a pass may take: algorithms that need more are passed over.
+const WORKSPACE_LIMIT: usize = 2 << 30;
+
+/// The environment variable that asks for algorithms chosen by measurement.
+pub const BENCHMARK_VAR: &str = "RESNET_CUDNN_BENCHMARK";
+
+pub use super::cudnn::cudnn_missing;
+
+/// One pass's chosen algorithm and the workspace it needs.
+#[derive(Clone, Copy)]
+struct Choice<A> {
+    algo: A,
+    bytes: usize,
 }
 
-/// The algorithms picked so far, by batch and shape.
-#[derive(Default)]
-pub(super) struct Algorithms {
-    forward: HashMap<Key, sys::cudnnConvolutionFwdAlgo_t>,
-    data: HashMap<Key, sys::cudnnConvolutionBwdDataAlgo_t>,
-    filter: HashMap<Key, sys::cudnnConvolutionBwdFilterAlgo_t>,
+/// One convolution at one batch size: its descriptors and each pass's algorithm, chosen
+/// at that pass's first call.
+pub(super) struct Plan {
+    x: Tensor,
+    y: Tensor,
+    w: Filter,
+    conv: Convolution,
+    forward: Option<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    data: Option<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    filter: Option<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
 }
+
+/// The plans made so far, by batch and shape.
+pub(super) type Plans = HashMap<Key, Plan>;
 
 type Key = (usize, [usize; 7]);
 
@@ -40,84 +63,167 @@ fn key(s: &ConvShape, n: usize) -> Key {
     (n, [s.c_in, s.c_out, s.kernel, s.stride, s.pad, s.h, s.w])
 }
 
-/// The algorithm kept for `key`, else `pick()`'s, kept.
-fn cached<A: Copy>(map: &mut HashMap<Key, A>, key: Key, pick: impl FnOnce() -> Result<A>) -> Result<A> {
-    if let Some(&a) = map.get(&key) {
-        return Ok(a);
+/// What cuDNN says of one algorithm for one pass (its `*AlgoPerf_t` records, which
+/// differ only in the algorithm's type).
+trait Perf: Copy {
+    type Algo: Copy + std::fmt::Debug;
+    fn algo(&self) -> Self::Algo;
+    fn usable(&self) -> bool;
+    fn bytes(&self) -> usize;
+}
+
+macro_rules! perf {
+    ($record:ty, $algo:ty) => {
+        impl Perf for $record {
+            type Algo = $algo;
+            fn algo(&self) -> $algo {
+                self.algo
+            }
+            fn usable(&self) -> bool {
+                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                    && self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+                    && self.memory <= WORKSPACE_LIMIT
+            }
+            fn bytes(&self) -> usize {
+                self.memory
+            }
+        }
+    };
+}
+perf!(sys::cudnnConvolutionFwdAlgoPerf_t, sys::cudnnConvolutionFwdAlgo_t);
+perf!(sys::cudnnConvolutionBwdDataAlgoPerf_t, sys::cudnnConvolutionBwdDataAlgo_t);
+perf!(sys::cudnnConvolutionBwdFilterAlgoPerf_t, sys::cudnnConvolutionBwdFilterAlgo_t);
+
+/// The first usable algorithm in the list `ask` fills, best first: with `timed`, as cuDNN
+/// times them on the GPU, else as its heuristics expect them. Timing that fails (it needs
+/// memory for every algorithm it tries) falls back on the heuristics. No pass lacks a
+/// deterministic algorithm, so none usable is an error.
+fn choose<P: Perf>(
+    pass: &'static str,
+    timed: bool,
+    ask: impl Fn(bool, &mut [P], &mut i32) -> sys::cudnnStatus_t,
+) -> Result<Choice<P::Algo>> {
+    // SAFETY: the records are plain C structs, for cuDNN to fill.
+    let mut records = [unsafe { std::mem::zeroed::<P>() }; 16];
+    let mut count = 0;
+    let first = |records: &[P], count: i32| {
+        let listed = &records[..(count.max(0) as usize).min(records.len())];
+        listed.iter().find(|p| p.usable()).map(|p| Choice { algo: p.algo(), bytes: p.bytes() })
+    };
+    if timed
+        && ask(true, &mut records, &mut count) == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+        && let Some(choice) = first(&records, count)
+    {
+        return Ok(choice);
     }
-    let a = pick()?;
-    map.insert(key, a);
-    Ok(a)
-}
-
-/// One convolution's descriptors: input, weights, output and the convolution itself.
-struct Descriptors {
-    x: TensorDescriptor<f32>,
-    w: FilterDescriptor<f32>,
-    y: TensorDescriptor<f32>,
-    conv: ConvDescriptor<f32>,
-}
-
-fn dims(v: [usize; 4]) -> [i32; 4] {
-    v.map(|d| d as i32)
+    ask(false, &mut records, &mut count).result().map_err(cudnn_error(pass))?;
+    first(&records, count).ok_or_else(|| {
+        anyhow!("cuDNN offers no deterministic {pass} algorithm within {WORKSPACE_LIMIT} bytes of workspace")
+    })
 }
 
 impl Gpu {
-    /// The cuDNN handle on this GPU's stream, made at first use.
-    fn cudnn(&self) -> Result<&Arc<Cudnn>> {
+    /// The cuDNN handle, made at first use.
+    fn cudnn(&self) -> Result<&Handle> {
         if let Some(h) = self.cudnn.get() {
             return Ok(h);
         }
         if let Some(why) = cudnn_missing() {
             anyhow::bail!("{why}");
         }
-        let handle = Cudnn::new(self.stream.clone()).context("could not start cuDNN")?;
+        let handle = Handle::new(&self.stream).context("could not start cuDNN")?;
         Ok(self.cudnn.get_or_init(|| handle))
     }
 
-    fn descriptors(&self, s: &ConvShape, n: usize) -> Result<Descriptors> {
-        let h = self.cudnn()?;
-        let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
-        // Dimensions go in NCHW order whatever the layout.
-        let x = h.create_4d_tensor(nhwc, dims([n, s.c_in, s.h, s.w]))?;
-        let y = h.create_4d_tensor(nhwc, dims([n, s.c_out, s.out_h(), s.out_w()]))?;
-        let w = h.create_4d_filter(nhwc, dims([s.c_out, s.c_in, s.kernel, s.kernel]))?;
-        let (p, st) = (s.pad as i32, s.stride as i32);
-        let mut conv =
-            h.create_conv2d([p, p], [st, st], [1, 1], sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)?;
-        // Default math lets cuDNN use TF32 tensor cores for f32 data; FMA math forbids them.
-        let math = match self.tf32() {
-            true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
-            false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+    fn plans(&self) -> std::sync::MutexGuard<'_, Plans> {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the plan of `s` at batch `n`, made if this is its first call.
+    fn with_plan<R>(&self, s: &ConvShape, n: usize, f: impl FnOnce(&Handle, &mut Plan) -> Result<R>) -> Result<R> {
+        let handle = self.cudnn()?;
+        let mut plans = self.plans();
+        let plan = match plans.entry(key(s, n)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // Default math lets cuDNN use TF32 tensor cores for f32 data; FMA math forbids them.
+                let math = match self.tf32() {
+                    true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+                    false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+                };
+                e.insert(Plan {
+                    x: Tensor::nhwc(n, s.c_in, s.h, s.w)?,
+                    y: Tensor::nhwc(n, s.c_out, s.out_h(), s.out_w())?,
+                    w: Filter::ohwi(s)?,
+                    conv: Convolution::of(s, math)?,
+                    forward: None,
+                    data: None,
+                    filter: None,
+                })
+            }
         };
-        conv.set_math_type(math)?;
-        Ok(Descriptors { x, w, y, conv })
+        f(handle, plan)
     }
 
-    fn algorithms(&self) -> std::sync::MutexGuard<'_, Algorithms> {
-        self.algorithms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Room of `bytes` for cuDNN (None for none).
-    fn workspace(&self, bytes: usize) -> Result<Option<CudaSlice<u8>>> {
-        Ok(if bytes == 0 { None } else { Some(self.zeros::<u8>(bytes)?) })
+    /// The workspace, grown to at least `bytes` (none until a pass needs one).
+    fn workspace(&self, bytes: usize) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<u8>>>> {
+        let mut room = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes > room.as_ref().map_or(0, |r| r.len()) {
+            *room = None; // freed before the larger one is taken
+            // SAFETY: a workspace is cuDNN's scratch, written before it is read.
+            *room = Some(unsafe { self.stream.alloc::<u8>(bytes) }?);
+        }
+        Ok(room)
     }
 
     /// `conv::forward`: `y = conv(x, w)` for `n` images, overwriting `y`.
     pub fn conv_forward(&self, s: &ConvShape, n: usize, x: &Buf, w: &Buf, y: &mut Buf) -> Result<()> {
         assert!(x.len() >= n * s.in_len() && w.len() >= s.weight_len() && y.len() >= n * s.out_len());
-        let d = self.descriptors(s, n)?;
-        let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
-        let algo = cached(&mut self.algorithms().forward, key(s, n), || Ok(op.pick_algorithm()?))?;
-        let mut room = self.workspace(op.get_workspace_size(algo)?)?;
-        // SAFETY: the buffers are f32 and at least as long as the descriptors say (asserted).
-        unsafe { op.launch(algo, room.as_mut(), (1.0, 0.0), x, w, y) }?;
-        Ok(())
+        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_plan(s, n, |h, p| {
+            let choice = match p.forward {
+                Some(c) => c,
+                None => *p.forward.insert(choose("forward", benchmark, |timed, r, count| {
+                    let ask = if timed {
+                        sys::cudnnFindConvolutionForwardAlgorithm
+                    } else {
+                        sys::cudnnGetConvolutionForwardAlgorithm_v7
+                    };
+                    // SAFETY: live handle and descriptors; `r` holds `r.len()` records.
+                    unsafe { ask(h.raw, p.x.0, p.w.0, p.conv.0, p.y.0, r.len() as i32, count, r.as_mut_ptr()) }
+                })?),
+            };
+            let mut room = self.workspace(choice.bytes)?;
+            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
+            let (xp, _x) = x.device_ptr(&self.stream);
+            let (wp, _w) = w.device_ptr(&self.stream);
+            let (yp, _y) = y.device_ptr_mut(&self.stream);
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // SAFETY: the buffers are f32 and at least as long as the descriptors say
+            // (asserted); the workspace holds `choice.bytes`.
+            unsafe {
+                result::convolution_forward(
+                    h.raw,
+                    (&alpha as *const f32).cast(),
+                    p.x.0,
+                    xp as *const c_void,
+                    p.w.0,
+                    wp as *const c_void,
+                    p.conv.0,
+                    choice.algo,
+                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
+                    choice.bytes,
+                    (&beta as *const f32).cast(),
+                    p.y.0,
+                    yp as *mut c_void,
+                )
+            }
+            .map_err(cudnn_error("forward convolution"))
+        })
     }
 
     /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`, or
     /// added to it with `accumulate` (a block's first unit, whose input also feeds the shortcut).
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_backward_data(
         &self,
         s: &ConvShape,
@@ -128,25 +234,90 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         assert!(dx.len() >= n * s.in_len() && w.len() >= s.weight_len() && dy.len() >= n * s.out_len());
-        let d = self.descriptors(s, n)?;
-        let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
-        let algo = cached(&mut self.algorithms().data, key(s, n), || Ok(op.pick_algorithm()?))?;
-        let mut room = self.workspace(op.get_workspace_size(algo)?)?;
-        // SAFETY: as in `conv_forward`.
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        unsafe { op.launch(algo, room.as_mut(), (1.0, beta), dx, w, dy) }?;
-        Ok(())
+        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_plan(s, n, |h, p| {
+            let choice = match p.data {
+                Some(c) => c,
+                None => *p.data.insert(choose("backward-data", benchmark, |timed, r, count| {
+                    let ask = if timed {
+                        sys::cudnnFindConvolutionBackwardDataAlgorithm
+                    } else {
+                        sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
+                    };
+                    // SAFETY: as in `conv_forward`.
+                    unsafe { ask(h.raw, p.w.0, p.y.0, p.conv.0, p.x.0, r.len() as i32, count, r.as_mut_ptr()) }
+                })?),
+            };
+            let mut room = self.workspace(choice.bytes)?;
+            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
+            let (dyp, _dy) = dy.device_ptr(&self.stream);
+            let (wp, _w) = w.device_ptr(&self.stream);
+            let (dxp, _dx) = dx.device_ptr_mut(&self.stream);
+            let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+            // SAFETY: as in `conv_forward`.
+            unsafe {
+                result::convolution_backward_data(
+                    h.raw,
+                    (&alpha as *const f32).cast(),
+                    p.w.0,
+                    wp as *const c_void,
+                    p.y.0,
+                    dyp as *const c_void,
+                    p.conv.0,
+                    choice.algo,
+                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
+                    choice.bytes,
+                    (&beta as *const f32).cast(),
+                    p.x.0,
+                    dxp as *mut c_void,
+                )
+            }
+            .map_err(cudnn_error("backward-data convolution"))
+        })
     }
 
     /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`.
     pub fn conv_backward_weights(&self, s: &ConvShape, n: usize, x: &Buf, dy: &Buf, dw: &mut Buf) -> Result<()> {
         assert!(x.len() >= n * s.in_len() && dw.len() >= s.weight_len() && dy.len() >= n * s.out_len());
-        let d = self.descriptors(s, n)?;
-        let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
-        let algo = cached(&mut self.algorithms().filter, key(s, n), || Ok(op.pick_algorithm()?))?;
-        let mut room = self.workspace(op.get_workspace_size(algo)?)?;
-        // SAFETY: as in `conv_forward`.
-        unsafe { op.launch(algo, room.as_mut(), (1.0, 0.0), x, dw, dy) }?;
-        Ok(())
+        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_plan(s, n, |h, p| {
+            let choice = match p.filter {
+                Some(c) => c,
+                None => *p.filter.insert(choose("backward-filter", benchmark, |timed, r, count| {
+                    let ask = if timed {
+                        sys::cudnnFindConvolutionBackwardFilterAlgorithm
+                    } else {
+                        sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
+                    };
+                    // SAFETY: as in `conv_forward`.
+                    unsafe { ask(h.raw, p.x.0, p.y.0, p.conv.0, p.w.0, r.len() as i32, count, r.as_mut_ptr()) }
+                })?),
+            };
+            let mut room = self.workspace(choice.bytes)?;
+            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
+            let (xp, _x) = x.device_ptr(&self.stream);
+            let (dyp, _dy) = dy.device_ptr(&self.stream);
+            let (dwp, _dw) = dw.device_ptr_mut(&self.stream);
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // SAFETY: as in `conv_forward`.
+            unsafe {
+                result::convolution_backward_filter(
+                    h.raw,
+                    (&alpha as *const f32).cast(),
+                    p.x.0,
+                    xp as *const c_void,
+                    p.y.0,
+                    dyp as *const c_void,
+                    p.conv.0,
+                    choice.algo,
+                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
+                    choice.bytes,
+                    (&beta as *const f32).cast(),
+                    p.w.0,
+                    dwp as *mut c_void,
+                )
+            }
+            .map_err(cudnn_error("backward-filter convolution"))
+        })
     }
 }

@@ -20,12 +20,12 @@
 //! other commands on the CPU only, which `--device cuda` says.
 
 pub mod conv;
+mod cudnn;
 pub mod linear;
 pub mod ops;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::cublas::CudaBlas;
-use cudarc::cudnn::Cudnn;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -135,10 +135,15 @@ pub struct Gpu {
     name: String,
     capability: (i32, i32),
     /// cuDNN, started at the first convolution (the kernels above need none).
-    cudnn: OnceLock<Arc<Cudnn>>,
+    cudnn: OnceLock<cudnn::Handle>,
     /// cuBLAS, started at the classifier's first use.
     cublas: OnceLock<CudaBlas>,
-    algorithms: Mutex<conv::Algorithms>,
+    /// Each convolution's descriptors and algorithms, by shape and batch.
+    plans: Mutex<conv::Plans>,
+    /// cuDNN's scratch, shared by every convolution.
+    workspace: Mutex<Option<CudaSlice<u8>>>,
+    /// Whether cuDNN's algorithms are chosen by timing them (`RESNET_CUDNN_BENCHMARK=1`).
+    cudnn_benchmark: std::sync::atomic::AtomicBool,
     /// Whether cuDNN may run f32 convolutions on TF32 tensor cores (`allow_tf32`).
     tf32: std::sync::atomic::AtomicBool,
 }
@@ -172,7 +177,9 @@ impl Gpu {
             capability,
             cudnn: OnceLock::new(),
             cublas: OnceLock::new(),
-            algorithms: Default::default(),
+            plans: Default::default(),
+            workspace: Default::default(),
+            cudnn_benchmark: std::env::var(conv::BENCHMARK_VAR).is_ok_and(|v| v == "1").into(),
             tf32: Default::default(),
         })
     }
@@ -182,7 +189,15 @@ impl Gpu {
     /// picked so far are forgotten: they were picked for the other math.
     pub fn allow_tf32(&self, on: bool) {
         self.tf32.store(on, std::sync::atomic::Ordering::Relaxed);
-        *self.algorithms.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Chooses cuDNN's algorithms by timing them on this GPU (`on`), or by its heuristics
+    /// (the default; `RESNET_CUDNN_BENCHMARK=1` sets `on` when the GPU is opened). Either
+    /// way only among deterministic ones. The algorithms picked so far are forgotten.
+    pub fn choose_by_timing(&self, on: bool) {
+        self.cudnn_benchmark.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn tf32(&self) -> bool {
