@@ -75,7 +75,7 @@ fn main() -> Result<()> {
             (gpu.zeros::<f32>(n * s.out_len())?, gpu.zeros::<f32>(n * s.in_len())?, gpu.zeros::<f32>(s.weight_len())?);
         let fwd = time(&gpu, || gpu.conv_forward(&s, n, &x, &w, &mut y))?;
         let data = time(&gpu, || gpu.conv_backward_data(&s, n, &dy, &w, &mut dx, false))?;
-        let filter = time(&gpu, || gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw))?;
+        let filter = time(&gpu, || gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw, false))?;
         let tflop = 2.0 * (n * s.out_len() * s.patch()) as f64 / 1e9;
         println!(
             "conv {}x{}/{} {}->{} {}x{} b{n}: forward {fwd:.2} ms ({:.1} TFLOP/s), data {data:.2} ms ({:.1}), weights {filter:.2} ms ({:.1})",

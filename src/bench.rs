@@ -111,7 +111,7 @@ pub fn cuda(
     let sgd = crate::engine::sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 };
     let train = time_steps(warmup, steps, || {
         if failure.is_none() {
-            failure = trainer.step((s, s), &images, &labels, sgd).err();
+            failure = trainer.step((s, s), &images, &labels, 1, sgd, Default::default()).err();
         }
     });
     let device = trainer.gpu().name().to_string();

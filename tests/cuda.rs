@@ -350,7 +350,7 @@ fn check_convolution(gpu: &Gpu, s: ConvShape, n: usize) {
     let (mut dwd, mut dxd) = (gpu.zeros::<f32>(dw.len()).unwrap(), gpu.zeros::<f32>(dx.len()).unwrap());
     gpu.conv_forward(&s, n, &xd, &wd, &mut yd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    gpu.conv_backward_weights(&s, n, &xd, &dyd, &mut dwd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    gpu.conv_backward_weights(&s, n, &xd, &dyd, &mut dwd, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     let scaled = |what: &str, got: &[f32], want: &[f32]| {
         let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
@@ -417,7 +417,7 @@ fn convolutions_repeat_bit_for_bit() {
             let run = || {
                 let (mut dw, mut dx) =
                     (gpu.zeros::<f32>(s.weight_len()).unwrap(), gpu.zeros::<f32>(n * s.in_len()).unwrap());
-                gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                gpu.conv_backward_weights(&s, n, &x, &dy, &mut dw, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
                 gpu.conv_backward_data(&s, n, &dy, &w, &mut dx, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
                 (gpu.download(&dw).unwrap(), gpu.download(&dx).unwrap())
             };
@@ -492,18 +492,23 @@ fn networks_infer_on_the_gpu_as_on_the_cpu() {
 
 /// Training steps on the GPU (`model::cuda::GpuTrainer`) against `train::step` on the CPU,
 /// from the same initial weights: option A, projections, the max pool and bottlenecks,
-/// BatchNorm over the whole batch and in `--bn-batch` groups. Two steps, so that the second
-/// starts from the momentum and running statistics of the first; then every parameter,
-/// momentum buffer and running statistic, stored back into a CPU model.
+/// BatchNorm over the whole batch and in `--bn-batch` groups, micro-batches whose gradients
+/// add up (`--accumulate`), and the classifier's own learning rate (`--lr-classifier`). Two
+/// steps, so that the second starts from the momentum and running statistics of the first;
+/// then every parameter, momentum buffer and running statistic, stored back into a CPU model.
 #[test]
 fn networks_train_on_the_gpu_as_on_the_cpu() {
     let Some(_) = gpu() else { return };
+    // (model, shortcut, image side, BatchNorm group, micro-batches, classifier's lr scale)
     let cases = [
-        ("resnet8", Shortcut::A, 32, Some(3)),
-        ("resnet18", Shortcut::B, 32, None),
-        ("resnet50", Shortcut::B, 64, Some(2)),
+        ("resnet8", Shortcut::A, 32, Some(3), 1, 1.0),
+        ("resnet8", Shortcut::A, 32, Some(2), 2, 10.0),
+        ("resnet18", Shortcut::B, 32, None, 1, 1.0),
+        ("resnet50", Shortcut::B, 64, Some(2), 1, 1.0),
     ];
-    for (name, shortcut, side, group) in cases {
+    for (name, shortcut, side, group, accumulate, classifier_lr_scale) in cases {
+        let name = &format!("{name}, groups of {group:?}, {accumulate} micro-batches");
+        let transfer = resnet::train::Transfer { freeze_backbone: false, classifier_lr_scale };
         let net = || {
             let mut net = ResNet::new(ModelConfig::from_name(name, Some(shortcut), 10).unwrap(), 7);
             net.set_bn_group(group);
@@ -517,9 +522,12 @@ fn networks_train_on_the_gpu_as_on_the_cpu() {
             let images = random(&mut rng, n * side * side * 3, 1.0, 0.0);
             let labels: Vec<u32> = (0..n as u32).map(|i| (3 * i + step) % 10).collect();
             let mut scratch = resnet::train::StepScratch::default();
-            let (want, _) = resnet::train::step(&mut cpu, (side, side), &images, &labels, 1, sgd, &mut scratch);
-            let (got, _) =
-                trainer.step((side, side), &images, &labels, sgd).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let hw = (side, side);
+            let (want, _) =
+                resnet::train::step_with(&mut cpu, hw, &images, &labels, accumulate, sgd, transfer, &mut scratch);
+            let (got, _) = trainer
+                .step(hw, &images, &labels, accumulate, sgd, transfer)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(
                 (got - want).abs() <= 1e-4 * want.abs(),
                 "{name} step {step}: loss {got} on the GPU, {want} on the CPU"
@@ -559,7 +567,7 @@ fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
             ["train", "--model", "resnet8", "--data", d, "--test-data", d, "--batch", "10", "--out", run_s, "--quiet"];
         Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).args(extra).output().unwrap()
     };
-    let out = train(&["--iterations", "4", "--device", "cuda"]);
+    let out = train(&["--iterations", "4", "--accumulate", "2", "--device", "cuda"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(run.join("model.safetensors").exists() && run.join("checkpoint.safetensors").exists());
     let out = train(&["--resume", "--iterations", "8"]);
@@ -610,7 +618,7 @@ fn tf32_training_stays_within_its_rounding() {
         let labels: Vec<u32> = (0..n as u32).map(|i| (i + step) % 10).collect();
         let mut scratch = resnet::train::StepScratch::default();
         let (want, _) = resnet::train::step(&mut cpu, (32, 32), &images, &labels, 1, sgd, &mut scratch);
-        let (got, _) = trainer.step((32, 32), &images, &labels, sgd).unwrap();
+        let (got, _) = trainer.step((32, 32), &images, &labels, 1, sgd, Default::default()).unwrap();
         assert!((got - want).abs() <= 1e-2 * want.abs(), "step {step}: loss {got} in tf32, {want} in f32");
     }
 }

@@ -454,9 +454,8 @@ fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::D
         use resnet::train::run::DeviceSteps;
         let unsupported = [
             (cfg.ranks > 1, "several processes (MPI)"),
-            (cfg.accumulate > 1, "--accumulate"),
             (cfg.precision == Precision::Bf16, "--precision bf16"),
-            (cfg.freeze_backbone || cfg.lr_classifier.is_some(), "--freeze-backbone and --lr-classifier"),
+            (cfg.freeze_backbone, "--freeze-backbone"),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(given, _)| *given) {
             bail!("--device cuda: training with {what} runs on the CPU only so far");

@@ -53,8 +53,16 @@ pub type DeviceFactory<'a> = &'a dyn Fn(&mut ResNet) -> Result<Box<dyn DeviceSte
 /// between steps and scores the test set with it. The CPU model is what checkpoints and
 /// weight files read: the loop has the device store its state into it before each of them.
 pub trait DeviceSteps {
-    /// One SGD step on a batch: (mean loss, correct predictions), as [`super::step`].
-    fn step(&mut self, hw: (usize, usize), images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)>;
+    /// One SGD step on a batch, in `accumulate` micro-batches: (mean loss, correct
+    /// predictions), as [`super::step_with`].
+    fn step(
+        &mut self,
+        hw: (usize, usize),
+        batch: (&[f32], &[u32]),
+        accumulate: usize,
+        cfg: SgdConfig,
+        transfer: super::Transfer,
+    ) -> Result<(f32, usize)>;
     /// Copies parameters, momentum and running statistics into `model`.
     fn store_into(&mut self, model: &mut ResNet) -> Result<()>;
     /// Scores `data` with the device's network in inference mode, as [`evaluate`].
@@ -202,7 +210,8 @@ pub fn train(cfg: &TrainConfig, data: Datasets, opts: RunOptions) -> Result<Outc
             }
             let done = match &mut device {
                 Some(d) => {
-                    let (loss, correct) = d.step(batch.hw, &batch.images, &batch.labels, sgd)?;
+                    let images = (&batch.images[..], &batch.labels[..]);
+                    let (loss, correct) = d.step(batch.hw, images, cfg.accumulate, sgd, transfer)?;
                     let (images, stop) = (batch.labels.len(), cancel.load(Ordering::SeqCst));
                     Across { loss, correct, images, stop, comm_s: 0.0 }
                 }

@@ -276,8 +276,17 @@ impl Gpu {
         })
     }
 
-    /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`.
-    pub fn conv_backward_weights(&self, s: &ConvShape, n: usize, x: &Buf, dy: &Buf, dw: &mut Buf) -> Result<()> {
+    /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`, or
+    /// added to it with `accumulate` (micro-batches after the first).
+    pub fn conv_backward_weights(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        x: &Buf,
+        dy: &Buf,
+        dw: &mut Buf,
+        accumulate: bool,
+    ) -> Result<()> {
         assert!(x.len() >= n * s.in_len() && dw.len() >= s.weight_len() && dy.len() >= n * s.out_len());
         let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
         self.with_plan(s, n, |h, p| {
@@ -298,7 +307,7 @@ impl Gpu {
             let (xp, _x) = x.device_ptr(&self.stream);
             let (dyp, _dy) = dy.device_ptr(&self.stream);
             let (dwp, _dw) = dw.device_ptr_mut(&self.stream);
-            let (alpha, beta) = (1.0f32, 0.0f32);
+            let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
             // SAFETY: as in `conv_forward`.
             unsafe {
                 result::convolution_backward_filter(

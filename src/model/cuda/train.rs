@@ -1,8 +1,9 @@
 //! A network's training on the GPU (feature `cuda`): the spec walked forward in training
 //! mode, keeping what the backward pass needs, then backward in reverse, then SGD on every
-//! parameter. The arithmetic is `train::step`'s on the CPU: BatchNorm by the groups of
+//! parameter. The arithmetic is `train::step_with`'s on the CPU: BatchNorm by the groups of
 //! `--bn-batch` (the running averages following the first), softmax cross-entropy over the
-//! batch, one SGD configuration for every parameter.
+//! batch, micro-batches whose gradients add up (`--accumulate`), one SGD configuration for
+//! every parameter but the classifier's learning rate (`--lr-classifier`).
 //!
 //! Parameters, their SGD momentum and the running statistics stay on the GPU between
 //! steps (the test set is scored with them, [`GpuTrainer::logits`]);
@@ -18,6 +19,7 @@ use crate::engine::sgd::SgdConfig;
 use crate::engine::split_range;
 use crate::model::{BlockSpec, NetSpec, ResNet, ShortcutSpec, UnitSpec};
 use crate::nn::{Slot, bn_group_count};
+use crate::train::Transfer;
 use anyhow::{Context, Result, bail};
 use cudarc::driver::CudaSlice;
 use std::collections::HashMap;
@@ -169,15 +171,66 @@ impl GpuTrainer {
     }
 
     /// One SGD step on `labels.len()` images of `hw` (NHWC, normalized): forward in
-    /// training mode, softmax cross-entropy, backward, update. Returns (mean loss, correct
-    /// predictions); a non-finite loss returns at once without updating.
-    pub fn step(&mut self, hw: Hw, images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)> {
+    /// training mode, softmax cross-entropy, backward, update, as `train::step_with` on the
+    /// CPU. With `accumulate` > 1 the batch runs as that many micro-batches whose gradients
+    /// add up, each micro-batch's loss divided by the whole batch's size. The classifier
+    /// takes its learning rate scaled by `transfer`'s; training it alone is not there on
+    /// the GPU. Returns (mean loss, correct predictions); a non-finite loss returns at once
+    /// without updating.
+    pub fn step(
+        &mut self,
+        hw: Hw,
+        images: &[f32],
+        labels: &[u32],
+        accumulate: usize,
+        cfg: SgdConfig,
+        transfer: Transfer,
+    ) -> Result<(f32, usize)> {
+        if transfer.freeze_backbone {
+            bail!("training the classifier alone (--freeze-backbone) does not run on the GPU yet");
+        }
         let n = labels.len();
         if n == 0 {
             return Ok((0.0, 0));
         }
         let spec = self.spec.clone();
-        let tape = self.forward(&spec, n, hw, images)?;
+        let (parts, image_len) = (accumulate.clamp(1, n), hw.0 * hw.1 * 3);
+        let (mut loss, mut correct) = (0f32, 0);
+        for k in 0..parts {
+            let range = split_range(n, parts, k);
+            let pixels = &images[range.start * image_len..range.end * image_len];
+            let (l, ok) = self.gradients(&spec, hw, pixels, &labels[range.clone()], n, k > 0)?;
+            if !l.is_finite() {
+                return Ok((l, correct));
+            }
+            let share = range.len() as f32 / n as f32;
+            (loss, correct) = (loss + share * l, correct + ok);
+        }
+        let (_, classifier) = self.naming;
+        let classifier_cfg = SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
+        for (name, p) in &mut self.params {
+            let in_classifier = name.strip_prefix(classifier).is_some_and(|rest| rest.starts_with('.'));
+            let cfg = if in_classifier { classifier_cfg } else { cfg };
+            self.gpu.sgd_step(cfg, &mut p.value, &p.grad, &mut p.momentum)?;
+        }
+        Ok((loss, correct))
+    }
+
+    /// Forward and backward on one micro-batch: every parameter's gradient of its part of
+    /// the mean loss over `global` images, written, or added to what is there with
+    /// `accumulate`. Returns (the micro-batch's mean loss, correct predictions), and
+    /// returns at once on a non-finite loss.
+    fn gradients(
+        &mut self,
+        spec: &NetSpec,
+        hw: Hw,
+        images: &[f32],
+        labels: &[u32],
+        global: usize,
+        accumulate: bool,
+    ) -> Result<(f32, usize)> {
+        let n = labels.len();
+        let tape = self.forward(spec, n, hw, images)?;
         let (features, classes) = (spec.features, spec.classes);
         let (_, classifier) = self.naming;
         let (w, b) = (format!("{classifier}.weight"), format!("{classifier}.bias"));
@@ -186,30 +239,20 @@ impl GpuTrainer {
         let (wv, bv) = (&get(&self.params, &w)?.value, &get(&self.params, &b)?.value);
         gpu.linear_forward(n, features, classes, &tape.pooled, wv, bv, &mut logits)?;
         let mut dlogits = gpu.zeros::<f32>(n * classes)?;
-        let (loss, correct) = gpu.softmax_cross_entropy(n, n, classes, &logits, &gpu.upload(labels)?, &mut dlogits)?;
+        let labels = gpu.upload(labels)?;
+        let (loss, correct) = gpu.softmax_cross_entropy(n, global, classes, &logits, &labels, &mut dlogits)?;
         if !loss.is_finite() {
             return Ok((loss, correct));
         }
         let mut dpooled = gpu.zeros::<f32>(n * features)?;
         let (wp, bp) = two(&mut self.params, &w, &b)?;
         let x = &tape.pooled;
-        gpu.linear_backward(
-            (n, features, classes),
-            x,
-            &wp.value,
-            &dlogits,
-            &mut wp.grad,
-            &mut bp.grad,
-            &mut dpooled,
-            false,
-        )?;
+        let dims = (n, features, classes);
+        gpu.linear_backward(dims, x, &wp.value, &dlogits, &mut wp.grad, &mut bp.grad, &mut dpooled, accumulate)?;
         let pixels = tape.hw.0 * tape.hw.1;
         let mut g = gpu.zeros::<f32>(n * pixels * features)?;
         gpu.avgpool_backward(n, pixels, features, &dpooled, &mut g)?;
-        self.backward(&spec, &tape, g)?;
-        for p in self.params.values_mut() {
-            self.gpu.sgd_step(cfg, &mut p.value, &p.grad, &mut p.momentum)?;
-        }
+        self.backward(spec, &tape, g, accumulate)?;
         Ok((loss, correct))
     }
 
@@ -322,10 +365,10 @@ impl GpuTrainer {
     }
 
     /// The backward pass from `g`, the gradient of the last block's output, down to the
-    /// stem's weights.
-    fn backward(&mut self, spec: &NetSpec, tape: &Tape, mut g: Buf) -> Result<()> {
+    /// stem's weights; parameter gradients added to what is there with `accumulate`.
+    fn backward(&mut self, spec: &NetSpec, tape: &Tape, mut g: Buf, accumulate: bool) -> Result<()> {
         for (b, block) in spec.blocks.iter().enumerate().rev() {
-            g = self.block_backward(tape, b, block, g)?;
+            g = self.block_backward(tape, b, block, g, accumulate)?;
         }
         let n = tape.n;
         if let Some((_, argmax)) = &tape.pool {
@@ -335,13 +378,21 @@ impl GpuTrainer {
             self.gpu.maxpool_backward(&s, n, &g, argmax, &mut dx)?;
             g = dx;
         }
-        self.unit_backward(&tape.stem, n, &spec.stem, ("conv1", "bn1"), &tape.input, true, g, None)
+        let unit = (&spec.stem, "conv1", "bn1");
+        self.unit_backward(&tape.stem, n, unit, &tape.input, true, g, None, accumulate)
     }
 
     /// A block's backward from `g`, the gradient of its output: the ReLU after the
     /// addition, the shortcut's gradient into the block input's, then the units in
     /// reverse, the first adding its input gradient. Returns the input's gradient.
-    fn block_backward(&mut self, tape: &Tape, b: usize, block: &BlockSpec, mut g: Buf) -> Result<Buf> {
+    fn block_backward(
+        &mut self,
+        tape: &Tape,
+        b: usize,
+        block: &BlockSpec,
+        mut g: Buf,
+        accumulate: bool,
+    ) -> Result<Buf> {
         let (bt, x, n) = (&tape.blocks[b], tape.block_input(b), tape.n);
         let gpu = &self.gpu;
         let mut dx = gpu.zeros::<f32>(n * bt.hw.0 * bt.hw.1 * block.c_in())?;
@@ -362,7 +413,7 @@ impl GpuTrainer {
                 let (projection, _) = self.naming;
                 let (conv, bn) = (format!("{prefix}.{projection}.0"), format!("{prefix}.{projection}.1"));
                 let t = bt.projection.as_ref().context("a projection block keeps its projection's activations")?;
-                self.unit_backward(t, n, p, (&conv, &bn), x, false, copy, Some((&mut dx, false)))?;
+                self.unit_backward(t, n, (p, &conv, &bn), x, false, copy, Some((&mut dx, false)), accumulate)?;
             }
         }
         let plain = matches!(block.shortcut, ShortcutSpec::None);
@@ -371,11 +422,12 @@ impl GpuTrainer {
             let (u, t, relu) = (&block.units[i], &bt.units[i], i < last);
             let (conv, bn) = (format!("{prefix}.conv{}", i + 1), format!("{prefix}.bn{}", i + 1));
             if i == 0 {
-                self.unit_backward(t, n, u, (&conv, &bn), x, relu, g, Some((&mut dx, !plain)))?;
+                self.unit_backward(t, n, (u, &conv, &bn), x, relu, g, Some((&mut dx, !plain)), accumulate)?;
                 break;
             }
             let mut next = self.gpu.zeros::<f32>(n * t.hw.0 * t.hw.1 * u.c_in)?;
-            self.unit_backward(t, n, u, (&conv, &bn), &bt.units[i - 1].post, relu, g, Some((&mut next, false)))?;
+            let input = &bt.units[i - 1].post;
+            self.unit_backward(t, n, (u, &conv, &bn), input, relu, g, Some((&mut next, false)), accumulate)?;
             g = next;
         }
         Ok(dx)
@@ -383,18 +435,19 @@ impl GpuTrainer {
 
     /// A unit's backward from `g`, the gradient of its BatchNorm's output (masked by the
     /// ReLU here with `relu`): BatchNorm group by group, then the convolution's weight
-    /// gradient and, if asked, its input gradient (`(dx, add to it)`).
+    /// gradient and, if asked, its input gradient (`(dx, add to it)`). The parameter
+    /// gradients are added to what is there with `accumulate`.
     #[allow(clippy::too_many_arguments)]
     fn unit_backward(
         &mut self,
         t: &UnitTape,
         n: usize,
-        u: &UnitSpec,
-        (conv, bn): (&str, &str),
+        (u, conv, bn): (&UnitSpec, &str, &str),
         x: &Buf,
         relu: bool,
         mut g: Buf,
         dx: Option<(&mut Buf, bool)>,
+        accumulate: bool,
     ) -> Result<()> {
         let gpu = &self.gpu;
         let s = u.conv_shape(t.hw);
@@ -407,10 +460,11 @@ impl GpuTrainer {
             let (pre, mut dy) = (t.pre.slice(values.clone()), g.slice_mut(values));
             let saved = t.saved.slice(k * 4 * c..(k + 1) * 4 * c);
             let grads = (&mut gamma.grad, &mut beta.grad);
-            gpu.bn_backward(&gamma.value, &pre, images.len() * plane, &saved, relu, &mut dy, grads, k > 0)?;
+            let add = accumulate || k > 0;
+            gpu.bn_backward(&gamma.value, &pre, images.len() * plane, &saved, relu, &mut dy, grads, add)?;
         }
         let w = self.params.get_mut(&format!("{conv}.weight")).with_context(|| format!("no tensor '{conv}.weight'"))?;
-        gpu.conv_backward_weights(&s, n, x, &g, &mut w.grad)?;
+        gpu.conv_backward_weights(&s, n, x, &g, &mut w.grad, accumulate)?;
         if let Some((dx, accumulate)) = dx {
             gpu.conv_backward_data(&s, n, &g, &w.value, dx, accumulate)?;
         }
@@ -432,8 +486,15 @@ impl GpuTrainer {
 }
 
 impl crate::train::run::DeviceSteps for GpuTrainer {
-    fn step(&mut self, hw: Hw, images: &[f32], labels: &[u32], cfg: SgdConfig) -> Result<(f32, usize)> {
-        GpuTrainer::step(self, hw, images, labels, cfg)
+    fn step(
+        &mut self,
+        hw: Hw,
+        (images, labels): (&[f32], &[u32]),
+        accumulate: usize,
+        cfg: SgdConfig,
+        transfer: Transfer,
+    ) -> Result<(f32, usize)> {
+        GpuTrainer::step(self, hw, images, labels, accumulate, cfg, transfer)
     }
     fn store_into(&mut self, model: &mut ResNet) -> Result<()> {
         GpuTrainer::store_into(self, model)
