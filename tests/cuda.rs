@@ -493,22 +493,25 @@ fn networks_infer_on_the_gpu_as_on_the_cpu() {
 /// Training steps on the GPU (`model::cuda::GpuTrainer`) against `train::step` on the CPU,
 /// from the same initial weights: option A, projections, the max pool and bottlenecks,
 /// BatchNorm over the whole batch and in `--bn-batch` groups, micro-batches whose gradients
-/// add up (`--accumulate`), and the classifier's own learning rate (`--lr-classifier`). Two
+/// add up (`--accumulate`), the classifier's own learning rate (`--lr-classifier`) and the
+/// classifier trained alone on the inference-mode backbone (`--freeze-backbone`). Two
 /// steps, so that the second starts from the momentum and running statistics of the first;
 /// then every parameter, momentum buffer and running statistic, stored back into a CPU model.
 #[test]
 fn networks_train_on_the_gpu_as_on_the_cpu() {
     let Some(_) = gpu() else { return };
-    // (model, shortcut, image side, BatchNorm group, micro-batches, classifier's lr scale)
+    // (model, shortcut, image side, BatchNorm group, micro-batches, backbone frozen,
+    // classifier's lr scale)
     let cases = [
-        ("resnet8", Shortcut::A, 32, Some(3), 1, 1.0),
-        ("resnet8", Shortcut::A, 32, Some(2), 2, 10.0),
-        ("resnet18", Shortcut::B, 32, None, 1, 1.0),
-        ("resnet50", Shortcut::B, 64, Some(2), 1, 1.0),
+        ("resnet8", Shortcut::A, 32, Some(3), 1, false, 1.0),
+        ("resnet8", Shortcut::A, 32, Some(2), 2, false, 10.0),
+        ("resnet18", Shortcut::B, 32, None, 1, false, 1.0),
+        ("resnet18", Shortcut::B, 32, None, 1, true, 2.0),
+        ("resnet50", Shortcut::B, 64, Some(2), 1, false, 1.0),
     ];
-    for (name, shortcut, side, group, accumulate, classifier_lr_scale) in cases {
-        let name = &format!("{name}, groups of {group:?}, {accumulate} micro-batches");
-        let transfer = resnet::train::Transfer { freeze_backbone: false, classifier_lr_scale };
+    for (name, shortcut, side, group, accumulate, freeze_backbone, classifier_lr_scale) in cases {
+        let name = &format!("{name}, groups of {group:?}, {accumulate} micro-batches, frozen {freeze_backbone}");
+        let transfer = resnet::train::Transfer { freeze_backbone, classifier_lr_scale };
         let net = || {
             let mut net = ResNet::new(ModelConfig::from_name(name, Some(shortcut), 10).unwrap(), 7);
             net.set_bn_group(group);

@@ -452,11 +452,8 @@ fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::D
     #[cfg(feature = "cuda")]
     {
         use resnet::train::run::DeviceSteps;
-        let unsupported = [
-            (cfg.ranks > 1, "several processes (MPI)"),
-            (cfg.precision == Precision::Bf16, "--precision bf16"),
-            (cfg.freeze_backbone, "--freeze-backbone"),
-        ];
+        let unsupported =
+            [(cfg.ranks > 1, "several processes (MPI)"), (cfg.precision == Precision::Bf16, "--precision bf16")];
         if let Some((_, what)) = unsupported.iter().find(|(given, _)| *given) {
             bail!("--device cuda: training with {what} runs on the CPU only so far");
         }

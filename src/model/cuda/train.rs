@@ -3,7 +3,8 @@
 //! parameter. The arithmetic is `train::step_with`'s on the CPU: BatchNorm by the groups of
 //! `--bn-batch` (the running averages following the first), softmax cross-entropy over the
 //! batch, micro-batches whose gradients add up (`--accumulate`), one SGD configuration for
-//! every parameter but the classifier's learning rate (`--lr-classifier`).
+//! every parameter but the classifier's learning rate (`--lr-classifier`), or the classifier
+//! trained alone on the backbone in inference mode (`--freeze-backbone`).
 //!
 //! Parameters, their SGD momentum and the running statistics stay on the GPU between
 //! steps (the test set is scored with them, [`GpuTrainer::logits`]);
@@ -174,9 +175,9 @@ impl GpuTrainer {
     /// training mode, softmax cross-entropy, backward, update, as `train::step_with` on the
     /// CPU. With `accumulate` > 1 the batch runs as that many micro-batches whose gradients
     /// add up, each micro-batch's loss divided by the whole batch's size. The classifier
-    /// takes its learning rate scaled by `transfer`'s; training it alone is not there on
-    /// the GPU. Returns (mean loss, correct predictions); a non-finite loss returns at once
-    /// without updating.
+    /// takes its learning rate scaled by `transfer`'s, and with `transfer.freeze_backbone`
+    /// is all that trains. Returns (mean loss, correct predictions); a non-finite loss
+    /// returns at once without updating.
     pub fn step(
         &mut self,
         hw: Hw,
@@ -186,14 +187,36 @@ impl GpuTrainer {
         cfg: SgdConfig,
         transfer: Transfer,
     ) -> Result<(f32, usize)> {
-        if transfer.freeze_backbone {
-            bail!("training the classifier alone (--freeze-backbone) does not run on the GPU yet");
-        }
-        let n = labels.len();
-        if n == 0 {
+        if labels.is_empty() {
             return Ok((0.0, 0));
         }
+        let frozen = transfer.freeze_backbone;
+        let (loss, correct) = match frozen {
+            true => self.classifier_gradients(hw, images, labels)?,
+            false => self.micro_batches(hw, images, labels, accumulate)?,
+        };
+        if !loss.is_finite() {
+            return Ok((loss, correct));
+        }
+        let (_, classifier) = self.naming;
+        let classifier_cfg = SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
+        for (name, p) in &mut self.params {
+            let in_classifier = name.strip_prefix(classifier).is_some_and(|rest| rest.starts_with('.'));
+            match (in_classifier, frozen) {
+                (true, _) => self.gpu.sgd_step(classifier_cfg, &mut p.value, &p.grad, &mut p.momentum)?,
+                (false, false) => self.gpu.sgd_step(cfg, &mut p.value, &p.grad, &mut p.momentum)?,
+                (false, true) => {}
+            }
+        }
+        Ok((loss, correct))
+    }
+
+    /// Every parameter's gradient of the batch's mean loss, in `accumulate` micro-batches
+    /// whose gradients add up. Returns (mean loss, correct predictions), at once on a
+    /// non-finite loss.
+    fn micro_batches(&mut self, hw: Hw, images: &[f32], labels: &[u32], accumulate: usize) -> Result<(f32, usize)> {
         let spec = self.spec.clone();
+        let n = labels.len();
         let (parts, image_len) = (accumulate.clamp(1, n), hw.0 * hw.1 * 3);
         let (mut loss, mut correct) = (0f32, 0);
         for k in 0..parts {
@@ -206,12 +229,27 @@ impl GpuTrainer {
             let share = range.len() as f32 / n as f32;
             (loss, correct) = (loss + share * l, correct + ok);
         }
-        let (_, classifier) = self.naming;
-        let classifier_cfg = SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
-        for (name, p) in &mut self.params {
-            let in_classifier = name.strip_prefix(classifier).is_some_and(|rest| rest.starts_with('.'));
-            let cfg = if in_classifier { classifier_cfg } else { cfg };
-            self.gpu.sgd_step(cfg, &mut p.value, &p.grad, &mut p.momentum)?;
+        Ok((loss, correct))
+    }
+
+    /// The classifier's gradients alone (`--freeze-backbone`), the backbone run as in
+    /// inference (BatchNorm on its running statistics), the whole batch at once, as
+    /// `classifier_gradients` on the CPU.
+    fn classifier_gradients(&mut self, hw: Hw, images: &[f32], labels: &[u32]) -> Result<(f32, usize)> {
+        let (n, features, classes) = (labels.len(), self.spec.features, self.spec.classes);
+        let (logits, pooled) = self.inference().forward(n, hw, images, true)?;
+        let gpu = &self.gpu;
+        let (logits, pooled) = (gpu.upload(&logits)?, gpu.upload(&pooled.context("pooled features")?)?);
+        let mut dlogits = gpu.zeros::<f32>(n * classes)?;
+        let labels = gpu.upload(labels)?;
+        let (loss, correct) = gpu.softmax_cross_entropy(n, n, classes, &logits, &labels, &mut dlogits)?;
+        if loss.is_finite() {
+            let (_, classifier) = self.naming;
+            let (w, b) = two(&mut self.params, &format!("{classifier}.weight"), &format!("{classifier}.bias"))?;
+            // The features' gradient goes unused: the backbone does not train.
+            let mut dpooled = gpu.zeros::<f32>(n * features)?;
+            let dims = (n, features, classes);
+            gpu.linear_backward(dims, &pooled, &w.value, &dlogits, &mut w.grad, &mut b.grad, &mut dpooled, false)?;
         }
         Ok((loss, correct))
     }
@@ -476,12 +514,17 @@ impl GpuTrainer {
     /// The logits of `n` images in inference mode (BatchNorm on the running statistics),
     /// with the weights as trained so far.
     pub fn logits(&self, n: usize, hw: Hw, images: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.inference().forward(n, hw, images, false)?.0)
+    }
+
+    /// The inference walk over the weights and running statistics as trained so far.
+    fn inference(&self) -> super::Inference<'_> {
         let tensor = Box::new(|name: &str| match self.params.get(name) {
             Some(p) => Ok(&p.value),
             None => get(&self.running, name),
         });
         let (gpu, spec, naming, eps) = (&self.gpu, &self.spec, self.naming, self.eps);
-        Ok(super::Inference { gpu, spec, naming, eps, tensor }.forward(n, hw, images, false)?.0)
+        super::Inference { gpu, spec, naming, eps, tensor }
     }
 }
 
