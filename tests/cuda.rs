@@ -604,24 +604,89 @@ fn a_run_started_on_the_gpu_resumes_on_the_cpu() {
     assert_close("embedding", &embedding("cuda"), &embedding("cpu"), 1e-4);
 }
 
-/// `--precision tf32`: cuDNN on TF32 tensor cores (10 bits of mantissa in the products).
-/// Two steps of ResNet-8 land within TF32's rounding of the CPU's f32 ones.
+/// `--precision tf32` (cuDNN on TF32 tensor cores, 10 bits of mantissa in the products)
+/// and `bf16` (operands and the convolutions' results rounded to bf16, 8 bits): two steps
+/// of ResNet-8 land within that rounding of the CPU's f32 ones.
 #[test]
-fn tf32_training_stays_within_its_rounding() {
+fn tf32_and_bf16_training_stay_within_their_rounding() {
     let Some(_) = gpu() else { return };
-    let net = || ResNet::new(ModelConfig::from_name("resnet8", Some(Shortcut::A), 10).unwrap(), 7);
-    let (mut cpu, mut stored) = (net(), net());
-    stored.set_precision(resnet::engine::Precision::Tf32);
-    let mut trainer = GpuTrainer::new(&mut stored).unwrap();
-    assert!(trainer.gpu().tf32());
-    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 };
-    let (n, mut rng) = (8, Rng::new(5));
-    for step in 0..2u32 {
-        let images = random(&mut rng, n * 32 * 32 * 3, 1.0, 0.0);
-        let labels: Vec<u32> = (0..n as u32).map(|i| (i + step) % 10).collect();
-        let mut scratch = resnet::train::StepScratch::default();
-        let (want, _) = resnet::train::step(&mut cpu, (32, 32), &images, &labels, 1, sgd, &mut scratch);
-        let (got, _) = trainer.step((32, 32), &images, &labels, 1, sgd, Default::default()).unwrap();
-        assert!((got - want).abs() <= 1e-2 * want.abs(), "step {step}: loss {got} in tf32, {want} in f32");
+    for precision in [resnet::engine::Precision::Tf32, resnet::engine::Precision::Bf16] {
+        let net = || ResNet::new(ModelConfig::from_name("resnet8", Some(Shortcut::A), 10).unwrap(), 7);
+        let (mut cpu, mut stored) = (net(), net());
+        stored.set_precision(precision);
+        let mut trainer = GpuTrainer::new(&mut stored).unwrap_or_else(|e| panic!("{precision}: {e:#}"));
+        assert!(trainer.gpu().tf32() == (precision == resnet::engine::Precision::Tf32));
+        assert!(trainer.gpu().bf16() == (precision == resnet::engine::Precision::Bf16));
+        let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 };
+        let (n, mut rng) = (8, Rng::new(5));
+        for step in 0..2u32 {
+            let images = random(&mut rng, n * 32 * 32 * 3, 1.0, 0.0);
+            let labels: Vec<u32> = (0..n as u32).map(|i| (i + step) % 10).collect();
+            let mut scratch = resnet::train::StepScratch::default();
+            let (want, _) = resnet::train::step(&mut cpu, (32, 32), &images, &labels, 1, sgd, &mut scratch);
+            let (got, _) = trainer.step((32, 32), &images, &labels, 1, sgd, Default::default()).unwrap();
+            assert!((got - want).abs() <= 2e-2 * want.abs(), "step {step}: loss {got} in {precision}, {want} in f32");
+        }
+    }
+}
+
+/// The bf16 casts round as the CPU engine does (`engine::bf16::round`, ties to even, NaN
+/// kept) and widen exactly.
+#[test]
+fn bf16_casts_round_as_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut values = vec![0.0f32, -0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE, 1e-40];
+    // Ties: halfway between two bf16 values, with an even and an odd lower neighbour.
+    values.extend([f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0x3f80_8001)]);
+    values.extend(random(&mut Rng::new(9), 1000, 100.0, 0.0));
+    let bits = gpu.download(&gpu.to_bf16(&gpu.upload(&values).unwrap(), values.len()).unwrap()).unwrap();
+    for (v, b) in values.iter().zip(&bits) {
+        assert_eq!(*b, resnet::engine::bf16::round(*v), "{v} ({:#x})", v.to_bits());
+    }
+    let mut wide = gpu.upload(&vec![1.0f32; bits.len()]).unwrap();
+    gpu.from_bf16(&gpu.upload(&bits).unwrap(), &mut wide, true).unwrap();
+    let want: Vec<f32> = bits.iter().map(|&b| 1.0 + resnet::engine::bf16::widen(b)).collect();
+    assert_same("1 + widen(bits)", &gpu.download(&wide).unwrap(), &want);
+}
+
+/// bf16 convolutions against the CPU engine's f32 ones on the same operands rounded to
+/// bf16: the products are exact in f32, so what differs is the summation order and the
+/// rounding of cuDNN's bf16 results (2⁻⁹ of each value at most).
+#[test]
+fn bf16_convolutions_match_the_cpu_on_rounded_operands() {
+    let Some(gpu) = gpu() else { return };
+    if let Some(why) = cuda::conv::cudnn_missing() {
+        assert!(!set("RESNET_REQUIRE_GPU"), "RESNET_REQUIRE_GPU=1, but {why}");
+        println!("skipped: {why}");
+        return;
+    }
+    gpu.set_precision(resnet::engine::Precision::Bf16).unwrap();
+    let rounded = |v: Vec<f32>| -> Vec<f32> {
+        v.into_iter().map(|x| resnet::engine::bf16::widen(resnet::engine::bf16::round(x))).collect()
+    };
+    let conv = ConvShape::square;
+    for (s, n) in [(conv(16, 32, 3, 2, 32), 8), (conv(64, 64, 3, 1, 14), 4), (conv(256, 64, 1, 1, 14), 2)] {
+        let what = format!("{s:?} batch {n}");
+        let mut rng = Rng::new(s.c_out as u64 + 1);
+        let x = rounded(random(&mut rng, n * s.in_len(), 1.0, 0.0));
+        let w = rounded(random(&mut rng, s.weight_len(), 0.1, 0.0));
+        let dy = rounded(random(&mut rng, n * s.out_len(), 1.0, 0.0));
+        let mut ws = Workspace::new();
+        let mut y = vec![0.0; n * s.out_len()];
+        conv::forward(&s, n, &x, &w, &mut y, &mut ws);
+        let (mut dw, mut dx) = (vec![0.0; s.weight_len()], vec![0.0; n * s.in_len()]);
+        conv::backward(&s, n, &x, &w, &dy, &mut dw, InputGrad::Set(&mut dx), &mut ws);
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let (xd, wd, dyd) = (up(&x), up(&w), up(&dy));
+        let (mut yd, mut dwd, mut dxd) = (up(&y), up(&dw), up(&dx));
+        gpu.conv_forward(&s, n, &xd, &wd, &mut yd).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        gpu.conv_backward_data(&s, n, &dyd, &wd, &mut dxd, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        gpu.conv_backward_weights(&s, n, &xd, &dyd, &mut dwd, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        for (name, got, want) in [("y", &yd, &y), ("dx", &dxd, &dx), ("dw", &dwd, &dw)] {
+            let got = gpu.download(got).unwrap();
+            let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(want.iter()).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / top;
+            assert!(err <= 4e-3, "{what}: {name}'s largest error is {err:e} of the largest value {top}");
+        }
     }
 }

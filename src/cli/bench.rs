@@ -23,7 +23,8 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: ConvAlgo,
     /// The convolutions' number format: f32, or bf16 (operands in bf16, sums in f32; on
-    /// AMX or AVX-512 BF16 where the CPU has them), or with --device cuda tf32.
+    /// AMX or AVX-512 BF16 where the CPU has them, on tensor cores with --device cuda), or
+    /// with --device cuda tf32.
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Skip measuring the machine's arithmetic peaks (f32 GEMM and registers, bf16).
@@ -44,12 +45,8 @@ pub struct Args {
 /// `resnet --device cuda bench`: training and inference on the GPU.
 #[cfg(feature = "cuda")]
 pub fn run_cuda(a: Args) -> Result<ExitCode> {
-    use resnet::engine::Precision;
     if a.batch == 0 || a.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");
-    }
-    if a.precision == Precision::Bf16 {
-        anyhow::bail!("--device cuda: the GPU computes in f32 or tf32 only so far");
     }
     let measured = bench::cuda(&a.model, a.shortcut, a.batch, (a.steps, a.warmup), a.precision);
     let t = anyhow::Context::context(measured, "--device cuda")?;

@@ -68,13 +68,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (mut model, _, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
     model.set_precision(a.precision);
-    super::warn_if_emulated(a.precision);
+    if !a.cuda {
+        super::warn_if_emulated(a.precision);
+    }
     let width = model.config.features();
     let threads = rayon::current_num_threads().clamp(1, 4);
     let mut files = Vec::new();
     let mut values = Vec::new();
-    let results =
-        super::predict::on_device(a.cuda, &mut model, images.clone(), view, norm, (a.batch, threads), a.precision)?;
+    let results = super::predict::on_device(a.cuda, &mut model, images.clone(), view, norm, (a.batch, threads))?;
     for (path, r) in images.iter().zip(results) {
         match r {
             Ok(p) => {

@@ -67,8 +67,9 @@ pub struct Args {
     #[arg(long)]
     overwrite: bool,
     /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
-    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them), or
-    /// with --device cuda tf32 (cuDNN on TF32 tensor cores, sums in f32).
+    /// BatchNorm and the weights in f32; on AMX or AVX-512 BF16 where the CPU has them, on
+    /// tensor cores with --device cuda), or with --device cuda tf32 (cuDNN on TF32 tensor
+    /// cores, sums in f32).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Set by `--device cuda`: the network runs on the GPU.
@@ -115,10 +116,8 @@ struct Report {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     use resnet::engine::Precision;
-    match (a.cuda, a.precision) {
-        (true, Precision::Bf16) => bail!("--device cuda: the GPU evaluates in f32 or tf32 only so far"),
-        (false, Precision::Tf32) => bail!("--precision tf32 is for NVIDIA GPUs (--device cuda)"),
-        _ => {}
+    if !a.cuda && a.precision == Precision::Tf32 {
+        bail!("--precision tf32 is for NVIDIA GPUs (--device cuda)");
     }
     if a.cuda && a.protocol == "multiscale" {
         bail!("--device cuda: --protocol multiscale runs on the CPU only so far");
@@ -129,7 +128,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let (mut model, file) = common::load_model(a.model.as_deref(), a.shortcut, &a.weights)?;
     model.set_precision(a.precision);
-    super::warn_if_emulated(a.precision);
+    if !a.cuda {
+        super::warn_if_emulated(a.precision);
+    }
     let report = if is_folder(&a, model.config.family)? {
         eval_folder(&a, &mut model, &file)?
     } else {

@@ -66,12 +66,14 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     let (mut model, file, norm, view) =
         common::for_inference(a.model.as_deref(), a.shortcut, &a.weights, a.norm.as_deref(), a.resize, a.crop)?;
     model.set_precision(a.precision);
-    super::warn_if_emulated(a.precision);
+    if !a.cuda {
+        super::warn_if_emulated(a.precision);
+    }
     let classes =
         common::class_list(a.labels.as_deref(), &file, model.classes())?.or_else(|| common::cifar_names(&model));
     let name = |i: usize| classes.as_ref().map_or_else(|| format!("class {i}"), |c| c.name(i));
     let threads = rayon::current_num_threads().clamp(1, 4);
-    let results = on_device(a.cuda, &mut model, a.images.clone(), view, norm, (a.batch, threads), a.precision)?;
+    let results = on_device(a.cuda, &mut model, a.images.clone(), view, norm, (a.batch, threads))?;
     let mut failed = 0;
     let top_n = a.top;
     if a.csv {
@@ -148,7 +150,6 @@ pub(super) fn on_device(
     view: resnet::data::imagenet::EvalViews,
     norm: resnet::data::Norm,
     (batch, threads): (usize, usize),
-    precision: resnet::engine::Precision,
 ) -> Result<Vec<Result<resnet::eval::predict::Prediction>>> {
     if !cuda {
         return Ok(predict(model, files, view, Arc::new(norm), batch, threads));
@@ -156,9 +157,6 @@ pub(super) fn on_device(
     #[cfg(feature = "cuda")]
     {
         use anyhow::Context;
-        if precision != resnet::engine::Precision::F32 {
-            bail!("--device cuda: the GPU runs these in f32 only so far (leave out --precision)");
-        }
         let net = resnet::model::cuda::GpuNet::new(model).context("--device cuda")?;
         let forward = |n: usize, hw: (usize, usize), images: &[f32]| net.forward_with_features(n, hw, images);
         Ok(resnet::eval::predict::predict_by(net.classes(), forward, files, view, Arc::new(norm), (batch, threads)))

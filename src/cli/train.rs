@@ -146,8 +146,9 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = super::parse_conv)]
     conv: resnet::engine::ConvAlgo,
     /// The convolutions' number format: f32, or bf16 (operands rounded to bf16, sums,
-    /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them),
-    /// or with --device cuda tf32 (cuDNN on TF32 tensor cores, sums in f32).
+    /// BatchNorm, master weights and SGD in f32; on AMX or AVX-512 BF16 where the CPU has them,
+    /// on tensor cores with --device cuda), or with --device cuda tf32 (cuDNN on TF32 tensor
+    /// cores, sums in f32).
     #[arg(long, default_value = "f32", value_parser = resnet::engine::Precision::parse_any)]
     precision: resnet::engine::Precision,
     /// Set by `--device cuda`: the steps run on the GPU.
@@ -452,14 +453,17 @@ fn on_device(a: &Args, cfg: &TrainConfig) -> Result<Option<resnet::train::run::D
     #[cfg(feature = "cuda")]
     {
         use resnet::train::run::DeviceSteps;
-        let unsupported =
-            [(cfg.ranks > 1, "several processes (MPI)"), (cfg.precision == Precision::Bf16, "--precision bf16")];
-        if let Some((_, what)) = unsupported.iter().find(|(given, _)| *given) {
-            bail!("--device cuda: training with {what} runs on the CPU only so far");
+        if cfg.ranks > 1 {
+            bail!("--device cuda: training with several processes (MPI) runs on the CPU only so far");
         }
         fn gpu_trainer(model: &mut resnet::model::ResNet) -> Result<Box<dyn DeviceSteps>> {
             let trainer = resnet::model::cuda::GpuTrainer::new(model).context("--device cuda")?;
-            let math = if trainer.gpu().tf32() { ", convolutions on TF32 tensor cores" } else { "" };
+            let gpu = trainer.gpu();
+            let math = match (gpu.tf32(), gpu.bf16()) {
+                (true, _) => ", convolutions on TF32 tensor cores",
+                (_, true) => ", convolutions in bf16 on tensor cores",
+                _ => "",
+            };
             eprintln!("training on {}{math}", trainer.gpu().name());
             Ok(Box::new(trainer))
         }
@@ -524,7 +528,7 @@ pub fn run(a: Args, given: &[String], job: &Arc<dyn Collective>) -> Result<ExitC
         let run_dir = claim_dir(&cfg.out, claim)?;
         (cfg, None, run_dir)
     };
-    if root {
+    if root && !a.cuda {
         super::warn_if_emulated(cfg.precision);
     }
     // What the GPU cannot do yet is refused before the data is loaded.

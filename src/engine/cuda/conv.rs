@@ -21,7 +21,7 @@ use super::cudnn::{Convolution, Filter, Handle, Tensor, cudnn_error};
 use crate::engine::conv::ConvShape;
 use anyhow::{Context, Result, anyhow};
 use cudarc::cudnn::{result, sys};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::collections::HashMap;
 use std::ffi::c_void;
 
@@ -54,13 +54,26 @@ pub(super) struct Plan {
     filter: Option<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
 }
 
-/// The plans made so far, by batch and shape.
+/// The plans made so far, by batch, shape and the operands' type.
 pub(super) type Plans = HashMap<Key, Plan>;
 
-type Key = (usize, [usize; 7]);
+type Key = (usize, [usize; 7], u32);
 
-fn key(s: &ConvShape, n: usize) -> Key {
-    (n, [s.c_in, s.c_out, s.kernel, s.stride, s.pad, s.h, s.w])
+fn key(s: &ConvShape, n: usize, dtype: sys::cudnnDataType_t) -> Key {
+    (n, [s.c_in, s.c_out, s.kernel, s.stride, s.pad, s.h, s.w], dtype as u32)
+}
+
+const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+
+/// A convolution's operand type on the GPU: f32, or bf16 held as its bits in a `u16`.
+trait Element: DeviceRepr {
+    const TYPE: sys::cudnnDataType_t;
+}
+impl Element for f32 {
+    const TYPE: sys::cudnnDataType_t = F32;
+}
+impl Element for u16 {
+    const TYPE: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16;
 }
 
 /// What cuDNN says of one algorithm for one pass (its `*AlgoPerf_t` records, which
@@ -139,22 +152,28 @@ impl Gpu {
         self.plans.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the plan of `s` at batch `n`, made if this is its first call.
-    fn with_plan<R>(&self, s: &ConvShape, n: usize, f: impl FnOnce(&Handle, &mut Plan) -> Result<R>) -> Result<R> {
+    /// Runs `f` on the plan of `s` at batch `n` in `T`, made if this is its first call.
+    fn with_plan<T: Element, R>(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        f: impl FnOnce(&Handle, &mut Plan) -> Result<R>,
+    ) -> Result<R> {
         let handle = self.cudnn()?;
         let mut plans = self.plans();
-        let plan = match plans.entry(key(s, n)) {
+        let plan = match plans.entry(key(s, n, T::TYPE)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                // Default math lets cuDNN use TF32 tensor cores for f32 data; FMA math forbids them.
-                let math = match self.tf32() {
+                // Default math lets cuDNN use tensor cores: TF32 for f32 data, bf16's own
+                // for bf16; FMA math forbids them.
+                let math = match T::TYPE != F32 || self.tf32() {
                     true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
                     false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
                 };
                 e.insert(Plan {
-                    x: Tensor::nhwc(n, s.c_in, s.h, s.w)?,
-                    y: Tensor::nhwc(n, s.c_out, s.out_h(), s.out_w())?,
-                    w: Filter::ohwi(s)?,
+                    x: Tensor::nhwc(n, s.c_in, s.h, s.w, T::TYPE)?,
+                    y: Tensor::nhwc(n, s.c_out, s.out_h(), s.out_w(), T::TYPE)?,
+                    w: Filter::ohwi(s, T::TYPE)?,
                     conv: Convolution::of(s, math)?,
                     forward: None,
                     data: None,
@@ -176,11 +195,18 @@ impl Gpu {
         Ok(room)
     }
 
-    /// `conv::forward`: `y = conv(x, w)` for `n` images, overwriting `y`.
-    pub fn conv_forward(&self, s: &ConvShape, n: usize, x: &Buf, w: &Buf, y: &mut Buf) -> Result<()> {
+    /// `y = conv(x, w)` in `T`, overwriting `y`.
+    fn forward_in<T: Element>(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        x: &CudaSlice<T>,
+        w: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+    ) -> Result<()> {
         assert!(x.len() >= n * s.in_len() && w.len() >= s.weight_len() && y.len() >= n * s.out_len());
         let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan(s, n, |h, p| {
+        self.with_plan::<T, _>(s, n, |h, p| {
             let choice = match p.forward {
                 Some(c) => c,
                 None => *p.forward.insert(choose("forward", benchmark, |timed, r, count| {
@@ -199,8 +225,8 @@ impl Gpu {
             let (wp, _w) = w.device_ptr(&self.stream);
             let (yp, _y) = y.device_ptr_mut(&self.stream);
             let (alpha, beta) = (1.0f32, 0.0f32);
-            // SAFETY: the buffers are f32 and at least as long as the descriptors say
-            // (asserted); the workspace holds `choice.bytes`.
+            // SAFETY: the buffers hold the descriptors' type and are at least as long as
+            // they say (asserted); the workspace holds `choice.bytes`.
             unsafe {
                 result::convolution_forward(
                     h.raw,
@@ -222,20 +248,19 @@ impl Gpu {
         })
     }
 
-    /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`, or
-    /// added to it with `accumulate` (a block's first unit, whose input also feeds the shortcut).
-    pub fn conv_backward_data(
+    /// `dx = convᵀ(dy, w)` in `T`, overwriting `dx`, or added to it with `accumulate`.
+    fn data_in<T: Element>(
         &self,
         s: &ConvShape,
         n: usize,
-        dy: &Buf,
-        w: &Buf,
-        dx: &mut Buf,
+        dy: &CudaSlice<T>,
+        w: &CudaSlice<T>,
+        dx: &mut CudaSlice<T>,
         accumulate: bool,
     ) -> Result<()> {
         assert!(dx.len() >= n * s.in_len() && w.len() >= s.weight_len() && dy.len() >= n * s.out_len());
         let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan(s, n, |h, p| {
+        self.with_plan::<T, _>(s, n, |h, p| {
             let choice = match p.data {
                 Some(c) => c,
                 None => *p.data.insert(choose("backward-data", benchmark, |timed, r, count| {
@@ -276,20 +301,19 @@ impl Gpu {
         })
     }
 
-    /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`, or
-    /// added to it with `accumulate` (micro-batches after the first).
-    pub fn conv_backward_weights(
+    /// `dw = Σ dyᵀ·col(x)` in `T`, overwriting `dw`, or added to it with `accumulate`.
+    fn filter_in<T: Element>(
         &self,
         s: &ConvShape,
         n: usize,
-        x: &Buf,
-        dy: &Buf,
-        dw: &mut Buf,
+        x: &CudaSlice<T>,
+        dy: &CudaSlice<T>,
+        dw: &mut CudaSlice<T>,
         accumulate: bool,
     ) -> Result<()> {
         assert!(x.len() >= n * s.in_len() && dw.len() >= s.weight_len() && dy.len() >= n * s.out_len());
         let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan(s, n, |h, p| {
+        self.with_plan::<T, _>(s, n, |h, p| {
             let choice = match p.filter {
                 Some(c) => c,
                 None => *p.filter.insert(choose("backward-filter", benchmark, |timed, r, count| {
@@ -328,5 +352,63 @@ impl Gpu {
             }
             .map_err(cudnn_error("backward-filter convolution"))
         })
+    }
+
+    /// `conv::forward`: `y = conv(x, w)` for `n` images, overwriting `y`. In bf16 (see
+    /// [`Gpu::set_precision`]) the operands are rounded to bf16 first, and cuDNN's output,
+    /// bf16 too, is widened into `y`.
+    pub fn conv_forward(&self, s: &ConvShape, n: usize, x: &Buf, w: &Buf, y: &mut Buf) -> Result<()> {
+        if !self.bf16() {
+            return self.forward_in(s, n, x, w, y);
+        }
+        let (x, w) = (self.to_bf16(x, n * s.in_len())?, self.to_bf16(w, s.weight_len())?);
+        // SAFETY: cuDNN writes every value (beta 0) before it is read.
+        let mut out = unsafe { self.stream.alloc::<u16>(n * s.out_len()) }?;
+        self.forward_in(s, n, &x, &w, &mut out)?;
+        self.from_bf16(&out, y, false)
+    }
+
+    /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`, or
+    /// added to it with `accumulate` (a block's first unit, whose input also feeds the
+    /// shortcut). In bf16 as [`Gpu::conv_forward`], the sum with `dx` in f32.
+    pub fn conv_backward_data(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        dy: &Buf,
+        w: &Buf,
+        dx: &mut Buf,
+        accumulate: bool,
+    ) -> Result<()> {
+        if !self.bf16() {
+            return self.data_in(s, n, dy, w, dx, accumulate);
+        }
+        let (dy, w) = (self.to_bf16(dy, n * s.out_len())?, self.to_bf16(w, s.weight_len())?);
+        // SAFETY: as in `conv_forward`.
+        let mut out = unsafe { self.stream.alloc::<u16>(n * s.in_len()) }?;
+        self.data_in(s, n, &dy, &w, &mut out, false)?;
+        self.from_bf16(&out, dx, accumulate)
+    }
+
+    /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`, or
+    /// added to it with `accumulate` (micro-batches after the first). In bf16 as
+    /// [`Gpu::conv_forward`], the sum with `dw` in f32.
+    pub fn conv_backward_weights(
+        &self,
+        s: &ConvShape,
+        n: usize,
+        x: &Buf,
+        dy: &Buf,
+        dw: &mut Buf,
+        accumulate: bool,
+    ) -> Result<()> {
+        if !self.bf16() {
+            return self.filter_in(s, n, x, dy, dw, accumulate);
+        }
+        let (x, dy) = (self.to_bf16(x, n * s.in_len())?, self.to_bf16(dy, n * s.out_len())?);
+        // SAFETY: as in `conv_forward`.
+        let mut out = unsafe { self.stream.alloc::<u16>(s.weight_len()) }?;
+        self.filter_in(s, n, &x, &dy, &mut out, false)?;
+        self.from_bf16(&out, dw, accumulate)
     }
 }

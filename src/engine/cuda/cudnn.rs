@@ -47,16 +47,17 @@ impl Drop for Handle {
     }
 }
 
-/// A 4-d f32 tensor descriptor in NHWC.
+/// A 4-d tensor descriptor in NHWC.
 pub(super) struct Tensor(pub(super) sys::cudnnTensorDescriptor_t);
 
-/// A 4-d f32 filter descriptor in NHWC (OHWI).
+/// A 4-d filter descriptor in NHWC (OHWI).
 pub(super) struct Filter(pub(super) sys::cudnnFilterDescriptor_t);
 
 /// A 2-d cross-correlation, as a CPU convolution is.
 pub(super) struct Convolution(pub(super) sys::cudnnConvolutionDescriptor_t);
 
 const NHWC: sys::cudnnTensorFormat_t = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+/// The convolutions' arithmetic: f32 sums, whatever the operands' type.
 const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
 
 /// Dimensions go in NCHW order whatever the layout.
@@ -65,20 +66,20 @@ fn dims(v: [usize; 4]) -> [i32; 4] {
 }
 
 impl Tensor {
-    pub(super) fn nhwc(n: usize, c: usize, h: usize, w: usize) -> Result<Tensor> {
+    pub(super) fn nhwc(n: usize, c: usize, h: usize, w: usize, dtype: sys::cudnnDataType_t) -> Result<Tensor> {
         let t = Tensor(result::create_tensor_descriptor().map_err(cudnn_error("tensor descriptor"))?);
         // SAFETY: the descriptor was just made.
-        unsafe { result::set_tensor4d_descriptor(t.0, NHWC, F32, dims([n, c, h, w])) }
+        unsafe { result::set_tensor4d_descriptor(t.0, NHWC, dtype, dims([n, c, h, w])) }
             .map_err(cudnn_error("tensor descriptor"))?;
         Ok(t)
     }
 }
 
 impl Filter {
-    pub(super) fn ohwi(s: &ConvShape) -> Result<Filter> {
+    pub(super) fn ohwi(s: &ConvShape, dtype: sys::cudnnDataType_t) -> Result<Filter> {
         let f = Filter(result::create_filter_descriptor().map_err(cudnn_error("filter descriptor"))?);
         // SAFETY: the descriptor was just made.
-        unsafe { result::set_filter4d_descriptor(f.0, F32, NHWC, dims([s.c_out, s.c_in, s.kernel, s.kernel])) }
+        unsafe { result::set_filter4d_descriptor(f.0, dtype, NHWC, dims([s.c_out, s.c_in, s.kernel, s.kernel])) }
             .map_err(cudnn_error("filter descriptor"))?;
         Ok(f)
     }

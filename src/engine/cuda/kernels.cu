@@ -42,6 +42,29 @@ __global__ void relu_backward(float* g, const float* out, float* copy, i64 len) 
     }
 }
 
+// ---------------------------------------------------------------- bf16
+// bf16 values travel as their bits (unsigned short), the upper half of an f32's. Rounding
+// to nearest, ties to even, NaN kept quiet: `engine::bf16::round` on the CPU.
+
+__global__ void to_bf16(const float* x, unsigned short* y, i64 len) {
+    GRID_STRIDE(i, len) {
+        unsigned int bits = __float_as_uint(x[i]);
+        if ((bits & 0x7fffffffu) > 0x7f800000u) {
+            y[i] = (unsigned short)((bits >> 16) | 0x40u);
+        } else {
+            y[i] = (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
+// `y = widen(x)`, or `y += widen(x)` with `accumulate`.
+__global__ void from_bf16(const unsigned short* x, float* y, i64 len, int accumulate) {
+    GRID_STRIDE(i, len) {
+        float v = __uint_as_float(((unsigned int)x[i]) << 16);
+        y[i] = accumulate ? y[i] + v : v;
+    }
+}
+
 // ---------------------------------------------------------------- BatchNorm, training
 // The statistics in two steps: `bn_sums` leaves per-part sums of `x - k` and `(x - k)²`
 // (k: a row of the batch, as the CPU's `channel_sums` shifts by) in f64, blockDim.y row

@@ -5,19 +5,18 @@
 //! What exists:
 //! - the backend's own kernels (`kernels.cu`: BatchNorm in training and inference, the
 //!   ReLU's backward, the option-A shortcut, max and average pooling, softmax
-//!   cross-entropy and the SGD step), compiled by NVRTC at first use for the device's
-//!   architecture and launched on GPU buffers by [`Gpu`]'s methods in [`ops`]. Each
-//!   computes what its CPU counterpart in `engine` computes, in the same order where the
-//!   order decides the rounding; compiled without contracting multiply-adds into FMAs,
+//!   cross-entropy, the SGD step and the bf16 casts), compiled by NVRTC at first use for
+//!   the device's architecture and launched on GPU buffers by [`Gpu`]'s methods in [`ops`].
+//!   Each computes what its CPU counterpart in `engine` computes, in the same order where
+//!   the order decides the rounding; compiled without contracting multiply-adds into FMAs,
 //!   for the same reason;
-//! - convolutions forward and backward through cuDNN ([`conv`]), in NHWC, and the
-//!   classifier through cuBLAS ([`linear`]);
+//! - convolutions forward and backward through cuDNN ([`conv`]), in NHWC, in f32, tf32 or
+//!   bf16 ([`Gpu::set_precision`]), and the classifier through cuBLAS ([`linear`]);
 //! - `tests/cuda.rs`, which compares every one with the CPU engine.
 //!
-//! Not built yet: `device`'s boundary over GPU memory, which layers and models compute
-//! through. Until then a network's inference runs on the GPU through
-//! `model::cuda::GpuNet` (`resnet --device cuda bench` and `eval`), and training and the
-//! other commands on the CPU only, which `--device cuda` says.
+//! Networks are walked on the GPU by `model::cuda`: `GpuNet` for inference (`eval`,
+//! `predict`, `embed`, `bench`) and `GpuTrainer` for training. `device`'s boundary over GPU
+//! memory, which the CPU layers compute through, is not built: the GPU walks are their own.
 
 pub mod conv;
 mod cudnn;
@@ -38,6 +37,8 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Every kernel `SOURCE` defines, by its (unmangled) name.
 pub const KERNELS: &[&str] = &[
     "relu_backward",
+    "to_bf16",
+    "from_bf16",
     "bn_sums",
     "bn_stats",
     "bn_apply",
@@ -144,8 +145,10 @@ pub struct Gpu {
     workspace: Mutex<Option<CudaSlice<u8>>>,
     /// Whether cuDNN's algorithms are chosen by timing them (`RESNET_CUDNN_BENCHMARK=1`).
     cudnn_benchmark: std::sync::atomic::AtomicBool,
-    /// Whether cuDNN may run f32 convolutions on TF32 tensor cores (`allow_tf32`).
+    /// Whether cuDNN may run f32 convolutions on TF32 tensor cores ([`Gpu::set_precision`]).
     tf32: std::sync::atomic::AtomicBool,
+    /// Whether the convolutions take bf16 operands ([`Gpu::set_precision`]).
+    bf16: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -181,15 +184,26 @@ impl Gpu {
             workspace: Default::default(),
             cudnn_benchmark: std::env::var(conv::BENCHMARK_VAR).is_ok_and(|v| v == "1").into(),
             tf32: Default::default(),
+            bf16: Default::default(),
         })
     }
 
-    /// Lets cuDNN run the convolutions on TF32 tensor cores (`--precision tf32`), or not (f32
-    /// FMA, the default, which matches the CPU engine to float rounding). The algorithms
-    /// picked so far are forgotten: they were picked for the other math.
-    pub fn allow_tf32(&self, on: bool) {
-        self.tf32.store(on, std::sync::atomic::Ordering::Relaxed);
+    /// The convolutions' number format: f32 (cuDNN's FMA math, which matches the CPU
+    /// engine to float rounding; the default), tf32 (f32 data on TF32 tensor cores, as
+    /// PyTorch's `allow_tf32`) or bf16 (operands rounded to bf16, sums in f32, results
+    /// rounded to bf16 and widened, as PyTorch's autocast; everything else stays f32). The
+    /// algorithms picked so far are forgotten: they were picked for the other math.
+    /// bf16 needs tensor cores that take it: compute capability 8.0 (Ampere) or newer.
+    pub fn set_precision(&self, precision: crate::engine::Precision) -> Result<()> {
+        use crate::engine::Precision;
+        if precision == Precision::Bf16 && self.capability < (8, 0) {
+            let (major, minor) = self.capability;
+            bail!("bf16 needs a GPU of compute capability 8.0 (Ampere) or newer; {} is {major}.{minor}", self.name);
+        }
+        self.tf32.store(precision == Precision::Tf32, std::sync::atomic::Ordering::Relaxed);
+        self.bf16.store(precision == Precision::Bf16, std::sync::atomic::Ordering::Relaxed);
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
     }
 
     /// Chooses cuDNN's algorithms by timing them on this GPU (`on`), or by its heuristics
@@ -198,6 +212,10 @@ impl Gpu {
     pub fn choose_by_timing(&self, on: bool) {
         self.cudnn_benchmark.store(on, std::sync::atomic::Ordering::Relaxed);
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn bf16(&self) -> bool {
+        self.bf16.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn tf32(&self) -> bool {

@@ -334,6 +334,28 @@ impl Gpu {
         Ok(((total / n as f64) as f32, right))
     }
 
+    /// The first `len` values of `x` rounded to bf16 (`engine::bf16::round`), as their bits.
+    pub fn to_bf16(&self, x: &Buf, len: usize) -> Result<CudaSlice<u16>> {
+        assert!(x.len() >= len);
+        // SAFETY: every value is written below before anything reads it.
+        let mut y = unsafe { self.stream.alloc::<u16>(len.max(1)) }?;
+        let len64 = len as i64;
+        let mut b = self.stream.launch_builder(self.function("to_bf16"));
+        b.arg(x).arg(&mut y).arg(&len64);
+        self.launch(b, grid_stride(len))?;
+        Ok(y)
+    }
+
+    /// `y = widen(x)` over `x`'s length, or `y += widen(x)` with `accumulate`.
+    pub fn from_bf16(&self, x: &CudaSlice<u16>, y: &mut Buf, accumulate: bool) -> Result<()> {
+        let len = x.len();
+        assert!(y.len() >= len);
+        let (len64, add) = (len as i64, i32::from(accumulate));
+        let mut b = self.stream.launch_builder(self.function("from_bf16"));
+        b.arg(x).arg(y).arg(&len64).arg(&add);
+        self.launch(b, grid_stride(len))
+    }
+
     /// `sgd::step`: `d = g + wd·p; buf = μ·buf + d; p -= lr·buf`.
     pub fn sgd_step(&self, cfg: SgdConfig, param: &mut Buf, grad: &Buf, buf: &mut Buf) -> Result<()> {
         let len = param.len();

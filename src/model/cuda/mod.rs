@@ -36,7 +36,7 @@ impl GpuNet {
     /// Opens the GPU and uploads `net`'s weights and running statistics.
     pub fn new(net: &mut ResNet) -> Result<GpuNet> {
         let gpu = Gpu::open()?;
-        gpu.allow_tf32(net.precision() == crate::engine::Precision::Tf32);
+        gpu.set_precision(net.precision())?;
         let mut tensors = HashMap::new();
         for t in net.named() {
             tensors.insert(t.name.clone(), gpu.upload(&t.to_host())?);

@@ -12,7 +12,6 @@
 //! weights as it always does, so a run moves between devices.
 
 use super::{Buf, Hw};
-use crate::engine::Precision;
 use crate::engine::cuda::{Gpu, ops::BnLayer};
 use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
@@ -123,7 +122,7 @@ impl GpuTrainer {
             bail!("synchronized BatchNorm (--sync-bn) does not run on the GPU yet");
         }
         let gpu = Gpu::open()?;
-        gpu.allow_tf32(net.precision() == Precision::Tf32);
+        gpu.set_precision(net.precision())?;
         let (mut params, mut running) = (HashMap::new(), HashMap::new());
         for t in net.named() {
             match &t.slot {
