@@ -98,6 +98,20 @@ pub fn compile(target: &str) -> Result<Vec<u8>> {
     out
 }
 
+/// [`compile`]'s output for `target`, compiled once per process: every [`Gpu::open`]
+/// after the first (the trainer and the inference network of one run, each GPU test)
+/// takes the same machine code without NVRTC's second or two.
+fn compiled(target: &str) -> Result<Vec<u8>> {
+    static DONE: Mutex<Vec<(String, Vec<u8>)>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, code)) = done.iter().find(|(t, _)| t == target) {
+        return Ok(code.clone());
+    }
+    let code = compile(target)?;
+    done.push((target.to_string(), code.clone()));
+    Ok(code)
+}
+
 /// Compiles a created NVRTC program for `target` and returns its PTX or cubin.
 ///
 /// # Safety
@@ -161,10 +175,10 @@ impl Gpu {
         let ctx = CudaContext::new(0).context("could not open GPU 0")?;
         let capability = ctx.compute_capability().context("could not read the GPU's compute capability")?;
         let name = ctx.name().unwrap_or_else(|_| "an NVIDIA GPU".into());
-        // One compile per process; the architecture string lives as long as the module.
+        // Compiled once per process (`compiled`).
         // Machine code for this GPU, not PTX: the driver would have to compile PTX itself,
         // and refuses PTX from an NVRTC newer than it is.
-        let cubin = compile(&format!("sm_{}{}", capability.0, capability.1))?;
+        let cubin = compiled(&format!("sm_{}{}", capability.0, capability.1))?;
         let module = ctx.load_module(Ptx::from_binary(cubin)).context("the driver rejected the compiled kernels")?;
         let mut functions = HashMap::new();
         for &k in KERNELS {
