@@ -328,6 +328,32 @@ fn sgd_step_matches_the_cpu() {
     gpu.sgd_step(cfg, &mut pd, &gd, &mut bd).unwrap();
     assert_same("param", &gpu.download(&pd).unwrap(), &want_p);
     assert_same("momentum", &gpu.download(&bd).unwrap(), &want_b);
+
+    // Many tensors in one launch: lengths below, at and across the table's chunks.
+    let lens = [1, 100, 16384, 16385, 70_000];
+    let tensors: Vec<_> = lens
+        .iter()
+        .map(|&len| {
+            (random(&mut rng, len, 0.1, 0.0), random(&mut rng, len, 0.01, 0.0), random(&mut rng, len, 0.01, 0.0))
+        })
+        .collect();
+    let on_gpu: Vec<_> = tensors
+        .iter()
+        .map(|(p, g, b)| (gpu.upload(p).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap()))
+        .collect();
+    // SAFETY: the buffers outlive the table's use below and nothing else writes them.
+    let table = unsafe { gpu.sgd_table(on_gpu.iter().map(|(p, g, b)| (p, g, b))) }.unwrap();
+    for _ in 0..2 {
+        gpu.sgd_many(cfg, &table).unwrap();
+    }
+    for ((p, g, b), (pd, _, bd)) in tensors.iter().zip(&on_gpu) {
+        let (mut want_p, mut want_b) = (p.clone(), b.clone());
+        for _ in 0..2 {
+            sgd::step(cfg, &mut want_p, g, &mut want_b);
+        }
+        assert_same(&format!("param of {}", p.len()), &gpu.download(pd).unwrap(), &want_p);
+        assert_same(&format!("momentum of {}", p.len()), &gpu.download(bd).unwrap(), &want_b);
+    }
 }
 
 /// Every pass of one convolution on the GPU (cuDNN) against the CPU engine, within 1e-4

@@ -384,4 +384,23 @@ __global__ void sgd_step(float* p, const float* g, float* buf, i64 len, float lr
     }
 }
 
+// `sgd_step` on many tensors in one launch. `table` holds 4 values per chunk: the
+// addresses of the chunk's parameters, gradients and momentum, and its length. A block
+// per chunk (looping when there are fewer blocks).
+__global__ void sgd_many(const unsigned long long* table, int chunks, float lr, float momentum,
+                         float weight_decay) {
+    for (int k = blockIdx.x; k < chunks; k += gridDim.x) {
+        float* p = (float*)table[4 * k];
+        const float* g = (const float*)table[4 * k + 1];
+        float* buf = (float*)table[4 * k + 2];
+        i64 len = (i64)table[4 * k + 3];
+        for (i64 i = threadIdx.x; i < len; i += blockDim.x) {
+            float d = g[i] + weight_decay * p[i];
+            float b = momentum * buf[i] + d;
+            buf[i] = b;
+            p[i] -= lr * b;
+        }
+    }
+}
+
 }  // extern "C"

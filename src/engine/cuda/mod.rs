@@ -56,6 +56,7 @@ pub const KERNELS: &[&str] = &[
     "bias_grad",
     "softmax_xent",
     "sgd_step",
+    "sgd_many",
 ];
 
 /// The architectures CI compiles the kernels for: Ampere (A100) and Hopper (H100/H200).

@@ -8,7 +8,7 @@ use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
 use crate::engine::sgd::SgdConfig;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 type Buf = CudaSlice<f32>;
 type View<'a> = CudaView<'a, f32>;
@@ -54,6 +54,19 @@ impl Parts {
             shared_mem_bytes: 0,
         }
     }
+}
+
+/// Values per chunk of an [`SgdTable`]: enough to keep a block's threads busy, few enough
+/// that a large tensor spreads over many blocks.
+const SGD_CHUNK: usize = 1 << 14;
+
+/// Many tensors' SGD step in one launch ([`Gpu::sgd_many`]): a table of chunks, each the
+/// addresses of its parameters, gradients and momentum and its length, made once for
+/// buffers that stay put. A network's 100-odd tensors then cost one launch a step, not
+/// one each.
+pub struct SgdTable {
+    table: CudaSlice<u64>,
+    chunks: usize,
 }
 
 /// A null pointer for an optional buffer argument.
@@ -354,6 +367,44 @@ impl Gpu {
         let mut b = self.stream.launch_builder(self.function("from_bf16"));
         b.arg(x).arg(y).arg(&len64).arg(&add);
         self.launch(b, grid_stride(len))
+    }
+
+    /// The [`SgdTable`] of `tensors`, each (parameters, gradients, momentum) of one length.
+    ///
+    /// # Safety
+    /// The buffers must outlive every [`Gpu::sgd_many`] with the table, unmoved on the GPU
+    /// (not dropped or reallocated), and not be written by anything else meanwhile.
+    pub unsafe fn sgd_table<'a>(
+        &self,
+        tensors: impl IntoIterator<Item = (&'a Buf, &'a Buf, &'a Buf)>,
+    ) -> Result<SgdTable> {
+        let mut table = Vec::new();
+        for (p, g, buf) in tensors {
+            let len = p.len();
+            assert!(g.len() >= len && buf.len() >= len);
+            let address = |b: &Buf| b.device_ptr(&self.stream).0;
+            let (p, g, buf) = (address(p), address(g), address(buf));
+            let float = std::mem::size_of::<f32>() as u64;
+            for start in (0..len).step_by(SGD_CHUNK) {
+                let at = start as u64 * float;
+                table.extend([p + at, g + at, buf + at, SGD_CHUNK.min(len - start) as u64]);
+            }
+        }
+        let chunks = table.len() / 4;
+        let table = self.upload(if table.is_empty() { &[0u64; 4] } else { &table })?;
+        Ok(SgdTable { table, chunks })
+    }
+
+    /// [`Gpu::sgd_step`] on every tensor of `table`, in one launch.
+    pub fn sgd_many(&self, cfg: SgdConfig, table: &SgdTable) -> Result<()> {
+        if table.chunks == 0 {
+            return Ok(());
+        }
+        let chunks = table.chunks as i32;
+        let mut b = self.stream.launch_builder(self.function("sgd_many"));
+        b.arg(&table.table).arg(&chunks).arg(&cfg.lr).arg(&cfg.momentum).arg(&cfg.weight_decay);
+        let blocks = table.chunks.min(MAX_BLOCKS) as u32;
+        self.launch(b, LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
     }
 
     /// `sgd::step`: `d = g + wd·p; buf = μ·buf + d; p -= lr·buf`.

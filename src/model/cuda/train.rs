@@ -12,7 +12,7 @@
 //! weights as it always does, so a run moves between devices.
 
 use super::{Buf, Hw};
-use crate::engine::cuda::{Gpu, ops::BnLayer};
+use crate::engine::cuda::{Gpu, ops::BnLayer, ops::SgdTable};
 use crate::engine::ops::ShortcutA;
 use crate::engine::pool::PoolShape;
 use crate::engine::sgd::SgdConfig;
@@ -44,6 +44,8 @@ pub struct GpuTrainer {
     params: HashMap<String, Param>,
     /// Running statistics, by state-dict name.
     running: HashMap<String, Buf>,
+    /// The SGD step's launch tables: the backbone's parameters, and the classifier's.
+    sgd: (SgdTable, SgdTable),
 }
 
 /// What a conv→BN unit's training forward keeps for its backward pass.
@@ -110,6 +112,11 @@ fn two<'a, V>(map: &'a mut HashMap<String, V>, a: &str, b: &str) -> Result<(&'a 
     }
 }
 
+/// Whether the tensor `name` belongs to the classifier, whose state-dict prefix is `classifier`.
+fn in_classifier(name: &str, classifier: &str) -> bool {
+    name.strip_prefix(classifier).is_some_and(|rest| rest.starts_with('.'))
+}
+
 fn get<'a, V>(map: &'a HashMap<String, V>, name: &str) -> Result<&'a V> {
     map.get(name).with_context(|| format!("the network has no tensor '{name}'"))
 }
@@ -138,16 +145,16 @@ impl GpuTrainer {
         }
         let bn = &net.stem.bn;
         let (eps, bn_momentum, bn_group) = (bn.eps, bn.momentum, bn.group);
-        Ok(GpuTrainer {
-            gpu,
-            spec: net.config.spec(),
-            naming: net.config.naming(),
-            eps,
-            bn_momentum,
-            bn_group,
-            params,
-            running,
-        })
+        let naming = net.config.naming();
+        let table = |classifier: bool| {
+            let chosen = params.iter().filter(|(name, _)| in_classifier(name, naming.1) == classifier);
+            // SAFETY: the buffers belong to the trainer, which keeps them (and the tables)
+            // as long as it lives and never reallocates them; only its SGD step writes
+            // them through the tables.
+            unsafe { gpu.sgd_table(chosen.map(|(_, p)| (&p.value, &p.grad, &p.momentum))) }
+        };
+        let sgd = (table(false)?, table(true)?);
+        Ok(GpuTrainer { gpu, spec: net.config.spec(), naming, eps, bn_momentum, bn_group, params, running, sgd })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -197,16 +204,12 @@ impl GpuTrainer {
         if !loss.is_finite() {
             return Ok((loss, correct));
         }
-        let (_, classifier) = self.naming;
-        let classifier_cfg = SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
-        for (name, p) in &mut self.params {
-            let in_classifier = name.strip_prefix(classifier).is_some_and(|rest| rest.starts_with('.'));
-            match (in_classifier, frozen) {
-                (true, _) => self.gpu.sgd_step(classifier_cfg, &mut p.value, &p.grad, &mut p.momentum)?,
-                (false, false) => self.gpu.sgd_step(cfg, &mut p.value, &p.grad, &mut p.momentum)?,
-                (false, true) => {}
-            }
+        let (backbone, classifier) = &self.sgd;
+        if !frozen {
+            self.gpu.sgd_many(cfg, backbone)?;
         }
+        let classifier_cfg = SgdConfig { lr: cfg.lr * transfer.classifier_lr_scale, ..cfg };
+        self.gpu.sgd_many(classifier_cfg, classifier)?;
         Ok((loss, correct))
     }
 
