@@ -259,6 +259,14 @@ impl Gpu {
         Ok(self.stream.alloc_zeros(len)?)
     }
 
+    /// A buffer of `len` floats whose values are whatever the memory held: for outputs that
+    /// the next launch writes whole, without `zeros`' extra pass over the memory (and its
+    /// launch, which on small networks costs more than the pass).
+    pub fn scratch(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: any bits are an f32, so even a read before the write is defined.
+        Ok(unsafe { self.stream.alloc::<f32>(len) }?)
+    }
+
     /// Waits for every launch so far; a kernel's failure surfaces here.
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)

@@ -242,14 +242,14 @@ impl GpuTrainer {
         let (logits, pooled) = self.inference().forward(n, hw, images, true)?;
         let gpu = &self.gpu;
         let (logits, pooled) = (gpu.upload(&logits)?, gpu.upload(&pooled.context("pooled features")?)?);
-        let mut dlogits = gpu.zeros::<f32>(n * classes)?;
+        let mut dlogits = gpu.scratch(n * classes)?;
         let labels = gpu.upload(labels)?;
         let (loss, correct) = gpu.softmax_cross_entropy(n, n, classes, &logits, &labels, &mut dlogits)?;
         if loss.is_finite() {
             let (_, classifier) = self.naming;
             let (w, b) = two(&mut self.params, &format!("{classifier}.weight"), &format!("{classifier}.bias"))?;
             // The features' gradient goes unused: the backbone does not train.
-            let mut dpooled = gpu.zeros::<f32>(n * features)?;
+            let mut dpooled = gpu.scratch(n * features)?;
             let dims = (n, features, classes);
             gpu.linear_backward(dims, &pooled, &w.value, &dlogits, &mut w.grad, &mut b.grad, &mut dpooled, false)?;
         }
@@ -275,22 +275,22 @@ impl GpuTrainer {
         let (_, classifier) = self.naming;
         let (w, b) = (format!("{classifier}.weight"), format!("{classifier}.bias"));
         let gpu = &self.gpu;
-        let mut logits = gpu.zeros::<f32>(n * classes)?;
+        let mut logits = gpu.scratch(n * classes)?;
         let (wv, bv) = (&get(&self.params, &w)?.value, &get(&self.params, &b)?.value);
         gpu.linear_forward(n, features, classes, &tape.pooled, wv, bv, &mut logits)?;
-        let mut dlogits = gpu.zeros::<f32>(n * classes)?;
+        let mut dlogits = gpu.scratch(n * classes)?;
         let labels = gpu.upload(labels)?;
         let (loss, correct) = gpu.softmax_cross_entropy(n, global, classes, &logits, &labels, &mut dlogits)?;
         if !loss.is_finite() {
             return Ok((loss, correct));
         }
-        let mut dpooled = gpu.zeros::<f32>(n * features)?;
+        let mut dpooled = gpu.scratch(n * features)?;
         let (wp, bp) = two(&mut self.params, &w, &b)?;
         let x = &tape.pooled;
         let dims = (n, features, classes);
         gpu.linear_backward(dims, x, &wp.value, &dlogits, &mut wp.grad, &mut bp.grad, &mut dpooled, accumulate)?;
         let pixels = tape.hw.0 * tape.hw.1;
-        let mut g = gpu.zeros::<f32>(n * pixels * features)?;
+        let mut g = gpu.scratch(n * pixels * features)?;
         gpu.avgpool_backward(n, pixels, features, &dpooled, &mut g)?;
         self.backward(spec, &tape, g, accumulate)?;
         Ok((loss, correct))
@@ -303,8 +303,7 @@ impl GpuTrainer {
         let pool = match spec.max_pool {
             true => {
                 let s = PoolShape { c: spec.stem.c_out, kernel: 3, stride: 2, pad: 1, h: hw.0, w: hw.1 };
-                let (mut y, mut argmax) =
-                    (self.gpu.zeros::<f32>(n * s.out_len())?, self.gpu.zeros::<u32>(n * s.out_len())?);
+                let (mut y, mut argmax) = (self.gpu.scratch(n * s.out_len())?, self.gpu.zeros::<u32>(n * s.out_len())?);
                 self.gpu.maxpool_forward(&s, n, &stem.post, &mut y, &mut argmax)?;
                 hw = (s.out_h(), s.out_w());
                 Some((y, argmax))
@@ -317,7 +316,7 @@ impl GpuTrainer {
             hw = block.out_hw(hw);
             blocks.push(bt);
         }
-        let mut pooled = self.gpu.zeros::<f32>(n * spec.features)?;
+        let mut pooled = self.gpu.scratch(n * spec.features)?;
         self.gpu.avgpool_forward(n, hw.0 * hw.1, spec.features, trunk_output(&stem, &pool, &blocks), &mut pooled)?;
         Ok(Tape { n, input, stem, pool, blocks, hw, pooled })
     }
@@ -376,7 +375,7 @@ impl GpuTrainer {
         let gpu = &self.gpu;
         let s = u.conv_shape(hw);
         let (c, len, plane) = (u.c_out, n * s.out_len(), s.out_pixels());
-        let mut pre = gpu.zeros::<f32>(len)?;
+        let mut pre = gpu.scratch(len)?;
         gpu.conv_forward(&s, n, x, &get(&self.params, &format!("{conv}.weight"))?.value, &mut pre)?;
         let (residual, relu) = match then {
             Then::Relu => (None, true),
@@ -387,7 +386,7 @@ impl GpuTrainer {
             (&get(&self.params, &format!("{bn}.weight"))?.value, &get(&self.params, &format!("{bn}.bias"))?.value);
         let layer = BnLayer { gamma, beta, eps: self.eps };
         let groups = bn_group_count(n, self.bn_group);
-        let (mut saved, mut post) = (gpu.zeros::<f32>(groups * 4 * c)?, gpu.zeros::<f32>(len)?);
+        let (mut saved, mut post) = (gpu.scratch(groups * 4 * c)?, gpu.scratch(len)?);
         // The running averages follow the first group; the others' go to scratch.
         let (mut spare_mean, mut spare_var) = (gpu.zeros::<f32>(c)?, gpu.zeros::<f32>(c)?);
         let (mean, var) = two(&mut self.running, &format!("{bn}.running_mean"), &format!("{bn}.running_var"))?;
@@ -448,7 +447,7 @@ impl GpuTrainer {
             }
             ShortcutSpec::Projection(p) => {
                 // The projection's BatchNorm backward works in place: on a copy of g.
-                let mut copy = gpu.zeros::<f32>(g.len())?;
+                let mut copy = gpu.scratch(g.len())?;
                 gpu.relu_backward(&mut g, out, Some(&mut copy))?;
                 let (projection, _) = self.naming;
                 let (conv, bn) = (format!("{prefix}.{projection}.0"), format!("{prefix}.{projection}.1"));
@@ -465,7 +464,7 @@ impl GpuTrainer {
                 self.unit_backward(t, n, (u, &conv, &bn), x, relu, g, Some((&mut dx, !plain)), accumulate)?;
                 break;
             }
-            let mut next = self.gpu.zeros::<f32>(n * t.hw.0 * t.hw.1 * u.c_in)?;
+            let mut next = self.gpu.scratch(n * t.hw.0 * t.hw.1 * u.c_in)?;
             let input = &bt.units[i - 1].post;
             self.unit_backward(t, n, (u, &conv, &bn), input, relu, g, Some((&mut next, false)), accumulate)?;
             g = next;
