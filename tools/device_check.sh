@@ -123,7 +123,7 @@ run() {
     $ours --model resnet50 --batch 256 --precision bf16
   RESNET_CUDNN_BENCHMARK=1 step "ours: ResNet-50 batch 256 tf32, algorithms by timing" 40 \
     $ours --model resnet50 --batch 256 --precision tf32
-  step "ours: ResNet-50 batch 1" 15 $ours --model resnet50 --batch 1
+  step "ours: ResNet-50 batch 1" 10 $ours --model resnet50 --batch 1
   RESNET_CUDNN_BENCHMARK=1 step "ours: ResNet-56 batch 128 tf32, algorithms by timing" 20 \
     $ours --model resnet56 --batch 128 --precision tf32
   step "our kernels and cuDNN's convolutions, timed" 15 "$DEVICE_DIR/cuda-bench"
@@ -131,17 +131,24 @@ run() {
   # this machine's CPU from the same seed, their loss curves side by side.
   if [ -e "$DEVICE_DIR/train5085.bin" ]; then
     local data="--data $DEVICE_DIR/train5085.bin --test-data $DEVICE_DIR/test_batch.first1017.bin --seed 1 --overwrite"
-    step "ours: ResNet-20 training on the GPU, 200 iterations" 40 \
-      "$DEVICE_DIR/resnet" --device cuda train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/gpu-resnet20"
-    step "ours: the same on the CPU" 35 \
-      "$DEVICE_DIR/resnet" train --model resnet20 $data --iterations 200 --log-every 20 --out "$out/cpu-resnet20"
-    step "loss curves, GPU against CPU" 5 python3 - "$out/gpu-resnet20/metrics.jsonl" "$out/cpu-resnet20/metrics.jsonl" <<'EOF'
+    local train="$DEVICE_DIR/resnet train --model resnet20 $data --iterations 200 --log-every 20"
+    step "ours: ResNet-20 training on the GPU, 200 iterations" 30 $train --device cuda --out "$out/gpu-resnet20"
+    step "ours: the same in bf16" 30 $train --device cuda --precision bf16 --out "$out/gpu-bf16-resnet20"
+    step "ours: the same on the CPU" 20 $train --out "$out/cpu-resnet20"
+    step "loss curves, GPU (f32, bf16) against CPU" 5 python3 - "$out"/{gpu,gpu-bf16,cpu}-resnet20/metrics.jsonl <<'EOF'
 import json, sys
-curves = [{r["iter"]: r["loss"] for r in map(json.loads, open(f)) if "train_loss" not in r} for f in sys.argv[1:]]
-gpu, cpu = curves
-for it in sorted(gpu):
-    print(f"iter {it:4d}  GPU {gpu[it]:.4f}  CPU {cpu.get(it, float('nan')):.4f}")
-print("largest relative difference:", max(abs(gpu[i] - cpu[i]) / cpu[i] for i in gpu if i in cpu))
+def curve(f):
+    try:
+        return {r["iter"]: r["loss"] for r in map(json.loads, open(f)) if "train_loss" not in r}
+    except OSError:
+        return {}
+gpu, bf16, cpu = map(curve, sys.argv[1:])
+nan = float("nan")
+for it in sorted(cpu):
+    print(f"iter {it:4d}  GPU {gpu.get(it, nan):.4f}  GPU bf16 {bf16.get(it, nan):.4f}  CPU {cpu[it]:.4f}")
+for name, c in (("GPU", gpu), ("GPU bf16", bf16)):
+    diffs = [abs(c[i] - cpu[i]) / cpu[i] for i in c if i in cpu]
+    print(f"{name}: largest relative difference from the CPU:", max(diffs) if diffs else "no common points")
 EOF
   fi
   # PyTorch on the same card, the figures ours will stand beside.
