@@ -35,6 +35,38 @@ pub const BENCHMARK_VAR: &str = "RESNET_CUDNN_BENCHMARK";
 
 pub use super::cudnn::cudnn_missing;
 
+/// The three passes of a convolution.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// `dx = convᵀ(dy, w)`.
+    Data,
+    /// `dw = Σ dyᵀ·col(x)`.
+    Filter,
+}
+
+impl Pass {
+    /// The lengths of the pass's two operands and its result: (x, w) into y, (dy, w) into
+    /// dx, (x, dy) into dw.
+    fn lengths(self, s: &ConvShape, n: usize) -> (usize, usize, usize) {
+        let (x, w, y) = (n * s.in_len(), s.weight_len(), n * s.out_len());
+        match self {
+            Pass::Forward => (x, w, y),
+            Pass::Data => (y, w, x),
+            Pass::Filter => (x, y, w),
+        }
+    }
+}
+
+/// A pass's algorithm, of cuDNN's type for that pass.
+#[derive(Clone, Copy)]
+enum Algo {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    Data(sys::cudnnConvolutionBwdDataAlgo_t),
+    Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
 /// One pass's chosen algorithm and the workspace it needs.
 #[derive(Clone, Copy)]
 struct Choice<A> {
@@ -42,16 +74,14 @@ struct Choice<A> {
     bytes: usize,
 }
 
-/// One convolution at one batch size: its descriptors and each pass's algorithm, chosen
-/// at that pass's first call.
+/// One convolution at one batch size: its descriptors and each pass's algorithm
+/// (indexed by [`Pass`]), chosen at that pass's first call.
 pub(super) struct Plan {
     x: Tensor,
     y: Tensor,
     w: Filter,
     conv: Convolution,
-    forward: Option<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
-    data: Option<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
-    filter: Option<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+    chosen: [Option<Choice<Algo>>; 3],
 }
 
 /// The plans made so far, by batch, shape and the operands' type.
@@ -135,6 +165,83 @@ fn choose<P: Perf>(
     })
 }
 
+impl Plan {
+    /// The algorithm of `pass`, chosen at its first call (see [`choose`]) and kept.
+    fn choice(&mut self, h: &Handle, pass: Pass, timed: bool) -> Result<Choice<Algo>> {
+        if let Some(c) = self.chosen[pass as usize] {
+            return Ok(c);
+        }
+        let (x, y, w, conv) = (self.x.0, self.y.0, self.w.0, self.conv.0);
+        // Timing and heuristics take the same arguments, so each pass picks one of a pair.
+        // SAFETY (the asks): live handle and descriptors; `r` holds `r.len()` records.
+        let c = match pass {
+            Pass::Forward => choose("forward", timed, |timed, r, count| {
+                let ask = if timed {
+                    sys::cudnnFindConvolutionForwardAlgorithm
+                } else {
+                    sys::cudnnGetConvolutionForwardAlgorithm_v7
+                };
+                unsafe { ask(h.raw, x, w, conv, y, r.len() as i32, count, r.as_mut_ptr()) }
+            })
+            .map(|c| Choice { algo: Algo::Forward(c.algo), bytes: c.bytes }),
+            Pass::Data => choose("backward-data", timed, |timed, r, count| {
+                let ask = if timed {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm
+                } else {
+                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
+                };
+                unsafe { ask(h.raw, w, y, conv, x, r.len() as i32, count, r.as_mut_ptr()) }
+            })
+            .map(|c| Choice { algo: Algo::Data(c.algo), bytes: c.bytes }),
+            Pass::Filter => choose("backward-filter", timed, |timed, r, count| {
+                let ask = if timed {
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm
+                } else {
+                    sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
+                };
+                unsafe { ask(h.raw, x, y, conv, w, r.len() as i32, count, r.as_mut_ptr()) }
+            })
+            .map(|c| Choice { algo: Algo::Filter(c.algo), bytes: c.bytes }),
+        }?;
+        self.chosen[pass as usize] = Some(c);
+        Ok(c)
+    }
+
+    /// Runs the pass `choice` is for: `out = op(a, b) + beta·out` on device addresses
+    /// (see [`Gpu::pass_in`] for what a, b and out are).
+    ///
+    /// # Safety
+    /// The addresses hold the descriptors' type and shapes; `room` holds `choice.bytes`.
+    unsafe fn launch(
+        &self,
+        h: &Handle,
+        choice: Choice<Algo>,
+        (a, b, out): (*const c_void, *const c_void, *mut c_void),
+        room: *mut c_void,
+        beta: f32,
+    ) -> Result<()> {
+        let one = 1.0f32;
+        // cuDNN's scaling factors are f32 for f32 and bf16 data alike.
+        let (alpha, beta) = ((&one as *const f32).cast(), (&beta as *const f32).cast());
+        let (x, y, w, conv, bytes) = (self.x.0, self.y.0, self.w.0, self.conv.0, choice.bytes);
+        // SAFETY: the caller's promise; the descriptors are live.
+        unsafe {
+            match choice.algo {
+                Algo::Forward(algo) => {
+                    result::convolution_forward(h.raw, alpha, x, a, w, b, conv, algo, room, bytes, beta, y, out)
+                }
+                Algo::Data(algo) => {
+                    result::convolution_backward_data(h.raw, alpha, w, b, y, a, conv, algo, room, bytes, beta, x, out)
+                }
+                Algo::Filter(algo) => {
+                    result::convolution_backward_filter(h.raw, alpha, x, a, y, b, conv, algo, room, bytes, beta, w, out)
+                }
+            }
+        }
+        .map_err(cudnn_error("convolution"))
+    }
+}
+
 impl Gpu {
     /// The cuDNN handle, made at first use.
     fn cudnn(&self) -> Result<&Handle> {
@@ -175,9 +282,7 @@ impl Gpu {
                     y: Tensor::nhwc(n, s.c_out, s.out_h(), s.out_w(), T::TYPE)?,
                     w: Filter::ohwi(s, T::TYPE)?,
                     conv: Convolution::of(s, math)?,
-                    forward: None,
-                    data: None,
-                    filter: None,
+                    chosen: [None; 3],
                 })
             }
         };
@@ -195,162 +300,34 @@ impl Gpu {
         Ok(room)
     }
 
-    /// `y = conv(x, w)` in `T`, overwriting `y`.
-    fn forward_in<T: Element>(
+    /// `pass` in `T` on (a, b) into `out`: (x, w) into y, (dy, w) into dx or (x, dy) into
+    /// dw, overwriting `out`, or added to it with `accumulate`.
+    #[allow(clippy::too_many_arguments)]
+    fn pass_in<T: Element>(
         &self,
+        pass: Pass,
         s: &ConvShape,
         n: usize,
-        x: &CudaSlice<T>,
-        w: &CudaSlice<T>,
-        y: &mut CudaSlice<T>,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        accumulate: bool,
     ) -> Result<()> {
-        assert!(x.len() >= n * s.in_len() && w.len() >= s.weight_len() && y.len() >= n * s.out_len());
-        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan::<T, _>(s, n, |h, p| {
-            let choice = match p.forward {
-                Some(c) => c,
-                None => *p.forward.insert(choose("forward", benchmark, |timed, r, count| {
-                    let ask = if timed {
-                        sys::cudnnFindConvolutionForwardAlgorithm
-                    } else {
-                        sys::cudnnGetConvolutionForwardAlgorithm_v7
-                    };
-                    // SAFETY: live handle and descriptors; `r` holds `r.len()` records.
-                    unsafe { ask(h.raw, p.x.0, p.w.0, p.conv.0, p.y.0, r.len() as i32, count, r.as_mut_ptr()) }
-                })?),
-            };
+        let (a_len, b_len, out_len) = pass.lengths(s, n);
+        assert!(a.len() >= a_len && b.len() >= b_len && out.len() >= out_len, "{pass:?}: buffers too short");
+        let timed = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
+        self.with_plan::<T, _>(s, n, |h, plan| {
+            let choice = plan.choice(h, pass, timed)?;
             let mut room = self.workspace(choice.bytes)?;
-            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
-            let (xp, _x) = x.device_ptr(&self.stream);
-            let (wp, _w) = w.device_ptr(&self.stream);
-            let (yp, _y) = y.device_ptr_mut(&self.stream);
-            let (alpha, beta) = (1.0f32, 0.0f32);
+            let (room, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
+            let (a, _a) = a.device_ptr(&self.stream);
+            let (b, _b) = b.device_ptr(&self.stream);
+            let (out, _out) = out.device_ptr_mut(&self.stream);
+            let room = room.map_or(std::ptr::null_mut(), |r| r as *mut c_void);
+            let beta = if accumulate { 1.0 } else { 0.0 };
             // SAFETY: the buffers hold the descriptors' type and are at least as long as
             // they say (asserted); the workspace holds `choice.bytes`.
-            unsafe {
-                result::convolution_forward(
-                    h.raw,
-                    (&alpha as *const f32).cast(),
-                    p.x.0,
-                    xp as *const c_void,
-                    p.w.0,
-                    wp as *const c_void,
-                    p.conv.0,
-                    choice.algo,
-                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
-                    choice.bytes,
-                    (&beta as *const f32).cast(),
-                    p.y.0,
-                    yp as *mut c_void,
-                )
-            }
-            .map_err(cudnn_error("forward convolution"))
-        })
-    }
-
-    /// `dx = convᵀ(dy, w)` in `T`, overwriting `dx`, or added to it with `accumulate`.
-    fn data_in<T: Element>(
-        &self,
-        s: &ConvShape,
-        n: usize,
-        dy: &CudaSlice<T>,
-        w: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
-        accumulate: bool,
-    ) -> Result<()> {
-        assert!(dx.len() >= n * s.in_len() && w.len() >= s.weight_len() && dy.len() >= n * s.out_len());
-        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan::<T, _>(s, n, |h, p| {
-            let choice = match p.data {
-                Some(c) => c,
-                None => *p.data.insert(choose("backward-data", benchmark, |timed, r, count| {
-                    let ask = if timed {
-                        sys::cudnnFindConvolutionBackwardDataAlgorithm
-                    } else {
-                        sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
-                    };
-                    // SAFETY: as in `conv_forward`.
-                    unsafe { ask(h.raw, p.w.0, p.y.0, p.conv.0, p.x.0, r.len() as i32, count, r.as_mut_ptr()) }
-                })?),
-            };
-            let mut room = self.workspace(choice.bytes)?;
-            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
-            let (dyp, _dy) = dy.device_ptr(&self.stream);
-            let (wp, _w) = w.device_ptr(&self.stream);
-            let (dxp, _dx) = dx.device_ptr_mut(&self.stream);
-            let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-            // SAFETY: as in `conv_forward`.
-            unsafe {
-                result::convolution_backward_data(
-                    h.raw,
-                    (&alpha as *const f32).cast(),
-                    p.w.0,
-                    wp as *const c_void,
-                    p.y.0,
-                    dyp as *const c_void,
-                    p.conv.0,
-                    choice.algo,
-                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
-                    choice.bytes,
-                    (&beta as *const f32).cast(),
-                    p.x.0,
-                    dxp as *mut c_void,
-                )
-            }
-            .map_err(cudnn_error("backward-data convolution"))
-        })
-    }
-
-    /// `dw = Σ dyᵀ·col(x)` in `T`, overwriting `dw`, or added to it with `accumulate`.
-    fn filter_in<T: Element>(
-        &self,
-        s: &ConvShape,
-        n: usize,
-        x: &CudaSlice<T>,
-        dy: &CudaSlice<T>,
-        dw: &mut CudaSlice<T>,
-        accumulate: bool,
-    ) -> Result<()> {
-        assert!(x.len() >= n * s.in_len() && dw.len() >= s.weight_len() && dy.len() >= n * s.out_len());
-        let benchmark = self.cudnn_benchmark.load(std::sync::atomic::Ordering::Relaxed);
-        self.with_plan::<T, _>(s, n, |h, p| {
-            let choice = match p.filter {
-                Some(c) => c,
-                None => *p.filter.insert(choose("backward-filter", benchmark, |timed, r, count| {
-                    let ask = if timed {
-                        sys::cudnnFindConvolutionBackwardFilterAlgorithm
-                    } else {
-                        sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
-                    };
-                    // SAFETY: as in `conv_forward`.
-                    unsafe { ask(h.raw, p.x.0, p.y.0, p.conv.0, p.w.0, r.len() as i32, count, r.as_mut_ptr()) }
-                })?),
-            };
-            let mut room = self.workspace(choice.bytes)?;
-            let (room_ptr, _room) = room.as_mut().map(|r| r.device_ptr_mut(&self.stream)).unzip();
-            let (xp, _x) = x.device_ptr(&self.stream);
-            let (dyp, _dy) = dy.device_ptr(&self.stream);
-            let (dwp, _dw) = dw.device_ptr_mut(&self.stream);
-            let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-            // SAFETY: as in `conv_forward`.
-            unsafe {
-                result::convolution_backward_filter(
-                    h.raw,
-                    (&alpha as *const f32).cast(),
-                    p.x.0,
-                    xp as *const c_void,
-                    p.y.0,
-                    dyp as *const c_void,
-                    p.conv.0,
-                    choice.algo,
-                    room_ptr.map_or(std::ptr::null_mut(), |r| r as *mut c_void),
-                    choice.bytes,
-                    (&beta as *const f32).cast(),
-                    p.w.0,
-                    dwp as *mut c_void,
-                )
-            }
-            .map_err(cudnn_error("backward-filter convolution"))
+            unsafe { plan.launch(h, choice, (a as *const c_void, b as *const c_void, out as *mut c_void), room, beta) }
         })
     }
 
@@ -358,14 +335,7 @@ impl Gpu {
     /// [`Gpu::set_precision`]) the operands are rounded to bf16 first, and cuDNN's output,
     /// bf16 too, is widened into `y`.
     pub fn conv_forward(&self, s: &ConvShape, n: usize, x: &Buf, w: &Buf, y: &mut Buf) -> Result<()> {
-        if !self.bf16() {
-            return self.forward_in(s, n, x, w, y);
-        }
-        let (x, w) = (self.to_bf16(x, n * s.in_len())?, self.to_bf16(w, s.weight_len())?);
-        // SAFETY: cuDNN writes every value (beta 0) before it is read.
-        let mut out = unsafe { self.stream.alloc::<u16>(n * s.out_len()) }?;
-        self.forward_in(s, n, &x, &w, &mut out)?;
-        self.from_bf16(&out, y, false)
+        self.pass(Pass::Forward, s, n, x, w, y, false)
     }
 
     /// The input gradient of `conv::backward`: `dx = convᵀ(dy, w)`, overwriting `dx`, or
@@ -380,14 +350,7 @@ impl Gpu {
         dx: &mut Buf,
         accumulate: bool,
     ) -> Result<()> {
-        if !self.bf16() {
-            return self.data_in(s, n, dy, w, dx, accumulate);
-        }
-        let (dy, w) = (self.to_bf16(dy, n * s.out_len())?, self.to_bf16(w, s.weight_len())?);
-        // SAFETY: as in `conv_forward`.
-        let mut out = unsafe { self.stream.alloc::<u16>(n * s.in_len()) }?;
-        self.data_in(s, n, &dy, &w, &mut out, false)?;
-        self.from_bf16(&out, dx, accumulate)
+        self.pass(Pass::Data, s, n, dy, w, dx, accumulate)
     }
 
     /// The weight gradient of `conv::backward`: `dw = Σ dyᵀ·col(x)`, overwriting `dw`, or
@@ -402,13 +365,30 @@ impl Gpu {
         dw: &mut Buf,
         accumulate: bool,
     ) -> Result<()> {
+        self.pass(Pass::Filter, s, n, x, dy, dw, accumulate)
+    }
+
+    /// [`Gpu::pass_in`] on f32 buffers: in f32, or in bf16 through rounded copies of the
+    /// operands, the bf16 result widened into `out` (or added to it).
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        pass: Pass,
+        s: &ConvShape,
+        n: usize,
+        a: &Buf,
+        b: &Buf,
+        out: &mut Buf,
+        accumulate: bool,
+    ) -> Result<()> {
         if !self.bf16() {
-            return self.filter_in(s, n, x, dy, dw, accumulate);
+            return self.pass_in(pass, s, n, a, b, out, accumulate);
         }
-        let (x, dy) = (self.to_bf16(x, n * s.in_len())?, self.to_bf16(dy, n * s.out_len())?);
-        // SAFETY: as in `conv_forward`.
-        let mut out = unsafe { self.stream.alloc::<u16>(s.weight_len()) }?;
-        self.filter_in(s, n, &x, &dy, &mut out, false)?;
-        self.from_bf16(&out, dw, accumulate)
+        let (a_len, b_len, out_len) = pass.lengths(s, n);
+        let (a, b) = (self.to_bf16(a, a_len)?, self.to_bf16(b, b_len)?);
+        // SAFETY: cuDNN writes every value (beta 0) before it is read.
+        let mut result = unsafe { self.stream.alloc::<u16>(out_len) }?;
+        self.pass_in(pass, s, n, &a, &b, &mut result, false)?;
+        self.from_bf16(&result, out, accumulate)
     }
 }
