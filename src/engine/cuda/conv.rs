@@ -10,8 +10,10 @@
 //! run differ from an uninterrupted one. The choice is cuDNN's heuristics' first
 //! deterministic algorithm, or with `RESNET_CUDNN_BENCHMARK=1` the fastest deterministic
 //! one as cuDNN measures them on this GPU (PyTorch's `cudnn.benchmark`; the first step
-//! then takes seconds longer). One workspace, grown to the largest any pass needs, serves
-//! every call.
+//! then takes seconds longer, and timing noise may choose differently in another process,
+//! so bit-identical reruns need the heuristics). Each algorithm runs with the math type it
+//! was chosen with, never on tensor cores in f32 without TF32. One workspace, grown to
+//! the largest any pass needs, serves every call.
 //!
 //! cuDNN is reached through `cudarc`'s raw bindings (`cudnn.rs`), not its
 //! safe layer, which picks the heuristics' first algorithm, deterministic or not.
@@ -67,11 +69,12 @@ enum Algo {
     Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
 }
 
-/// One pass's chosen algorithm and the workspace it needs.
+/// One pass's chosen algorithm, the workspace it needs and the math type to run it with.
 #[derive(Clone, Copy)]
 struct Choice<A> {
     algo: A,
     bytes: usize,
+    math: sys::cudnnMathType_t,
 }
 
 /// One convolution at one batch size: its descriptors and each pass's algorithm
@@ -81,6 +84,8 @@ pub(super) struct Plan {
     y: Tensor,
     w: Filter,
     conv: Convolution,
+    /// Whether the convolution must not use tensor cores (f32 without TF32).
+    fma: bool,
     chosen: [Option<Choice<Algo>>; 3],
 }
 
@@ -106,61 +111,120 @@ impl Element for u16 {
     const TYPE: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16;
 }
 
-/// What cuDNN says of one algorithm for one pass (its `*AlgoPerf_t` records, which
-/// differ only in the algorithm's type).
-trait Perf: Copy {
-    type Algo: Copy + std::fmt::Debug;
-    fn algo(&self) -> Self::Algo;
-    fn usable(&self) -> bool;
-    fn bytes(&self) -> usize;
+/// What cuDNN says of one algorithm for one pass: a `*AlgoPerf_t` record's fields as
+/// plain integers. cudarc's record types hold Rust enums, and a newer cuDNN may write a
+/// status or math type those lack, a value no Rust enum may hold; so the records are read
+/// field by field from the bytes cuDNN wrote.
+#[derive(Clone, Copy)]
+struct Record {
+    algo: u32,
+    status: u32,
+    memory: usize,
+    determinism: u32,
+    math: u32,
+}
+
+/// A pass's `*AlgoPerf_t` record type (they differ only in the algorithm's type).
+trait Perf: Sized {
+    type Algo: Copy;
+    /// The algorithm numbered `n`, if it is one of this pass's.
+    fn algo(n: u32) -> Option<Self::Algo>;
+    /// The fields of the record at `p`.
+    ///
+    /// # Safety
+    /// `p` points to the bytes of a record cuDNN wrote.
+    unsafe fn read(p: *const Self) -> Record;
 }
 
 macro_rules! perf {
-    ($record:ty, $algo:ty) => {
+    ($record:ty, $algo:ty, $count:expr) => {
         impl Perf for $record {
             type Algo = $algo;
-            fn algo(&self) -> $algo {
-                self.algo
+            fn algo(n: u32) -> Option<$algo> {
+                // SAFETY: the algorithm enum is `repr(u32)`, numbered 0 to its count.
+                (n < $count as u32).then(|| unsafe { std::mem::transmute::<u32, $algo>(n) })
             }
-            fn usable(&self) -> bool {
-                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                    && self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
-                    && self.memory <= WORKSPACE_LIMIT
-            }
-            fn bytes(&self) -> usize {
-                self.memory
+            unsafe fn read(p: *const Self) -> Record {
+                let bytes = p.cast::<u8>();
+                // SAFETY: each offset is that of a field of the record at `p`, of the type read.
+                let at = |offset: usize| unsafe { bytes.add(offset).cast::<u32>().read_unaligned() };
+                Record {
+                    algo: at(std::mem::offset_of!($record, algo)),
+                    status: at(std::mem::offset_of!($record, status)),
+                    memory: unsafe {
+                        bytes.add(std::mem::offset_of!($record, memory)).cast::<usize>().read_unaligned()
+                    },
+                    determinism: at(std::mem::offset_of!($record, determinism)),
+                    math: at(std::mem::offset_of!($record, mathType)),
+                }
             }
         }
     };
 }
-perf!(sys::cudnnConvolutionFwdAlgoPerf_t, sys::cudnnConvolutionFwdAlgo_t);
-perf!(sys::cudnnConvolutionBwdDataAlgoPerf_t, sys::cudnnConvolutionBwdDataAlgo_t);
-perf!(sys::cudnnConvolutionBwdFilterAlgoPerf_t, sys::cudnnConvolutionBwdFilterAlgo_t);
+perf!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionFwdAlgo_t,
+    sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT
+);
+perf!(
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgo_t,
+    sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+);
+perf!(
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
+);
+
+/// cuDNN's math type numbered `n`.
+fn math_type(n: u32) -> Option<sys::cudnnMathType_t> {
+    use sys::cudnnMathType_t::*;
+    [CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_FMA_MATH]
+        .into_iter()
+        .find(|&m| m as u32 == n)
+}
 
 /// The first usable algorithm in the list `ask` fills, best first: with `timed`, as cuDNN
-/// times them on the GPU, else as its heuristics expect them. Timing that fails (it needs
-/// memory for every algorithm it tries) falls back on the heuristics. No pass lacks a
-/// deterministic algorithm, so none usable is an error.
+/// times them on the GPU, else as its heuristics expect them. Usable: it ran (or would
+/// run), it is deterministic, its workspace is within [`WORKSPACE_LIMIT`], and, where
+/// `fma` forbids tensor cores, its math type does not use them. Each comes with the math
+/// type its workspace and time were measured with (FMA where `fma`), which the launch
+/// sets. Timing that fails (it needs memory for every algorithm it tries) falls back on
+/// the heuristics. No pass lacks a deterministic algorithm, so none usable is an error.
 fn choose<P: Perf>(
     pass: &'static str,
     timed: bool,
-    ask: impl Fn(bool, &mut [P], &mut i32) -> sys::cudnnStatus_t,
+    fma: bool,
+    ask: impl Fn(bool, *mut P, i32, &mut i32) -> sys::cudnnStatus_t,
 ) -> Result<Choice<P::Algo>> {
-    // SAFETY: the records are plain C structs, for cuDNN to fill.
-    let mut records = [unsafe { std::mem::zeroed::<P>() }; 16];
-    let mut count = 0;
-    let first = |records: &[P], count: i32| {
-        let listed = &records[..(count.max(0) as usize).min(records.len())];
-        listed.iter().find(|p| p.usable()).map(|p| Choice { algo: p.algo(), bytes: p.bytes() })
+    const LISTED: usize = 16;
+    // Room for the records, as plain words (aligned for a record's `usize`).
+    let mut room = vec![0u64; LISTED * std::mem::size_of::<P>().div_ceil(8)];
+    let records = room.as_mut_ptr().cast::<P>();
+    let first = |count: i32| {
+        (0..(count.max(0) as usize).min(LISTED)).find_map(|i| {
+            // SAFETY: cuDNN wrote `count` records from `records`.
+            let r = unsafe { P::read(records.add(i)) };
+            let tensor_ops = [1, 2].contains(&r.math);
+            let usable = r.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32
+                && r.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC as u32
+                && r.memory <= WORKSPACE_LIMIT
+                && !(fma && tensor_ops);
+            let math = if fma { Some(sys::cudnnMathType_t::CUDNN_FMA_MATH) } else { math_type(r.math) };
+            let (algo, math) = (P::algo(r.algo)?, math?);
+            usable.then_some(Choice { algo, bytes: r.memory, math })
+        })
     };
+    let mut count = 0;
     if timed
-        && ask(true, &mut records, &mut count) == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-        && let Some(choice) = first(&records, count)
+        && ask(true, records, LISTED as i32, &mut count) == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+        && let Some(choice) = first(count)
     {
         return Ok(choice);
     }
-    ask(false, &mut records, &mut count).result().map_err(cudnn_error(pass))?;
-    first(&records, count).ok_or_else(|| {
+    ask(false, records, LISTED as i32, &mut count).result().map_err(cudnn_error(pass))?;
+    first(count).ok_or_else(|| {
         anyhow!("cuDNN offers no deterministic {pass} algorithm within {WORKSPACE_LIMIT} bytes of workspace")
     })
 }
@@ -171,37 +235,37 @@ impl Plan {
         if let Some(c) = self.chosen[pass as usize] {
             return Ok(c);
         }
-        let (x, y, w, conv) = (self.x.0, self.y.0, self.w.0, self.conv.0);
+        let (x, y, w, conv, fma) = (self.x.0, self.y.0, self.w.0, self.conv.0, self.fma);
         // Timing and heuristics take the same arguments, so each pass picks one of a pair.
-        // SAFETY (the asks): live handle and descriptors; `r` holds `r.len()` records.
+        // SAFETY (the asks): live handle and descriptors; `r` has room for `len` records.
         let c = match pass {
-            Pass::Forward => choose("forward", timed, |timed, r, count| {
+            Pass::Forward => choose("forward", timed, fma, |timed, r, len, count| {
                 let ask = if timed {
                     sys::cudnnFindConvolutionForwardAlgorithm
                 } else {
                     sys::cudnnGetConvolutionForwardAlgorithm_v7
                 };
-                unsafe { ask(h.raw, x, w, conv, y, r.len() as i32, count, r.as_mut_ptr()) }
+                unsafe { ask(h.raw, x, w, conv, y, len, count, r) }
             })
-            .map(|c| Choice { algo: Algo::Forward(c.algo), bytes: c.bytes }),
-            Pass::Data => choose("backward-data", timed, |timed, r, count| {
+            .map(|c| Choice { algo: Algo::Forward(c.algo), bytes: c.bytes, math: c.math }),
+            Pass::Data => choose("backward-data", timed, fma, |timed, r, len, count| {
                 let ask = if timed {
                     sys::cudnnFindConvolutionBackwardDataAlgorithm
                 } else {
                     sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
                 };
-                unsafe { ask(h.raw, w, y, conv, x, r.len() as i32, count, r.as_mut_ptr()) }
+                unsafe { ask(h.raw, w, y, conv, x, len, count, r) }
             })
-            .map(|c| Choice { algo: Algo::Data(c.algo), bytes: c.bytes }),
-            Pass::Filter => choose("backward-filter", timed, |timed, r, count| {
+            .map(|c| Choice { algo: Algo::Data(c.algo), bytes: c.bytes, math: c.math }),
+            Pass::Filter => choose("backward-filter", timed, fma, |timed, r, len, count| {
                 let ask = if timed {
                     sys::cudnnFindConvolutionBackwardFilterAlgorithm
                 } else {
                     sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
                 };
-                unsafe { ask(h.raw, x, y, conv, w, r.len() as i32, count, r.as_mut_ptr()) }
+                unsafe { ask(h.raw, x, y, conv, w, len, count, r) }
             })
-            .map(|c| Choice { algo: Algo::Filter(c.algo), bytes: c.bytes }),
+            .map(|c| Choice { algo: Algo::Filter(c.algo), bytes: c.bytes, math: c.math }),
         }?;
         self.chosen[pass as usize] = Some(c);
         Ok(c)
@@ -226,6 +290,8 @@ impl Plan {
         let (x, y, w, conv, bytes) = (self.x.0, self.y.0, self.w.0, self.conv.0, choice.bytes);
         // SAFETY: the caller's promise; the descriptors are live.
         unsafe {
+            // The math type the algorithm was chosen with: the passes share the descriptor.
+            result::set_convolution_math_type(conv, choice.math).map_err(cudnn_error("math type"))?;
             match choice.algo {
                 Algo::Forward(algo) => {
                     result::convolution_forward(h.raw, alpha, x, a, w, b, conv, algo, room, bytes, beta, y, out)
@@ -282,6 +348,7 @@ impl Gpu {
                     y: Tensor::nhwc(n, s.c_out, s.out_h(), s.out_w(), T::TYPE)?,
                     w: Filter::ohwi(s, T::TYPE)?,
                     conv: Convolution::of(s, math)?,
+                    fma: math == sys::cudnnMathType_t::CUDNN_FMA_MATH,
                     chosen: [None; 3],
                 })
             }
