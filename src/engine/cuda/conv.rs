@@ -77,6 +77,13 @@ struct Choice<A> {
     math: sys::cudnnMathType_t,
 }
 
+impl<A> Choice<A> {
+    /// The same choice, its algorithm wrapped by `f`.
+    fn with<B>(self, f: impl FnOnce(A) -> B) -> Choice<B> {
+        Choice { algo: f(self.algo), bytes: self.bytes, math: self.math }
+    }
+}
+
 /// One convolution at one batch size: its descriptors and each pass's algorithm
 /// (indexed by [`Pass`]), chosen at that pass's first call.
 pub(super) struct Plan {
@@ -194,8 +201,7 @@ fn math_type(n: u32) -> Option<sys::cudnnMathType_t> {
 /// the heuristics. No pass lacks a deterministic algorithm, so none usable is an error.
 fn choose<P: Perf>(
     pass: &'static str,
-    timed: bool,
-    fma: bool,
+    (timed, fma): (bool, bool),
     ask: impl Fn(bool, *mut P, i32, &mut i32) -> sys::cudnnStatus_t,
 ) -> Result<Choice<P::Algo>> {
     const LISTED: usize = 16;
@@ -236,37 +242,52 @@ impl Plan {
             return Ok(c);
         }
         let (x, y, w, conv, fma) = (self.x.0, self.y.0, self.w.0, self.conv.0, self.fma);
-        // Timing and heuristics take the same arguments, so each pass picks one of a pair.
-        // SAFETY (the asks): live handle and descriptors; `r` has room for `len` records.
+        // A pass's timing and heuristics take the same arguments: `ask` picks one of the pair
+        // and passes the pass's descriptors, in its order, then the records' room.
+        macro_rules! ask {
+            ($find:path, $heuristics:path, $($descriptor:expr),+) => {
+                |timed: bool, r, len, count: &mut i32| {
+                    let ask = if timed { $find } else { $heuristics };
+                    // SAFETY: live handle and descriptors; `r` has room for `len` records.
+                    unsafe { ask(h.raw, $($descriptor),+, len, count, r) }
+                }
+            };
+        }
+        use sys::*;
         let c = match pass {
-            Pass::Forward => choose("forward", timed, fma, |timed, r, len, count| {
-                let ask = if timed {
-                    sys::cudnnFindConvolutionForwardAlgorithm
-                } else {
-                    sys::cudnnGetConvolutionForwardAlgorithm_v7
-                };
-                unsafe { ask(h.raw, x, w, conv, y, len, count, r) }
-            })
-            .map(|c| Choice { algo: Algo::Forward(c.algo), bytes: c.bytes, math: c.math }),
-            Pass::Data => choose("backward-data", timed, fma, |timed, r, len, count| {
-                let ask = if timed {
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm
-                } else {
-                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
-                };
-                unsafe { ask(h.raw, w, y, conv, x, len, count, r) }
-            })
-            .map(|c| Choice { algo: Algo::Data(c.algo), bytes: c.bytes, math: c.math }),
-            Pass::Filter => choose("backward-filter", timed, fma, |timed, r, len, count| {
-                let ask = if timed {
-                    sys::cudnnFindConvolutionBackwardFilterAlgorithm
-                } else {
-                    sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
-                };
-                unsafe { ask(h.raw, x, y, conv, w, len, count, r) }
-            })
-            .map(|c| Choice { algo: Algo::Filter(c.algo), bytes: c.bytes, math: c.math }),
-        }?;
+            Pass::Forward => choose(
+                "forward",
+                (timed, fma),
+                ask!(cudnnFindConvolutionForwardAlgorithm, cudnnGetConvolutionForwardAlgorithm_v7, x, w, conv, y),
+            )?
+            .with(Algo::Forward),
+            Pass::Data => choose(
+                "backward-data",
+                (timed, fma),
+                ask!(
+                    cudnnFindConvolutionBackwardDataAlgorithm,
+                    cudnnGetConvolutionBackwardDataAlgorithm_v7,
+                    w,
+                    y,
+                    conv,
+                    x
+                ),
+            )?
+            .with(Algo::Data),
+            Pass::Filter => choose(
+                "backward-filter",
+                (timed, fma),
+                ask!(
+                    cudnnFindConvolutionBackwardFilterAlgorithm,
+                    cudnnGetConvolutionBackwardFilterAlgorithm_v7,
+                    x,
+                    y,
+                    conv,
+                    w
+                ),
+            )?
+            .with(Algo::Filter),
+        };
         self.chosen[pass as usize] = Some(c);
         Ok(c)
     }
