@@ -1,7 +1,8 @@
 //! Convolutions on the GPU through cuDNN: NHWC activations and OHWI weights, which is
 //! cuDNN's NHWC filter layout (k × r × s × c), so the CPU engine's tensors go to the GPU
 //! unchanged. f32 with cuDNN's FMA math, not TF32, so results match the CPU engine to
-//! float rounding, unless TF32 is allowed (`--precision tf32`).
+//! float rounding, unless TF32 is allowed (`--precision tf32`); or in bf16 (`--precision
+//! bf16`), through copies of the operands rounded to bf16, cuDNN's bf16 result widened.
 //!
 //! Each convolution, at each batch size, gets a plan at its first call: its
 //! descriptors, made once, and for each pass the algorithm chosen for it, kept. Only
